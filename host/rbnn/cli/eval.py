@@ -1,0 +1,62 @@
+"""`rbnn eval m.rbnn --data mnist --engine twin|c`: test-set accuracy of a model file."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..engines import ENGINES
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="accuracy of a model file on a test set")
+    p.add_argument("model", help=".rbnn file")
+    p.add_argument("--data", default="mnist", help="'mnist' or a folder of IDX files")
+    p.add_argument("--engine", choices=ENGINES, default="twin")
+    p.add_argument("--limit", type=int, help="only the first N test images")
+    p.add_argument("--scores", metavar="OUT.npy", help="write the int32 scores here")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from .. import data
+    from ..engines import scorer
+    from ..model import pack_input
+    from ..pack import from_bytes
+
+    raw = Path(args.model).read_bytes()
+    try:
+        m = from_bytes(raw)
+    except Exception as e:  # FormatError: name the file
+        if hasattr(e, "with_path"):
+            raise e.with_path(args.model) from None
+        raise
+    ds = data.load(args.data)
+    x, y = ds.x_test, ds.y_test
+    if args.limit is not None:
+        x, y = x[: args.limit], y[: args.limit]
+    if x.shape[1] != m.n_inputs:
+        from ..errors import DataError
+
+        raise DataError(f"{args.model}: model has {m.n_inputs} inputs, data set has {x.shape[1]}")
+    score = scorer(args.engine, raw)
+    out = np.empty((len(y), m.n_classes), np.int32)
+    t0 = time.perf_counter()
+    step = 1000
+    with tqdm(total=len(y), desc=f"eval ({args.engine})", unit="img", leave=False) as bar:
+        for lo in range(0, len(y), step):
+            out[lo : lo + step] = score(pack_input(x[lo : lo + step], m.plane_mask))
+            bar.update(min(step, len(y) - lo))
+    dt = time.perf_counter() - t0
+    pred = np.argmax(out, axis=1)
+    correct = int(np.sum(pred == y))
+    print(f"accuracy: {correct / max(1, len(y)):.4f} ({correct}/{len(y)})")
+    print(f"engine: {args.engine}, {len(y) / dt:,.0f} samples/s")
+    if args.scores:
+        np.save(args.scores, out)
+    return 0

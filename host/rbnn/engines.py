@@ -1,0 +1,27 @@
+"""Inference engines on the host, all with one signature: scores(model_bytes, xbits).
+
+``twin`` is the numpy reference; ``c`` is the C core through ctypes (rbnn.cengine).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+ENGINES = ("twin", "c")
+
+
+def scorer(engine: str, data: bytes) -> Callable[[np.ndarray], np.ndarray]:
+    """A function mapping packed inputs uint32 (n, K, W) to int32 scores (n, classes)."""
+    if engine == "twin":
+        from . import pack, twin
+
+        m = pack.from_bytes(data)
+        return lambda xbits: twin.scores(m, xbits)
+    if engine == "c":
+        from .cengine import CModel
+
+        cm = CModel(data)
+        return cm.scores
+    raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")

@@ -1,0 +1,65 @@
+"""Errors with enough context to act on: file, offset, field, expected vs found."""
+
+from __future__ import annotations
+
+# Codes shared with the C core (cmodules/rbnn/rbnn_core.h) and docs/FORMAT.md.
+CODES = {
+    -1: "E_TRUNCATED",
+    -2: "E_MAGIC",
+    -3: "E_VERSION",
+    -4: "E_FLAGS",
+    -5: "E_HEADER",
+    -6: "E_SIZE",
+    -7: "E_LAYOUT",
+    -8: "E_CRC",
+    -9: "E_BLOCK",
+    -10: "E_PADDING",
+    -11: "E_RANGE",
+    -12: "E_ALIGN",
+    -13: "E_INPUT",
+    -14: "E_ARG",
+}
+NAMES = {name: code for code, name in CODES.items()}
+
+
+class RbnnError(Exception):
+    """Base class of every error rbnn reports to a user."""
+
+
+class FormatError(RbnnError, ValueError):
+    """A model file that does not follow docs/FORMAT.md."""
+
+    def __init__(
+        self,
+        code: str,
+        field: str,
+        offset: int | None = None,
+        expected: object = None,
+        found: object = None,
+        path: str | None = None,
+    ):
+        self.code = code
+        self.field = field
+        self.offset = offset
+        self.expected = expected
+        self.found = found
+        self.path = path
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        where = self.path or "<buffer>"
+        if self.offset is not None:
+            where += f" @ offset {self.offset}"
+        msg = f"{where}: {self.code}: {self.field}"
+        if self.expected is not None or self.found is not None:
+            msg += f": expected {self.expected}, found {self.found}"
+        return msg
+
+    def with_path(self, path: str) -> FormatError:
+        self.path = path
+        self.args = (self._text(),)
+        return self
+
+
+class DataError(RbnnError, ValueError):
+    """A data set that is missing, corrupt or of the wrong shape."""
