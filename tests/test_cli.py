@@ -1,0 +1,61 @@
+"""CLI behaviour shared by every command: output lines and one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+
+from rbnn import model, pack
+
+
+def rbnn(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "rbnn", *args], capture_output=True, text=True, env=env)
+
+
+def test_summary_table(tmp_path):
+    m = model.random_model(np.random.default_rng(3), 784, [480, 256, 10], 0x80)
+    p = tmp_path / "m.rbnn"
+    size = pack.save(m, p)
+    r = rbnn("summary", str(p))
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "784->480" in out and "480->256" in out and "256->10" in out
+    assert "376,320" in out and "501,760" in out  # 1-bit weights per layer and in total
+    assert "inference RAM: 260 bytes (input 100, activations 120, scores 40)" in out
+    assert f"file: {size:,} bytes" in out
+
+
+def test_errors_are_one_line(tmp_path):
+    m = model.random_model(np.random.default_rng(4), 30, [8, 3], 0x80)
+    p = tmp_path / "m.rbnn"
+    pack.save(m, p)
+    raw = bytearray(p.read_bytes())
+    raw[40] ^= 0x10
+    bad = tmp_path / "bad.rbnn"
+    bad.write_bytes(bytes(raw))
+    for cmd in (["summary", str(bad)], ["eval", str(bad), "--limit", "5"]):
+        r = rbnn(*cmd)
+        assert r.returncode == 2
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1, r.stderr
+        assert str(bad) in lines[0] and "E_CRC" in lines[0] and "offset" in lines[0]
+    r = rbnn("summary", str(tmp_path / "absent.rbnn"))
+    assert r.returncode == 2 and "absent.rbnn: no such file" in r.stderr
+
+
+def test_eval_twin_prints_accuracy_line(tmp_path, mnist):
+    # A random 784-input model: the line's numbers must be what the twin computes.
+    from rbnn import twin
+
+    m = model.random_model(np.random.default_rng(5), 784, [40, 10], 0xC0)
+    p = tmp_path / "m.rbnn"
+    pack.save(m, p)
+    out = tmp_path / "s.npy"
+    r = rbnn("eval", str(p), "--engine", "twin", "--limit", "300", "--scores", str(out))
+    assert r.returncode == 0, r.stderr
+    pred = twin.predict(m, model.pack_input(mnist.x_test[:300], 0xC0))
+    correct = int(np.sum(pred == mnist.y_test[:300]))
+    assert f"accuracy: {correct / 300:.4f} ({correct}/300)" in r.stdout
+    np.testing.assert_array_equal(np.argmax(np.load(out), axis=1), pred)
