@@ -88,6 +88,13 @@ int rbnn_pack_u8(const rbnn_model_t *m, const uint8_t *features, uint32_t *in_bi
 int rbnn_infer(const rbnn_model_t *m, const uint32_t *in_bits, uint32_t *scratch,
     int32_t *scores);
 
+/* Run n inferences back to back (one call for a whole batch from a host binding).
+ * in_bits: n packed inputs of rbnn_input_words words each; scores: n rows of
+ * rbnn_n_classes int32; classes: n class indices, or NULL. Returns RBNN_OK, or the
+ * error of the first bad input (RBNN_E_INPUT), leaving the samples after it unrun. */
+int rbnn_infer_batch(const rbnn_model_t *m, const uint32_t *in_bits, uint32_t n,
+    uint32_t *scratch, int32_t *scores, int32_t *classes);
+
 /* Short English name of an error code ("bad CRC", ...). */
 const char *rbnn_strerror(int code);
 

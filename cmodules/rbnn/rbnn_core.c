@@ -1,0 +1,585 @@
+/*
+ * rbnn core: validation and inference of .rbnn models (docs/FORMAT.md, version 1).
+ *
+ * Portable C99 for hosts and microcontrollers alike: no malloc, no libc, no writable
+ * globals, no 64-bit arithmetic and no division (a Cortex-M0+ has neither in hardware).
+ * The checks run in the order of docs/FORMAT.md (Errors) and report the same code and
+ * byte offset as the Python reader (host/rbnn/pack.py); the inference computes exactly
+ * what the numpy twin (host/rbnn/twin.py) computes.
+ */
+#include "rbnn_core.h"
+#include "rbnn_kernel.h"
+
+/* Weight rows, thresholds and scales are read in place as 32-bit words. */
+#if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__)
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "rbnn_core reads the file's little-endian words in place: little-endian targets only"
+#endif
+#endif
+
+#define HEADER_BYTES 32u
+#define BLOCK_ENTRY_BYTES 20u
+#define I32_MAX 0x7FFFFFFFu
+
+/* ---- small helpers --------------------------------------------------------------- */
+
+static uint32_t rd16(const uint8_t *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8);
+}
+
+static uint32_t rd32(const uint8_t *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16)
+           | ((uint32_t)p[3] << 24);
+}
+
+static uint32_t words_of(uint32_t n_bits) {
+    return (n_bits + 31u) >> 5;
+}
+
+/* Valid bits of the last word of an n-bit vector. */
+static uint32_t pad_mask(uint32_t n_bits) {
+    uint32_t r = n_bits & 31u;
+    return r ? ((1u << r) - 1u) : 0xFFFFFFFFu;
+}
+
+static uint32_t popcount8(uint32_t v) {
+    uint32_t c = 0;
+    while (v) {
+        c += v & 1u;
+        v >>= 1;
+    }
+    return c;
+}
+
+/* Overflow-checked arithmetic: 0 on overflow, else 1 with the result in *r. */
+static int add_ok(uint32_t a, uint32_t b, uint32_t *r) {
+    *r = a + b;
+    return *r >= a;
+}
+
+/* 32x32 multiply from 16-bit halves: no 64-bit helper, no division. */
+static int mul_ok(uint32_t a, uint32_t b, uint32_t *r) {
+    uint32_t ah = a >> 16, al = a & 0xFFFFu, bh = b >> 16, bl = b & 0xFFFFu;
+    uint32_t cross;
+    if (ah != 0u && bh != 0u) {
+        return 0;
+    }
+    cross = ah * bl + al * bh; /* one of the two terms is 0 */
+    if (cross > 0xFFFFu) {
+        return 0;
+    }
+    return add_ok(cross << 16, al * bl, r);
+}
+
+static uint32_t abs32(int32_t v) {
+    return v < 0 ? 0u - (uint32_t)v : (uint32_t)v;
+}
+
+static int fail(rbnn_model_t *m, int code, uint32_t offset) {
+    m->err_offset = offset;
+    return code;
+}
+
+/* ---- CRC-32 (ISO-HDLC), 16-entry table: 64 bytes of flash ------------------------- */
+
+uint32_t rbnn_crc32(uint32_t crc, const void *data, size_t len) {
+    static const uint32_t tab[16] = {
+        0x00000000u, 0x1DB71064u, 0x3B6E20C8u, 0x26D930ACu,
+        0x76DC4190u, 0x6B6B51F4u, 0x4DB26158u, 0x5005713Cu,
+        0xEDB88320u, 0xF00F9344u, 0xD6D6A3E8u, 0xCB61B38Cu,
+        0x9B64C2B0u, 0x86D3D2D4u, 0xA00AE278u, 0xBDBDF21Cu,
+    };
+    const uint8_t *p = (const uint8_t *)data;
+    crc = ~crc;
+    while (len--) {
+        crc ^= *p++;
+        crc = (crc >> 4) ^ tab[crc & 15u];
+        crc = (crc >> 4) ^ tab[crc & 15u];
+    }
+    return ~crc;
+}
+
+/* ---- validation ------------------------------------------------------------------ */
+
+/* Block table: state, n_bits, reserved, plane indices (each plane owned at most once). */
+static int check_blocks(rbnn_model_t *m, const uint8_t *b) {
+    uint32_t owned[8]; /* one bit per plane index 0..255 */
+    uint32_t i, blk;
+    for (i = 0; i < 8u; i++) {
+        owned[i] = 0;
+    }
+    for (blk = 0; blk < m->n_blocks; blk++) {
+        uint32_t off = m->blocks_offset + BLOCK_ENTRY_BYTES * blk;
+        uint32_t state = b[off], n_bits = b[off + 1];
+        if (state > 1u) {
+            return fail(m, RBNN_E_BLOCK, off);
+        }
+        if (n_bits < 1u || n_bits > RBNN_MAX_BITS || (state == 0u && n_bits != 1u)) {
+            return fail(m, RBNN_E_BLOCK, off + 1);
+        }
+        if (rd16(b + off + 2) != 0u) {
+            return fail(m, RBNN_E_BLOCK, off + 2);
+        }
+        for (i = 0; i < RBNN_MAX_BITS; i++) {
+            uint32_t at = off + 4 + i, p = b[at];
+            if (i >= n_bits) {
+                if (p != 0xFFu) {
+                    return fail(m, RBNN_E_BLOCK, at);
+                }
+                continue;
+            }
+            if (p >= m->n_planes || (owned[p >> 5] >> (p & 31u) & 1u)) {
+                return fail(m, RBNN_E_BLOCK, at);
+            }
+            owned[p >> 5] |= 1u << (p & 31u);
+        }
+    }
+    return RBNN_OK;
+}
+
+/* Padding bits of every weight row (layer by layer, then plane by plane, as the Python
+ * reader scans them) and of every flip vector. */
+static int check_padding(rbnn_model_t *m, const uint8_t *b) {
+    const uint32_t *arena = (const uint32_t *)(const void *)(b + m->arena_offset);
+    uint32_t layer, p, r, blk, layer_off = 0, n_in = m->n_inputs;
+    for (layer = 0; layer < m->n_layers; layer++) {
+        uint32_t n_out = m->sizes[layer], w = words_of(n_in), bad = ~pad_mask(n_in);
+        if (bad != 0u) {
+            for (p = 0; p < m->n_planes; p++) {
+                const uint32_t *row = arena + p * m->plane_words + layer_off;
+                for (r = 0; r < n_out; r++, row += w) {
+                    if (row[w - 1] & bad) {
+                        uint32_t word = (uint32_t)(row + w - 1 - arena);
+                        return fail(m, RBNN_E_PADDING, m->arena_offset + 4u * word);
+                    }
+                }
+            }
+        }
+        layer_off += n_out * w;
+        n_in = n_out;
+    }
+    for (blk = 0; blk < m->n_blocks; blk++) {
+        uint32_t at = m->params_offset + blk * m->block_params_bytes;
+        for (layer = 0; layer + 1u < m->n_layers; layer++) {
+            uint32_t s = m->sizes[layer], w = words_of(s);
+            uint32_t last = at + 4u * s + 4u * (w - 1u);
+            if (rd32(b + last) & ~pad_mask(s)) {
+                return fail(m, RBNN_E_PADDING, last);
+            }
+            at += 4u * s + 4u * w;
+        }
+    }
+    return RBNN_OK;
+}
+
+/* Largest possible |s| of the output layer. Fits: n_inputs * 255 < 2^24. */
+static uint32_t output_smax(const rbnn_model_t *m) {
+    uint32_t n, low = 0, sum = 0;
+    if (m->n_layers > 1u) {
+        return m->sizes[m->n_layers - 2u];
+    }
+    while (!(m->plane_mask >> low & 1u)) {
+        low++;
+    }
+    for (n = low; n < 8u; n++) {
+        if (m->plane_mask >> n & 1u) {
+            sum += 1u << (n - low);
+        }
+    }
+    return m->n_inputs * sum;
+}
+
+/* sum over blocks of max over classes of |scale| * smax + |offset| <= 2^31 - 1 */
+static int check_range(rbnn_model_t *m, const uint8_t *b) {
+    uint32_t smax = output_smax(m), total = 0, blk, k;
+    uint32_t n_cls = m->sizes[m->n_layers - 1u];
+    uint32_t hidden_bytes = m->block_params_bytes - 8u * n_cls;
+    for (blk = 0; blk < m->n_blocks; blk++) {
+        const uint8_t *scale = b + m->params_offset + blk * m->block_params_bytes + hidden_bytes;
+        const uint8_t *offset = scale + 4u * n_cls;
+        uint32_t worst = 0;
+        for (k = 0; k < n_cls; k++) {
+            uint32_t v;
+            if (!mul_ok(abs32((int32_t)rd32(scale + 4u * k)), smax, &v)
+                || !add_ok(v, abs32((int32_t)rd32(offset + 4u * k)), &v) || v > I32_MAX) {
+                return fail(m, RBNN_E_RANGE, m->params_offset);
+            }
+            if (v > worst) {
+                worst = v;
+            }
+        }
+        if (!add_ok(total, worst, &total) || total > I32_MAX) {
+            return fail(m, RBNN_E_RANGE, m->params_offset);
+        }
+    }
+    return RBNN_OK;
+}
+
+int rbnn_model_init(rbnn_model_t *m, const void *buf, size_t len) {
+    const uint8_t *b = (const uint8_t *)buf;
+    uint32_t i, n_in, plane_words = 0, plane_bytes, arena_offset, params_offset;
+    uint32_t blocks_offset, block_params = 0, file_bytes, t;
+    int rc;
+
+    if (m == NULL) {
+        return RBNN_E_ARG;
+    }
+    /* Start from an empty model so a failed init never leaves a usable one. */
+    m->buf = NULL;
+    m->file_bytes = 0;
+    m->n_inputs = 0;
+    m->n_layers = m->n_blocks = m->n_planes = 0;
+    m->plane_mask = m->k_planes = m->input_mode = 0;
+    for (i = 0; i < RBNN_MAX_LAYERS; i++) {
+        m->sizes[i] = 0;
+    }
+    m->plane_words = m->arena_offset = m->params_offset = 0;
+    m->blocks_offset = m->block_params_bytes = 0;
+    m->err_offset = 0;
+    if (b == NULL) {
+        return RBNN_E_ARG;
+    }
+    if (((uintptr_t)b & 3u) != 0u) {
+        return RBNN_E_ALIGN;
+    }
+
+    /* Header. */
+    if (len < HEADER_BYTES) {
+        return fail(m, RBNN_E_TRUNCATED, 0);
+    }
+    if (b[0] != 'R' || b[1] != 'B' || b[2] != 'N' || b[3] != 'N') {
+        return fail(m, RBNN_E_MAGIC, 0);
+    }
+    if (rd16(b + 4) != RBNN_FORMAT_VERSION) {
+        return fail(m, RBNN_E_VERSION, 4);
+    }
+    if (rd16(b + 6) != 0u) {
+        return fail(m, RBNN_E_FLAGS, 6);
+    }
+    if (b[12] != 32u) {
+        return fail(m, RBNN_E_HEADER, 12);
+    }
+    if (b[13] < 1u || b[13] > RBNN_MAX_LAYERS) {
+        return fail(m, RBNN_E_HEADER, 13);
+    }
+    if (b[14] < 1u || b[14] > RBNN_MAX_BLOCKS) {
+        return fail(m, RBNN_E_HEADER, 14);
+    }
+    if (b[15] == 0u) {
+        return fail(m, RBNN_E_HEADER, 15);
+    }
+    if (rd16(b + 16) == 0u) {
+        return fail(m, RBNN_E_HEADER, 16);
+    }
+    if (b[18] != 0u) {
+        return fail(m, RBNN_E_HEADER, 18);
+    }
+    if (b[19] == 0u) {
+        return fail(m, RBNN_E_HEADER, 19);
+    }
+    m->n_layers = b[13];
+    m->n_blocks = b[14];
+    m->n_planes = b[15];
+    m->n_inputs = (uint16_t)rd16(b + 16);
+    m->input_mode = b[18];
+    m->plane_mask = b[19];
+    m->k_planes = (uint8_t)popcount8(m->plane_mask);
+
+    /* Layer table and its pad. */
+    blocks_offset = HEADER_BYTES + 4u * ((m->n_layers + 1u) / 2u);
+    if (len < blocks_offset) {
+        return fail(m, RBNN_E_TRUNCATED, HEADER_BYTES);
+    }
+    for (i = 0; i < m->n_layers; i++) {
+        uint32_t s = rd16(b + HEADER_BYTES + 2u * i);
+        if (s == 0u) {
+            return fail(m, RBNN_E_HEADER, HEADER_BYTES + 2u * i);
+        }
+        m->sizes[i] = (uint16_t)s;
+    }
+    for (i = HEADER_BYTES + 2u * m->n_layers; i < blocks_offset; i++) {
+        if (b[i] != 0u) {
+            return fail(m, RBNN_E_FLAGS, HEADER_BYTES + 2u * m->n_layers);
+        }
+    }
+
+    /* Computed layout. size * words(in) < 2^16 * 2^11, eight of them < 2^30: no
+     * overflow there; the products and sums after it are checked. */
+    n_in = m->n_inputs;
+    for (i = 0; i < m->n_layers; i++) {
+        uint32_t s = m->sizes[i];
+        plane_words += s * words_of(n_in);
+        if (i + 1u < m->n_layers) {
+            block_params += 4u * s + 4u * words_of(s);
+        } else {
+            block_params += 8u * s;
+        }
+        n_in = s;
+    }
+    arena_offset = blocks_offset + BLOCK_ENTRY_BYTES * m->n_blocks;
+    if (!mul_ok(plane_words, 4u, &plane_bytes) || !mul_ok(plane_bytes, m->n_planes, &t)
+        || !add_ok(arena_offset, t, &params_offset)
+        || !add_ok(params_offset, block_params * m->n_blocks, &t) || !add_ok(t, 4u, &t)) {
+        return fail(m, RBNN_E_SIZE, 8);
+    }
+
+    /* The buffer against the stored file_bytes, then every stored offset. */
+    file_bytes = rd32(b + 8);
+    if (len < file_bytes) {
+        return fail(m, RBNN_E_TRUNCATED, 8);
+    }
+    if (len > file_bytes) {
+        return fail(m, RBNN_E_SIZE, 8);
+    }
+    if (rd32(b + 20) != plane_bytes) {
+        return fail(m, RBNN_E_LAYOUT, 20);
+    }
+    if (rd32(b + 24) != arena_offset) {
+        return fail(m, RBNN_E_LAYOUT, 24);
+    }
+    if (rd32(b + 28) != params_offset) {
+        return fail(m, RBNN_E_LAYOUT, 28);
+    }
+    if (file_bytes != t) {
+        return fail(m, RBNN_E_LAYOUT, 8);
+    }
+    if (rbnn_crc32(0, b, file_bytes - 4u) != rd32(b + file_bytes - 4u)) {
+        return fail(m, RBNN_E_CRC, file_bytes - 4u);
+    }
+
+    m->file_bytes = file_bytes;
+    m->plane_words = plane_words;
+    m->arena_offset = arena_offset;
+    m->params_offset = params_offset;
+    m->blocks_offset = blocks_offset;
+    m->block_params_bytes = block_params;
+    rc = check_blocks(m, b);
+    if (rc == RBNN_OK) {
+        rc = check_padding(m, b);
+    }
+    if (rc == RBNN_OK) {
+        rc = check_range(m, b);
+    }
+    if (rc != RBNN_OK) {
+        return rc;
+    }
+    m->buf = b; /* only a fully valid model gets a buffer: rbnn_infer checks it */
+    return RBNN_OK;
+}
+
+/* ---- sizes ----------------------------------------------------------------------- */
+
+uint32_t rbnn_input_words(const rbnn_model_t *m) {
+    return (uint32_t)m->k_planes * words_of(m->n_inputs);
+}
+
+uint32_t rbnn_scratch_words(const rbnn_model_t *m) {
+    uint32_t i, widest = 0;
+    for (i = 0; i + 1u < m->n_layers; i++) {
+        if (m->sizes[i] > widest) {
+            widest = m->sizes[i];
+        }
+    }
+    return 2u * words_of(widest);
+}
+
+uint32_t rbnn_n_classes(const rbnn_model_t *m) {
+    return m->n_layers ? m->sizes[m->n_layers - 1u] : 0u;
+}
+
+uint32_t rbnn_ram_bytes(const rbnn_model_t *m) {
+    return 4u * (rbnn_input_words(m) + rbnn_scratch_words(m) + rbnn_n_classes(m));
+}
+
+/* ---- inference ------------------------------------------------------------------- */
+
+int rbnn_pack_u8(const rbnn_model_t *m, const uint8_t *features, uint32_t *in_bits) {
+    uint32_t n_words, k = 0;
+    int plane;
+    if (m == NULL || m->buf == NULL || features == NULL || in_bits == NULL) {
+        return RBNN_E_ARG;
+    }
+    n_words = words_of(m->n_inputs);
+    for (plane = 7; plane >= 0; plane--) { /* highest kept plane first */
+        uint32_t w, i = 0;
+        if (!(m->plane_mask >> plane & 1u)) {
+            continue;
+        }
+        for (w = 0; w < n_words; w++) {
+            uint32_t v = 0, bit;
+            for (bit = 0; bit < 32u && i < m->n_inputs; bit++, i++) {
+                v |= (uint32_t)((features[i] >> plane) & 1u) << bit;
+            }
+            in_bits[k * n_words + w] = v;
+        }
+        k++;
+    }
+    return RBNN_OK;
+}
+
+/* Scores of one block added to `scores`, in eBNN order: each hidden neuron's sum is
+ * thresholded and stored as one bit at once; layers ping-pong between the two halves
+ * of `scratch`. */
+static void run_block(const rbnn_model_t *m, uint32_t blk, const uint32_t *x,
+    uint32_t *scratch, int32_t *scores) {
+    const uint8_t *b = m->buf;
+    uint32_t sign = b[m->blocks_offset + BLOCK_ENTRY_BYTES * blk + 4u];
+    const uint32_t *w = (const uint32_t *)(const void *)(b + m->arena_offset)
+                        + sign * m->plane_words;
+    const uint8_t *params = b + m->params_offset + blk * m->block_params_bytes;
+    uint32_t half = rbnn_scratch_words(m) / 2u;
+    uint32_t n_in = m->n_inputs, layer, j, k, n_k = m->k_planes;
+    int32_t weight[8];
+    const uint32_t *in = x;
+    uint32_t low = 0;
+
+    /* 2^(n - low) of each kept plane, highest plane first (packed-input order). */
+    while (!(m->plane_mask >> low & 1u)) {
+        low++;
+    }
+    for (j = 8u, k = 0; j-- > 0u;) {
+        if (m->plane_mask >> j & 1u) {
+            weight[k++] = (int32_t)(1u << (j - low));
+        }
+    }
+
+    for (layer = 0; layer < m->n_layers; layer++) {
+        uint32_t n_out = m->sizes[layer], nw = words_of(n_in);
+        int32_t n = (int32_t)n_in;
+        if (layer + 1u < m->n_layers) {
+            const int32_t *thr = (const int32_t *)(const void *)params;
+            const uint32_t *flip = (const uint32_t *)(const void *)(params + 4u * n_out);
+            uint32_t *out = scratch + ((layer & 1u) ? half : 0u);
+            uint32_t word = 0;
+            for (j = 0; j < n_out; j++, w += nw) {
+                int32_t s;
+                if (layer == 0u) {
+                    s = 0;
+                    for (k = 0; k < n_k; k++) {
+                        s += weight[k] * (n - 2 * (int32_t)rbnn_xorpop(w, in + k * nw, nw));
+                    }
+                } else {
+                    s = n - 2 * (int32_t)rbnn_xorpop(w, in, nw);
+                }
+                word |= ((uint32_t)(s >= thr[j]) ^ (flip[j >> 5] >> (j & 31u) & 1u))
+                        << (j & 31u);
+                if ((j & 31u) == 31u || j + 1u == n_out) {
+                    out[j >> 5] = word;
+                    word = 0;
+                }
+            }
+            params += 4u * n_out + 4u * words_of(n_out);
+            in = out;
+        } else {
+            const int32_t *scale = (const int32_t *)(const void *)params;
+            const int32_t *offset = scale + n_out;
+            for (j = 0; j < n_out; j++, w += nw) {
+                int32_t s;
+                if (layer == 0u) {
+                    s = 0;
+                    for (k = 0; k < n_k; k++) {
+                        s += weight[k] * (n - 2 * (int32_t)rbnn_xorpop(w, in + k * nw, nw));
+                    }
+                } else {
+                    s = n - 2 * (int32_t)rbnn_xorpop(w, in, nw);
+                }
+                /* E_RANGE at load guarantees neither step leaves int32. */
+                scores[j] += scale[j] * s + offset[j];
+            }
+        }
+        n_in = n_out;
+    }
+}
+
+static int check_args(const rbnn_model_t *m, const uint32_t *in_bits, const uint32_t *scratch,
+    const int32_t *scores) {
+    if (m == NULL || m->buf == NULL || in_bits == NULL || scores == NULL) {
+        return RBNN_E_ARG;
+    }
+    if (scratch == NULL && rbnn_scratch_words(m) != 0u) {
+        return RBNN_E_ARG;
+    }
+    return RBNN_OK;
+}
+
+/* Padding bits of each plane's last word must be 0 (they would add to popcounts). */
+static int check_input(const rbnn_model_t *m, const uint32_t *in_bits) {
+    uint32_t nw = words_of(m->n_inputs), bad = ~pad_mask(m->n_inputs), k;
+    if (bad != 0u) {
+        for (k = 0; k < m->k_planes; k++) {
+            if (in_bits[k * nw + nw - 1u] & bad) {
+                return RBNN_E_INPUT;
+            }
+        }
+    }
+    return RBNN_OK;
+}
+
+static int infer_one(const rbnn_model_t *m, const uint32_t *in_bits, uint32_t *scratch,
+    int32_t *scores) {
+    uint32_t n_cls = rbnn_n_classes(m), j, blk, best = 0;
+    int rc = check_input(m, in_bits);
+    if (rc != RBNN_OK) {
+        return rc;
+    }
+    for (j = 0; j < n_cls; j++) {
+        scores[j] = 0;
+    }
+    for (blk = 0; blk < m->n_blocks; blk++) {
+        run_block(m, blk, in_bits, scratch, scores);
+    }
+    for (j = 1; j < n_cls; j++) {
+        if (scores[j] > scores[best]) { /* strict: ties keep the lowest index */
+            best = j;
+        }
+    }
+    return (int)best;
+}
+
+int rbnn_infer(const rbnn_model_t *m, const uint32_t *in_bits, uint32_t *scratch,
+    int32_t *scores) {
+    int rc = check_args(m, in_bits, scratch, scores);
+    return rc != RBNN_OK ? rc : infer_one(m, in_bits, scratch, scores);
+}
+
+int rbnn_infer_batch(const rbnn_model_t *m, const uint32_t *in_bits, uint32_t n,
+    uint32_t *scratch, int32_t *scores, int32_t *classes) {
+    uint32_t i, in_words, n_cls;
+    int rc = check_args(m, in_bits, scratch, scores);
+    if (rc != RBNN_OK) {
+        return rc;
+    }
+    in_words = rbnn_input_words(m);
+    n_cls = rbnn_n_classes(m);
+    for (i = 0; i < n; i++) {
+        rc = infer_one(m, in_bits + i * in_words, scratch, scores + i * n_cls);
+        if (rc < 0) {
+            return rc;
+        }
+        if (classes != NULL) {
+            classes[i] = rc;
+        }
+    }
+    return RBNN_OK;
+}
+
+const char *rbnn_strerror(int code) {
+    switch (code) {
+    case RBNN_OK: return "ok";
+    case RBNN_E_TRUNCATED: return "truncated";
+    case RBNN_E_MAGIC: return "bad magic";
+    case RBNN_E_VERSION: return "unsupported version";
+    case RBNN_E_FLAGS: return "unknown flag or nonzero reserved field";
+    case RBNN_E_HEADER: return "header field out of range";
+    case RBNN_E_SIZE: return "size mismatch or overflow";
+    case RBNN_E_LAYOUT: return "stored offset differs from computed layout";
+    case RBNN_E_CRC: return "crc32 mismatch";
+    case RBNN_E_BLOCK: return "bad block entry";
+    case RBNN_E_PADDING: return "padding bit set";
+    case RBNN_E_RANGE: return "scores could overflow int32";
+    case RBNN_E_ALIGN: return "buffer not 4-byte aligned";
+    case RBNN_E_INPUT: return "bad packed input";
+    case RBNN_E_ARG: return "bad argument";
+    default: return "unknown error";
+    }
+}
