@@ -46,3 +46,17 @@ def mnist():
     from rbnn import data
 
     return data.load("mnist")
+
+
+@pytest.fixture(scope="session")
+def trained_mnist(tmp_path_factory, mnist) -> Path:
+    """A small trained MNIST model file: 784-128-64-10, MSB input plane (mask 0x80), one
+    epoch, seed 0, no augmentation (rbnn.train; a few seconds). About 90 % test accuracy.
+    The path is stable for the session; the file is written once."""
+    from rbnn import pack
+    from rbnn.train import train
+
+    res = train(mnist, [128, 64], 0x80, epochs=1, seed=0, progress=False, shift=0.0)
+    path = tmp_path_factory.mktemp("trained") / "mnist-128-64.rbnn"
+    pack.save(res.model, path)
+    return path

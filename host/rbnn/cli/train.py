@@ -1,0 +1,160 @@
+"""`rbnn train --data mnist --hidden 256,256 --planes K --epochs E --seed S -o m.rbnn`.
+
+Trains a binary MLP, folds it to integers, writes the model file, the training curves
+(``<stem>.curves.png``) and the history (``<stem>.history.json``) beside it, and prints
+the validation and test accuracy of the folded integer model through the numpy twin.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+# Defaults of the recipe (see TrainConfig for what each does).
+DEFAULTS = {"epochs": 10, "batch": 100, "lr": 0.003, "lr_final": 3e-5, "val": 5000, "shift": 2.0}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a binary MLP and write a .rbnn file")
+    p.add_argument("--data", default="mnist", help="'mnist' or a folder of IDX files (default mnist)")
+    p.add_argument("--hidden", default="256,256", help="hidden layer widths, comma separated (default 256,256)")
+    planes = p.add_mutually_exclusive_group()
+    planes.add_argument("--planes", metavar="K", help="keep the K most significant input bit-planes, 1..8 (default 1: pixel >= 128)")
+    planes.add_argument("--plane-mask", metavar="MASK", help="keep the bit-planes of this mask, e.g. 0xC0")
+    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", required=True, metavar="M.rbnn", help="model file to write")
+    p.add_argument("--batch", type=int, default=DEFAULTS["batch"], help="batch size")
+    p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="initial Adam learning rate")
+    p.add_argument("--lr-final", type=float, default=DEFAULTS["lr_final"], help="learning rate at the end")
+    p.add_argument("--schedule", choices=["exp", "cos"], default="exp", help="learning-rate decay")
+    p.add_argument("--lr-scale", choices=["glorot", "none"], default="glorot",
+                   help="per-layer learning-rate scale (BNN paper: glorot)")  # fmt: skip
+    p.add_argument("--loss", choices=["hinge", "ce"], default="hinge", help="squared hinge or cross-entropy")
+    p.add_argument("--val", type=int, default=DEFAULTS["val"], help="training images held out for validation")
+    p.add_argument("--shift", type=float, default=DEFAULTS["shift"], help="augmentation: max shift in pixels")
+    p.add_argument("--rotate", type=float, default=0.0, help="augmentation: max rotation in degrees")
+    p.add_argument("--zoom", type=float, default=0.0, help="augmentation: max relative scale change")
+    p.add_argument("--no-augment", action="store_true", help="no augmentation (overrides shift/rotate/zoom)")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout on hidden activations")
+    p.add_argument("--last-epoch", action="store_true",
+                   help="keep the last epoch (default: the one with the best validation accuracy)")  # fmt: skip
+    p.add_argument("--no-recalibrate", action="store_true",
+                   help="keep the running BatchNorm averages instead of exact training-set statistics")  # fmt: skip
+    p.add_argument("--limit", type=int, help="use only the first N training images")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    p.set_defaults(func=run)
+
+
+def parse_hidden(text: str) -> list[int]:
+    """``"256,256"`` -> [256, 256]; TrainError naming the bad item."""
+    from ..train import TrainError
+
+    out = []
+    for item in str(text).split(","):
+        item = item.strip()
+        if not item.isdigit() or not 1 <= int(item) <= 65535:
+            raise TrainError(f"--hidden: expected comma-separated widths 1..65535 such as 256,256, found {text!r}")
+        out.append(int(item))
+    return out
+
+
+def parse_planes(planes: str | None, mask: str | None) -> int:
+    """The plane mask from ``--planes K`` (K most significant) or ``--plane-mask``."""
+    from ..train import TrainError
+
+    if mask is not None:
+        try:
+            value = int(mask, 0)
+        except ValueError:
+            value = -1
+        if not 1 <= value <= 0xFF:
+            raise TrainError(f"--plane-mask: expected a mask 0x01..0xFF such as 0xC0, found {mask!r}")
+        return value
+    k = "1" if planes is None else planes
+    if not k.isdigit() or not 1 <= int(k) <= 8:
+        raise TrainError(f"--planes: expected 1..8 (most significant input bit-planes), found {planes!r}")
+    return (0xFF00 >> int(k)) & 0xFF
+
+
+def output_paths(model_path: str) -> tuple:
+    """(curves PNG, history JSON) beside the model file."""
+    from pathlib import Path
+
+    p = Path(model_path)
+    stem = p.with_suffix("") if p.suffix == ".rbnn" else p
+    return stem.with_name(stem.name + ".curves.png"), stem.with_name(stem.name + ".history.json")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import time
+    from pathlib import Path
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from .. import data, pack, twin
+    from ..model import pack_input
+    from ..plots import plot_history
+    from ..train import TrainError, config_dict, train
+
+    hidden = parse_hidden(args.hidden)
+    mask = parse_planes(args.planes, args.plane_mask)
+    out = Path(args.output)
+    if not out.parent.is_dir():
+        raise TrainError(f"-o {args.output}: folder {out.parent} does not exist")
+    curves, hist_path = output_paths(args.output)
+    ds = data.load(args.data)
+    shift, rotate, zoom = (0.0, 0.0, 0.0) if args.no_augment else (args.shift, args.rotate, args.zoom)
+
+    def line(row: dict) -> None:
+        if not args.quiet:
+            tqdm.write(f"epoch {row['epoch']:3d}: loss {row['loss']:.4f} acc {row['acc']:.4f}  "
+                       f"val_loss {row['val_loss']:.4f} val_acc {row['val_acc']:.4f}  "
+                       f"lr {row['lr']:.2e}  {row['seconds']:.1f} s")  # fmt: skip
+
+    res = train(
+        ds, hidden, mask, args.epochs, args.seed, progress=not args.quiet, on_epoch=line,
+        batch=args.batch, lr=args.lr, lr_final=args.lr_final, schedule=args.schedule,
+        lr_scale=args.lr_scale, loss=args.loss, val=args.val, shift=shift, rotate=rotate,
+        zoom=zoom, dropout=args.dropout, keep_best=not args.last_epoch,
+        recalibrate=not args.no_recalibrate, limit=args.limit,
+    )  # fmt: skip
+    m = res.model
+    nbytes = pack.save(m, out)
+    t0 = time.perf_counter()
+    x_all = ds.x_train if args.limit is None else ds.x_train[: args.limit]
+    y_all = ds.y_train if args.limit is None else ds.y_train[: args.limit]
+    vi = res.split["val"]
+
+    def twin_acc(x: np.ndarray, y: np.ndarray) -> tuple[int, np.ndarray]:
+        pred = np.concatenate([twin.predict(m, pack_input(x[lo : lo + 2000], m.plane_mask))
+                               for lo in range(0, len(x), 2000)]) if len(x) else np.zeros(0, np.int64)  # fmt: skip
+        return int(np.sum(pred == y)), pred
+
+    val_ok, _ = twin_acc(x_all[vi], y_all[vi])
+    test_ok, test_pred = twin_acc(ds.x_test, ds.y_test)
+    float_pred = res.net.predict(ds.x_test)
+    differ = int(np.sum(float_pred != test_pred))
+    n_val, n_test = len(vi), len(ds.y_test)
+    shape = "-".join(str(s) for s in [m.n_inputs] + m.sizes)
+    weight_kb = m.arena.nbytes / 1024
+    print(f"model: {out} ({shape}, plane mask {mask:#04x}, {weight_kb:.2f} kB packed weights, {nbytes} bytes file)")
+    print(f"training time: {res.seconds:.1f} s ({args.epochs} epochs, kept epoch {res.best_epoch})")
+    if n_val:
+        print(f"validation accuracy (folded integer model, twin): {val_ok / n_val:.4f} ({val_ok}/{n_val})")
+    print(f"test accuracy (folded integer model, twin): {test_ok / n_test:.4f} ({test_ok}/{n_test})")
+    print(f"float64 network vs twin on the test set: {n_test - differ}/{n_test} predictions agree")
+    summary = {
+        "model": str(out), "shape": shape, "plane_mask": f"{mask:#04x}", "file_bytes": nbytes,
+        "weight_kb": weight_kb, "train_seconds": res.seconds, "best_epoch": res.best_epoch,
+        "val_acc": val_ok / n_val if n_val else None, "test_acc": test_ok / n_test,
+        "float_test_acc": float(np.mean(float_pred == ds.y_test)), "float_twin_differ": differ,
+        "output_q": m.meta.get("output_q"), "eval_seconds": time.perf_counter() - t0,
+        "config": config_dict(res.config), "history": res.history,
+    }  # fmt: skip
+    hist_path.write_text(json.dumps(summary, indent=1) + "\n")
+    plot_history(res.history, curves, f"{shape}, mask {mask:#04x}: test {100 * test_ok / n_test:.2f} %")
+    print(f"curves: {curves}")
+    print(f"history: {hist_path}")
+    return 0

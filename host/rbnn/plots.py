@@ -1,0 +1,46 @@
+"""Training curves as a PNG (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+import os
+
+
+def plot_history(history: list[dict], path: str | os.PathLike, title: str = "") -> None:
+    """Write loss and accuracy per epoch, train and validation, to a PNG file.
+
+    Parameters
+    ----------
+    history : list of dict
+        One row per epoch with keys ``epoch``, ``loss``, ``acc``, ``val_loss``, ``val_acc``
+        (as :func:`rbnn.train.train` records them).
+    path : path of the PNG to write
+    title : str
+        Figure title (e.g. the shape and options of the run).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in history]
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 4))
+    try:
+        ax_l.plot(ep, [r["loss"] for r in history], "o-", label="train (augmented batches)")
+        ax_l.plot(ep, [r["val_loss"] for r in history], "s-", label="validation")
+        ax_l.set_xlabel("epoch")
+        ax_l.set_ylabel("loss")
+        ax_l.set_yscale("log")
+        ax_l.grid(True, alpha=0.3)
+        ax_l.legend()
+        ax_a.plot(ep, [100 * r["acc"] for r in history], "o-", label="train (augmented batches)")
+        ax_a.plot(ep, [100 * r["val_acc"] for r in history], "s-", label="validation")
+        ax_a.set_xlabel("epoch")
+        ax_a.set_ylabel("accuracy (%)")
+        ax_a.grid(True, alpha=0.3)
+        ax_a.legend()
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
