@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -33,6 +34,48 @@ SCHEDULES = ("exp", "cos")
 
 class TrainError(RbnnError, ValueError):
     """A training request that cannot be carried out (bad shapes, options or data)."""
+
+
+_SET_THREADS = ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_", "openblas_set_num_threads")
+_GET_THREADS = ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_", "openblas_get_num_threads")
+
+
+def _openblas() -> tuple | None:
+    """(set, get) thread-count functions of the OpenBLAS numpy was built with, if found."""
+    import ctypes
+    import glob
+    import os
+
+    libdir = os.path.dirname(os.path.dirname(np.__file__))
+    for path in sorted(glob.glob(os.path.join(libdir, "numpy.libs", "*openblas*"))):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for set_name, get_name in zip(_SET_THREADS, _GET_THREADS, strict=True):
+            if hasattr(lib, set_name) and hasattr(lib, get_name):
+                return getattr(lib, set_name), getattr(lib, get_name)
+    return None
+
+
+@contextmanager
+def blas_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` OpenBLAS threads (None: leave as is), then restore.
+
+    Training results depend on the thread count (BLAS splits the float sums of the
+    gradients differently), so training pins it: same seed and threads, same bytes.
+    """
+    fns = _openblas() if n else None
+    if fns is None:
+        yield
+        return
+    set_fn, get_fn = fns
+    before = int(get_fn())
+    set_fn(int(n))
+    try:
+        yield
+    finally:
+        set_fn(before)
 
 
 @dataclass
@@ -59,6 +102,7 @@ class TrainConfig:
     keep_best: bool = True  # keep the epoch with the best validation accuracy
     recalibrate: bool = True  # replace running averages by exact training-set statistics
     limit: int | None = None  # use only the first N training images (tests, quick runs)
+    threads: int = 2  # BLAS threads, pinned: the result depends on it (see blas_threads)
 
     def check(self, n_inputs: int, n_train: int) -> None:
         """Raise TrainError naming the first bad option."""
@@ -90,6 +134,8 @@ class TrainConfig:
             raise TrainError(
                 f"batch: {self.batch} is larger than the {n_train - self.val} training images left"
             )
+        if not 1 <= self.threads <= 256:
+            raise TrainError(f"threads: expected 1..256, found {self.threads}")
         if n_inputs > 65535:
             raise TrainError(f"data: at most 65535 features per sample, found {n_inputs}")
 
@@ -474,6 +520,19 @@ def train(
     n_classes = int(ds.n_classes)
     if len(y_all) and int(y_all.max()) >= n_classes:
         raise TrainError(f"labels: expected 0..{n_classes - 1}, found {int(y_all.max())}")
+    with blas_threads(cfg.threads):
+        return _fit(cfg, x_all, y_all, n_classes, progress, on_epoch)
+
+
+def _fit(
+    cfg: TrainConfig,
+    x_all: np.ndarray,
+    y_all: np.ndarray,
+    n_classes: int,
+    progress: bool,
+    on_epoch: Callable[[dict], None] | None,
+) -> TrainResult:
+    n_inputs = int(x_all.shape[1])
     sizes = cfg.hidden + [n_classes]
     rng = np.random.default_rng(cfg.seed)
     perm = rng.permutation(len(x_all))

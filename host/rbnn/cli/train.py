@@ -41,6 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-recalibrate", action="store_true",
                    help="keep the running BatchNorm averages instead of exact training-set statistics")  # fmt: skip
     p.add_argument("--limit", type=int, help="use only the first N training images")
+    p.add_argument("--threads", type=int, default=2,
+                   help="BLAS threads (default 2); results depend on it, so it is pinned")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     p.set_defaults(func=run)
 
@@ -118,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         batch=args.batch, lr=args.lr, lr_final=args.lr_final, schedule=args.schedule,
         lr_scale=args.lr_scale, loss=args.loss, val=args.val, shift=shift, rotate=rotate,
         zoom=zoom, dropout=args.dropout, keep_best=not args.last_epoch,
-        recalibrate=not args.no_recalibrate, limit=args.limit,
+        recalibrate=not args.no_recalibrate, limit=args.limit, threads=args.threads,
     )  # fmt: skip
     m = res.model
     nbytes = pack.save(m, out)
