@@ -1,0 +1,678 @@
+# rbnn_py: the pure-MicroPython engine of rbnn (docs/DEVICE_API.md).
+#
+# Parses and validates a .rbnn file exactly as host/rbnn/pack.py does (docs/FORMAT.md:
+# same checks, same order, same error code names and byte offsets) and runs inference
+# with integer arithmetic only, bit-identical to the numpy twin (host/rbnn/twin.py).
+#
+# Hot loops come in two versions, chosen once at import:
+#   "viper"  - @micropython.viper code on 32-bit words (ptr32, uint); compiled from a
+#              string at import so that this file also loads, as source or .mpy, on
+#              ports without a native emitter;
+#   "python" - plain code on bytes with a 256-entry popcount table, so every value
+#              stays a small int on 32-bit ports (31-bit small ints: a 32-bit word
+#              would be a heap-allocated bignum).
+# use("python") forces the plain code (tests, or to compare speeds).
+#
+# Memory: the model's bytes are used in place (never copied, except once when the
+# viper engine is handed a buffer that is not 4-byte aligned); each Model allocates its
+# scratch once (packed input, two ping-pong activation buffers, scores, per-layer plans),
+# so predict() and scores() allocate nothing per call (viper engine; the plain engine
+# only when a score leaves the small-int range of a 32-bit port).
+
+import struct
+from array import array
+
+try:
+    import micropython
+except ImportError:  # CPython: only the plain engine
+    micropython = None
+
+try:
+    import binascii
+
+    _crc_builtin = binascii.crc32
+except (ImportError, AttributeError):
+    _crc_builtin = None
+
+HEADER_BYTES = 32
+BLOCK_ENTRY_BYTES = 20
+MAX_LAYERS = 8
+MAX_BLOCKS = 64
+MAX_PLANES = 255
+MAX_BITS = 16
+I32_MAX = 2147483647
+U32_MAX = 4294967295
+
+# cfg array of one layer (same layout for both engines):
+# 0 weight word offset, 1 words per row, 2 n_in, 3 n_out, 4 input planes (K or 1),
+# 5 params word offset, 6 is output layer, 7.. shift of each input plane.
+_CFG_SHIFTS = 7
+
+# --- CRC-32 ----------------------------------------------------------------------------
+# Table-driven fallback for ports without binascii.crc32. The 32-bit CRC register is
+# kept as two 16-bit halves so nothing becomes a bignum on a 32-bit port.
+_crc_lo = None
+_crc_hi = None
+
+
+def _crc_tables():
+    global _crc_lo, _crc_hi
+    lo = array("H", bytes(512))
+    hi = array("H", bytes(512))
+    for n in range(256):
+        cl, ch = n, 0
+        for _ in range(8):
+            bit = cl & 1
+            cl = (cl >> 1) | ((ch & 1) << 15)
+            ch >>= 1
+            if bit:  # reflected polynomial 0xEDB88320
+                cl ^= 0x8320
+                ch ^= 0xEDB8
+        lo[n] = cl
+        hi[n] = ch
+    _crc_lo, _crc_hi = lo, hi
+
+
+def crc32_table(buf, n):
+    """CRC-32 (ISO-HDLC, zlib.crc32) of the first n bytes of buf, without binascii."""
+    if _crc_lo is None:
+        _crc_tables()
+    lo_t, hi_t = _crc_lo, _crc_hi
+    lo, hi = 0xFFFF, 0xFFFF
+    for i in range(n):
+        t = (lo ^ buf[i]) & 0xFF
+        lo = ((lo >> 8) | ((hi & 0xFF) << 8)) ^ lo_t[t]
+        hi = (hi >> 8) ^ hi_t[t]
+    return ((hi ^ 0xFFFF) << 16) | (lo ^ 0xFFFF)
+
+
+def crc32(buf, n):
+    """CRC-32 of the first n bytes of buf: binascii.crc32 when the port has it."""
+    if _crc_builtin is not None and not _force_table_crc:
+        return _crc_builtin(memoryview(buf)[:n]) & U32_MAX
+    return crc32_table(buf, n)
+
+
+_force_table_crc = False
+
+
+def use_table_crc(flag=True):
+    """Compute CRCs with the table fallback even where binascii.crc32 exists (tests)."""
+    global _force_table_crc
+    _force_table_crc = bool(flag)
+
+
+# --- plain engine -----------------------------------------------------------------------
+_POP = bytes([bin(i).count("1") for i in range(256)])
+
+
+def _i32(b, o):
+    # Signed little-endian i32 at byte o; a small int whenever |value| < 2**30.
+    return (((b[o + 3] ^ 0x80) - 0x80) << 24) | (b[o + 2] << 16) | (b[o + 1] << 8) | b[o]
+
+
+def _dense_py(buf, x, y, cfg):
+    """One layer on bytes: buf the model, x the packed input bits, y the next
+    activation bits (hidden layer) or the array('i') scores to add to (output layer)."""
+    pop = _POP
+    nb = 4 * cfg[1]
+    n_in = cfg[2]
+    n_out = cfg[3]
+    nk = cfg[4]
+    pb = 4 * cfg[5]
+    last = cfg[6]
+    wb = 4 * cfg[0]
+    acc = 0
+    bit = 1
+    yo = 0
+    for j in range(n_out):
+        s = 0
+        xb = 0
+        for k in range(nk):
+            d = xb - wb  # x index = weight index + d
+            pc = 0
+            for i in range(wb, wb + nb, 4):
+                e = i + d
+                pc += (pop[buf[i] ^ x[e]] + pop[buf[i + 1] ^ x[e + 1]]
+                       + pop[buf[i + 2] ^ x[e + 2]] + pop[buf[i + 3] ^ x[e + 3]])
+            s += (n_in - 2 * pc) << cfg[_CFG_SHIFTS + k]
+            xb += nb
+        wb += nb
+        if last:
+            y[j] += _i32(buf, pb + 4 * j) * s + _i32(buf, pb + 4 * (n_out + j))
+        else:
+            fb = pb + 4 * n_out + (j >> 3)  # flip bit j: byte j // 8 of the flip vector
+            if (s >= _i32(buf, pb + 4 * j)) ^ ((buf[fb] >> (j & 7)) & 1):
+                acc |= bit
+            bit <<= 1
+            if bit == 256 or j == n_out - 1:
+                y[yo] = acc
+                yo += 1
+                acc = 0
+                bit = 1
+    if not last:
+        # Clear the rest of the last word: a wider layer may have used these bytes.
+        for i in range(yo, 4 * ((n_out + 31) >> 5)):
+            y[i] = 0
+
+
+def _slice_py(x, xp, cfg):
+    """Bit-slice raw 8-bit features x into the packed input xp (bytes)."""
+    n = cfg[0]
+    nb = 4 * cfg[1]
+    for k in range(cfg[2]):
+        sh = cfg[3 + k]
+        o = k * nb
+        i = 0
+        while i < n:
+            acc = 0
+            bit = 1
+            top = i + 8
+            if top > n:
+                top = n
+            while i < top:
+                if (x[i] >> sh) & 1:
+                    acc |= bit
+                bit <<= 1
+                i += 1
+            xp[o] = acc
+            o += 1
+
+
+def _copy_py(x, xp, n):
+    for i in range(n):
+        xp[i] = x[i]
+
+
+def _zero_py(y, n):
+    for i in range(n):
+        y[i] = 0
+
+
+def _argmax_py(sc, n):
+    best = 0
+    bv = sc[0]
+    for k in range(1, n):
+        if sc[k] > bv:
+            best = k
+            bv = sc[k]
+    return best
+
+
+def _addr_py(buf):
+    return 0
+
+
+# --- viper engine ---------------------------------------------------------------------
+# Notes for 32-bit ports: integer literals above 2**30 would be Python objects inside
+# viper code, so 0x55555555 and 1 << 31 are built at run time from small ones; words are
+# read as uint so shifts are logical; thresholds are sign-extended explicitly because a
+# ptr32 load is zero-extended on 64-bit ports. Score sums wrap mod 2**32, which is exact
+# because the file's E_RANGE check keeps every true score inside i32.
+_VIPER_SRC = """
+@micropython.viper
+def _dense_v(buf: ptr32, x: ptr32, y: ptr32, cfg: ptr32):
+    woff = cfg[0]
+    nw = cfg[1]
+    n_in = cfg[2]
+    n_out = cfg[3]
+    nk = cfg[4]
+    poff = cfg[5]
+    last = cfg[6]
+    m2 = uint(0x33333333)
+    m1 = m2 ^ (m2 << 1)
+    m4 = uint(0x0F0F0F0F)
+    m8 = uint(0x00FF00FF)
+    sgn = int(1) << 31
+    acc = uint(0)
+    for j in range(n_out):
+        s = 0
+        xo = 0
+        for k in range(nk):
+            # popcount(w XOR x): per-byte counts summed over up to 31 words, then folded
+            pc = 0
+            i = 0
+            while i < nw:
+                top = i + 31
+                if top > nw:
+                    top = nw
+                c = uint(0)
+                while i < top:
+                    v = uint(buf[woff + i]) ^ uint(x[xo + i])
+                    v = v - ((v >> 1) & m1)
+                    v = (v & m2) + ((v >> 2) & m2)
+                    c += (v + (v >> 4)) & m4
+                    i += 1
+                c = (c & m8) + ((c >> 8) & m8)
+                pc += int((c + (c >> 16)) & 0xFFFF)
+            s += (n_in - 2 * pc) << cfg[7 + k]
+            xo += nw
+        woff += nw
+        if last:
+            y[j] = int(y[j]) + int(buf[poff + j]) * s + int(buf[poff + n_out + j])
+        else:
+            t = (int(buf[poff + j]) ^ sgn) - sgn
+            f = (uint(buf[poff + n_out + (j >> 5)]) >> uint(j & 31)) & 1
+            if s >= t:
+                f ^= 1
+            acc |= f << uint(j & 31)
+            if (j & 31) == 31 or j == n_out - 1:
+                y[j >> 5] = acc
+                acc = uint(0)
+
+@micropython.viper
+def _slice_v(x: ptr8, xp: ptr32, cfg: ptr32):
+    n = cfg[0]
+    nw = cfg[1]
+    for k in range(cfg[2]):
+        sh = cfg[3 + k]
+        o = k * nw
+        for w in range(nw):
+            i0 = w << 5
+            cnt = n - i0
+            if cnt > 32:
+                cnt = 32
+            acc = uint(0)
+            for b in range(cnt):
+                acc |= uint((x[i0 + b] >> sh) & 1) << uint(b)
+            xp[o + w] = acc
+
+@micropython.viper
+def _copy_v(x: ptr8, xp: ptr8, n: int):
+    for i in range(n):
+        xp[i] = x[i]
+
+@micropython.viper
+def _zero_v(y: ptr32, n: int):
+    for i in range(n):
+        y[i] = 0
+
+@micropython.viper
+def _argmax_v(sc: ptr32, n: int) -> int:
+    sgn = int(1) << 31
+    best = 0
+    bv = (int(sc[0]) ^ sgn) - sgn
+    for k in range(1, n):
+        v = (int(sc[k]) ^ sgn) - sgn
+        if v > bv:
+            best = k
+            bv = v
+    return best
+
+@micropython.viper
+def _addr_v(buf: ptr8) -> int:
+    return int(buf)
+"""
+
+_PY = {
+    "dense": _dense_py,
+    "slice": _slice_py,
+    "copy": _copy_py,
+    "zero": _zero_py,
+    "argmax": _argmax_py,
+    "addr": _addr_py,
+}
+_KERNELS = {"python": _PY}
+
+
+def _compile_viper():
+    if micropython is None:
+        return None
+    g = {"micropython": micropython}
+    try:
+        exec(_VIPER_SRC, g)
+    except Exception:  # SyntaxError / ViperTypeError / NotImplementedError: no viper here
+        return None
+    k = {
+        "dense": g["_dense_v"],
+        "slice": g["_slice_v"],
+        "copy": g["_copy_v"],
+        "zero": g["_zero_v"],
+        "argmax": g["_argmax_v"],
+        "addr": g["_addr_v"],
+    }
+    # A port may compile viper yet get it wrong; check a word against a known popcount.
+    # 1 row of 1 word at word 1, scale 1 at word 4, offset 0: s = 32 - 2 * popcount(
+    # 0xF000000E) = 18.
+    buf = array("I", [0, 0xF0000001, 0, 0, 1, 0])
+    x = array("I", [15])
+    y = array("i", [7])
+    cfg = array("i", [1, 1, 32, 1, 1, 4, 1, 0])
+    try:
+        k["dense"](buf, x, y, cfg)
+    except Exception:
+        return None
+    if y[0] != 7 + 18:
+        return None
+    return k
+
+
+_v = _compile_viper()
+del _VIPER_SRC  # the source text is not needed once compiled (about 3 kB of heap)
+if _v is not None:
+    _KERNELS["viper"] = _v
+    engine = "viper"
+else:
+    engine = "python"
+engines = tuple(_KERNELS)
+
+
+def use(name):
+    """Choose the engine for models created from now on: "viper" or "python"."""
+    global engine
+    if name not in _KERNELS:
+        raise ValueError("rbnn: engine %r not available here (have %s)" % (name, ", ".join(_KERNELS)))
+    engine = name
+
+
+# --- file format ------------------------------------------------------------------------
+def _words(n):
+    return (n + 31) >> 5
+
+
+def _pad_mask(n):
+    r = n & 31
+    return U32_MAX if r == 0 else (1 << r) - 1
+
+
+def _fail(code, field, offset, expected, found):
+    raise ValueError("rbnn: %s at offset %d: %s: expected %s, found %s" % (code, offset, field, expected, found))
+
+
+def _u32(buf, o):
+    return struct.unpack_from("<I", buf, o)[0]
+
+
+def _parse(buf):
+    """Validate a model in the order of docs/FORMAT.md (Errors), as rbnn.pack.from_bytes.
+
+    Returns a dict of the shape; raises ValueError("rbnn: E_... at offset N: ...")."""
+    n = len(buf)
+    if n < HEADER_BYTES:
+        _fail("E_TRUNCATED", "header", 0, ">= %d bytes" % HEADER_BYTES, "%d bytes" % n)
+    (magic, version, flags, file_bytes, word_bits, n_layers, n_blocks, n_planes, n_inputs,
+     input_mode, plane_mask, plane_bytes, arena_offset, params_offset) = struct.unpack_from("<4sHHIBBBBHBBIII", buf, 0)
+    if magic != b"RBNN":
+        _fail("E_MAGIC", "magic", 0, b"RBNN", magic)
+    if version != 1:
+        _fail("E_VERSION", "version", 4, 1, version)
+    if flags != 0:
+        _fail("E_FLAGS", "flags", 6, 0, "0x%04x" % flags)
+    for name, off, val, ok, want in (
+        ("word_bits", 12, word_bits, word_bits == 32, "32"),
+        ("n_layers", 13, n_layers, 1 <= n_layers <= MAX_LAYERS, "1..%d" % MAX_LAYERS),
+        ("n_blocks", 14, n_blocks, 1 <= n_blocks <= MAX_BLOCKS, "1..%d" % MAX_BLOCKS),
+        ("n_planes", 15, n_planes, 1 <= n_planes <= MAX_PLANES, "1..%d" % MAX_PLANES),
+        ("n_inputs", 16, n_inputs, n_inputs >= 1, ">= 1"),
+        ("input_mode", 18, input_mode, input_mode == 0, "0"),
+        ("plane_mask", 19, plane_mask, plane_mask != 0, "not 0"),
+    ):
+        if not ok:
+            _fail("E_HEADER", name, off, want, val)
+    blocks_offset = HEADER_BYTES + 4 * ((n_layers + 1) // 2)
+    if n < blocks_offset:
+        _fail("E_TRUNCATED", "layer table", HEADER_BYTES, ">= %d bytes" % blocks_offset, "%d bytes" % n)
+    sizes = list(struct.unpack_from("<%dH" % n_layers, buf, HEADER_BYTES))
+    for i in range(n_layers):
+        if sizes[i] == 0:
+            _fail("E_HEADER", "size[%d]" % i, HEADER_BYTES + 2 * i, "1..65535", 0)
+    pad_at = HEADER_BYTES + 2 * n_layers
+    for i in range(pad_at, blocks_offset):
+        if buf[i]:
+            _fail("E_FLAGS", "layer table pad", pad_at, 0, "".join("%02x" % buf[k] for k in range(pad_at, blocks_offset)))
+    inputs = [n_inputs] + sizes[:-1]
+    row_words = [_words(i) for i in inputs]
+    layer_off = [0]  # word offset of each layer inside a plane
+    for i in range(n_layers):
+        layer_off.append(layer_off[-1] + sizes[i] * row_words[i])
+    lay_plane = 4 * layer_off[-1]
+    lay_arena = blocks_offset + BLOCK_ENTRY_BYTES * n_blocks
+    lay_params = lay_arena + n_planes * lay_plane
+    bpb = 8 * sizes[-1]
+    for s in sizes[:-1]:
+        bpb += 4 * s + 4 * _words(s)
+    lay_file = lay_params + n_blocks * bpb + 4
+    if lay_plane > U32_MAX or lay_file > U32_MAX:
+        _fail("E_SIZE", "computed file size", 8, "<= %d" % U32_MAX, lay_file)
+    if n < file_bytes:
+        _fail("E_TRUNCATED", "file_bytes", 8, "%d bytes" % file_bytes, "%d bytes" % n)
+    if n > file_bytes:
+        _fail("E_SIZE", "file_bytes", 8, n, file_bytes)
+    for name, off, stored, want in (
+        ("plane_bytes", 20, plane_bytes, lay_plane),
+        ("arena_offset", 24, arena_offset, lay_arena),
+        ("params_offset", 28, params_offset, lay_params),
+        ("file_bytes", 8, file_bytes, lay_file),
+    ):
+        if stored != want:
+            _fail("E_LAYOUT", name, off, want, stored)
+    crc_stored = _u32(buf, n - 4)
+    crc = crc32(buf, n - 4)
+    if crc != crc_stored:
+        _fail("E_CRC", "crc32", n - 4, "0x%08x" % crc, "0x%08x" % crc_stored)
+
+    owner = {}
+    sign_planes = []
+    for b in range(n_blocks):
+        off = blocks_offset + BLOCK_ENTRY_BYTES * b
+        state = buf[off]
+        n_bits = buf[off + 1]
+        reserved = buf[off + 2] | (buf[off + 3] << 8)
+        if state != 0 and state != 1:
+            _fail("E_BLOCK", "block[%d].state" % b, off, "0 or 1", state)
+        if not 1 <= n_bits <= MAX_BITS or (state == 0 and n_bits != 1):
+            _fail("E_BLOCK", "block[%d].n_bits" % b, off + 1, "1 (frozen)" if state == 0 else "1..%d" % MAX_BITS, n_bits)
+        if reserved:
+            _fail("E_BLOCK", "block[%d].reserved" % b, off + 2, 0, reserved)
+        for i in range(MAX_BITS):
+            at = off + 4 + i
+            p = buf[at]
+            if i >= n_bits:
+                if p != 0xFF:
+                    _fail("E_BLOCK", "block[%d].planes[%d] (unused)" % (b, i), at, 0xFF, p)
+                continue
+            if p >= n_planes:
+                _fail("E_BLOCK", "block[%d].planes[%d]" % (b, i), at, "< %d" % n_planes, p)
+            if p in owner:
+                _fail("E_BLOCK", "block[%d].planes[%d]" % (b, i), at, "a plane not owned by block %d" % owner[p], p)
+            owner[p] = b
+        sign_planes.append(buf[off + 4])
+
+    for layer in range(n_layers):
+        mask = _pad_mask(inputs[layer])
+        if mask == U32_MAX:
+            continue
+        bad = U32_MAX ^ mask
+        w = row_words[layer]
+        for p in range(n_planes):
+            at = arena_offset + p * plane_bytes + 4 * (layer_off[layer] + w - 1)
+            for r in range(sizes[layer]):
+                v = _u32(buf, at) & bad
+                if v:
+                    _fail("E_PADDING", "plane %d layer %d row %d padding" % (p, layer, r), at, 0, "0x%08x" % v)
+                at += 4 * w
+
+    at = params_offset
+    smax = inputs[-1]
+    if n_layers == 1:
+        low = 0
+        while not (plane_mask >> low) & 1:
+            low += 1
+        smax = n_inputs * sum(1 << (q - low) for q in range(8) if (plane_mask >> q) & 1)
+    bound = 0
+    for b in range(n_blocks):
+        for layer in range(n_layers - 1):
+            s = sizes[layer]
+            at += 4 * s
+            last = at + 4 * (_words(s) - 1)
+            v = _u32(buf, last)
+            if v & (U32_MAX ^ _pad_mask(s)):
+                _fail("E_PADDING", "block[%d] layer %d flip padding" % (b, layer), last, 0, "0x%08x" % v)
+            at += 4 * _words(s)
+        k = sizes[-1]
+        worst = 0
+        for c in range(k):
+            sc = struct.unpack_from("<i", buf, at + 4 * c)[0]
+            of = struct.unpack_from("<i", buf, at + 4 * (k + c))[0]
+            v = abs(sc) * smax + abs(of)
+            if v > worst:
+                worst = v
+        bound += worst
+        at += 8 * k
+    if bound > I32_MAX:
+        _fail("E_RANGE", "output scale/offset", params_offset, "score bound <= %d" % I32_MAX, bound)
+    return {
+        "n_inputs": n_inputs,
+        "plane_mask": plane_mask,
+        "sizes": sizes,
+        "inputs": inputs,
+        "n_blocks": n_blocks,
+        "n_planes": n_planes,
+        "plane_bytes": plane_bytes,
+        "arena_offset": arena_offset,
+        "params_offset": params_offset,
+        "block_params_bytes": bpb,
+        "layer_off": layer_off,
+        "sign_planes": sign_planes,
+        "file_bytes": file_bytes,
+    }
+
+
+def _is_i32_array(a):
+    # MicroPython arrays have no .typecode; the repr of an empty slice names it.
+    return isinstance(a, array) and repr(a[:0]) == "array('i')"
+
+
+# --- the model ------------------------------------------------------------------------
+class Model:
+    """A validated .rbnn model (docs/DEVICE_API.md): predict, scores, info.
+
+    Parameters
+    ----------
+    buf : bytes, bytearray or memoryview
+        The whole file; kept and read in place (not copied).
+    """
+
+    def __init__(self, buf):
+        if isinstance(buf, str):
+            raise TypeError("rbnn: Model() takes the file's bytes; use rbnn.load(path) for a path")
+        k = _KERNELS[engine]
+        self.engine = engine
+        if engine == "viper" and k["addr"](buf) & 3:
+            buf = bytearray(buf)  # ptr32 loads need 4-byte alignment (Xtensa, Cortex-M0 fault)
+        info = _parse(buf)
+        self._buf = buf
+        self._info = info
+        self._dense = k["dense"]
+        self._slicef = k["slice"]
+        self._copyf = k["copy"]
+        self._zerof = k["zero"]
+        self._argmaxf = k["argmax"]
+        n_in = info["n_inputs"]
+        mask = info["plane_mask"]
+        sizes = info["sizes"]
+        inputs = info["inputs"]
+        self.n_inputs = n_in
+        self.n_classes = sizes[-1]
+        kept = [q for q in range(7, -1, -1) if (mask >> q) & 1]
+        low = kept[-1]
+        nk = len(kept)
+        W = _words(n_in)
+        self._nk = nk
+        self._w = W
+        self._input_bytes = 4 * nk * W
+        # Packed-input padding: per kept plane, the byte index and forbidden bits of the
+        # last word's bytes (only bytes that hold padding).
+        pad = U32_MAX ^ _pad_mask(n_in)
+        self._pad = [(4 * (W - 1) + i, (pad >> (8 * i)) & 0xFF) for i in range(4) if (pad >> (8 * i)) & 0xFF]
+        self._slice_cfg = array("i", [n_in, W, nk] + kept)
+        # Scratch, allocated once (eBNN order: input, two ping-pong buffers, scores).
+        self._x = bytearray(4 * nk * W)
+        hidden = sizes[:-1]
+        aw = _words(max(hidden)) if hidden else 0
+        self._a = bytearray(4 * aw)
+        self._b = bytearray(4 * aw)
+        self._scores = array("i", [0] * self.n_classes)
+        self._ram = 4 * nk * W + 8 * aw + 4 * self.n_classes
+        self._out_ok = None
+        # One plan entry per (block, layer): cfg, input buffer, output buffer (None:
+        # the scores array of the call).
+        plan = []
+        shifts = [q - low for q in kept]
+        for b in range(info["n_blocks"]):
+            pbase = info["arena_offset"] + info["sign_planes"][b] * info["plane_bytes"]
+            par = info["params_offset"] + b * info["block_params_bytes"]
+            src = self._x
+            for layer in range(len(sizes)):
+                last = layer == len(sizes) - 1
+                first = layer == 0
+                s = sizes[layer]
+                cfg = [(pbase >> 2) + info["layer_off"][layer], _words(inputs[layer]), inputs[layer], s,
+                       nk if first else 1, par >> 2, 1 if last else 0] + (shifts if first else [0])
+                dst = None if last else (self._a if layer % 2 == 0 else self._b)
+                plan.append((array("i", cfg), src, dst))
+                src = dst
+                if not last:
+                    par += 4 * s + 4 * _words(s)
+        self._plan = plan
+
+    def _load_input(self, x):
+        n = len(x)
+        if n == self.n_inputs:  # raw features win when both lengths agree
+            self._slicef(x, self._x, self._slice_cfg)
+            return
+        if n != self._input_bytes:
+            raise ValueError("rbnn: input has %d bytes; expected %d raw features or %d bytes of packed bits"
+                             % (n, self.n_inputs, self._input_bytes))
+        nb = 4 * self._w
+        for k in range(self._nk):
+            for i, bad in self._pad:
+                if x[k * nb + i] & bad:
+                    raise ValueError("rbnn: E_INPUT: packed input plane %d has padding bits set (n_inputs %d)"
+                                     % (k, self.n_inputs))
+        self._copyf(x, self._x, n)
+
+    def _run(self, x, out):
+        self._load_input(x)
+        self._zerof(out, self.n_classes)
+        buf = self._buf
+        dense = self._dense
+        for cfg, src, dst in self._plan:
+            dense(buf, src, out if dst is None else dst, cfg)
+        return self._argmaxf(out, self.n_classes)
+
+    def predict(self, x):
+        """The class of one sample (ties to the lowest index).
+
+        x : raw features (n_inputs bytes) or packed input bits (info()["input_bytes"])."""
+        return self._run(x, self._scores)
+
+    def scores(self, x, out):
+        """Fill out (array('i'), at least n_classes items) with the scores; return the class."""
+        if out is not self._out_ok:
+            if not _is_i32_array(out):
+                raise ValueError("rbnn: out must be an array('i') of at least %d items" % self.n_classes)
+            self._out_ok = out
+        if len(out) < self.n_classes:
+            raise ValueError("rbnn: out has %d items, needs at least %d (n_classes)" % (len(out), self.n_classes))
+        return self._run(x, out)
+
+    def info(self):
+        """A dict describing the model (docs/DEVICE_API.md, info())."""
+        i = self._info
+        layers = [i["n_inputs"]] + i["sizes"]
+        per_block = 0
+        for a in range(len(i["sizes"])):
+            per_block += layers[a] * layers[a + 1]
+        return {
+            "engine": self.engine,
+            "inputs": i["n_inputs"],
+            "plane_mask": i["plane_mask"],
+            "layers": layers,
+            "blocks": i["n_blocks"],
+            "planes": i["n_planes"],
+            "weight_bits": per_block * i["n_blocks"],
+            "file_bytes": i["file_bytes"],
+            "ram": self._ram,
+            "input_bytes": self._input_bytes,
+        }
