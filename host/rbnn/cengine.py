@@ -1,0 +1,352 @@
+"""The C core (cmodules/rbnn) on the host: built into a shared library, called via ctypes.
+
+The library is compiled on first use with the system C compiler and cached, keyed by a
+hash of the sources, the compiler and the flags, so an edited source is rebuilt and two
+processes building at once never load a half-written file (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .bits import pad_mask, words
+from .errors import CODES, FormatError, RbnnError
+
+SOURCES = ("rbnn_core.c", "rbnn_kernel.c")
+HEADERS = ("rbnn_core.h", "rbnn_kernel.h")
+BASE_FLAGS = ("-std=c99", "-O3", "-fPIC", "-shared", "-Wall", "-Wextra")
+MAX_LAYERS = 8
+
+# Header fields by byte offset, to name the field behind a C error offset.
+_HEADER_FIELDS = {
+    0: "magic", 4: "version", 6: "flags", 8: "file_bytes", 12: "word_bits", 13: "n_layers",
+    14: "n_blocks", 15: "n_planes", 16: "n_inputs", 18: "input_mode", 19: "plane_mask",
+    20: "plane_bytes", 24: "arena_offset", 28: "params_offset",
+}  # fmt: skip
+
+
+class CBuildError(RbnnError):
+    """The C core could not be found or compiled."""
+
+
+def source_dir() -> Path:
+    """cmodules/rbnn of the checkout this package sits in."""
+    return Path(__file__).resolve().parents[2] / "cmodules" / "rbnn"
+
+
+def compiler() -> str:
+    """$CC, else cc, else gcc."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise CBuildError("no C compiler (cc or gcc) on PATH: install gcc (`make deps-c`)")
+    return cc
+
+
+def _cache_dirs() -> list[Path]:
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return [source_dir().parents[1] / "build" / "host", Path(xdg) / "rbnn"]
+
+
+def _accepts(cc: str, flag: str) -> bool:
+    """Whether the compiler takes ``flag`` (e.g. -march=native is x86/ARM-gcc specific)."""
+    r = subprocess.run([cc, flag, "-x", "c", "-E", "-o", os.devnull, os.devnull],
+                       capture_output=True)  # fmt: skip
+    return r.returncode == 0
+
+
+def _key(cc: str) -> str:
+    h = hashlib.sha256()
+    ver = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    h.update(f"{cc}\n{ver}\n{' '.join(BASE_FLAGS)} -march=native?\n".encode())
+    src = source_dir()
+    for name in SOURCES + HEADERS:
+        path = src / name
+        if not path.exists():
+            raise CBuildError(f"{path}: C core source missing")
+        h.update(name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:20]
+
+
+def build(force: bool = False) -> Path:
+    """Compile the core into a cached shared library if needed; returns its path."""
+    cc = compiler()
+    name = f"librbnn-{_key(cc)}.so"
+    dirs = _cache_dirs()
+    if not force:
+        for d in dirs:
+            if (d / name).exists():
+                return d / name
+    flags = list(BASE_FLAGS)
+    if _accepts(cc, "-march=native"):
+        flags.append("-march=native")
+    src = source_dir()
+    errors = []
+    for d in dirs:
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".librbnn-", suffix=".tmp", dir=d)
+        except OSError as e:
+            errors.append(f"{d}: {e.strerror}")
+            continue
+        os.close(fd)
+        cmd = [cc, *flags, "-I", str(src), *(str(src / s) for s in SOURCES), "-o", tmp]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            os.unlink(tmp)
+            raise CBuildError(f"compiling the C core failed: {' '.join(cmd)}\n{r.stderr.strip()}")
+        os.replace(tmp, d / name)  # atomic: a concurrent loader sees all or nothing
+        return d / name
+    raise CBuildError("no writable cache folder for the C core: " + "; ".join(errors))
+
+
+class _Model(ctypes.Structure):
+    """Mirror of rbnn_model_t (cmodules/rbnn/rbnn_core.h)."""
+
+    _fields_ = [
+        ("buf", ctypes.c_void_p),
+        ("file_bytes", ctypes.c_uint32),
+        ("n_inputs", ctypes.c_uint16),
+        ("n_layers", ctypes.c_uint8),
+        ("n_blocks", ctypes.c_uint8),
+        ("n_planes", ctypes.c_uint8),
+        ("plane_mask", ctypes.c_uint8),
+        ("k_planes", ctypes.c_uint8),
+        ("input_mode", ctypes.c_uint8),
+        ("sizes", ctypes.c_uint16 * MAX_LAYERS),
+        ("plane_words", ctypes.c_uint32),
+        ("arena_offset", ctypes.c_uint32),
+        ("params_offset", ctypes.c_uint32),
+        ("blocks_offset", ctypes.c_uint32),
+        ("block_params_bytes", ctypes.c_uint32),
+        ("err_offset", ctypes.c_uint32),
+    ]
+
+
+@functools.lru_cache(maxsize=1)
+def lib() -> ctypes.CDLL:
+    """The loaded library, built on first use."""
+    so = ctypes.CDLL(str(build()))
+    P, U32, I = ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int
+    M = ctypes.POINTER(_Model)
+    sigs = {
+        "rbnn_model_init": (I, [M, P, ctypes.c_size_t]),
+        "rbnn_input_words": (U32, [M]),
+        "rbnn_scratch_words": (U32, [M]),
+        "rbnn_n_classes": (U32, [M]),
+        "rbnn_ram_bytes": (U32, [M]),
+        "rbnn_pack_u8": (I, [M, P, P]),
+        "rbnn_infer": (I, [M, P, P, P]),
+        "rbnn_infer_batch": (I, [M, P, U32, P, P, P]),
+        "rbnn_strerror": (ctypes.c_char_p, [I]),
+        "rbnn_crc32": (U32, [U32, P, ctypes.c_size_t]),
+    }
+    for fn, (res, args) in sigs.items():
+        f = getattr(so, fn)
+        f.restype, f.argtypes = res, args
+    return so
+
+
+def strerror(code: int) -> str:
+    """The C core's text for an error code."""
+    return lib().rbnn_strerror(code).decode()
+
+
+def crc32(data: bytes, crc: int = 0, shift: int = 0) -> int:
+    """rbnn_crc32 of ``data`` placed ``shift`` bytes past a 4-byte boundary (= zlib.crc32)."""
+    data = bytes(data)
+    store, addr = _aligned(data, shift)
+    out = int(lib().rbnn_crc32(crc, addr, len(data)))
+    del store
+    return out
+
+
+def _aligned(data: bytes, shift: int = 0) -> tuple[np.ndarray, int]:
+    """A copy of ``data`` at a 4-byte aligned address (+ ``shift``): (owner, address)."""
+    store = np.zeros(max(1, (len(data) + shift + 3) // 4), np.uint32)
+    store.view(np.uint8)[shift : shift + len(data)] = np.frombuffer(data, np.uint8)
+    return store, store.ctypes.data + shift
+
+
+def validate(data: bytes, shift: int = 0) -> tuple[int, int]:
+    """Run rbnn_model_init on a copy of ``data``: (code, err_offset); code 0 is valid.
+
+    ``shift`` places the copy that many bytes past a 4-byte boundary (E_ALIGN tests).
+    """
+    data = bytes(data)
+    store, addr = _aligned(data, shift)
+    m = _Model()
+    rc = lib().rbnn_model_init(ctypes.byref(m), addr, len(data))
+    del store
+    return int(rc), int(m.err_offset)
+
+
+def field_at(code: str, offset: int) -> str:
+    """Name of the field a C error code and offset point at."""
+    if code == "E_CRC":
+        return "crc32"
+    if code == "E_RANGE":
+        return "output scale/offset"
+    if code in ("E_BLOCK", "E_PADDING"):
+        return {"E_BLOCK": "block table entry", "E_PADDING": "padding bits"}[code]
+    if offset in _HEADER_FIELDS:
+        return _HEADER_FIELDS[offset]
+    if code == "E_HEADER" and offset >= 32:
+        return f"size[{(offset - 32) // 2}]"
+    if code == "E_FLAGS" and offset >= 32:
+        return "layer table pad"
+    return "layer table" if code == "E_TRUNCATED" else "?"
+
+
+class CModel:
+    """A model validated and run by the C core.
+
+    Parameters
+    ----------
+    data : bytes-like
+        A .rbnn file. An aligned private copy is kept for the model's lifetime.
+
+    Raises
+    ------
+    FormatError
+        With the C core's code name, the field at fault and its byte offset.
+    """
+
+    def __init__(self, data: bytes | bytearray | memoryview):
+        self._lib = lib()
+        raw = bytes(data)
+        self._store, addr = _aligned(raw)
+        self._m = _Model()
+        rc = self._lib.rbnn_model_init(ctypes.byref(self._m), addr, len(raw))
+        if rc != 0:
+            code = CODES.get(rc, f"E_{rc}")
+            off = int(self._m.err_offset)
+            raise FormatError(code, f"{field_at(code, off)} ({strerror(rc)})", off)
+        self.input_words = int(self._lib.rbnn_input_words(ctypes.byref(self._m)))
+        self.scratch_words = int(self._lib.rbnn_scratch_words(ctypes.byref(self._m)))
+        self.n_classes = int(self._lib.rbnn_n_classes(ctypes.byref(self._m)))
+        self.ram_bytes = int(self._lib.rbnn_ram_bytes(ctypes.byref(self._m)))
+
+    # --- shape ------------------------------------------------------------------
+    @property
+    def n_inputs(self) -> int:
+        return int(self._m.n_inputs)
+
+    @property
+    def sizes(self) -> list[int]:
+        return [int(s) for s in self._m.sizes[: self._m.n_layers]]
+
+    @property
+    def n_blocks(self) -> int:
+        return int(self._m.n_blocks)
+
+    @property
+    def n_planes(self) -> int:
+        return int(self._m.n_planes)
+
+    @property
+    def plane_mask(self) -> int:
+        return int(self._m.plane_mask)
+
+    @property
+    def k_planes(self) -> int:
+        return int(self._m.k_planes)
+
+    @property
+    def file_bytes(self) -> int:
+        return int(self._m.file_bytes)
+
+    # --- inference ----------------------------------------------------------------
+    def _check(self, xbits: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(xbits, dtype=np.uint32)
+        want = (self.k_planes, words(self.n_inputs))
+        if x.ndim != 3 or x.shape[1:] != want:
+            raise ValueError(f"packed input must have shape (n, {want[0]}, {want[1]}), got {x.shape}")
+        # Named here (sample, plane); the C core checks again and would only say E_INPUT.
+        bad = x[:, :, -1] & np.uint32(~pad_mask(self.n_inputs) & 0xFFFFFFFF)
+        if bad.any():
+            i, k = (int(v[0]) for v in np.nonzero(bad))
+            raise FormatError("E_INPUT", f"packed input sample {i} plane {k} padding bits",
+                              None, 0, f"0x{int(bad[i, k]):08x}")  # fmt: skip
+        return x
+
+    def _run(self, xbits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = self._check(xbits)
+        n = x.shape[0]
+        scores = np.empty((n, self.n_classes), np.int32)
+        classes = np.empty(n, np.int32)
+        scratch = np.empty(max(1, self.scratch_words), np.uint32)
+        if n:
+            rc = self._lib.rbnn_infer_batch(ctypes.byref(self._m), x.ctypes.data, n,
+                                            scratch.ctypes.data, scores.ctypes.data,
+                                            classes.ctypes.data)  # fmt: skip
+            if rc != 0:
+                raise FormatError(CODES.get(rc, f"E_{rc}"), f"inference ({strerror(rc)})")
+        return scores, classes
+
+    def scores(self, xbits: np.ndarray) -> np.ndarray:
+        """Integer class scores.
+
+        Parameters
+        ----------
+        xbits : ndarray of uint32, shape (n, K, words(n_inputs))
+            Packed inputs (:func:`rbnn.model.pack_input`), padding bits 0.
+
+        Returns
+        -------
+        ndarray of int32, shape (n, n_classes)
+        """
+        return self._run(xbits)[0]
+
+    def predict(self, xbits: np.ndarray) -> np.ndarray:
+        """Class per sample (ties to the lowest index): int64 (n,)."""
+        return self._run(xbits)[1].astype(np.int64)
+
+    def pack_u8(self, features: np.ndarray) -> np.ndarray:
+        """Bit-slice one sample in C (rbnn_pack_u8).
+
+        Parameters
+        ----------
+        features : ndarray of uint8, shape (n_inputs,)
+
+        Returns
+        -------
+        ndarray of uint32, shape (K, words(n_inputs))
+        """
+        f = np.ascontiguousarray(features)
+        if f.dtype != np.uint8 or f.shape != (self.n_inputs,):
+            raise ValueError(f"features must be uint8 ({self.n_inputs},), got {f.dtype} {f.shape}")
+        out = np.empty((self.k_planes, words(self.n_inputs)), np.uint32)
+        rc = self._lib.rbnn_pack_u8(ctypes.byref(self._m), f.ctypes.data, out.ctypes.data)
+        if rc != 0:
+            raise FormatError(CODES.get(rc, f"E_{rc}"), f"pack ({strerror(rc)})")
+        return out
+
+    def infer_one(self, xbits: np.ndarray) -> tuple[int, np.ndarray]:
+        """One sample through rbnn_infer (the device's entry point), no Python-side checks.
+
+        Parameters
+        ----------
+        xbits : ndarray of uint32, shape (K, words(n_inputs))
+
+        Returns
+        -------
+        (int, ndarray of int32 (n_classes,))
+            The return code (class >= 0, or a negative error code) and the scores.
+        """
+        x = np.ascontiguousarray(xbits, dtype=np.uint32).reshape(-1)
+        if x.size != self.input_words:
+            raise ValueError(f"packed input must have {self.input_words} words, got {x.size}")
+        scores = np.zeros(self.n_classes, np.int32)
+        scratch = np.empty(max(1, self.scratch_words), np.uint32)
+        rc = self._lib.rbnn_infer(ctypes.byref(self._m), x.ctypes.data, scratch.ctypes.data,
+                                  scores.ctypes.data)  # fmt: skip
+        return int(rc), scores
