@@ -135,18 +135,18 @@ class _Model(ctypes.Structure):
 def lib() -> ctypes.CDLL:
     """The loaded library, built on first use."""
     so = ctypes.CDLL(str(build()))
-    P, U32, I = ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int
+    P, U32, INT = ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int
     M = ctypes.POINTER(_Model)
     sigs = {
-        "rbnn_model_init": (I, [M, P, ctypes.c_size_t]),
+        "rbnn_model_init": (INT, [M, P, ctypes.c_size_t]),
         "rbnn_input_words": (U32, [M]),
         "rbnn_scratch_words": (U32, [M]),
         "rbnn_n_classes": (U32, [M]),
         "rbnn_ram_bytes": (U32, [M]),
-        "rbnn_pack_u8": (I, [M, P, P]),
-        "rbnn_infer": (I, [M, P, P, P]),
-        "rbnn_infer_batch": (I, [M, P, U32, P, P, P]),
-        "rbnn_strerror": (ctypes.c_char_p, [I]),
+        "rbnn_pack_u8": (INT, [M, P, P]),
+        "rbnn_infer": (INT, [M, P, P, P]),
+        "rbnn_infer_batch": (INT, [M, P, U32, P, P, P]),
+        "rbnn_strerror": (ctypes.c_char_p, [INT]),
         "rbnn_crc32": (U32, [U32, P, ctypes.c_size_t]),
     }
     for fn, (res, args) in sigs.items():
