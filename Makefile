@@ -31,6 +31,8 @@ help:
 	@echo "make size    cross-build the C core for Cortex-M0+ and print text/data/bss"
 	@echo "make bench   host and Cortex-M0+ inference benchmarks"
 	@echo "make lint    ruff"
+	@echo "make firmware PORT=unix|qemu|rp2|esp32 [BOARD=...] MICROPY_DIR=...   MicroPython with the C module"
+	@echo "make flash PORT=rp2|esp32 [DEVICE=...] [IMAGE=...]   write the image to a board"
 
 # --- set-up -------------------------------------------------------------------------
 # apt_need <command> <debian package>: install the package when the command is missing.
@@ -93,6 +95,64 @@ size: deps-arm
 # --- benchmarks -----------------------------------------------------------------------
 bench: setup deps-arm
 	$(PY) bench/host.py
+
+# --- firmware images (docs/FIRMWARE.md) ---------------------------------------------------
+# make firmware PORT=unix|qemu|rp2|esp32 [BOARD=...] MICROPY_DIR=<MicroPython checkout>
+# builds MicroPython with the C module (cmodules/) into build/firmware/<port>-<board>/;
+# rp2 and esp32 images also freeze firmware/ (boards/<BOARD> when the repo has it, else
+# the port's own board with firmware/manifest.py). Sub-makes get PORT= and DEVICE= so the
+# port's own Makefile does not read ours (esp32's PORT is a serial port).
+FW_PORT := $(or $(PORT),unix)
+FW_BOARD_unix := standard
+FW_BOARD_qemu := MICROBIT
+FW_BOARD_rp2 := RPI_PICO
+FW_BOARD_esp32 := ESP32_GENERIC
+FW_BOARD := $(or $(BOARD),$(FW_BOARD_$(FW_PORT)))
+FW_BUILD ?= $(CURDIR)/build/firmware/$(FW_PORT)-$(FW_BOARD)
+FW_MPY := $(abspath $(MICROPY_DIR))
+FW_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+FW_SUBMAKE = $(MAKE) -j$(FW_JOBS) -C $(FW_MPY)/ports/$(FW_PORT) PORT= DEVICE= BUILD=$(FW_BUILD)
+# unix: a test binary, so no submodules needed (btree, ssl, ffi off) and nothing frozen:
+# firmware/ runs from the file system there. Override with FW_UNIX_ARGS=.
+FW_UNIX_ARGS ?= MICROPY_PY_BTREE=0 MICROPY_PY_SSL=0 MICROPY_SSL_AXTLS=0 MICROPY_PY_FFI=0 FROZEN_MANIFEST=
+# qemu: freeze firmware/ without the port's manifest (FW_QEMU_FREEZE=0: nothing frozen,
+# and no micropython-lib needed).
+FW_QEMU_FREEZE ?= 1
+FW_QEMU_MANIFEST := $(if $(filter 1,$(FW_QEMU_FREEZE)),$(FW_BUILD)/rbnn_manifest.py)
+FW_BOARD_ARGS = $(if $(wildcard boards/$(FW_BOARD)/mpconfigboard.cmake),BOARD_DIR=$(CURDIR)/boards/$(FW_BOARD),BOARD=$(FW_BOARD) FROZEN_MANIFEST=$(CURDIR)/firmware/manifest.py)
+FW_IMAGE_rp2 := firmware.uf2
+FW_IMAGE_esp32 := firmware.bin
+IMAGE ?= $(FW_BUILD)/$(FW_IMAGE_$(FW_PORT))
+
+.PHONY: firmware flash fw-check
+
+fw-check:
+	@test -n "$(MICROPY_DIR)" || { echo "make firmware: set MICROPY_DIR to a MicroPython checkout (see docs/FIRMWARE.md)" >&2; exit 2; }
+	@test -f "$(FW_MPY)/py/mkenv.mk" || { echo "make firmware: MICROPY_DIR=$(MICROPY_DIR) is not a MicroPython checkout (no py/mkenv.mk)" >&2; exit 2; }
+	@test -d "$(FW_MPY)/ports/$(FW_PORT)" || { echo "make firmware: PORT=$(FW_PORT): expected unix, qemu, rp2 or esp32" >&2; exit 2; }
+
+firmware: fw-check
+	$(MAKE) -j$(FW_JOBS) -C $(FW_MPY)/mpy-cross PORT= DEVICE=
+ifeq ($(FW_PORT),unix)
+	$(FW_SUBMAKE) VARIANT=$(FW_BOARD) USER_C_MODULES=$(CURDIR)/cmodules $(FW_UNIX_ARGS)
+	@echo "firmware: $(FW_BUILD)/micropython"
+else ifeq ($(FW_PORT),qemu)
+	@mkdir -p $(FW_BUILD)
+	echo "include('$(CURDIR)/firmware/manifest.py', port_manifest=False)" > $(FW_BUILD)/rbnn_manifest.py
+	$(FW_SUBMAKE) BOARD=$(FW_BOARD) USER_C_MODULES=$(CURDIR)/cmodules FROZEN_MANIFEST=$(FW_QEMU_MANIFEST)
+	@echo "firmware: $(FW_BUILD)/firmware.elf"
+else
+	$(FW_SUBMAKE) $(FW_BOARD_ARGS) USER_C_MODULES=$(CURDIR)/cmodules/micropython.cmake
+	@echo "firmware: $(IMAGE)"
+endif
+
+# make flash PORT=rp2|esp32 [DEVICE=/dev/ttyACM0 or the RPI-RP2 drive] [IMAGE=file]
+flash: venv
+	@test -f "$(IMAGE)" || { echo "make flash: no image $(IMAGE); run make firmware PORT=$(FW_PORT) first, or give IMAGE=" >&2; exit 2; }
+ifeq ($(FW_PORT),esp32)
+	@$(PY) -c 'import esptool' 2>/dev/null || $(PY) -m pip install -q esptool
+endif
+	$(RBNN) flash $(IMAGE) --target $(FW_PORT) $(if $(DEVICE),--device $(DEVICE))
 
 clean:
 	rm -rf build $(OUT) .pytest_cache

@@ -65,6 +65,10 @@ static const mp_obj_type_t rbnn_model_type;
 static mp_obj_t rbnn_model_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw,
     const mp_obj_t *args) {
     mp_arg_check_num(n_args, n_kw, 1, 1, false);
+    if (mp_obj_is_str(args[0])) {
+        /* A str has the buffer protocol in MicroPython: refuse it, as the fallback does. */
+        mp_raise_TypeError(MP_ERROR_TEXT("rbnn: Model() takes the file's bytes; use rbnn.load(path) for a path"));
+    }
     mp_buffer_info_t bi;
     mp_get_buffer_raise(args[0], &bi, MP_BUFFER_READ);
 
@@ -109,6 +113,19 @@ static void rbnn_check_buffer(rbnn_model_obj_t *self) {
     }
 }
 
+/* The packed-input plane whose padding bits are set (the core only says E_INPUT). */
+static unsigned rbnn_bad_plane(const rbnn_model_obj_t *self) {
+    uint32_t w = (self->m.n_inputs + 31) / 32;
+    uint32_t used = self->m.n_inputs % 32;
+    uint32_t pad = used ? ~((UINT32_C(1) << used) - 1) : 0;
+    for (uint32_t k = 0; k < self->m.k_planes; k++) {
+        if (self->in_bits[k * w + w - 1] & pad) {
+            return k;
+        }
+    }
+    return 0;
+}
+
 /* Fill self->scores from x (raw features or packed bits); returns the class. */
 static int rbnn_run(rbnn_model_obj_t *self, mp_obj_t x_in) {
     rbnn_check_buffer(self);
@@ -128,10 +145,15 @@ static int rbnn_run(rbnn_model_obj_t *self, mp_obj_t x_in) {
         memcpy(self->in_bits, bi.buf, packed_len);
     } else {
         mp_raise_msg_varg(&mp_type_ValueError,
-            MP_ERROR_TEXT("rbnn: input of %u bytes: expected %u (raw features) or %u (packed bits)"),
+            MP_ERROR_TEXT("rbnn: input has %u bytes; expected %u raw features or %u bytes of packed bits"),
             (unsigned)bi.len, (unsigned)raw_len, (unsigned)packed_len);
     }
     r = rbnn_infer(&self->m, self->in_bits, self->scratch, self->scores);
+    if (r == RBNN_E_INPUT) {
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("rbnn: E_INPUT: packed input plane %u has padding bits set (n_inputs %u)"),
+            rbnn_bad_plane(self), (unsigned)self->m.n_inputs);
+    }
     if (r < 0) {
         rbnn_raise(r, NULL);
     }
@@ -149,11 +171,15 @@ static MP_DEFINE_CONST_FUN_OBJ_2(rbnn_model_predict_obj, rbnn_model_predict);
 static mp_obj_t rbnn_model_scores(mp_obj_t self_in, mp_obj_t x_in, mp_obj_t out_in) {
     rbnn_model_obj_t *self = MP_OBJ_TO_PTR(self_in);
     mp_buffer_info_t out;
-    if (!mp_get_buffer(out_in, &out, MP_BUFFER_WRITE) || out.typecode != 'i'
-        || out.len / sizeof(int32_t) < self->n_classes) {
+    if (!mp_get_buffer(out_in, &out, MP_BUFFER_WRITE) || out.typecode != 'i') {
         mp_raise_msg_varg(&mp_type_ValueError,
             MP_ERROR_TEXT("rbnn: out must be an array('i') of at least %u items"),
             (unsigned)self->n_classes);
+    }
+    if (out.len / sizeof(int32_t) < self->n_classes) {
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("rbnn: out has %u items, needs at least %u (n_classes)"),
+            (unsigned)(out.len / sizeof(int32_t)), (unsigned)self->n_classes);
     }
     /* Checked before inference so a bad `out` leaves nothing half done. */
     int cls = rbnn_run(self, x_in);

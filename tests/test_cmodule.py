@@ -1,0 +1,445 @@
+"""The C module `_rbnn` inside real MicroPython firmware built from a MicroPython
+checkout (`make firmware`, docs/FIRMWARE.md):
+
+- the unix port built with USER_C_MODULES runs the fallback's own test scripts
+  (tests/test_fallback.py) with engine "c": bit-identical to the twin, the same file
+  checks (code and offset) as rbnn.pack, the same input errors, no allocation per call;
+- the qemu port for BOARD=MICROBIT (Cortex-M0) runs `predict` and `scores` on packed
+  models, a trained MNIST model among them, with the twin's answers.
+
+Every test here needs $MICROPY_DIR (a MicroPython checkout) and skips without it; CI
+has none. The builds go to build/firmware/ and are reused while up to date.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import shutil
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mpy_helpers import run_mpy_code
+from test_fallback import (
+    API,
+    ERRORS,
+    PARITY,
+    crafted_files,
+    fuzzed_files,
+    le_bytes,
+    multi_plane_model,
+    random_inputs,
+    random_models,
+)
+
+from rbnn import __version__, pack, twin
+from rbnn.errors import FormatError
+from rbnn.model import pack_input, random_model
+
+REPO = Path(__file__).resolve().parent.parent
+MICROPY_DIR = os.environ.get("MICROPY_DIR", "")
+
+pytestmark = pytest.mark.skipif(
+    not MICROPY_DIR,
+    reason="MICROPY_DIR is not set: these tests build MicroPython with the C module from a "
+    "MicroPython checkout (docs/FIRMWARE.md)",
+)
+
+# The C engine's file errors: code and offset as rbnn.pack, then the core's description.
+C_ERR_RE = re.compile(r"^rbnn: (E_[A-Z]+) at offset (\d+): (.+)$")
+
+
+def make_firmware(port: str, *extra: str) -> Path:
+    """Run `make firmware PORT=port` (incremental) and return the build folder."""
+    build = REPO / "build" / "firmware"
+    build.mkdir(parents=True, exist_ok=True)
+    log = build / f"make-{port}.log"
+    cmd = ["make", "firmware", f"PORT={port}", f"MICROPY_DIR={MICROPY_DIR}", *extra]
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, timeout=1800)
+    if proc.returncode != 0:
+        tail = log.read_text()[-3000:]
+        pytest.fail(f"{' '.join(cmd)} failed (log: {log}):\n{tail}")
+    out = re.findall(r"^firmware: (.+)$", log.read_text(), re.M)
+    assert out, f"make firmware printed no image path (log: {log})"
+    return Path(out[-1])
+
+
+@pytest.fixture(scope="session")
+def unix_c() -> str:
+    """The MicroPython unix port with `_rbnn`, built from $MICROPY_DIR."""
+    return str(make_firmware("unix"))
+
+
+# --- the unix port: the fallback's tests with engine "c" ---------------------------------
+def test_unix_build_has_the_c_module(unix_c, tmp_path):
+    code = (
+        "import _rbnn, rbnn\n"
+        "print(rbnn.engine, rbnn.__version__, _rbnn.__version__, _rbnn.engine)\n"
+        "print(_rbnn.Model)\n"
+    )
+    out = run_mpy_code(unix_c, code, tmp_path).stdout.splitlines()
+    assert out == [f"c {__version__} {__version__} c", "<class 'Model'>"]
+
+
+def tie_model(rng: np.random.Generator):
+    """Scale 0 everywhere: the scores are the offsets, with a tie for the largest."""
+    m = random_model(rng, n_inputs=50, sizes=[20, 6], plane_mask=0x81, n_blocks=2)
+    for b, off in zip(m.blocks, ([5, 9, 9, 2, -4, 9], [1, 3, 3, 0, 0, 3]), strict=True):
+        b.scale[:] = 0
+        b.offset[:] = off
+    return m
+
+
+def test_c_engine_matches_twin(unix_c, tmp_path):
+    # tests/test_fallback.py's parity script, on the same kind of models, engine c.
+    rng = np.random.default_rng(20240611)
+    n_samples = 5
+    models = random_models(rng, 60) + [tie_model(rng)]
+    expect, names = {}, []
+    for i, m in enumerate(models):
+        name = f"m{i:03d}"
+        (tmp_path / f"{name}.rbnn").write_bytes(pack.to_bytes(m))
+        x = random_inputs(rng, m.n_inputs, n_samples)
+        xb = pack_input(x, m.plane_mask)
+        (tmp_path / f"{name}.raw").write_bytes(x.tobytes())
+        (tmp_path / f"{name}.packed").write_bytes(le_bytes(xb))
+        s = twin.scores(m, xb)
+        sp = s
+        if m.n_inputs == xb[0].nbytes:  # equal lengths: the packed bytes are read as raw
+            sp = twin.scores_u8(m, np.frombuffer(le_bytes(xb), np.uint8).reshape(n_samples, -1))
+        expect[name] = {"r": s, "p": sp}
+        names.append(f"{name} {n_samples}\n")
+    (tmp_path / "cases.txt").write_text("".join(names))
+    proc = run_mpy_code(unix_c, PARITY, tmp_path, args=[str(tmp_path)], env={"RBNN_ENGINE": "c"})
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "ENGINE c"
+    assert lines[-1] == "DONE"
+    seen = set()
+    for line in lines[1:-1]:
+        name, i, kind, c, p, guard, *sc = line.split()
+        s = expect[name][kind][int(i)]
+        assert [int(v) for v in sc] == s.tolist(), f"{name} sample {i} ({kind}): scores differ"
+        assert int(c) == int(p) == int(np.argmax(s)), f"{name} sample {i} ({kind}): class"
+        assert guard == "12345", "scores() wrote past n_classes"
+        seen.add((name, int(i), kind))
+    assert len(seen) == len(models) * n_samples * 2
+    tie = f"m{len(models) - 1:03d}"
+    assert expect[tie]["r"][0].tolist() == [6, 12, 12, 2, -4, 12]  # ties go to class 1
+
+
+def test_c_engine_rejects_what_pack_rejects(unix_c, tmp_path):
+    # The fallback's corpus of broken files: every code, every header offset, truncations.
+    rng = np.random.default_rng(7)
+    m3 = multi_plane_model(rng, 40, [37, 33, 6], 0xC1)
+    m2 = random_model(rng, n_inputs=21, sizes=[5, 3], plane_mask=0x80, n_blocks=2)
+    m1 = random_model(rng, n_inputs=9, sizes=[4], plane_mask=0x3C)
+    files = crafted_files(pack.to_bytes(m3), m3)
+    for m in (m3, m2, m1):
+        data = pack.to_bytes(m)
+        lay = pack.layout(m.n_inputs, m.sizes, len(m.blocks), m.n_planes)
+        files += fuzzed_files(rng, data, lay["arena_offset"], 5)
+    expect = []
+    for data in files:
+        try:
+            expect.append(("OK", pack.from_bytes(data).n_classes))
+        except FormatError as e:
+            expect.append((e.code, e.offset))
+    assert len({e[0] for e in expect}) >= 12
+    blob = b"".join(struct.pack("<I", len(d)) + d for d in files)
+    (tmp_path / "files.bin").write_bytes(blob)
+    proc = run_mpy_code(unix_c, ERRORS, tmp_path, args=[str(tmp_path / "files.bin"), "binascii"],
+                        env={"RBNN_ENGINE": "c"})  # fmt: skip
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "ENGINE c"
+    assert lines[-1] == f"DONE {len(files)}"
+    for i, line in enumerate(lines[1:-1]):
+        idx, kind, rest = line.split(" ", 2)
+        assert int(idx) == i
+        if kind == "OK":
+            got = ("OK", int(rest))
+        else:
+            mt = C_ERR_RE.match(rest)
+            assert mt, f"file {i}: message without code/offset: {rest!r}"
+            got = (mt.group(1), int(mt.group(2)))
+        assert got == expect[i], f"file {i} ({len(files[i])} bytes): device {got}, host {expect[i]}"
+
+
+def test_c_engine_api_and_input_errors(unix_c, tmp_path):
+    # The fallback's API script with `rbnn_py.Model` swapped for `_rbnn.Model`; the C
+    # engine's file errors name the code, offset and a description (not expected/found).
+    script = API.replace("import rbnn, rbnn_py", "import rbnn, _rbnn").replace(
+        "rbnn_py.Model", "_rbnn.Model"
+    )
+    assert script != API and "rbnn_py" not in script
+    rng = np.random.default_rng(11)
+    m = multi_plane_model(rng, 40, [37, 33, 6], 0xC1)
+    data = pack.to_bytes(m)
+    (tmp_path / "m.rbnn").write_bytes(data)
+    (tmp_path / "bad.rbnn").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    x = random_inputs(rng, 40, 3)[2]
+    xb = pack_input(x, m.plane_mask)
+    (tmp_path / "x.raw").write_bytes(x.tobytes())
+    (tmp_path / "x.packed").write_bytes(le_bytes(xb))
+    proc = run_mpy_code(unix_c, script, tmp_path, env={"RBNN_ENGINE": "c"})
+    got = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
+    assert got["ENGINE"] == f"c {__version__}"
+    ram = m.ram_bytes()
+    assert eval(got["INFO"], {}) == {
+        "engine": "c", "inputs": 40, "plane_mask": 0xC1, "layers": [40, 37, 33, 6], "blocks": 2,
+        "planes": 4, "weight_bits": 2 * (40 * 37 + 37 * 33 + 33 * 6), "file_bytes": len(data),
+        "ram": sum(ram.values()), "input_bytes": ram["input"],
+    }  # fmt: skip
+    assert got["ATTR"] == "40 6"
+    assert got["LEN"] == (
+        "ValueError: rbnn: input has 39 bytes; expected 40 raw features or 24 bytes of packed bits"
+    )
+    assert got["LEN0"].startswith("ValueError: rbnn: input has 0 bytes")
+    assert got["PAD"] == (
+        "ValueError: rbnn: E_INPUT: packed input plane 2 has padding bits set (n_inputs 40)"
+    )
+    for key in ("OUTLIST", "OUTI", "OUTB", "OUTBYTES"):
+        assert got[key] == "ValueError: rbnn: out must be an array('i') of at least 6 items", key
+    assert got["OUTSHORT"] == "ValueError: rbnn: out has 5 items, needs at least 6 (n_classes)"
+    assert got["NOFILE"].startswith("OSError")
+    with pytest.raises(FormatError) as e:
+        pack.from_bytes((tmp_path / "bad.rbnn").read_bytes())
+    assert got["BADFILE"] == (
+        f"ValueError: rbnn: bad.rbnn: E_CRC at offset {e.value.offset}: crc32 mismatch"
+    )
+    assert got["MODELSTR"].startswith("TypeError: rbnn: Model() takes the file's bytes")
+    assert got["NOALLOC"] == "4 True"
+    assert [int(v) for v in got["SCORES"].split()] == twin.scores(m, xb[None])[0].tolist()
+
+
+BUFFERS = r"""
+import gc
+import _rbnn
+data = open("m.rbnn", "rb").read()
+x = open("x.raw", "rb").read()
+ba = bytearray(data)
+gc.collect()
+free0 = gc.mem_free()
+m = _rbnn.Model(ba)          # aligned: used in place
+gc.collect()
+print("INPLACE", free0 - gc.mem_free(), m.predict(x))
+ba[0] = ba[0]                # writes are allowed; resizing is not
+ba.extend(b"\0" * 4096)      # moves the bytearray's data
+try:
+    m.predict(x)
+    print("RESIZED no error")
+except ValueError as e:
+    print("RESIZED", e)
+u = bytearray(len(data) + 1)
+u[1:] = data
+gc.collect()
+free0 = gc.mem_free()
+m2 = _rbnn.Model(memoryview(u)[1:])   # unaligned: copied once
+gc.collect()
+print("COPIED", free0 - gc.mem_free(), m2.predict(x))
+print("REPR", m2)
+try:
+    _rbnn.Model(12)
+except TypeError:
+    print("NOTBUF TypeError")
+"""
+
+
+def test_c_model_keeps_aligned_buffers_and_copies_unaligned(unix_c, tmp_path):
+    rng = np.random.default_rng(4)
+    m = random_model(rng, n_inputs=300, sizes=[64, 10], plane_mask=0xC0)
+    data = pack.to_bytes(m)
+    (tmp_path / "m.rbnn").write_bytes(data)
+    x = random_inputs(rng, 300, 3)[2]
+    (tmp_path / "x.raw").write_bytes(x.tobytes())
+    want = int(twin.predict(m, pack_input(x, 0xC0)[None])[0])
+    got = dict(
+        line.split(" ", 1) for line in run_mpy_code(unix_c, BUFFERS, tmp_path).stdout.splitlines()
+    )
+    inplace, c1 = map(int, got["INPLACE"].split())
+    copied, c2 = map(int, got["COPIED"].split())
+    assert c1 == c2 == want
+    assert inplace < 1024, "an aligned buffer must not be copied"
+    assert len(data) <= copied < len(data) + 1024
+    assert got["RESIZED"] == "rbnn: the model's buffer was resized or moved after load"
+    assert got["REPR"] == "<rbnn.Model 300 inputs, 2 layers, 10 classes, engine c>"
+    assert got["NOTBUF"] == "TypeError"
+
+
+# --- qemu, BOARD=MICROBIT (Cortex-M0, nRF51) ------------------------------------------------
+QEMU_MICROBIT = [
+    "-machine",
+    "microbit",
+    "-global",
+    "nrf51-soc.flash-size=1048576",
+    "-global",
+    "nrf51-soc.sram-size=262144",
+    "-nographic",
+    "-monitor",
+    "null",
+    "-semihosting",
+]  # fmt: skip (as ports/qemu/boards/MICROBIT/mpconfigboard.mk)
+
+
+class RawRepl:
+    """MicroPython's raw REPL over the stdin/stdout of a qemu process (its UART)."""
+
+    def __init__(self, cmd: list[str], timeout: float = 30):
+        self.timeout = timeout
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.buf = b""
+        self.proc.stdin.write(b"\r\x03\x03\x01")  # interrupt, then enter the raw REPL
+        self.proc.stdin.flush()
+        self.read_until(b"raw REPL; CTRL-B to exit\r\n>")
+
+    def read_until(self, end: bytes) -> bytes:
+        deadline = time.monotonic() + self.timeout
+        fd = self.proc.stdout.fileno()
+        while end not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
+                raise AssertionError(
+                    f"qemu: no {end!r} after {self.timeout} s; got {self.buf[-500:]!r}"
+                )
+            if select.select([fd], [], [], min(left, 1.0))[0]:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    raise AssertionError(f"qemu exited; got {self.buf[-500:]!r}")
+                self.buf += chunk
+        head, _, self.buf = self.buf.partition(end)
+        return head
+
+    def exec(self, code: str) -> str:
+        """Run code; return its stdout, or raise AssertionError with its traceback."""
+        self.proc.stdin.write(code.encode() + b"\x04")
+        self.proc.stdin.flush()
+        self.read_until(b"OK")
+        out = self.read_until(b"\x04")
+        err = self.read_until(b"\x04>")
+        if err:
+            raise AssertionError(f"device error:\n{err.decode(errors='replace')}")
+        return out.decode().replace("\r\n", "\n")
+
+    def put(self, name: str, data: bytes, chunk: int = 2048) -> None:
+        """Create a bytearray global `name` holding data, in chunks the REPL can compile."""
+        self.exec(f"{name} = bytearray({len(data)})")
+        for o in range(0, len(data), chunk):
+            self.exec(f"{name}[{o}:{o + len(data[o : o + chunk])}] = {data[o : o + chunk]!r}")
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.write(b"import machine\nmachine.reset()\x04")  # exits qemu
+            self.proc.stdin.flush()
+            self.proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def qemu_microbit() -> Path:
+    for tool in ("arm-none-eabi-gcc", "qemu-system-arm"):
+        if not shutil.which(tool):
+            pytest.skip(f"{tool} not found (Debian: gcc-arm-none-eabi, qemu-system-arm)")
+    # Freezing firmware/ (the rbnn wrapper) needs micropython-lib in the checkout.
+    freeze = (Path(MICROPY_DIR) / "lib" / "micropython-lib" / "README.md").exists()
+    return make_firmware("qemu", "BOARD=MICROBIT", f"FW_QEMU_FREEZE={int(freeze)}")
+
+
+@pytest.fixture
+def board(qemu_microbit):
+    repl = RawRepl(
+        ["qemu-system-arm", *QEMU_MICROBIT, "-serial", "stdio", "-kernel", str(qemu_microbit)]
+    )
+    yield repl
+    repl.close()
+
+
+RUN_ON_BOARD = """
+from array import array
+import _rbnn
+m = _rbnn.Model(model)
+out = array("i", [0] * m.n_classes)
+W = {packed_len}
+for i in range(len(xs) // W):
+    x = memoryview(xs)[i * W:(i + 1) * W]
+    c = m.scores(x, out)
+    print(i, c, m.predict(x), " ".join([str(v) for v in out]))
+print("END")
+"""
+
+
+def run_packed_on_board(board: RawRepl, m, xb: np.ndarray) -> list[list[int]]:
+    board.put("model", pack.to_bytes(m))
+    board.put("xs", le_bytes(xb))
+    out = board.exec(RUN_ON_BOARD.format(packed_len=xb[0].nbytes)).splitlines()
+    assert out[-1] == "END"
+    return [[int(v) for v in line.split()] for line in out[:-1]]
+
+
+def test_qemu_microbit_predicts_like_the_twin(board, rng):
+    assert "nRF51" in board.exec("import sys\nprint(sys.implementation._machine)")
+    models = [
+        random_model(rng, n_inputs=784, sizes=[64, 10], plane_mask=0x80),
+        random_model(rng, n_inputs=100, sizes=[37, 33, 6], plane_mask=0xC1, n_blocks=3),
+        random_model(rng, n_inputs=33, sizes=[7], plane_mask=0x0F, n_blocks=2),
+        multi_plane_model(rng, 70, [37, 33, 6], 0xA1),
+        random_model(rng, n_inputs=250, sizes=[90, 70, 50, 11], plane_mask=0xE1),
+    ]
+    for m in models:
+        x = random_inputs(rng, m.n_inputs, 6)
+        xb = pack_input(x, m.plane_mask)
+        want = twin.scores(m, xb)
+        rows = run_packed_on_board(board, m, xb)
+        assert len(rows) == len(x)
+        for i, (j, c, p, *sc) in enumerate(rows):
+            assert j == i and sc == want[i].tolist(), f"{m.sizes} sample {i}: scores differ"
+            assert c == p == int(np.argmax(want[i]))
+
+
+def test_qemu_microbit_trained_mnist(board, trained_mnist, mnist):
+    m = pack.load(trained_mnist)
+    n = 200
+    xb = pack_input(mnist.x_test[:n], m.plane_mask)
+    rows = run_packed_on_board(board, m, xb)
+    want = twin.scores(m, xb)
+    assert [r[1] for r in rows] == np.argmax(want, axis=1).tolist()
+    assert [r[3:] for r in rows] == want.tolist()
+    # the classes are a trained model's, not noise
+    assert np.mean(np.argmax(want, axis=1) == mnist.y_test[:n]) > 0.8
+
+
+def test_qemu_microbit_errors_and_wrapper(board, rng, qemu_microbit):
+    m = random_model(rng, n_inputs=40, sizes=[20, 5], plane_mask=0x80)
+    data = bytearray(pack.to_bytes(m))
+    data[9] ^= 1  # file_bytes
+    with pytest.raises(FormatError) as e:
+        pack.from_bytes(bytes(data))
+    board.put("bad", bytes(data))
+    out = board.exec(
+        "import _rbnn\ntry:\n _rbnn.Model(bad)\nexcept ValueError as e:\n print(e)\n"
+    ).strip()
+    mt = C_ERR_RE.match(out)
+    assert mt and (mt.group(1), int(mt.group(2))) == (e.value.code, e.value.offset), out
+    data[9] ^= 1
+    board.put("good", bytes(data))
+    x = random_inputs(rng, 40, 2)[1]
+    want = int(twin.predict(m, pack_input(x, 0x80)[None])[0])
+    code = (
+        f"import micropython, _rbnn\nm = _rbnn.Model(good)\nx = {x.tobytes()!r}\nc = m.predict(x)\n"
+        "micropython.heap_lock()\nc = m.predict(x)\nmicropython.heap_unlock()\nprint(c)\n"
+    )
+    assert int(board.exec(code)) == want  # and no allocation under the heap lock
+    # firmware/ frozen into the image (FW_QEMU_FREEZE=1): the wrapper picks the C engine
+    probe = (
+        f"try:\n import rbnn\n print(rbnn.engine, rbnn.load(good).predict({x.tobytes()!r}))\n"
+        "except ImportError:\n print('not frozen')\n"
+    )
+    got = board.exec(probe).split()
+    if got != ["not", "frozen"]:
+        assert got == ["c", str(want)]
