@@ -90,7 +90,8 @@ lint: venv
 size: deps-arm
 	@mkdir -p build/m0plus
 	$(ARM_CC) $(M0_FLAGS) -c $(CORE_SRC) -o build/m0plus/rbnn_core.o
-	$(ARM_SIZE) build/m0plus/rbnn_core.o
+	$(ARM_CC) $(M0_FLAGS) -c cmodules/rbnn/rbnn_kernel.c -o build/m0plus/rbnn_kernel.o
+	$(ARM_SIZE) -t build/m0plus/rbnn_core.o build/m0plus/rbnn_kernel.o
 
 # --- benchmarks -----------------------------------------------------------------------
 bench: setup deps-arm
