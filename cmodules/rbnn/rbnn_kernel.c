@@ -1,17 +1,365 @@
-/* Portable first version of the XOR-popcount kernel (SWAR popcount). */
+/*
+ * XOR-popcount kernels: sum of popcount(a[i] ^ b[i]) over a row of 32-bit words.
+ * One version per kind of target (rbnn_kernel.h); tests/test_kernel.py checks the
+ * host versions and tests/test_m0plus.py the ARMv6-M one against numpy, and
+ * bench/m0plus.py counts the cycles of each.
+ */
 #include "rbnn_kernel.h"
+
+#if defined(__ARM_ARCH_6M__) && defined(__GNUC__) && !defined(RBNN_KERNEL_PORTABLE)
+/* ---------------------------------------------------------------------------------
+ * ARMv6-M: Thumb-1 by hand. GCC at -O2 spills in the popcount loops because only
+ * r0-r7 take part in most Thumb-1 instructions, so each kernel is one naked function
+ * that keeps every value in a register.
+ *
+ * Carry-save (Harley-Seal) accumulation: the words of a row go through a bit-sliced
+ * adder, "ones" (O) and "twos" (T) bit vectors, four words a group; each group emits
+ * one "fours" vector, SWAR-popcounted into the bytes of an accumulator (<= 8 a byte
+ * per group, so rows up to 31 groups, 124 words, run in one pass; longer rows are
+ * split). A carry-save adder CSA(a, b, c) -> (a = carry, b = sum) is five 2-operand
+ * instructions: b ^= a; a ^= c; a &= ~b; a ^= c; b ^= c. The n % 4 leading words seed
+ * O and T (one word: O = x; two more: a CSA). A row's count is
+ * 4 * (sum of the accumulator's bytes) + popcount(O) + 2 * popcount(T), summed in
+ * 16-bit lanes and gathered with one multiply.
+ *
+ * Cycles per group of 4 words (Cortex-M0+ table, host/rbnn/m0sim.py): loads and XOR
+ * 17, three CSAs 15, popcount of the fours 13 (16 with the masks loaded from the
+ * literal pool), accumulate 1, loop 3: 49 (52), about 12.3 (13) a word.
+ * ------------------------------------------------------------------------------- */
+const char rbnn_kernel_name[] = "armv6m-hs4";
+
+#define RBNN_ASM_ARG __attribute__((unused)) /* read by the asm from r0-r3 and [sp] */
+#define RBNN_MAX_PASS 124u                   /* words of a row in one pass (31 groups) */
+
+/* CSA(a, b, c): a = majority(a, b, c), b = a ^ b ^ c; c is kept. */
+#define CSA(a, b, c) \
+    "eors " b ", " a "\n" "eors " a ", " c "\n" "bics " a ", " b "\n" \
+    "eors " a ", " c "\n" "eors " b ", " c "\n"
+
+/* Row prologue shared by both kernels (r0 = row, r1 = x, r5 = n): O (r2) and T (r3)
+ * from the n % 4 leading words. */
+#define SEED_O_T \
+    "lsrs r5, r5, #1\n"        /* C = bit 0 of n */ \
+    "movs r2, #0\n"            /* O (MOVS #imm keeps C) */ \
+    "movs r3, #0\n"            /* T */ \
+    "bcc 1f\n" \
+    "ldm r0!, {r2}\n" \
+    "ldm r1!, {r6}\n" \
+    "eors r2, r6\n" \
+    "1:\n" \
+    "lsrs r5, r5, #1\n"        /* C = bit 1 of n */ \
+    "bcc 2f\n" \
+    "ldm r0!, {r6, r7}\n" \
+    "ldm r1!, {r3, r4}\n" \
+    "eors r6, r3\n" \
+    "eors r7, r4\n" \
+    CSA("r6", "r2", "r7") \
+    "movs r3, r6\n" \
+    "2:\n"
+
+/* Loads, XOR and the three CSAs of one group: leaves the fours vector in r4. */
+#define GROUP_CSAS \
+    "ldm r0!, {r4, r5}\n" \
+    "ldm r1!, {r6, r7}\n" \
+    "eors r4, r6\n" \
+    "eors r5, r7\n" \
+    CSA("r4", "r2", "r5")      /* r4 = twos A */ \
+    "ldm r0!, {r5, r6}\n" \
+    "ldm r1!, {r7}\n" \
+    "eors r5, r7\n" \
+    "ldm r1!, {r7}\n" \
+    "eors r6, r7\n" \
+    CSA("r5", "r2", "r6")      /* r5 = twos B */ \
+    CSA("r4", "r3", "r5")      /* r4 = fours */
+
+/* Single row, no high registers (nothing to save): the masks come from the literal
+ * pool. Rows longer than one pass go to rbnn_xorpop_long. */
+__attribute__((naked, noinline)) uint32_t rbnn_xorpop(const uint32_t *a RBNN_ASM_ARG,
+    const uint32_t *b RBNN_ASM_ARG, uint32_t n RBNN_ASM_ARG) {
+    __asm__ volatile(
+        ".syntax unified\n"
+        "cmp r2, #124\n"
+        "bhi 8f\n"
+        "push {r4-r7, lr}\n"
+        "lsls r4, r2, #2\n"
+        "adds r4, r1, r4\n"
+        "mov lr, r4\n"             /* lr = end of b */
+        "movs r4, #0\n"
+        "mov r12, r4\n"            /* r12 = fours byte counts */
+        "movs r5, r2\n"
+        SEED_O_T
+        "cmp r1, lr\n"
+        "beq 4f\n"
+        "3:\n"
+        GROUP_CSAS
+        "ldr r7, =0x55555555\n"
+        "lsrs r5, r4, #1\n"
+        "ands r5, r7\n"
+        "subs r4, r4, r5\n"
+        "ldr r7, =0x33333333\n"
+        "lsrs r5, r4, #2\n"
+        "ands r5, r7\n"
+        "ands r4, r7\n"
+        "adds r4, r4, r5\n"
+        "lsrs r5, r4, #4\n"
+        "adds r4, r4, r5\n"
+        "ldr r7, =0x0F0F0F0F\n"
+        "ands r4, r7\n"
+        "add r12, r4\n"
+        "cmp r1, lr\n"
+        "bne 3b\n"
+        "4:\n"                     /* bytes of popcount(O) + 2 popcount(T) */
+        "ldr r7, =0x55555555\n"
+        "lsrs r4, r2, #1\n"
+        "ands r4, r7\n"
+        "subs r2, r2, r4\n"
+        "lsrs r4, r3, #1\n"
+        "ands r4, r7\n"
+        "subs r3, r3, r4\n"
+        "ldr r7, =0x33333333\n"
+        "lsrs r4, r2, #2\n"
+        "ands r4, r7\n"
+        "ands r2, r7\n"
+        "adds r2, r2, r4\n"
+        "lsrs r4, r3, #2\n"
+        "ands r4, r7\n"
+        "ands r3, r7\n"
+        "adds r3, r3, r4\n"
+        "adds r2, r2, r3\n"        /* nibbles <= 12 */
+        "adds r2, r2, r3\n"
+        "ldr r7, =0x0F0F0F0F\n"
+        "lsrs r4, r2, #4\n"
+        "ands r4, r7\n"
+        "ands r2, r7\n"
+        "adds r2, r2, r4\n"        /* bytes <= 24 */
+        "ldr r7, =0x00FF00FF\n"    /* 16-bit lanes: 4 * fours + (O + 2T) <= 2032 */
+        "mov r4, r12\n"
+        "lsrs r5, r4, #8\n"
+        "ands r4, r7\n"
+        "ands r5, r7\n"
+        "adds r4, r4, r5\n"
+        "lsrs r5, r2, #8\n"
+        "ands r2, r7\n"
+        "ands r5, r7\n"
+        "adds r2, r2, r5\n"
+        "lsls r4, r4, #2\n"
+        "adds r4, r4, r2\n"
+        "ldr r7, =0x00010001\n"
+        "muls r4, r7\n"
+        "lsrs r0, r4, #16\n"
+        "pop {r4-r7, pc}\n"
+        "8:\n"
+        "ldr r3, =rbnn_xorpop_long\n"
+        "bx r3\n"
+        ".ltorg\n");
+}
+
+/* Many rows of at most one pass: the masks live in r8-r10 (saved once per call), r11
+ * holds the fours byte counts, r12 the 16-bit lane mask, lr the end of x. Frame: [sp]
+ * x, [sp+4] n, [sp+8] next out, [sp+12] end of out, [sp+52] the out argument. */
+__attribute__((naked, noinline)) static void rows_m0(const uint32_t *w RBNN_ASM_ARG,
+    const uint32_t *x RBNN_ASM_ARG, uint32_t n RBNN_ASM_ARG, uint32_t rows RBNN_ASM_ARG,
+    uint32_t *out RBNN_ASM_ARG) {
+    __asm__ volatile(
+        ".syntax unified\n"
+        "push {r4-r7, lr}\n"
+        "mov r4, r8\n"
+        "mov r5, r9\n"
+        "mov r6, r10\n"
+        "mov r7, r11\n"
+        "push {r4-r7}\n"
+        "sub sp, #16\n"
+        "cmp r3, #0\n"
+        "beq 9f\n"
+        "ldr r4, [sp, #52]\n"
+        "str r4, [sp, #8]\n"
+        "lsls r3, r3, #2\n"
+        "adds r4, r4, r3\n"
+        "str r4, [sp, #12]\n"
+        "str r1, [sp, #0]\n"
+        "str r2, [sp, #4]\n"
+        "lsls r4, r2, #2\n"
+        "adds r4, r1, r4\n"
+        "mov lr, r4\n"
+        "ldr r4, =0x55555555\n"
+        "mov r8, r4\n"
+        "ldr r4, =0x33333333\n"
+        "mov r9, r4\n"
+        "ldr r4, =0x0F0F0F0F\n"
+        "mov r10, r4\n"
+        "ldr r4, =0x00FF00FF\n"
+        "mov r12, r4\n"
+        "5:\n"                     /* one row: r0 = its first word */
+        "ldr r1, [sp, #0]\n"
+        "ldr r5, [sp, #4]\n"
+        "movs r4, #0\n"
+        "mov r11, r4\n"
+        SEED_O_T
+        "cmp r1, lr\n"
+        "beq 4f\n"
+        "3:\n"
+        GROUP_CSAS
+        "mov r7, r8\n"
+        "lsrs r5, r4, #1\n"
+        "ands r5, r7\n"
+        "subs r4, r4, r5\n"
+        "mov r7, r9\n"
+        "lsrs r5, r4, #2\n"
+        "ands r5, r7\n"
+        "ands r4, r7\n"
+        "adds r4, r4, r5\n"
+        "lsrs r5, r4, #4\n"
+        "adds r4, r4, r5\n"
+        "mov r7, r10\n"
+        "ands r4, r7\n"
+        "add r11, r4\n"
+        "cmp r1, lr\n"
+        "bne 3b\n"
+        "4:\n"
+        "mov r7, r8\n"
+        "lsrs r4, r2, #1\n"
+        "ands r4, r7\n"
+        "subs r2, r2, r4\n"
+        "lsrs r4, r3, #1\n"
+        "ands r4, r7\n"
+        "subs r3, r3, r4\n"
+        "mov r7, r9\n"
+        "lsrs r4, r2, #2\n"
+        "ands r4, r7\n"
+        "ands r2, r7\n"
+        "adds r2, r2, r4\n"
+        "lsrs r4, r3, #2\n"
+        "ands r4, r7\n"
+        "ands r3, r7\n"
+        "adds r3, r3, r4\n"
+        "adds r2, r2, r3\n"
+        "adds r2, r2, r3\n"
+        "mov r7, r10\n"
+        "lsrs r4, r2, #4\n"
+        "ands r4, r7\n"
+        "ands r2, r7\n"
+        "adds r2, r2, r4\n"
+        "mov r7, r12\n"
+        "mov r4, r11\n"
+        "lsrs r5, r4, #8\n"
+        "ands r4, r7\n"
+        "ands r5, r7\n"
+        "adds r4, r4, r5\n"
+        "lsrs r5, r2, #8\n"
+        "ands r2, r7\n"
+        "ands r5, r7\n"
+        "adds r2, r2, r5\n"
+        "lsls r4, r4, #2\n"
+        "adds r4, r4, r2\n"
+        "ldr r7, =0x00010001\n"
+        "muls r4, r7\n"
+        "lsrs r2, r4, #16\n"
+        "ldr r4, [sp, #8]\n"       /* *out++ = count */
+        "stm r4!, {r2}\n"
+        "str r4, [sp, #8]\n"
+        "ldr r5, [sp, #12]\n"
+        "cmp r4, r5\n"
+        "beq 9f\n"
+        "b 5b\n"
+        "9:\n"
+        "add sp, #16\n"
+        "pop {r4-r7}\n"
+        "mov r8, r4\n"
+        "mov r9, r5\n"
+        "mov r10, r6\n"
+        "mov r11, r7\n"
+        "pop {r4-r7, pc}\n"
+        ".ltorg\n");
+}
+
+/* Rows longer than one pass, in passes (reached from rbnn_xorpop's asm). */
+uint32_t rbnn_xorpop_long(const uint32_t *a, const uint32_t *b, uint32_t n);
+__attribute__((used)) uint32_t rbnn_xorpop_long(const uint32_t *a, const uint32_t *b,
+    uint32_t n) {
+    uint32_t total = 0, k;
+    for (; n > 0u; a += k, b += k, n -= k) {
+        k = n > RBNN_MAX_PASS ? RBNN_MAX_PASS : n;
+        total += rbnn_xorpop(a, b, k);
+    }
+    return total;
+}
+
+void rbnn_xorpop_rows(const uint32_t *w, const uint32_t *x, uint32_t n, uint32_t rows,
+    uint32_t *out) {
+    uint32_t r;
+    if (n <= RBNN_MAX_PASS) {
+        rows_m0(w, x, n, rows, out);
+        return;
+    }
+    for (r = 0; r < rows; r++, w += n) {
+        out[r] = rbnn_xorpop_long(w, x, n);
+    }
+}
+
+#else
+/* --------------------------------------------------------------------------------- */
+#if !defined(RBNN_KERNEL_PORTABLE) && (defined(__GNUC__) || defined(__clang__)) && \
+    (defined(__POPCNT__) || defined(__aarch64__) || defined(__riscv_zbb))
+/* A popcount instruction: two words per popcount, four independent sums so the
+ * loads and popcounts overlap. memcpy keeps the 64-bit reads free of aliasing and
+ * alignment assumptions (rows are only 4-byte aligned); compilers turn it into one
+ * load. */
+#include <string.h>
+
+const char rbnn_kernel_name[] = "popcnt64";
+
+static inline uint64_t ld64(const uint32_t *p) {
+    uint64_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+uint32_t rbnn_xorpop(const uint32_t *a, const uint32_t *b, uint32_t n) {
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    uint32_t i = 0;
+    for (; i + 8u <= n; i += 8u) {
+        s0 += (uint64_t)__builtin_popcountll(ld64(a + i) ^ ld64(b + i));
+        s1 += (uint64_t)__builtin_popcountll(ld64(a + i + 2) ^ ld64(b + i + 2));
+        s2 += (uint64_t)__builtin_popcountll(ld64(a + i + 4) ^ ld64(b + i + 4));
+        s3 += (uint64_t)__builtin_popcountll(ld64(a + i + 6) ^ ld64(b + i + 6));
+    }
+    for (; i + 2u <= n; i += 2u) {
+        s0 += (uint64_t)__builtin_popcountll(ld64(a + i) ^ ld64(b + i));
+    }
+    if (i < n) {
+        s1 += (uint64_t)__builtin_popcount(a[i] ^ b[i]);
+    }
+    return (uint32_t)(s0 + s1 + s2 + s3);
+}
+
+#else
+/* Portable C99: SWAR popcount of each word (no multiply: byte sums are gathered
+ * with shifts, which is cheaper where a multiply is slow). */
+const char rbnn_kernel_name[] = "swar";
 
 static inline uint32_t pop32(uint32_t v) {
     v = v - ((v >> 1) & 0x55555555u);
     v = (v & 0x33333333u) + ((v >> 2) & 0x33333333u);
     v = (v + (v >> 4)) & 0x0F0F0F0Fu;
-    return (v * 0x01010101u) >> 24;
+    v += v >> 8;
+    v += v >> 16;
+    return v & 0x3Fu;
 }
 
 uint32_t rbnn_xorpop(const uint32_t *a, const uint32_t *b, uint32_t n) {
-    uint32_t acc = 0;
-    for (uint32_t i = 0; i < n; i++) {
+    uint32_t acc = 0, i;
+    for (i = 0; i < n; i++) {
         acc += pop32(a[i] ^ b[i]);
     }
     return acc;
 }
+#endif
+
+void rbnn_xorpop_rows(const uint32_t *w, const uint32_t *x, uint32_t n, uint32_t rows,
+    uint32_t *out) {
+    uint32_t r;
+    for (r = 0; r < rows; r++, w += n) {
+        out[r] = rbnn_xorpop(w, x, n);
+    }
+}
+#endif

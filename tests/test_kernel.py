@@ -1,0 +1,122 @@
+"""The host builds of the XOR-popcount kernel (cmodules/rbnn/rbnn_kernel.c) against numpy.
+
+Each variant the host can compile is built into its own shared library: the one the
+core gets (-O3 -march=native: hardware popcount where the CPU has it), the portable
+SWAR fallback (RBNN_KERNEL_PORTABLE), and a plain -O2 build (what a MicroPython unix
+port compiles). The ARMv6-M kernel is checked in tests/test_m0plus.py.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import subprocess
+
+import numpy as np
+import pytest
+
+from rbnn.cengine import compiler
+
+VARIANTS = {
+    "native": ["-O3", "-march=native"],
+    "portable": ["-O3", "-DRBNN_KERNEL_PORTABLE"],
+    "plain": ["-O2"],
+}
+LENGTHS = list(range(0, 201))
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def kernel(request, repo, tmp_path_factory):
+    """(name, ctypes library) of one build of the kernel."""
+    cc = compiler()
+    flags = VARIANTS[request.param]
+    if "-march=native" in flags:
+        probe = subprocess.run([cc, "-march=native", "-x", "c", "-E", "-", "-o", "/dev/null"],
+                               input="", capture_output=True, text=True)  # fmt: skip
+        if probe.returncode != 0:
+            flags = [f for f in flags if f != "-march=native"]
+    out = tmp_path_factory.mktemp("kernel") / f"kernel-{request.param}.so"
+    src = repo / "cmodules" / "rbnn" / "rbnn_kernel.c"
+    cmd = [cc, "-std=c99", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared", *flags,
+           str(src), "-o", str(out)]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stderr}"
+    lib = ctypes.CDLL(str(out))
+    u32p = ctypes.POINTER(ctypes.c_uint32)
+    lib.rbnn_xorpop.argtypes = [u32p, u32p, ctypes.c_uint32]
+    lib.rbnn_xorpop.restype = ctypes.c_uint32
+    lib.rbnn_xorpop_rows.argtypes = [u32p, u32p, ctypes.c_uint32, ctypes.c_uint32, u32p]
+    lib.rbnn_xorpop_rows.restype = None
+    return request.param, lib, flags
+
+
+def _ptr(a: np.ndarray):
+    return a.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32))
+
+
+def _xorpop(lib, a: np.ndarray, b: np.ndarray) -> int:
+    # Copies one word longer than needed, so a kernel reading past n would see
+    # all-ones and miscount rather than pass by luck.
+    n = len(a)
+    pa = np.full(n + 1, 0xFFFFFFFF, np.uint32)
+    pb = np.zeros(n + 1, np.uint32)
+    pa[:n], pb[:n] = a, b
+    return lib.rbnn_xorpop(_ptr(pa), _ptr(pb), n)
+
+
+def test_name_says_which_version(kernel, repo):
+    """The hardware-popcount version is compiled exactly when the target has one."""
+    name, lib, flags = kernel
+    got = ctypes.string_at(ctypes.addressof(ctypes.c_char.in_dll(lib, "rbnn_kernel_name")))
+    macros = subprocess.run([compiler(), *flags, "-dM", "-E", "-x", "c", "-"], input="",
+                            capture_output=True, text=True).stdout  # fmt: skip
+    has_popcount = any(f"#define {m} " in macros for m in ("__POPCNT__", "__aarch64__", "__riscv_zbb"))
+    want = "popcnt64" if has_popcount and name != "portable" else "swar"
+    assert got.decode() == want
+
+
+def test_random_vectors_of_every_length(kernel, rng):
+    _, lib, _ = kernel
+    for n in LENGTHS:
+        a = rng.integers(0, 2**32, n, dtype=np.uint32)
+        b = rng.integers(0, 2**32, n, dtype=np.uint32)
+        want = int(np.bitwise_count(a ^ b).sum())
+        assert _xorpop(lib, a, b) == want, f"n={n}"
+
+
+@pytest.mark.parametrize("fill", ["ones", "zeros", "equal", "one_bit"])
+def test_extreme_vectors(kernel, fill):
+    _, lib, _ = kernel
+    for n in LENGTHS:
+        a = np.full(n, 0xFFFFFFFF, np.uint32)
+        b = np.zeros(n, np.uint32)
+        if fill == "zeros":
+            a = b.copy()
+        elif fill == "equal":
+            b = a.copy()
+        elif fill == "one_bit":
+            a = np.full(n, 0x80000000, np.uint32)
+        assert _xorpop(lib, a, b) == int(np.bitwise_count(a ^ b).sum()), f"{fill} n={n}"
+
+
+def test_long_rows(kernel, rng):
+    """Rows far longer than any layer of the tests (65535 inputs = 2048 words)."""
+    _, lib, _ = kernel
+    for n in (2047, 2048):
+        a = rng.integers(0, 2**32, n, dtype=np.uint32)
+        assert _xorpop(lib, a, ~a) == 32 * n
+        b = rng.integers(0, 2**32, n, dtype=np.uint32)
+        assert _xorpop(lib, a, b) == int(np.bitwise_count(a ^ b).sum())
+
+
+def test_rows_match_one_row_at_a_time(kernel, rng):
+    _, lib, _ = kernel
+    for n, rows in [(0, 3), (1, 1), (3, 5), (8, 32), (25, 32), (25, 7), (130, 4)]:
+        w = rng.integers(0, 2**32, (rows, n), dtype=np.uint32)
+        x = rng.integers(0, 2**32, n, dtype=np.uint32)
+        out = np.full(rows + 1, 0xDEADBEEF, np.uint32)
+        lib.rbnn_xorpop_rows(_ptr(w), _ptr(x), n, rows, _ptr(out))
+        assert (out[:rows] == np.bitwise_count(w ^ x).sum(axis=1)).all(), f"n={n} rows={rows}"
+        assert out[rows] == 0xDEADBEEF, "wrote past rows"
+    out = np.full(1, 7, np.uint32)
+    lib.rbnn_xorpop_rows(_ptr(w), _ptr(x), 5, 0, _ptr(out))
+    assert out[0] == 7, "rows=0 must write nothing"
