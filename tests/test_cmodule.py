@@ -13,6 +13,7 @@ has none. The builds go to build/firmware/ and are reused while up to date.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import select
@@ -325,11 +326,13 @@ class RawRepl:
             raise AssertionError(f"device error:\n{err.decode(errors='replace')}")
         return out.decode().replace("\r\n", "\n")
 
-    def put(self, name: str, data: bytes, chunk: int = 2048) -> None:
-        """Create a bytearray global `name` holding data, in chunks the REPL can compile."""
-        self.exec(f"{name} = bytearray({len(data)})")
+    def put(self, name: str, data: bytes, chunk: int = 3072) -> None:
+        """Create a bytearray global `name` holding data. Sent as base64 in chunks the
+        REPL can compile: the emulated UART takes a few kB/s, so fewer characters count."""
+        self.exec(f"from binascii import a2b_base64 as _b\n{name} = bytearray({len(data)})")
         for o in range(0, len(data), chunk):
-            self.exec(f"{name}[{o}:{o + len(data[o : o + chunk])}] = {data[o : o + chunk]!r}")
+            part = data[o : o + chunk]
+            self.exec(f"{name}[{o}:{o + len(part)}] = _b({base64.b64encode(part)!r})")
 
     def close(self) -> None:
         try:
