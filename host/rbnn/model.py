@@ -163,7 +163,17 @@ class Model:
         meta: dict | None = None,
     ) -> Model:
         """A one-block frozen model from dense binary weights (bool or +-1, (out, in))."""
-        sizes = [int(w.shape[0]) for w in weights]
+        if any(np.ndim(w) != 2 for w in weights):
+            raise ValueError(f"weights must be 2-D (out, in), got shapes {[np.shape(w) for w in weights]}")
+        sizes = [int(np.shape(w)[0]) for w in weights]
+        # One (size,) vector per hidden layer, one (classes,) vector each for scale/offset.
+        want = [(s,) for s in sizes[:-1]]
+        for name, vals in (("thresholds", thresholds), ("flips", flips)):
+            if [np.shape(v) for v in vals] != want:
+                raise ValueError(f"{name} must have shapes {want}, got {[np.shape(v) for v in vals]}")
+        for name, v in (("scale", scale), ("offset", offset)):
+            if np.shape(v) != (sizes[-1],):
+                raise ValueError(f"{name} must have shape ({sizes[-1]},), got {np.shape(v)}")
         rows = [pack_bits(np.asarray(w) > 0).reshape(-1) for w in weights]
         arena = np.concatenate(rows)[None, :].astype(np.uint32)
         block = Block(
