@@ -1,0 +1,19 @@
+# rbnn on a Raspberry Pi Pico (RP2040): MicroPython's own RPI_PICO board, plus the rbnn
+# C module (_rbnn) and the firmware/ Python files frozen into the image.
+#   make firmware PORT=rp2 MICROPY_DIR=<MicroPython checkout>      (docs/FIRMWARE.md)
+# or straight from the port:
+#   make -C <MICROPY_DIR>/ports/rp2 BOARD_DIR=<this folder>
+
+# Everything the in-tree board sets (PICO_BOARD, PICO_PLATFORM, ...).
+include(${MICROPY_PORT_DIR}/boards/RPI_PICO/mpconfigboard.cmake)
+
+# Its pin names too (Pin("LED")).
+set(MICROPY_BOARD_PINS ${MICROPY_PORT_DIR}/boards/RPI_PICO/pins.csv)
+
+# The port's default modules and firmware/ (firmware/manifest.py includes the former).
+set(MICROPY_FROZEN_MANIFEST ${CMAKE_CURRENT_LIST_DIR}/../../firmware/manifest.py)
+
+# The C module, unless the command line names user C modules itself.
+if(NOT USER_C_MODULES)
+    set(USER_C_MODULES ${CMAKE_CURRENT_LIST_DIR}/../../cmodules/micropython.cmake)
+endif()
