@@ -443,19 +443,42 @@ int rbnn_pack_u8(const rbnn_model_t *m, const uint8_t *features, uint32_t *in_bi
     return RBNN_OK;
 }
 
-/* Scores of one block added to `scores`, in eBNN order: each hidden neuron's sum is
- * thresholded and stored as one bit at once; layers ping-pong between the two halves
- * of `scratch`. */
+/* Neurons are computed 32 at a time (one output word of a hidden layer): the kernel
+ * takes a run of rows in one call, which saves its per-call set-up on the M0+. */
+#define GROUP 32u
+
+/* Sums s of `cnt` consecutive neurons (rows w, nw words each) into s[0..cnt). The first
+ * layer sums the kept input planes with weights 2^(n - low) (n_k planes of nw words in
+ * `in`); other layers have one plane of weight 1. */
+static void group_sums(const uint32_t *w, const uint32_t *in, uint32_t nw, uint32_t cnt,
+    int32_t n, const int32_t *weight, uint32_t n_k, int32_t *s) {
+    uint32_t pc[GROUP], r, k;
+    rbnn_xorpop_rows(w, in, nw, cnt, pc);
+    for (r = 0; r < cnt; r++) {
+        s[r] = weight[0] * (n - 2 * (int32_t)pc[r]);
+    }
+    for (k = 1; k < n_k; k++) {
+        rbnn_xorpop_rows(w, in + k * nw, nw, cnt, pc);
+        for (r = 0; r < cnt; r++) {
+            s[r] += weight[k] * (n - 2 * (int32_t)pc[r]);
+        }
+    }
+}
+
+/* Scores of one block added to `scores`, in eBNN order: hidden sums are thresholded into
+ * bits as soon as a group of 32 is known (never a full-precision feature map); layers
+ * ping-pong between the two halves of `scratch`. */
 static void run_block(const rbnn_model_t *m, uint32_t blk, const uint32_t *x,
     uint32_t *scratch, int32_t *scores) {
+    static const int32_t one = 1;
     const uint8_t *b = m->buf;
     uint32_t sign = b[m->blocks_offset + BLOCK_ENTRY_BYTES * blk + 4u];
     const uint32_t *w = (const uint32_t *)(const void *)(b + m->arena_offset)
                         + sign * m->plane_words;
     const uint8_t *params = b + m->params_offset + blk * m->block_params_bytes;
     uint32_t half = rbnn_scratch_words(m) / 2u;
-    uint32_t n_in = m->n_inputs, layer, j, k, n_k = m->k_planes;
-    int32_t weight[8];
+    uint32_t n_in = m->n_inputs, layer, j, k, r;
+    int32_t weight[8], s[GROUP];
     const uint32_t *in = x;
     uint32_t low = 0;
 
@@ -471,46 +494,35 @@ static void run_block(const rbnn_model_t *m, uint32_t blk, const uint32_t *x,
 
     for (layer = 0; layer < m->n_layers; layer++) {
         uint32_t n_out = m->sizes[layer], nw = words_of(n_in);
+        const int32_t *wt = layer == 0u ? weight : &one;
+        uint32_t n_k = layer == 0u ? m->k_planes : 1u;
         int32_t n = (int32_t)n_in;
         if (layer + 1u < m->n_layers) {
             const int32_t *thr = (const int32_t *)(const void *)params;
             const uint32_t *flip = (const uint32_t *)(const void *)(params + 4u * n_out);
             uint32_t *out = scratch + ((layer & 1u) ? half : 0u);
-            uint32_t word = 0;
-            for (j = 0; j < n_out; j++, w += nw) {
-                int32_t s;
-                if (layer == 0u) {
-                    s = 0;
-                    for (k = 0; k < n_k; k++) {
-                        s += weight[k] * (n - 2 * (int32_t)rbnn_xorpop(w, in + k * nw, nw));
-                    }
-                } else {
-                    s = n - 2 * (int32_t)rbnn_xorpop(w, in, nw);
+            for (j = 0; j < n_out; j += GROUP) {
+                uint32_t cnt = n_out - j < GROUP ? n_out - j : GROUP, word = 0;
+                group_sums(w, in, nw, cnt, n, wt, n_k, s);
+                w += cnt * nw;
+                for (r = 0; r < cnt; r++) {
+                    word |= (uint32_t)(s[r] >= thr[j + r]) << r;
                 }
-                word |= ((uint32_t)(s >= thr[j]) ^ (flip[j >> 5] >> (j & 31u) & 1u))
-                        << (j & 31u);
-                if ((j & 31u) == 31u || j + 1u == n_out) {
-                    out[j >> 5] = word;
-                    word = 0;
-                }
+                out[j >> 5] = word ^ flip[j >> 5]; /* flip padding is 0: padding stays 0 */
             }
             params += 4u * n_out + 4u * words_of(n_out);
             in = out;
         } else {
             const int32_t *scale = (const int32_t *)(const void *)params;
             const int32_t *offset = scale + n_out;
-            for (j = 0; j < n_out; j++, w += nw) {
-                int32_t s;
-                if (layer == 0u) {
-                    s = 0;
-                    for (k = 0; k < n_k; k++) {
-                        s += weight[k] * (n - 2 * (int32_t)rbnn_xorpop(w, in + k * nw, nw));
-                    }
-                } else {
-                    s = n - 2 * (int32_t)rbnn_xorpop(w, in, nw);
+            for (j = 0; j < n_out; j += GROUP) {
+                uint32_t cnt = n_out - j < GROUP ? n_out - j : GROUP;
+                group_sums(w, in, nw, cnt, n, wt, n_k, s);
+                w += cnt * nw;
+                for (r = 0; r < cnt; r++) {
+                    /* E_RANGE at load guarantees neither step leaves int32. */
+                    scores[j + r] += scale[j + r] * s[r] + offset[j + r];
                 }
-                /* E_RANGE at load guarantees neither step leaves int32. */
-                scores[j] += scale[j] * s + offset[j];
             }
         }
         n_in = n_out;
