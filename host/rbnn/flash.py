@@ -139,9 +139,10 @@ def guess_target(image: Path) -> str:
 
 
 # --- RP2040 ---------------------------------------------------------------------------
-def find_rp2_drive(globs: tuple[str, ...] = RP2_DRIVE_GLOBS) -> Path | None:
-    """A mounted RPI-RP2 UF2 drive (it holds INFO_UF2.TXT), or None."""
-    for pattern in globs:
+def find_rp2_drive(globs: tuple[str, ...] | None = None) -> Path | None:
+    """A mounted RPI-RP2 UF2 drive (it holds INFO_UF2.TXT), or None. ``globs``: where
+    to look (default RP2_DRIVE_GLOBS)."""
+    for pattern in globs or RP2_DRIVE_GLOBS:
         for d in sorted(glob.glob(pattern)):
             if (Path(d) / "INFO_UF2.TXT").is_file():
                 return Path(d)
@@ -165,10 +166,13 @@ def bootsel_touch(port: str) -> None:
 
     try:
         s = serial.Serial(port, 1200)
-        s.dtr = False
-        s.close()
     except (serial.SerialException, OSError) as e:
         raise FlashError(f"{port}: cannot open for the 1200-baud reset: {e}") from None
+    try:
+        s.dtr = False  # closing drops DTR anyway; some ports have no modem lines
+    except OSError:
+        pass
+    s.close()
 
 
 def copy_uf2(image: Path, drive: Path) -> Path:
