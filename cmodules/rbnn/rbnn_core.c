@@ -449,11 +449,17 @@ int rbnn_pack_u8(const rbnn_model_t *m, const uint8_t *features, uint32_t *in_bi
 
 /* Sums s of `cnt` consecutive neurons (rows w, nw words each) into s[0..cnt). The first
  * layer sums the kept input planes with weights 2^(n - low) (n_k planes of nw words in
- * `in`); other layers have one plane of weight 1. */
+ * `in`); with a single plane, as in every other layer, the weight is 1. */
 static void group_sums(const uint32_t *w, const uint32_t *in, uint32_t nw, uint32_t cnt,
     int32_t n, const int32_t *weight, uint32_t n_k, int32_t *s) {
     uint32_t pc[GROUP], r, k;
     rbnn_xorpop_rows(w, in, nw, cnt, pc);
+    if (n_k == 1u) {
+        for (r = 0; r < cnt; r++) {
+            s[r] = n - 2 * (int32_t)pc[r];
+        }
+        return;
+    }
     for (r = 0; r < cnt; r++) {
         s[r] = weight[0] * (n - 2 * (int32_t)pc[r]);
     }
