@@ -1,9 +1,9 @@
 """The host builds of the XOR-popcount kernel (cmodules/rbnn/rbnn_kernel.c) against numpy.
 
 Each variant the host can compile is built into its own shared library: the one the
-core gets (-O3 -march=native: hardware popcount where the CPU has it), the portable
-SWAR fallback (RBNN_KERNEL_PORTABLE), and a plain -O2 build (what a MicroPython unix
-port compiles). The ARMv6-M kernel is checked in tests/test_m0plus.py.
+core gets (-O3 -march=native: AVX2 or hardware popcount where the CPU has them), a
+-mpopcnt build (64-bit popcounts without AVX2), the portable SWAR fallback
+(RBNN_KERNEL_PORTABLE), and a plain -O2 build (what a MicroPython unix port compiles). The ARMv6-M kernel is checked in tests/test_m0plus.py.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from rbnn.cengine import compiler
 
 VARIANTS = {
     "native": ["-O3", "-march=native"],
+    "popcnt": ["-O3", "-mpopcnt"],
     "portable": ["-O3", "-DRBNN_KERNEL_PORTABLE"],
     "plain": ["-O2"],
 }
@@ -29,11 +30,9 @@ def kernel(request, repo, tmp_path_factory):
     """(name, ctypes library) of one build of the kernel."""
     cc = compiler()
     flags = VARIANTS[request.param]
-    if "-march=native" in flags:
-        probe = subprocess.run([cc, "-march=native", "-x", "c", "-E", "-", "-o", "/dev/null"],
-                               input="", capture_output=True, text=True)  # fmt: skip
-        if probe.returncode != 0:
-            flags = [f for f in flags if f != "-march=native"]
+    for flag in ("-march=native", "-mpopcnt"):  # x86 flags: other hosts build without
+        if flag in flags and not _accepts(cc, flag):
+            flags = [f for f in flags if f != flag]
     out = tmp_path_factory.mktemp("kernel") / f"kernel-{request.param}.so"
     src = repo / "cmodules" / "rbnn" / "rbnn_kernel.c"
     cmd = [cc, "-std=c99", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared", *flags,
@@ -47,6 +46,12 @@ def kernel(request, repo, tmp_path_factory):
     lib.rbnn_xorpop_rows.argtypes = [u32p, u32p, ctypes.c_uint32, ctypes.c_uint32, u32p]
     lib.rbnn_xorpop_rows.restype = None
     return request.param, lib, flags
+
+
+def _accepts(cc: str, flag: str) -> bool:
+    r = subprocess.run([cc, flag, "-x", "c", "-E", "-", "-o", "/dev/null"], input="",
+                       capture_output=True, text=True)  # fmt: skip
+    return r.returncode == 0
 
 
 def _ptr(a: np.ndarray):
@@ -69,8 +74,16 @@ def test_name_says_which_version(kernel, repo):
     got = ctypes.string_at(ctypes.addressof(ctypes.c_char.in_dll(lib, "rbnn_kernel_name")))
     macros = subprocess.run([compiler(), *flags, "-dM", "-E", "-x", "c", "-"], input="",
                             capture_output=True, text=True).stdout  # fmt: skip
-    has_popcount = any(f"#define {m} " in macros for m in ("__POPCNT__", "__aarch64__", "__riscv_zbb"))
-    want = "popcnt64" if has_popcount and name != "portable" else "swar"
+    has = {m for m in ("__AVX2__", "__x86_64__", "__POPCNT__", "__aarch64__", "__riscv_zbb")
+           if f"#define {m} " in macros}  # fmt: skip
+    if name == "portable":
+        want = "swar"
+    elif {"__AVX2__", "__x86_64__"} <= has:
+        want = "avx2"
+    elif has & {"__POPCNT__", "__aarch64__", "__riscv_zbb"}:
+        want = "popcnt64"
+    else:
+        want = "swar"
     assert got.decode() == want
 
 

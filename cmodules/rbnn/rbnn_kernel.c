@@ -296,6 +296,72 @@ void rbnn_xorpop_rows(const uint32_t *w, const uint32_t *x, uint32_t n, uint32_t
     }
 }
 
+#elif defined(__AVX2__) && defined(__x86_64__) && !defined(RBNN_KERNEL_PORTABLE)
+/* ---------------------------------------------------------------------------------
+ * x86 with AVX2 (the host core is built with -march=native): 256-bit XOR, popcount
+ * of each byte by a 16-entry nibble table (vpshufb), byte counts summed with vpsadbw
+ * once per row (or every 31 steps, before a byte could overflow). The n % 8 words
+ * left over go through 64-bit popcounts. About twice the speed of scalar popcnt on
+ * 256- and 784-input rows.
+ * ------------------------------------------------------------------------------- */
+#include <immintrin.h>
+#include <string.h>
+
+const char rbnn_kernel_name[] = "avx2";
+
+static inline uint64_t ld64(const uint32_t *p) {
+    uint64_t v;
+    memcpy(&v, p, sizeof v); /* rows are only 4-byte aligned */
+    return v;
+}
+
+static inline __m256i pop_bytes(__m256i v) {
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+        0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    __m256i lo = _mm256_and_si256(v, low);
+    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+    return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
+}
+
+static inline uint32_t xorpop_avx2(const uint32_t *a, const uint32_t *b, uint32_t n) {
+    __m256i sums = _mm256_setzero_si256();
+    __m128i t;
+    uint64_t rest = 0;
+    uint32_t i = 0, full = n & ~7u;
+    while (i < full) {
+        uint32_t stop = full - i > 31u * 8u ? i + 31u * 8u : full;
+        __m256i bytes = _mm256_setzero_si256();
+        for (; i < stop; i += 8u) {
+            __m256i v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(const void *)(a + i)),
+                _mm256_loadu_si256((const __m256i *)(const void *)(b + i)));
+            bytes = _mm256_add_epi8(bytes, pop_bytes(v));
+        }
+        sums = _mm256_add_epi64(sums, _mm256_sad_epu8(bytes, _mm256_setzero_si256()));
+    }
+    for (; i + 2u <= n; i += 2u) {
+        rest += (uint64_t)__builtin_popcountll(ld64(a + i) ^ ld64(b + i));
+    }
+    if (i < n) {
+        rest += (uint64_t)__builtin_popcount(a[i] ^ b[i]);
+    }
+    t = _mm_add_epi64(_mm256_castsi256_si128(sums), _mm256_extracti128_si256(sums, 1));
+    t = _mm_add_epi64(t, _mm_unpackhi_epi64(t, t));
+    return (uint32_t)((uint64_t)_mm_cvtsi128_si64(t) + rest);
+}
+
+uint32_t rbnn_xorpop(const uint32_t *a, const uint32_t *b, uint32_t n) {
+    return xorpop_avx2(a, b, n);
+}
+
+void rbnn_xorpop_rows(const uint32_t *w, const uint32_t *x, uint32_t n, uint32_t rows,
+    uint32_t *out) {
+    uint32_t r;
+    for (r = 0; r < rows; r++, w += n) {
+        out[r] = xorpop_avx2(w, x, n);
+    }
+}
+
 #else
 /* --------------------------------------------------------------------------------- */
 #if !defined(RBNN_KERNEL_PORTABLE) && (defined(__GNUC__) || defined(__clang__)) && \
@@ -314,7 +380,7 @@ static inline uint64_t ld64(const uint32_t *p) {
     return v;
 }
 
-uint32_t rbnn_xorpop(const uint32_t *a, const uint32_t *b, uint32_t n) {
+static inline uint32_t xorpop_one(const uint32_t *a, const uint32_t *b, uint32_t n) {
     uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
     uint32_t i = 0;
     for (; i + 8u <= n; i += 8u) {
@@ -346,7 +412,7 @@ static inline uint32_t pop32(uint32_t v) {
     return v & 0x3Fu;
 }
 
-uint32_t rbnn_xorpop(const uint32_t *a, const uint32_t *b, uint32_t n) {
+static inline uint32_t xorpop_one(const uint32_t *a, const uint32_t *b, uint32_t n) {
     uint32_t acc = 0, i;
     for (i = 0; i < n; i++) {
         acc += pop32(a[i] ^ b[i]);
@@ -355,11 +421,15 @@ uint32_t rbnn_xorpop(const uint32_t *a, const uint32_t *b, uint32_t n) {
 }
 #endif
 
+uint32_t rbnn_xorpop(const uint32_t *a, const uint32_t *b, uint32_t n) {
+    return xorpop_one(a, b, n);
+}
+
 void rbnn_xorpop_rows(const uint32_t *w, const uint32_t *x, uint32_t n, uint32_t rows,
     uint32_t *out) {
     uint32_t r;
     for (r = 0; r < rows; r++, w += n) {
-        out[r] = rbnn_xorpop(w, x, n);
+        out[r] = xorpop_one(w, x, n); /* inlined: no call per row */
     }
 }
 #endif

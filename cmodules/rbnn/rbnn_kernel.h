@@ -7,8 +7,10 @@
  *   "armv6m-hs4"  ARMv6-M (Cortex-M0/M0+, RP2040) with GCC: hand-scheduled Thumb-1
  *                 inline asm, carry-save (Harley-Seal) accumulation over groups of 4
  *                 words (no .S file: the C file is all a build needs);
- *   "popcnt64"    targets with a popcount instruction the compiler knows of (x86 with
- *                 -mpopcnt or -march=native, AArch64, RISC-V Zbb): 64-bit popcounts;
+ *   "avx2"        x86-64 compiled with AVX2 (the host core: -march=native): 256-bit XOR
+ *                 and a nibble-table byte popcount (vpshufb);
+ *   "popcnt64"    other targets with a popcount instruction the compiler knows of (x86
+ *                 with -mpopcnt, AArch64, RISC-V Zbb): 64-bit popcounts;
  *   "swar"        anything else, or when RBNN_KERNEL_PORTABLE is defined: portable
  *                 C99 SWAR popcount.
  * All give identical results.
@@ -29,7 +31,7 @@ uint32_t rbnn_xorpop(const uint32_t *a, const uint32_t *b, uint32_t n);
 void rbnn_xorpop_rows(const uint32_t *w, const uint32_t *x, uint32_t n, uint32_t rows,
     uint32_t *out);
 
-/* Name of the compiled version ("armv6m-hs4", "popcnt64" or "swar"). */
+/* Name of the compiled version ("armv6m-hs4", "avx2", "popcnt64" or "swar"). */
 extern const char rbnn_kernel_name[];
 
 #endif /* RBNN_KERNEL_H */
