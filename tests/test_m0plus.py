@@ -155,6 +155,11 @@ def test_cycle_table(seq, fn, args, cycles, insns):
     assert (r.cycles, r.instructions) == (cycles, insns)
 
 
+def test_profile_per_function(seq):
+    assert seq.call("call").profile == {"call": 9, "leaf": 2}
+    assert seq.call("skip", 0).profile == {"skip": 5}
+
+
 def test_results_and_memory(seq):
     assert seq.call("dp", 0, 3).result == (6 ^ 3) * 3
     assert seq.call("loop", 7, 5).result == 35

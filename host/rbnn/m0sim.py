@@ -44,7 +44,8 @@ grows down from its top).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from bisect import bisect_right
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROM_BASE, ROM_SIZE = 0x0000_0000, 0x1000
@@ -84,6 +85,7 @@ class CallResult:
     result: int  # r0 as an unsigned 32-bit value
     cycles: int
     instructions: int
+    profile: dict[str, int] = field(default_factory=dict)  # cycles per function symbol
 
     @property
     def signed(self) -> int:
@@ -217,6 +219,7 @@ class Elf:
     segments: list[tuple[int, bytes, int]]  # (address, file bytes, memory size)
     symbols: dict[str, int]  # name -> address (Thumb bit cleared for functions)
     sizes: dict[str, int]
+    functions: list[tuple[int, int, str]]  # (address, size, name), sorted
 
     @classmethod
     def read(cls, path: str | Path) -> Elf:
@@ -235,7 +238,7 @@ class Elf:
             if p_type == 1 and p_memsz:  # PT_LOAD
                 segments.append((p_paddr, data[p_off : p_off + p_filesz], p_memsz))
         sections = [struct.unpack_from("<10I", data, e_shoff + i * e_shentsize) for i in range(e_shnum)]
-        symbols, sizes = {}, {}
+        symbols, sizes, funcs = {}, {}, []
         for sh in sections:
             if sh[1] != 2:  # SHT_SYMTAB
                 continue
@@ -251,7 +254,21 @@ class Elf:
                 name = data[str_off + st_name : end].decode()
                 symbols[name] = st_value & ~1 if st_info & 0xF == 2 else st_value
                 sizes[name] = st_size
-        return cls(segments, symbols, sizes)
+                if st_info & 0xF == 2:
+                    funcs.append((st_value & ~1, st_size, name))
+        funcs.sort()
+        return cls(segments, symbols, sizes, funcs)
+
+    def function_at(self, addr: int) -> str:
+        """Name of the function whose code holds ``addr`` ("?" if none)."""
+        i = bisect_right(self.functions, (addr, 1 << 32, "")) - 1
+        if i >= 0:
+            start, size, name = self.functions[i]
+            if not size:  # hand-written code without .size: up to the next function
+                size = self.functions[i + 1][0] - start if i + 1 < len(self.functions) else 1 << 32
+            if start <= addr < start + size:
+                return name
+        return "?"
 
 
 # --- the machine ------------------------------------------------------------------------
@@ -306,10 +323,11 @@ class M0Plus:
             [FLASH_BASE] + [a + m for a, _, m in self.elf.segments if _region(a, m) == "flash"]
         )
         self._flash = (self._flash0 + 7) & ~7
-        self._blocks: dict[tuple[int, int], tuple[int, int, int, int, int]] = {}
+        self._blocks: dict[tuple[int, int], tuple[int, int, int, int, int, str]] = {}
         self._cycles = 0
         self._insns = 0
-        self._pending: tuple[int, int, int] | None = None  # (target, fallthrough, cond)
+        self._profile: dict[str, int] = {}
+        self._pending: tuple[int, int, int, str] | None = None  # (target, fallthrough, cond, fn)
         self._fault: str | None = None
         uc.hook_add(UC_HOOK_BLOCK, self._on_block)
         uc.hook_add(UC_HOOK_MEM_INVALID, self._on_invalid)
@@ -390,6 +408,7 @@ class M0Plus:
         uc.reg_write(UC_ARM_REG_SP, sp)
         uc.reg_write(UC_ARM_REG_LR, RETURN_STUB | 1)
         self._cycles = self._insns = 0
+        self._profile = {}
         self._pending = None
         self._fault = None
         try:
@@ -403,14 +422,14 @@ class M0Plus:
         if pc != RETURN_STUB:
             raise M0Error(f"{fn}: did not return within {max_instructions} instructions (pc={pc:#010x})")
         self._resolve(RETURN_STUB)
-        return CallResult(uc.reg_read(UC_ARM_REG_R0), self._cycles, self._insns)
+        return CallResult(uc.reg_read(UC_ARM_REG_R0), self._cycles, self._insns, self._profile)
 
     # --- hooks ----------------------------------------------------------------------
     def _resolve(self, address: int) -> None:
         """Charge the taken-branch cycle of the previous block's B<cond>, if taken."""
         if self._pending is None:
             return
-        target, fallthrough, cond = self._pending
+        target, fallthrough, cond, fn = self._pending
         self._pending = None
         if target != fallthrough:
             taken = address == target
@@ -421,6 +440,7 @@ class M0Plus:
             taken = _CONDS[cond](psr >> 31 & 1, psr >> 30 & 1, psr >> 29 & 1, psr >> 28 & 1)
         if taken:
             self._cycles += 1
+            self._profile[fn] += 1
 
     def _on_block(self, uc, address: int, size: int, _user) -> None:
         self._resolve(address)
@@ -433,14 +453,15 @@ class M0Plus:
                 uc.emu_stop()
                 return
             self._blocks[(address, size)] = info
-        cycles, insns, kind, target, end = info
+        cycles, insns, kind, target, end, fn = info
         self._cycles += cycles
         self._insns += insns
+        self._profile[fn] = self._profile.get(fn, 0) + cycles
         if kind == _COND:
             cond = uc.mem_read(end - 2, 2)[1] & 0xF
-            self._pending = (target, end, cond)
+            self._pending = (target, end, cond, fn)
 
-    def _decode_block(self, address: int, size: int) -> tuple[int, int, int, int, int]:
+    def _decode_block(self, address: int, size: int) -> tuple[int, int, int, int, int, str]:
         code = bytes(self.uc.mem_read(address, size))
         hws = struct.unpack(f"<{size // 2}H", code[: size & ~1])
         i = cycles = insns = 0
@@ -454,7 +475,7 @@ class M0Plus:
             cycles += c
             insns += 1
             i += n // 2
-        return cycles, insns, kind, target, address + 2 * i
+        return cycles, insns, kind, target, address + 2 * i, self.elf.function_at(address)
 
     def _on_access(self, uc, access, address: int, size: int, value: int, _user) -> None:
         if address % size:
