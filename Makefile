@@ -96,6 +96,7 @@ size: deps-arm
 # --- benchmarks -----------------------------------------------------------------------
 bench: setup deps-arm
 	$(PY) bench/host.py
+	$(PY) bench/fallback.py
 
 # --- firmware images (docs/FIRMWARE.md) ---------------------------------------------------
 # make firmware PORT=unix|qemu|rp2|esp32 [BOARD=...] MICROPY_DIR=<MicroPython checkout>
