@@ -633,6 +633,9 @@ class Model:
         self._copyf(x, self._x, n)
 
     def _run(self, x, out):
+        if len(self._buf) != self._info["file_bytes"]:
+            # viper reads the buffer through raw pointers: never past a shrunk bytearray
+            raise ValueError("rbnn: the model's buffer was resized or moved after load")
         self._load_input(x)
         self._zerof(out, self.n_classes)
         buf = self._buf

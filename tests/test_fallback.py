@@ -388,6 +388,10 @@ print("OUTBYTES", err(m.scores, raw, bytearray(4 * nc)))
 print("NOFILE", err(rbnn.load, "no-such.rbnn"))
 print("BADFILE", err(rbnn.load, "bad.rbnn"))
 print("MODELSTR", err(rbnn_py.Model, "m.rbnn"))
+grown = bytearray(open("m.rbnn", "rb").read())
+mg = rbnn.load(grown)
+grown.extend(bytes(8))
+print("RESIZED", err(mg.predict, raw))
 # No allocation per call: the heap is locked around predict and scores (the first
 # scores() call with a new out array checks its type, which may allocate).
 c1 = m.scores(raw, out)
@@ -447,6 +451,7 @@ def test_fallback_api_and_input_errors(micropython, tmp_path, engine):
         f"ValueError: rbnn: bad.rbnn: E_CRC at offset {e.value.offset}: crc32:"
     )
     assert got["MODELSTR"].startswith("TypeError: rbnn: Model() takes the file's bytes")
+    assert got["RESIZED"] == "ValueError: rbnn: the model's buffer was resized or moved after load"
     assert got["NOALLOC"] == "4 True"
     assert [int(v) for v in got["SCORES"].split()] == twin.scores(m, xb[None])[0].tolist()
 
