@@ -96,6 +96,7 @@ size: deps-arm
 # --- benchmarks -----------------------------------------------------------------------
 bench: setup deps-arm
 	$(PY) bench/host.py
+	$(PY) bench/m0plus.py
 	$(PY) bench/fallback.py
 
 # --- firmware images (docs/FIRMWARE.md) ---------------------------------------------------

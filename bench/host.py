@@ -1,0 +1,134 @@
+"""Host inference throughput, one thread: the C core, the numpy twin, a float32 numpy MLP.
+
+All three compute the same 784-256-256-10 network (MSB input plane, random weights) on
+the same batch, and their scores are checked equal before anything is timed: the C core
+through rbnn.cengine.CModel (ctypes, one call per batch), the twin (rbnn.twin, the
+bit-exact numpy reference), and the float32 MLP a numpy user would write: a matmul per
+layer on +-1 values and weights, a comparison with the folded threshold per hidden
+neuron (flips folded into the next layer's weights), scale and offset on the output.
+Float32 is exact here (every sum is an integer below 2^24), so its scores must equal
+the twin's too.
+
+Each engine gets its input already in its own form (packed bits, or float32 +-1), and
+is timed over the whole batch in interleaved rounds; the best round counts. Times are
+CPU time of this thread (time.thread_time), so other processes on a shared machine do
+not distort the ratios; wall-clock rates are printed beside them.
+
+Run: ``python bench/host.py`` (``make bench`` runs it before bench/m0plus.py).
+"""
+
+from __future__ import annotations
+
+import os
+
+# One thread for every BLAS numpy may use; must be set before numpy is imported.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import ctypes  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from rbnn import cengine, pack, twin  # noqa: E402
+from rbnn.model import Model, input_values, pack_input, random_model  # noqa: E402
+
+N_INPUTS, SIZES, PLANE_MASK = 784, [256, 256, 10], 0x80
+TARGET = 3.0  # C core / float32 matmul (issue #2)
+
+
+def float_mlp(m: Model) -> Callable[[np.ndarray], np.ndarray]:
+    """The model as float32 numpy: +-1 features (n, n_inputs) -> float32 scores (n, classes).
+
+    Hidden neuron j outputs +1 when its sum reaches threshold[j], -1 otherwise; a
+    flipped neuron's output is negated, which is folded into the next layer's weights.
+    """
+    blk = m.blocks[0]
+    ws = [np.where(m.sign_weights(0, lay), 1.0, -1.0).astype(np.float32) for lay in range(m.n_layers)]
+    mats, thrs = [], []
+    for lay in range(m.n_layers):
+        w = ws[lay].T.copy()  # (in, out): x @ w
+        if lay > 0:
+            flip = np.asarray(blk.flips[lay - 1], bool)
+            w[flip, :] *= -1.0
+        mats.append(np.ascontiguousarray(w))
+        if lay < m.n_layers - 1:
+            thrs.append(np.asarray(blk.thresholds[lay], np.float32))
+    scale = np.asarray(blk.scale, np.float32)
+    offset = np.asarray(blk.offset, np.float32)
+    one, minus = np.float32(1.0), np.float32(-1.0)
+
+    def run(xf: np.ndarray) -> np.ndarray:
+        h = xf
+        for w, t in zip(mats[:-1], thrs, strict=True):
+            h = np.where(h @ w >= t, one, minus)
+        return (h @ mats[-1]) * scale + offset
+
+    return run
+
+
+def kernel_name() -> str:
+    lib = cengine.lib()
+    return ctypes.string_at(ctypes.addressof(ctypes.c_char.in_dll(lib, "rbnn_kernel_name"))).decode()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=2000, help="samples per timed call")
+    ap.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (best counts)")
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args(argv)
+    rng = np.random.default_rng(args.seed)
+
+    model = random_model(rng, n_inputs=N_INPUTS, sizes=SIZES, plane_mask=PLANE_MASK)
+    data = pack.to_bytes(model)
+    x = rng.integers(0, 256, (args.batch, N_INPUTS), dtype=np.uint8)
+    xbits = pack_input(x, PLANE_MASK)
+    xf = input_values(x, PLANE_MASK)  # float32 +-1
+
+    cmodel = cengine.CModel(data)
+    flt = float_mlp(model)
+    engines = {
+        "C core (rbnn.cengine)": lambda: cmodel.scores(xbits),
+        "numpy twin (rbnn.twin)": lambda: twin.scores(model, xbits),
+        "numpy float32 matmul": lambda: flt(xf),
+    }
+    ref = twin.scores(model, xbits)
+    for name, fn in engines.items():
+        got = np.asarray(fn())
+        if not np.array_equal(got.astype(np.int64), ref.astype(np.int64)):
+            print(f"FAILED: {name} scores differ from the twin", file=sys.stderr)
+            return 1
+
+    cpu = {k: float("inf") for k in engines}
+    wall = dict(cpu)
+    for _ in range(args.rounds):
+        for name, fn in engines.items():
+            t0, w0 = time.thread_time(), time.perf_counter()
+            fn()
+            t1, w1 = time.thread_time(), time.perf_counter()
+            cpu[name] = min(cpu[name], t1 - t0)
+            wall[name] = min(wall[name], w1 - w0)
+
+    shape = "-".join(str(s) for s in [N_INPUTS, *SIZES])
+    print(f"host inference, one thread: {shape}, MSB input plane, random weights, "
+          f"batch {args.batch}, best of {args.rounds} rounds; C kernel {kernel_name()}, "
+          f"numpy {np.__version__}")  # fmt: skip
+    print("all three give the twin's scores on the whole batch: yes")
+    base = "numpy float32 matmul"
+    print(f"  {'engine':26}{'samples/s':>12}{'us/sample':>11}{'(wall) samples/s':>18}{'vs float32':>12}")
+    for name in engines:
+        rate = args.batch / cpu[name]
+        print(f"  {name:26}{rate:12,.0f}{1e6 / rate:11.2f}{args.batch / wall[name]:18,.0f}"
+              f"{cpu[base] / cpu[name]:11.2f}x")  # fmt: skip
+    ratio = cpu[base] / cpu["C core (rbnn.cengine)"]
+    print(f"  C core / numpy float32 matmul: {ratio:.2f}x (target >= {TARGET:.0f}x: "
+          f"{'met' if ratio >= TARGET else 'NOT met'})")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

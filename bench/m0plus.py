@@ -1,0 +1,164 @@
+"""Cortex-M0+ cycles of the XOR-popcount kernels and of one 784-256-256-10 inference.
+
+The C core (cmodules/rbnn) and the kernel variants (bench/m0plus/variants.c) are
+cross-built with gcc-arm-none-eabi for -mcpu=cortex-m0plus and run in the
+instruction-level emulator rbnn.m0sim, which charges each instruction its cycles from
+the Cortex-M0+ TRM table (zero wait states: code and data in SRAM). Every result is
+checked: kernel counts against numpy, the core's scores against the numpy twin.
+
+Run: ``python bench/m0plus.py`` (``make bench`` runs it after bench/host.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from rbnn import m0build, pack, twin
+from rbnn.bits import words
+from rbnn.m0sim import M0Plus
+from rbnn.model import pack_input, random_model
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "cmodules" / "rbnn"
+BUILD = REPO / "build" / "m0plus"
+MHZ = 125  # RP2040 default clock
+N_INPUTS, SIZES, PLANE_MASK = 784, [256, 256, 10], 0x80
+TARGET, FLOOR = 200_000, 125_000  # issue #2 target; DESIGN section 2 floor
+ROW_WORDS = (8, 25, 256)  # hidden rows (256 inputs), first-layer rows (784), long rows
+GROUP = 32  # rows per rbnn_xorpop_rows call, as the core calls it
+KERNEL_FUNCS = ("rbnn_xorpop", "rbnn_xorpop_rows", "rows_m0", "rbnn_xorpop_long")
+
+# (label, symbol): the C variants at -O2, then the kernel the core links.
+VARIANTS = [
+    ("SWAR per word, C -O2", "xorpop_swar"),
+    ("256-entry table, C -O2", "xorpop_table"),
+    ("Harley-Seal groups of 4, C -O2", "xorpop_hs4"),
+    ("Harley-Seal groups of 8, C -O2", "xorpop_hs8"),
+    ("armv6m-hs4 Thumb-1 asm (rbnn_xorpop)", "rbnn_xorpop"),
+]
+
+
+def build(opt: str) -> tuple[M0Plus, M0Plus]:
+    """(core + kernel, variants + kernel) cross-built at ``opt``."""
+    core = m0build.build([SRC / "rbnn_core.c", SRC / "rbnn_kernel.c"],
+                         BUILD / f"core{opt}.elf", opt=opt, include_dirs=[SRC])  # fmt: skip
+    var = m0build.build([REPO / "bench" / "m0plus" / "variants.c", SRC / "rbnn_kernel.c"],
+                        BUILD / f"variants{opt}.elf", opt=opt, include_dirs=[SRC])  # fmt: skip
+    return M0Plus(core), M0Plus(var)
+
+
+def kernel_table(m: M0Plus, rng: np.random.Generator) -> None:
+    """Cycles per word of each variant, one call per row, results checked."""
+    layer_rows = {25: SIZES[0], 8: SIZES[1] + SIZES[2]}  # rows of 784 and of 256 inputs
+    head = "".join(f"{f'n={n}':>9}" for n in ROW_WORDS)
+    print("kernel cycles per 32-bit word (one call per row, n words; each count checked)")
+    print(f"  {'variant':40}{head}{'one inference':>15}")
+    data = {n: (rng.integers(0, 2**32, n, dtype=np.uint32), rng.integers(0, 2**32, n, dtype=np.uint32))
+            for n in ROW_WORDS}  # fmt: skip
+    for label, sym in VARIANTS:
+        per_word, cycles = [], {}
+        for n in ROW_WORDS:
+            a, b = data[n]
+            m.free_all()
+            r = m.call(sym, m.alloc(a.tobytes()), m.alloc(b.tobytes()), n)
+            _check(r.result == int(np.bitwise_count(a ^ b).sum()), f"{sym} n={n}: wrong count")
+            cycles[n] = r.cycles
+            per_word.append(f"{r.cycles / n:9.1f}")
+        net = sum(rows * cycles[n] for n, rows in layer_rows.items())
+        print(f"  {label:40}{''.join(per_word)}{net:15,}")
+    # The entry point the core uses: GROUP rows a call.
+    per_word, net = [], 0
+    for n in ROW_WORDS:
+        w = rng.integers(0, 2**32, (GROUP, n), dtype=np.uint32)
+        x = rng.integers(0, 2**32, n, dtype=np.uint32)
+        m.free_all()
+        out = m.alloc(4 * GROUP)
+        r = m.call("rbnn_xorpop_rows", m.alloc(w.tobytes()), m.alloc(x.tobytes()), n, GROUP, out)
+        got = np.frombuffer(m.read(out, 4 * GROUP), "<u4")
+        _check((got == np.bitwise_count(w ^ x).sum(axis=1)).all(), f"rows n={n}: wrong counts")
+        per_word.append(f"{r.cycles / (GROUP * n):9.1f}")
+        if n in layer_rows:
+            net += layer_rows[n] * r.cycles / GROUP
+    label = f"armv6m-hs4 rows ({GROUP} a call)"
+    print(f"  {label:40}{''.join(per_word)}{round(net):15,}")
+    print("  (one inference: the kernel cycles of its 522 rows, 256 of 25 words and 266 of 8)")
+
+
+def core_inference(opt: str, m: M0Plus, model, data: bytes, xbits: np.ndarray, want: np.ndarray) -> dict:
+    """rbnn_model_init and rbnn_infer on each sample; scores checked against the twin."""
+    m.free_all()
+    model_addr = m.alloc(data, region="flash")  # weights read in place, as from XIP flash
+    state = m.alloc(256)
+    init = m.call("rbnn_model_init", state, model_addr, len(data))
+    _check(init.signed == 0, f"rbnn_model_init returned {init.signed}")
+    scratch = m.alloc(4 * 2 * words(max(SIZES[:-1])))
+    scores = m.alloc(4 * SIZES[-1])
+    runs = []
+    for i in range(len(xbits)):
+        inp = m.alloc(xbits[i].tobytes())
+        r = m.call("rbnn_infer", state, inp, scratch, scores)
+        got = np.frombuffer(m.read(scores, 4 * SIZES[-1]), "<i4")
+        _check(np.array_equal(got, want[i]), f"{opt}: scores differ from the twin on sample {i}")
+        _check(r.signed == int(np.argmax(want[i])), f"{opt}: class differs from the twin")
+        runs.append(r)
+    return {"init": init, "runs": runs}
+
+
+def _check(ok: bool, what: str) -> None:
+    if not ok:
+        print(f"FAILED: {what}", file=sys.stderr)
+        sys.exit(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=4, help="inputs run through the core")
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args(argv)
+    rng = np.random.default_rng(args.seed)
+
+    builds = {opt: build(opt) for opt in ("-O2", "-Os")}
+    core, variants = builds["-O2"]
+    name = variants.read(variants.address("rbnn_kernel_name"), 16).split(b"\0")[0].decode()
+    print(f"Cortex-M0+ (unicorn + the Cortex-M0+ TRM cycle table, zero wait states), kernel {name}")
+    print()
+    kernel_table(variants, rng)
+    print()
+
+    model = random_model(rng, n_inputs=N_INPUTS, sizes=SIZES, plane_mask=PLANE_MASK)
+    data = pack.to_bytes(model)
+    x = rng.integers(0, 256, (args.samples, N_INPUTS), dtype=np.uint8)
+    xbits = pack_input(x, PLANE_MASK)
+    want = twin.scores(model, xbits)
+    n_words = sum(o * words(i) for i, o in zip([N_INPUTS] + SIZES[:-1], SIZES, strict=True))
+    shape = "-".join(str(s) for s in [N_INPUTS, *SIZES])
+    print(f"one {shape} inference, MSB input plane, random weights ({n_words:,} weight words, "
+          f"{len(data):,}-byte model in flash), {args.samples} random inputs")  # fmt: skip
+    print(f"  {'build':6}{'cycles':>10}{'instr.':>10}{'cyc/word':>10}{'ms@125MHz':>11}"
+          f"{'in kernel':>11}  scores = twin")  # fmt: skip
+    results = {}
+    for opt, (m, _) in builds.items():
+        res = core_inference(opt, m, model, data, xbits, want)
+        results[opt] = res
+        cyc = max(r.cycles for r in res["runs"])
+        insns = max(r.instructions for r in res["runs"])
+        prof = res["runs"][0].profile
+        kern = sum(prof.get(f, 0) for f in KERNEL_FUNCS)
+        print(f"  {opt:6}{cyc:10,}{insns:10,}{cyc / n_words:10.2f}{cyc / (MHZ * 1000):11.3f}"
+              f"{kern / res['runs'][0].cycles:11.1%}  yes ({len(res['runs'])} inputs)")  # fmt: skip
+    init = results["-O2"]["init"]
+    print(f"  rbnn_model_init -O2 (validation + CRC-32 of {len(data):,} bytes): {init.cycles:,} cycles, "
+          f"{init.cycles / (MHZ * 1000):.2f} ms")  # fmt: skip
+    best = max(r.cycles for r in results["-O2"]["runs"])
+    verdict = "met" if best <= TARGET else "NOT met"
+    print(f"  target <= {TARGET:,} cycles: {verdict} ({best:,}); "
+          f"{best / FLOOR:.2f}x the ~{FLOOR:,} floor of DESIGN section 2")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
