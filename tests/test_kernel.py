@@ -9,6 +9,7 @@ core gets (-O3 -march=native: AVX2 or hardware popcount where the CPU has them),
 from __future__ import annotations
 
 import ctypes
+import os
 import subprocess
 
 import numpy as np
@@ -49,7 +50,7 @@ def kernel(request, repo, tmp_path_factory):
 
 
 def _accepts(cc: str, flag: str) -> bool:
-    r = subprocess.run([cc, flag, "-x", "c", "-E", "-", "-o", "/dev/null"], input="",
+    r = subprocess.run([cc, flag, "-x", "c", "-E", "-", "-o", os.devnull], input="",
                        capture_output=True, text=True)  # fmt: skip
     return r.returncode == 0
 

@@ -85,7 +85,7 @@ def build(
     cmd += [f"-I{d}" for d in include_dirs]
     cmd += [str(s) for s in sources]
     # newlib-nano for memcpy/memset, libgcc for helpers such as __aeabi_uidiv.
-    cmd += ["-nostartfiles", "--specs=nano.specs", f"-T{ld}", "-Wl,--no-warn-rwx-segments",
+    cmd += ["-nostartfiles", "--specs=nano.specs", f"-T{ld}",
             "-o", str(out), "-lc", "-lgcc"]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
