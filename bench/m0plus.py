@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     builds = {opt: build(opt) for opt in ("-O2", "-Os")}
     core, variants = builds["-O2"]
     name = variants.read(variants.address("rbnn_kernel_name"), 16).split(b"\0")[0].decode()
-    print(f"Cortex-M0+ (unicorn + the Cortex-M0+ TRM cycle table, zero wait states), kernel {name}")
+    print(f"Cortex-M0+ (unicorn + the Cortex-M0+ TRM cycle table; zero wait states, as for code "
+          f"and data in SRAM), kernel {name}")  # fmt: skip
     print()
     kernel_table(variants, rng)
     print()
@@ -137,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     n_words = sum(o * words(i) for i, o in zip([N_INPUTS] + SIZES[:-1], SIZES, strict=True))
     shape = "-".join(str(s) for s in [N_INPUTS, *SIZES])
     print(f"one {shape} inference, MSB input plane, random weights ({n_words:,} weight words, "
-          f"{len(data):,}-byte model in flash), {args.samples} random inputs")  # fmt: skip
+          f"{len(data):,}-byte model read in place from read-only memory), "
+          f"{args.samples} random inputs")  # fmt: skip
     print(f"  {'build':6}{'cycles':>10}{'instr.':>10}{'cyc/word':>10}{'ms@125MHz':>11}"
           f"{'in kernel':>11}  scores = twin")  # fmt: skip
     results = {}
