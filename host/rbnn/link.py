@@ -122,6 +122,8 @@ class Link:
                     f"put it there with `rbnn deploy MODEL --port {self.port_name}`"
                 ) from None
             repl.start("rbnn_server.serve()")
+            self.decoder.feed(bytes(repl.pending))
+            repl.pending.clear()
             self.repl = repl
         try:
             return self.hello()
@@ -140,13 +142,14 @@ class Link:
     def leave(self) -> None:
         """LEAVE: the server returns and the board is back at its friendly REPL."""
         self.request(fr.LEAVE)
-        repl = self.repl or RawRepl(self.ser)
-        repl.active = True
-        try:
-            repl.finish(timeout=5.0)  # the raw REPL closes the serve() call: \x04 \x04 >
-        except ReplError:
-            pass  # the server was started by main.py: no raw REPL around it
-        repl.exit()
+        # the raw REPL closes the serve() call with \x04 \x04 >; the decoder may have
+        # read those already (as bytes outside frames)
+        seen = bytearray(self.decoder.stats.skipped[-8:])
+        deadline = time.monotonic() + (2.0 if self.repl is not None else 0.2)
+        while b"\x04\x04>" not in seen and time.monotonic() < deadline:
+            self.ser.timeout = 0.05
+            seen += self.ser.read(max(1, self.ser.in_waiting))
+        (self.repl or RawRepl(self.ser)).exit()
         self.repl = None
 
     def close(self) -> None:

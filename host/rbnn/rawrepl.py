@@ -23,19 +23,29 @@ class ReplError(RbnnError):
     """The board's REPL did not answer as expected, or code raised on the board."""
 
 
-def read_until(ser, ending: bytes, timeout: float) -> bytes:
-    """Read from ``ser`` until the data ends with ``ending``; raise ReplError on timeout."""
+def read_until(ser, ending: bytes, timeout: float, pending: bytearray | None = None) -> bytes:
+    """Read from ``ser`` up to and including ``ending``; raise ReplError on timeout.
+
+    Bytes read past ``ending`` are kept in ``pending`` (and taken from it first).
+    """
     data = bytearray()
+    if pending is None:
+        pending = bytearray()
     deadline = time.monotonic() + timeout
-    while not data.endswith(ending):
+    while True:
+        i = (data + pending).find(ending) if ending else 0
+        if i >= 0:
+            data += pending
+            pending[:] = data[i + len(ending) :]
+            return bytes(data[: i + len(ending)])
+        data += pending
+        pending.clear()
         left = deadline - time.monotonic()
         if left <= 0:
             tail = bytes(data[-200:])
             raise ReplError(f"board did not send {ending!r} within {timeout:g} s; got {tail!r}")
         ser.timeout = min(left, 0.05)
-        chunk = ser.read(max(1, ser.in_waiting))
-        data += chunk
-    return bytes(data)
+        pending += ser.read(max(1, ser.in_waiting))
 
 
 class RawRepl:
@@ -46,6 +56,19 @@ class RawRepl:
         self.timeout = timeout
         self.use_paste = True
         self.active = False
+        self.pending = bytearray()  # bytes read past what a call wanted
+
+    def _until(self, ending: bytes, timeout: float | None = None) -> bytes:
+        return read_until(self.ser, ending, self.timeout if timeout is None else timeout, self.pending)
+
+    def _read(self, n: int) -> bytes:
+        # exactly n bytes (fewer on timeout), pending bytes first
+        out = bytes(self.pending[:n])
+        del self.pending[:n]
+        if len(out) < n:
+            self.ser.timeout = self.timeout
+            out += self.ser.read(n - len(out))
+        return out
 
     def _drain(self, quiet: float = 0.05) -> bytes:
         # read until the line stays quiet for `quiet` seconds
@@ -68,9 +91,10 @@ class RawRepl:
         self.ser.write(b"\x03")
         self._drain()
         self.ser.reset_input_buffer()
+        self.pending.clear()
         self.ser.write(b"\r\x01")
         try:
-            read_until(self.ser, BANNER + PROMPT, timeout)
+            self._until(BANNER + PROMPT, timeout)
         except ReplError:
             return False
         self.active = True
@@ -81,35 +105,34 @@ class RawRepl:
     def soft_reset(self) -> None:
         """Soft-reset the board (fresh modules) and come back to the raw REPL."""
         self.ser.write(b"\x04")
-        read_until(self.ser, b"soft reboot\r\n", self.timeout)
-        read_until(self.ser, BANNER + PROMPT, self.timeout)
+        self._until(b"soft reboot\r\n")
+        self._until(BANNER + PROMPT)
 
     def exit(self) -> None:
         """Back to the friendly REPL (Ctrl-B)."""
         self.ser.write(b"\r\x02")
         self._drain(0.1)
+        self.pending.clear()
         self.active = False
 
     # --- running code ---------------------------------------------------------------
     def _send_paste(self, code: bytes) -> bool:
         self.ser.write(b"\x05A\x01")
-        self.ser.timeout = self.timeout
-        head = self.ser.read(2)
+        head = self._read(2)
         if head == b"R\x00":
             return False
         if head != b"R\x01":
             # a board without raw-paste: it took the bytes as code; restart its raw REPL
-            read_until(self.ser, BANNER + PROMPT, self.timeout)
+            self._until(BANNER + PROMPT)
             return False
-        raw = self.ser.read(2)
+        raw = self._read(2)
         if len(raw) != 2:
             raise ReplError(f"raw-paste: no window size from the board ({raw!r})")
         window = credit = int.from_bytes(raw, "little")
         i = 0
         while i < len(code):
-            while credit == 0 or self.ser.in_waiting:
-                self.ser.timeout = self.timeout
-                c = self.ser.read(1)
+            while credit == 0 or self.ser.in_waiting or self.pending:
+                c = self._read(1)
                 if c == b"\x01":
                     credit += window
                 elif c == b"\x04":  # the board ends the paste early
@@ -122,7 +145,7 @@ class RawRepl:
             credit -= len(piece)
             i += len(piece)
         self.ser.write(b"\x04")
-        read_until(self.ser, b"\x04", self.timeout)
+        self._until(b"\x04")
         return True
 
     def start(self, code: str | bytes) -> None:
@@ -137,17 +160,15 @@ class RawRepl:
             self.ser.write(code[i : i + 256])
             time.sleep(0.01)
         self.ser.write(b"\x04")
-        self.ser.timeout = self.timeout
-        ok = self.ser.read(2)
+        ok = self._read(2)
         if ok != b"OK":
             raise ReplError(f"board did not accept the code: {ok!r}")
 
     def finish(self, timeout: float | None = None) -> tuple[bytes, bytes]:
         """Wait for code started with :meth:`start`: (output, traceback)."""
-        t = self.timeout if timeout is None else timeout
-        out = read_until(self.ser, b"\x04", t)[:-1]
-        err = read_until(self.ser, b"\x04", t)[:-1]
-        read_until(self.ser, PROMPT, t)
+        out = self._until(b"\x04", timeout)[:-1]
+        err = self._until(b"\x04", timeout)[:-1]
+        self._until(PROMPT, timeout)
         return out, err
 
     def exec(self, code: str | bytes, timeout: float | None = None) -> bytes:

@@ -97,7 +97,7 @@ class VirtualBoard:
         impl = sys.implementation
         ver = ".".join(str(v) for v in impl.version[:3])
         # a real board's banner: "MicroPython v1.22.0 on 2024-01-01; Raspberry Pi Pico with RP2040"
-        self.banner = "MicroPython v%s on rbnn virtual board; unix port (%s)\r\n" % (ver, sys.platform)
+        self.banner = f"MicroPython v{ver} on rbnn virtual board; unix port ({sys.platform})\r\n"
 
     # --- running code ---------------------------------------------------------------
     def soft_reset(self, friendly):

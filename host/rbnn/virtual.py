@@ -11,6 +11,7 @@ a board comes back after a reset or a power loss.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import fcntl
 import os
@@ -23,6 +24,7 @@ import termios
 import threading
 import time
 import tty
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import RbnnError
@@ -297,3 +299,14 @@ class VirtualDevice:
             except VirtualDeviceError as e:
                 self.log.append(str(e))
                 return
+
+
+@contextlib.contextmanager
+def port_session(port: str, fs: str | os.PathLike | None = None, **kw) -> Iterator[str]:
+    """Yield a serial port path: ``port`` itself, or for ``"virtual"`` the port of a
+    virtual device started for the block (on ``fs``) and stopped after it."""
+    if port != "virtual":
+        yield port
+        return
+    with VirtualDevice(fs, **kw) as dev:
+        yield dev.port

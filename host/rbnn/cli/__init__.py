@@ -11,7 +11,7 @@ from .. import __version__
 from ..errors import RbnnError
 
 # Subcommand modules, in the order `rbnn --help` lists them.
-COMMANDS = ["data", "train", "summary", "eval", "flash"]
+COMMANDS = ["data", "train", "summary", "eval", "flash", "deploy", "infer", "device", "virtual"]
 
 
 def build_parser() -> argparse.ArgumentParser:

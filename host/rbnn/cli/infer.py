@@ -1,0 +1,58 @@
+"""`rbnn infer --port P --data mnist`: test-set accuracy computed on the board."""
+
+from __future__ import annotations
+
+import argparse
+
+from .device import add_port_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("infer", help="accuracy of the board's model on a test set, inferred on the board")
+    add_port_args(p)
+    p.add_argument("--data", default="mnist", help="'mnist' or a folder of IDX files")
+    p.add_argument("--limit", type=int, help="only the first N test images")
+    p.add_argument("--model", help="model file on the board (default: the loaded one, else the device's default)")
+    p.add_argument("--scores", metavar="OUT.npy", help="also fetch the int32 scores and write them here")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from .. import data
+    from ..errors import DataError
+    from ..link import Link
+    from ..model import pack_input
+    from ..virtual import port_session
+
+    ds = data.load(args.data)
+    x, y = ds.x_test, ds.y_test
+    if args.limit is not None:
+        x, y = x[: args.limit], y[: args.limit]
+    with port_session(args.port, args.fs) as port:
+        link = Link.open(port, args.baud)
+        try:
+            mi = link.ensure_model(args.model)
+            if x.shape[1] != mi["inputs"]:
+                raise DataError(f"the board's model has {mi['inputs']} inputs, data set has {x.shape[1]}")
+            xb = pack_input(x, mi["plane_mask"]).astype("<u4").view(np.uint8).reshape(len(y), -1)
+            if xb.shape[1] != mi["input_bytes"]:
+                raise DataError(f"packed input of {xb.shape[1]} bytes, the board expects {mi['input_bytes']}")
+            t0 = time.perf_counter()
+            with tqdm(total=len(y), desc=f"infer ({mi['engine']} on device)", unit="img", leave=False) as bar:
+                pred, scores, us = link.infer(xb, scores=bool(args.scores), progress=lambda k: bar.update(k - bar.n))
+            dt = time.perf_counter() - t0
+            link.leave()
+        finally:
+            link.close()
+    correct = int(np.sum(pred == y))
+    print(f"accuracy: {correct / max(1, len(y)):.4f} ({correct}/{len(y)})")
+    print(f"engine: {mi['engine']} on {port}, {len(y) / dt:,.0f} samples/s end to end, "
+          f"{us / max(1, len(y)) / 1000:.3f} ms per sample on the device")  # fmt: skip
+    if args.scores:
+        np.save(args.scores, scores)
+    return 0
