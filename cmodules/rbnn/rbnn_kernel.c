@@ -72,14 +72,12 @@ const char rbnn_kernel_name[] = "armv6m-hs4";
     CSA("r5", "r2", "r6")      /* r5 = twos B */ \
     CSA("r4", "r3", "r5")      /* r4 = fours */
 
-/* Single row, no high registers (nothing to save): the masks come from the literal
- * pool. Rows longer than one pass go to rbnn_xorpop_long. */
-__attribute__((naked, noinline)) uint32_t rbnn_xorpop(const uint32_t *a RBNN_ASM_ARG,
+/* One row of at most one pass, no high registers (nothing to save): the masks come
+ * from the literal pool. */
+__attribute__((naked, noinline)) static uint32_t row_m0(const uint32_t *a RBNN_ASM_ARG,
     const uint32_t *b RBNN_ASM_ARG, uint32_t n RBNN_ASM_ARG) {
     __asm__ volatile(
         ".syntax unified\n"
-        "cmp r2, #124\n"
-        "bhi 8f\n"
         "push {r4-r7, lr}\n"
         "lsls r4, r2, #2\n"
         "adds r4, r1, r4\n"
@@ -148,9 +146,6 @@ __attribute__((naked, noinline)) uint32_t rbnn_xorpop(const uint32_t *a RBNN_ASM
         "muls r4, r7\n"
         "lsrs r0, r4, #16\n"
         "pop {r4-r7, pc}\n"
-        "8:\n"
-        "ldr r3, =rbnn_xorpop_long\n"
-        "bx r3\n"
         ".ltorg\n");
 }
 
@@ -272,16 +267,20 @@ __attribute__((naked, noinline)) static void rows_m0(const uint32_t *w RBNN_ASM_
         ".ltorg\n");
 }
 
-/* Rows longer than one pass, in passes (reached from rbnn_xorpop's asm). */
-uint32_t rbnn_xorpop_long(const uint32_t *a, const uint32_t *b, uint32_t n);
-__attribute__((used)) uint32_t rbnn_xorpop_long(const uint32_t *a, const uint32_t *b,
+/* Rows longer than one pass run in passes. (C, not asm, decides: no symbol is
+ * referenced from inside the asm, which link-time optimisation could not see.) */
+__attribute__((noinline)) static uint32_t xorpop_long(const uint32_t *a, const uint32_t *b,
     uint32_t n) {
-    uint32_t total = 0, k;
-    for (; n > 0u; a += k, b += k, n -= k) {
-        k = n > RBNN_MAX_PASS ? RBNN_MAX_PASS : n;
-        total += rbnn_xorpop(a, b, k);
+    uint32_t total = 0;
+    for (; n > RBNN_MAX_PASS; a += RBNN_MAX_PASS, b += RBNN_MAX_PASS, n -= RBNN_MAX_PASS) {
+        total += row_m0(a, b, RBNN_MAX_PASS);
     }
-    return total;
+    return total + row_m0(a, b, n);
+}
+
+uint32_t rbnn_xorpop(const uint32_t *a, const uint32_t *b, uint32_t n) {
+    /* Both are tail calls: one pass costs 4 cycles more than the asm alone. */
+    return n <= RBNN_MAX_PASS ? row_m0(a, b, n) : xorpop_long(a, b, n);
 }
 
 void rbnn_xorpop_rows(const uint32_t *w, const uint32_t *x, uint32_t n, uint32_t rows,
@@ -292,7 +291,7 @@ void rbnn_xorpop_rows(const uint32_t *w, const uint32_t *x, uint32_t n, uint32_t
         return;
     }
     for (r = 0; r < rows; r++, w += n) {
-        out[r] = rbnn_xorpop_long(w, x, n);
+        out[r] = rbnn_xorpop(w, x, n);
     }
 }
 
