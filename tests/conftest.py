@@ -49,14 +49,20 @@ def mnist():
 
 
 @pytest.fixture(scope="session")
-def trained_mnist(tmp_path_factory, mnist) -> Path:
-    """A small trained MNIST model file: 784-128-64-10, MSB input plane (mask 0x80), one
-    epoch, seed 0, no augmentation (rbnn.train; a few seconds). About 90 % test accuracy.
-    The path is stable for the session; the file is written once."""
-    from rbnn import pack
-    from rbnn.train import train
+def trained_mnist_result(mnist):
+    """The rbnn.train.TrainResult behind `trained_mnist` (model, float network, history)."""
+    from rbnn.train import QUICK_RECIPE, train
 
-    res = train(mnist, [128, 64], 0x80, epochs=1, seed=0, progress=False, shift=0.0)
+    return train(mnist, progress=False, **QUICK_RECIPE)
+
+
+@pytest.fixture(scope="session")
+def trained_mnist(tmp_path_factory, trained_mnist_result) -> Path:
+    """A small trained MNIST model file: 784-128-64-10, MSB input plane (mask 0x80), one
+    epoch, seed 0, no augmentation (rbnn.train.QUICK_RECIPE; a few seconds), about 92 %
+    test accuracy. Written once per session under pytest's temporary folder."""
+    from rbnn import pack
+
     path = tmp_path_factory.mktemp("trained") / "mnist-128-64.rbnn"
-    pack.save(res.model, path)
+    pack.save(trained_mnist_result.model, path)
     return path

@@ -132,8 +132,9 @@ def fold_hidden(
     while np.any(lo < hi):
         mid = (lo + hi) // 2
         on = positive(mid) ^ flips
-        hi = np.where(on, mid, hi)
-        lo = np.where(on, lo, mid + 1)
+        busy = lo < hi  # settled neurons keep lo == hi
+        hi = np.where(busy & on, mid, hi)
+        lo = np.where(busy & ~on, mid + 1, lo)
     # k == 0 (gamma 0, or underflow) needs no case of its own: bn is the constant beta,
     # and the bisection gives t = -smax (always on) or smax + 1 (never on).
     return lo.astype(np.int32), flips.astype(bool)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 # Defaults of the recipe (see TrainConfig for what each does).
-DEFAULTS = {"epochs": 10, "batch": 100, "lr": 0.003, "lr_final": 3e-5, "val": 5000, "shift": 2.0}
+DEFAULTS = {"epochs": 10, "batch": 100, "lr": 0.01, "lr_final": 1e-4, "val": 5000, "shift": 2.0}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,9 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="initial Adam learning rate")
     p.add_argument("--lr-final", type=float, default=DEFAULTS["lr_final"], help="learning rate at the end")
     p.add_argument("--schedule", choices=["exp", "cos"], default="exp", help="learning-rate decay")
-    p.add_argument("--lr-scale", choices=["glorot", "none"], default="glorot",
+    p.add_argument("--lr-scale", choices=["glorot", "none"], default="none",
                    help="per-layer learning-rate scale (BNN paper: glorot)")  # fmt: skip
-    p.add_argument("--loss", choices=["hinge", "ce"], default="hinge", help="squared hinge or cross-entropy")
+    p.add_argument("--loss", choices=["hinge", "ce"], default="ce", help="cross-entropy or squared hinge")
     p.add_argument("--val", type=int, default=DEFAULTS["val"], help="training images held out for validation")
     p.add_argument("--shift", type=float, default=DEFAULTS["shift"], help="augmentation: max shift in pixels")
     p.add_argument("--rotate", type=float, default=0.0, help="augmentation: max rotation in degrees")

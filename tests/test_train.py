@@ -1,0 +1,180 @@
+"""Training (rbnn.train) and `rbnn train`: it learns, it is deterministic, the straight-
+through gate and the weight clipping do their jobs, the BatchNorm gradient is right, and
+the folded integer model agrees with the float network on MNIST."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rbnn import pack, twin
+from rbnn.cli import main
+from rbnn.data import Dataset
+from rbnn.model import input_values, pack_input
+from rbnn.train import (
+    TrainConfig,
+    TrainError,
+    _step,
+    augment,
+    bn_backward,
+    init_net,
+    ste_sign,
+    train,
+)
+
+
+def _twin_acc(m, x, y):
+    return float(np.mean(twin.predict(m, pack_input(x, m.plane_mask)) == y))
+
+
+def test_learns_in_one_short_epoch(mnist):
+    res = train(mnist, [256], 0xC0, epochs=1, seed=5, progress=False, limit=12000, val=2000,
+                batch=50, shift=0.0, threads=1)  # fmt: skip
+    assert len(res.history) == 1 and res.model.plane_mask == 0xC0
+    acc = _twin_acc(res.model, mnist.x_test, mnist.y_test)
+    assert acc > 0.85, acc
+    assert res.history[0]["val_acc"] > 0.85
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(mnist):
+    kw = dict(progress=False, limit=3000, val=500, batch=50, threads=1)
+    a = pack.to_bytes(train(mnist, [40, 24], 0x80, 2, seed=7, **kw).model)
+    b = pack.to_bytes(train(mnist, [40, 24], 0x80, 2, seed=7, **kw).model)
+    c = pack.to_bytes(train(mnist, [40, 24], 0x80, 2, seed=8, **kw).model)
+    assert a == b
+    assert a != c
+
+
+def test_ste_gate_blocks_gradient_where_abs_above_one(rng):
+    y = np.array([-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.0001, 7.0], np.float32)
+    a, gate = ste_sign(y)
+    assert a.tolist() == [-1, -1, -1, 1, 1, 1, 1, 1]  # sign(0) = +1
+    assert gate.tolist() == [False, True, True, True, True, True, False, False]
+
+    # In a network: hidden neurons whose BatchNorm output stays above 1 for the whole
+    # batch (beta = 5 > 1 + sqrt(B - 1) bounds |x_hat|) get no gradient at all.
+    net = init_net(rng, 30, [12, 4], 0x80)
+    net.beta[0][::2] = 5.0
+    x = input_values(rng.integers(0, 256, (16, 30), dtype=np.uint8), 0x80)
+    labels = rng.integers(0, 4, 16)
+    cfg = TrainConfig(hidden=[12], batch=16)
+    _, _, grads = _step(net, x, labels, cfg, rng)
+    gw0, gg0, gb0 = grads[0], grads[2], grads[4]
+    assert np.all(gw0[::2] == 0) and np.all(gg0[::2] == 0) and np.all(gb0[::2] == 0)
+    assert np.all(np.abs(gw0[1::2]).sum(axis=1) > 0)
+
+
+def test_bn_backward_matches_finite_differences(rng):
+    b, n = 9, 5
+    z = rng.normal(0, 3, (b, n))
+    gamma = rng.normal(0, 1, n)
+    beta = rng.normal(0, 1, n)
+    w = rng.normal(0, 1, (b, n))  # loss = sum(w * y^2): a non-trivial dy
+    eps = 1e-3
+
+    def loss(z, gamma, beta):
+        mu, var = z.mean(0), z.var(0)
+        y = gamma * (z - mu) / np.sqrt(var + eps) + beta
+        return float(np.sum(w * y * y)), y, (z - mu) / np.sqrt(var + eps), 1 / np.sqrt(var + eps)
+
+    _, y, xh, inv = loss(z, gamma, beta)
+    dz, dg, db = bn_backward(2 * w * y, xh, inv, gamma)
+    h = 1e-6
+    for arr, grad in ((z, dz), (gamma, dg), (beta, db)):
+        num = np.zeros_like(arr)
+        for idx in np.ndindex(arr.shape):
+            old = arr[idx]
+            arr[idx] = old + h
+            up = loss(z, gamma, beta)[0]
+            arr[idx] = old - h
+            down = loss(z, gamma, beta)[0]
+            arr[idx] = old
+            num[idx] = (up - down) / (2 * h)
+        assert np.allclose(grad, num, rtol=1e-5, atol=1e-6)
+
+
+def test_latent_weights_are_clipped(mnist):
+    res = train(mnist, [32], 0x80, 1, seed=1, progress=False, limit=2000, val=0, lr=0.2,
+                lr_final=0.2, threads=1)  # fmt: skip
+    for w in res.net.weights:
+        assert np.abs(w).max() <= 1.0
+        assert np.mean(np.abs(w) == 1.0) > 0.01  # the big learning rate pushed many to the clip
+
+
+def test_augment_shift_and_affine(rng):
+    x = rng.integers(0, 256, (50, 28 * 28), dtype=np.uint8)
+    s = augment(x, np.random.default_rng(0), (28, 28), 2)
+    assert s.dtype == np.uint8 and s.shape == x.shape
+    # Integer shifts move pixels without changing them: what is left is from the image.
+    assert np.all(np.isin(s[3], np.append(x[3], 0)))
+    assert not np.array_equal(s, x)
+    assert np.array_equal(s, augment(x, np.random.default_rng(0), (28, 28), 2))
+    a = augment(x, rng, (28, 28), 1.5, rotate=10, zoom=0.1)
+    assert a.dtype == np.uint8 and a.shape == x.shape
+    same = augment(x, rng, (28, 28), 0.0, rotate=1e-9)  # identity map: bilinear is exact
+    assert np.array_equal(same, x)
+
+
+def test_bad_options_are_train_errors(mnist):
+    with pytest.raises(TrainError, match="hidden"):
+        train(mnist, [0], progress=False)
+    with pytest.raises(TrainError, match="validation"):
+        train(mnist, [8], progress=False, limit=100, val=100)
+    with pytest.raises(TrainError, match="unknown training option"):
+        train(mnist, [8], progress=False, colour="red")
+    bad = Dataset("bad", mnist.x_train[:300], mnist.y_train[:300] + 10, mnist.x_test, mnist.y_test)
+    with pytest.raises(TrainError, match="labels"):
+        train(bad, [8], progress=False, val=50)
+
+
+def test_trained_model_twin_agrees_with_float_network(mnist, trained_mnist, trained_mnist_result):
+    """The session model: >= 99.9 % of the 10k test predictions of the folded integer
+    model (twin) equal those of the float64 network it was folded from."""
+    m = pack.load(trained_mnist)
+    p_twin = twin.predict(m, pack_input(mnist.x_test, m.plane_mask))
+    assert np.mean(p_twin == mnist.y_test) > 0.85
+    res = trained_mnist_result
+    assert pack.to_bytes(res.model) == trained_mnist.read_bytes()
+    p_float = res.net.predict(mnist.x_test)
+    assert np.mean(p_float == p_twin) >= 0.999
+
+
+def test_cli_train_writes_model_plot_and_history(tmp_path, capsys):
+    out = tmp_path / "m.rbnn"
+    rc = main(["train", "--hidden", "64", "--planes", "2", "--epochs", "2", "--limit", "4000",
+               "--no-augment", "--val", "1000", "--seed", "3", "--threads", "1", "--quiet", "-o", str(out)])  # fmt: skip
+    assert rc == 0
+    text = capsys.readouterr().out
+    m = pack.load(out)
+    assert m.sizes == [64, 10] and m.plane_mask == 0xC0
+    test_line = next(ln for ln in text.splitlines() if ln.startswith("test accuracy"))
+    acc = float(test_line.split(":")[1].split()[0])
+    assert acc > 0.8
+    png = tmp_path / "m.curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    hist = json.loads((tmp_path / "m.history.json").read_text())
+    assert [r["epoch"] for r in hist["history"]] == [1, 2]
+    assert hist["test_acc"] == acc and hist["plane_mask"] == "0xc0"
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--hidden", "256,x"], "--hidden"),
+        (["--hidden", "0"], "--hidden"),
+        (["--planes", "9"], "--planes"),
+        (["--plane-mask", "0x100"], "--plane-mask"),
+        (["--epochs", "0"], "epochs"),
+        (["--val", "70000"], "validation"),
+        (["--batch", "1"], "batch"),
+        (["--zoom", "2"], "zoom"),
+    ],
+)
+def test_cli_train_bad_args_one_line(tmp_path, capsys, args, words):
+    rc = main(["train", "-o", str(tmp_path / "x.rbnn"), "--quiet", *args])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0
+    assert len(err.splitlines()) == 1 and err.startswith("rbnn: error:") and words in err
+    assert not (tmp_path / "x.rbnn").exists()
