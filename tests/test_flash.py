@@ -93,8 +93,9 @@ def test_rp2_copy_to_a_named_drive(tmp_path, image_uf2, capsys):
 
 
 def test_rp2_refuses_a_folder_that_is_no_uf2_drive(tmp_path, image_uf2, capsys):
-    assert main(["flash", str(image_uf2), "--device", str(tmp_path)]) == 2
-    assert "not a UF2 drive (no INFO_UF2.TXT)" in capsys.readouterr().err
+    for extra in ([], ["--dry-run"]):
+        assert main(["flash", str(image_uf2), "--device", str(tmp_path), *extra]) == 2
+        assert "not a UF2 drive (no INFO_UF2.TXT)" in capsys.readouterr().err
     assert not (tmp_path / "x" / "firmware.uf2").exists()
 
 

@@ -223,6 +223,8 @@ def flash_rp2(image: Path, device: str | None = None, wait: float = 10.0, dry_ru
         drive = Path(device)
         if not drive.is_dir():
             raise FlashError(f"{device}: neither a folder (the RPI-RP2 drive) nor a serial port")
+        if not (drive / "INFO_UF2.TXT").is_file():
+            raise FlashError(f"{drive}: not a UF2 drive (no INFO_UF2.TXT); hold BOOTSEL while plugging the board in")
     elif device:
         plan.steps.append(f"1200-baud touch on {device} (reboot into BOOTSEL)")
         if not dry_run:
