@@ -85,18 +85,14 @@ def _read(path):
 def load(src):
     """A Model from a path (str) or from the file's bytes (bytes, bytearray, memoryview).
 
-    A bad file raises ValueError naming the code, offset, path and field:
-    "rbnn: E_CRC at offset 66856 in m.rbnn: crc32: expected 0x..., found 0x..."."""
+    A bad file raises ValueError naming the code, offset and field (and the path)."""
     if isinstance(src, str):
         buf = _read(src)
         try:
             return _impl.Model(buf)
         except ValueError as e:
-            # "rbnn: E_CRC at offset 66856: ..." -> "rbnn: E_CRC at offset 66856 in m.rbnn: ..."
-            # (the code stays first, so a reader that looks for "E_" finds it, whatever the path)
             msg = str(e)
-            i = msg.find(": ", 6)
-            if msg.startswith("rbnn: E_") and i > 0:
-                raise ValueError("%s in %s%s" % (msg[:i], src, msg[i:]))
-            raise ValueError("%s (file %s)" % (msg, src))
+            if msg.startswith("rbnn: "):
+                msg = msg[6:]
+            raise ValueError("rbnn: %s: %s" % (src, msg))
     return _impl.Model(src)

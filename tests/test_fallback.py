@@ -448,7 +448,7 @@ def test_fallback_api_and_input_errors(micropython, tmp_path, engine):
     with pytest.raises(FormatError) as e:
         pack.from_bytes((tmp_path / "bad.rbnn").read_bytes())
     assert got["BADFILE"].startswith(
-        f"ValueError: rbnn: E_CRC at offset {e.value.offset} in bad.rbnn: crc32:"
+        f"ValueError: rbnn: bad.rbnn: E_CRC at offset {e.value.offset}: crc32:"
     )
     assert got["MODELSTR"].startswith("TypeError: rbnn: Model() takes the file's bytes")
     assert got["RESIZED"] == "ValueError: rbnn: the model's buffer was resized or moved after load"
