@@ -66,6 +66,19 @@ def micropython_binary() -> str:
     return found
 
 
+def c_module_binary(default: str) -> str | None:
+    """A micropython with the C module built in: $RBNN_MICROPYTHON if it has one, else
+    the unix build of `make firmware PORT=unix` when present, else None."""
+    probe = "try:\n import _rbnn\n print('c')\nexcept ImportError:\n print('none')\n"
+    for mp in (default, str(REPO / "build" / "firmware" / "unix-standard" / "micropython")):
+        if not Path(mp).exists():
+            continue
+        p = subprocess.run([mp, "-c", probe], capture_output=True, text=True, timeout=60)
+        if p.stdout.strip() == "c":
+            return mp
+    return None
+
+
 def run_device(mp: str, engine: str, model: Path, raw: Path, timed: int, repeats: int, work: Path):
     script = work / "bench_device.py"
     script.write_text(DEVICE)
@@ -102,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timing repeats; the best is reported")
     args = ap.parse_args(argv)
     mp = micropython_binary()
+    mp_c = c_module_binary(mp)
+    runs = [("viper", mp, 200), ("python", mp, 10)] + ([("c", mp_c, 2000)] if mp_c else [])
     rng = np.random.default_rng(1)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             xb = pack_input(x, mask)
             want = twin.scores(m, xb)
             times = {"twin": twin_us(m, xb, args.repeats)}
-            for engine, timed in [("viper", 200), ("python", 10)]:
-                scores, us = run_device(mp, engine, model, raw, timed, args.repeats, work)
+            for engine, binary, timed in runs:
+                scores, us = run_device(binary, engine, model, raw, timed, args.repeats, work)
                 if scores.shape != want.shape or not np.array_equal(scores, want):
                     sys.exit(f"{engine}: scores differ from the twin ({label})")
                 times[engine] = us
@@ -125,15 +140,25 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"fallback engine, 784-256-256-10, micropython unix port ({mp}); per-sample predict(raw 784 bytes)"
     )
-    print(f"scores of every engine equal the twin's on {args.samples} samples per model")
-    print(
-        f"{'input':<16}{'viper us':>12}{'python us':>12}{'twin us':>12}{'python/viper':>14}{'viper/twin':>12}"
-    )
-    for label, t in rows:
+    if mp_c:
+        print(f"engine c: the C module in {mp_c}")
+    else:
         print(
-            f"{label:<16}{t['viper']:>12.1f}{t['python']:>12.1f}{t['twin']:>12.1f}"
+            "engine c: no micropython with the C module here (make firmware PORT=unix MICROPY_DIR=...)"
+        )
+    print(f"scores of every engine equal the twin's on {args.samples} samples per model")
+    head = f"{'input':<16}{'viper us':>10}{'python us':>11}{'twin us':>9}{'python/viper':>14}{'viper/twin':>12}"
+    if mp_c:
+        head += f"{'c us':>8}{'viper/c':>9}"
+    print(head)
+    for label, t in rows:
+        line = (
+            f"{label:<16}{t['viper']:>10.1f}{t['python']:>11.1f}{t['twin']:>9.1f}"
             f"{t['python'] / t['viper']:>14.1f}{t['viper'] / t['twin']:>12.2f}"
         )
+        if mp_c:
+            line += f"{t['c']:>8.1f}{t['viper'] / t['c']:>9.1f}"
+        print(line)
     return 0
 
 
