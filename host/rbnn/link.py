@@ -77,13 +77,24 @@ class Link:
         Seconds to wait for a reply, plus the wire time at ``ser.baudrate``.
     op_timeout : float
         Seconds to wait for the result of a slow request after its ACK.
+    chunk : int, optional
+        Upload bytes per frame (default: as many as the device's frames hold).
     """
 
-    def __init__(self, ser, *, retries: int = 5, timeout: float = 1.0, op_timeout: float = 60.0):
+    def __init__(
+        self,
+        ser,
+        *,
+        retries: int = 5,
+        timeout: float = 1.0,
+        op_timeout: float = 60.0,
+        chunk: int | None = None,
+    ):
         self.ser = ser
         self.retries = retries
         self.timeout = timeout
         self.op_timeout = op_timeout
+        self.chunk = chunk
         self.max_payload = fr.BOOT_PAYLOAD
         self.seq = 0
         self.decoder = fr.Decoder()
@@ -179,18 +190,25 @@ class Link:
         before = self.decoder.stats.garbage
         got = self.decoder.feed(data)
         if self.decoder.stats.garbage > before:
-            tail = bytes(self.decoder.stats.skipped[-300:])
-            if any(mark in tail for mark in REBOOT_MARKS):
-                self.decoder.stats.skipped.clear()
-                raise DeviceRebooted(f"the device at {self.port_name} rebooted: {_text(tail[-120:])!r}")
+            self._check_reboot()
         return got
+
+    def _check_reboot(self) -> None:
+        # a board that reset prints its banner: fail now instead of after every retry
+        tail = bytes(self.decoder.stats.skipped[-300:])
+        if any(mark in tail for mark in REBOOT_MARKS):
+            self.decoder.stats.skipped.clear()
+            raise DeviceRebooted(f"the device at {self.port_name} rebooted: {_text(tail[-120:])!r}")
 
     def _flush_stale(self) -> None:
         # stop and wait: nothing valid can be on its way before a new request
         while self.ser.in_waiting:
-            for _ in self.decoder.feed(self.ser.read(self.ser.in_waiting)):
+            data = self.ser.read(self.ser.in_waiting)
+            self.stats.bytes_in += len(data)
+            for _ in self.decoder.feed(data):
                 self.stats.stale += 1
         self.decoder.drop_partial()
+        self._check_reboot()
 
     def request(self, ftype: int, payload: bytes = b"") -> bytes:
         """Send one request and return the payload of its reply.
@@ -212,40 +230,60 @@ class Link:
         self.stats.requests += 1
         timeouts = naks = 0
         self._flush_stale()
-        for attempt in range(self.retries + 1):
-            frame = first if attempt == 0 else again
-            if attempt:
-                self.stats.retries += 1
-            self.ser.write(frame)
+        attempt = 0
+        acked_at = None  # when the device first ACKed this request
+        poll = self.timeout
+        while attempt <= self.retries:
+            self.ser.write(first if attempt == 0 and acked_at is None else again)
             self.ser.flush()
-            self.stats.bytes_out += len(frame)
-            deadline = time.monotonic() + self._reply_timeout(len(frame))
-            acked = False
+            self.stats.bytes_out += len(first)
+            deadline = time.monotonic() + (poll if acked_at is not None else self._reply_timeout(len(first)))
             resend = False
             while not resend:
                 got = self._read(deadline)
                 if not got and time.monotonic() >= deadline:
-                    timeouts += 1
-                    self.stats.timeouts += 1
                     if self.decoder.pending:
                         self.stats.truncated += 1
                         self.decoder.drop_partial()
+                    if acked_at is not None:
+                        waited = time.monotonic() - acked_at
+                        if waited >= self.op_timeout:
+                            raise LinkError(
+                                f"{name} (seq {seq}) to {self.port_name}: accepted, but no result "
+                                f"within {waited:.1f} s (op_timeout {self.op_timeout:g} s)"
+                            )
+                        # the request arrived; its result may be lost or still coming.
+                        # Ask again, less and less often: a duplicate is answered from
+                        # the device's kept reply once the work is done
+                        poll = min(2 * poll, self.op_timeout - waited)
+                        self.stats.retries += 1
+                    else:
+                        timeouts += 1
+                        self.stats.timeouts += 1
+                        attempt += 1
+                        if attempt <= self.retries:
+                            self.stats.retries += 1
+                    resend = True
                     break
                 for f in got:
                     if f.type == fr.NAK:
-                        if acked:  # for a damaged copy of a frame already taken
+                        if acked_at is not None:  # for a damaged copy of a frame already taken
                             self.stats.stale += 1
                             continue
                         naks += 1
                         self.stats.naks += 1
+                        attempt += 1
+                        if attempt <= self.retries:
+                            self.stats.retries += 1
                         resend = True
                         break
                     if f.seq != seq:
                         self.stats.stale += 1
                         continue
                     if f.type == fr.ACK:
-                        acked = True
-                        deadline = time.monotonic() + self.op_timeout
+                        if acked_at is None:
+                            acked_at = time.monotonic()
+                        deadline = time.monotonic() + poll
                     elif f.type == fr.ERR:
                         try:
                             err = json.loads(f.payload)
@@ -259,7 +297,7 @@ class Link:
                         self.stats.stale += 1
         said = _text(bytes(self.decoder.stats.skipped[-160:])).strip()
         raise LinkError(
-            f"{name} (seq {seq}) to {self.port_name}: no valid reply after {self.retries + 1} tries "
+            f"{name} (seq {seq}) to {self.port_name}: no valid reply after {attempt} tries "
             f"({timeouts} timeouts, {naks} NAKs, {self.decoder.stats.bad_crc} bad CRCs so far)"
             + (f"; the device said: {said!r}" if said else "")
         )
@@ -299,7 +337,7 @@ class Link:
         resumed = have
         if progress:
             progress(have)
-        step = self.max_payload - 4
+        step = min(self.chunk or self.max_payload, self.max_payload - 4)
         while have < size:
             piece = data[have : have + step]
             (new,) = struct.unpack("<I", self.request(fr.UP_DATA, struct.pack("<I", have) + piece))
@@ -402,6 +440,7 @@ class Link:
         k_classes: int | None = None
         total_us = 0
         lo = 0
+        reconnects = 0
         while lo < n:
             per = self._batch(width, k_classes, scores)
             hi = min(n, lo + per)
@@ -409,8 +448,9 @@ class Link:
             try:
                 rep = self.request(fr.INFER, payload)
             except LinkError:
-                if not reconnect:
+                if not reconnect or reconnects >= 2:
                     raise
+                reconnects += 1
                 self.reconnect()  # the batch is idempotent: send it again
                 continue
             got, k, us = struct.unpack_from("<HHI", rep, 0)
