@@ -203,6 +203,7 @@ class Server:
             ftype, flags, seq, n = struct.unpack_from("<BBHH", rx, 2)
             if n > self.max_payload:
                 st["too_long"] += 1
+                st["garbage"] += 1
                 self._nak(NAK_TOO_LONG)
                 self._drop(1)
                 continue
@@ -213,16 +214,19 @@ class Server:
             (want,) = struct.unpack_from("<I", rx, end - 4)
             if crc(self.rxmv[2 : end - 4]) != want:
                 st["bad_crc"] += 1
+                st["garbage"] += 1
                 self._nak(NAK_CRC)
-                self._drop(1)
+                self._drop(1)  # and scan the rest: a frame may hide in the damaged one
                 continue
             return ftype, flags, seq, self.rxmv[HDR : end - 4], end
 
     def _truncated(self):
+        # a begun frame stalled: drop its first byte and scan what did arrive, which
+        # may hold a whole frame behind a false start marker
         self.stats["truncated"] += 1
-        self.stats["garbage"] += self.n
-        self.n = 0
+        self.stats["garbage"] += 1
         self._nak(NAK_TRUNCATED)
+        self._drop(1)
 
     # --- sending ----------------------------------------------------------------
     def _send(self, ftype, seq, payload=b""):

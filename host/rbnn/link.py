@@ -469,10 +469,17 @@ class Link:
         return classes, out_scores, total_us
 
     def _batch(self, width: int, k_classes: int | None, scores: bool) -> int:
-        per = (self.max_payload - 4) // max(1, width)
-        k = k_classes if k_classes is not None else 256  # until the first reply tells
-        per_out = 2 + (4 * k if scores else 0)
-        per = min(per, (self.max_payload - 8) // per_out, 65535)
+        per = min((self.max_payload - 4) // max(1, width), 65535)
+        if scores:
+            if k_classes is None:
+                per = min(per, 1)  # the first reply tells the number of classes
+            else:
+                per = min(per, (self.max_payload - 8) // (2 + 4 * k_classes))
+        else:
+            per = min(per, (self.max_payload - 8) // 2)
         if per < 1:
-            raise LinkError(f"a {width}-byte sample does not fit the device's {self.max_payload}-byte frames")
+            raise LinkError(
+                f"a {width}-byte sample{' and its scores' if scores else ''} does not fit "
+                f"the device's {self.max_payload}-byte frames"
+            )
         return per
