@@ -129,7 +129,7 @@ class Link:
                 repl.exec("import rbnn_server")
             except ReplError as e:
                 raise LinkError(
-                    f"no rbnn firmware on the device at {self.port_name} ({e}); "
+                    f"no rbnn firmware on the device at {self.port_name} ({str(e).strip().splitlines()[-1]}); "
                     f"put it there with `rbnn deploy MODEL --port {self.port_name}`"
                 ) from None
             repl.start("rbnn_server.serve()")

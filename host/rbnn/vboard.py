@@ -8,8 +8,10 @@ boot.py, and main.py in the friendly REPL). FSDIR is the board's filesystem.
 
 It registers a module ``rbnn_board`` whose ``console()`` is this console, so
 ``rbnn_server`` reads whole frames at once from the non-blocking stdin pipe the host's
-supervisor (``rbnn.virtual``) gives it; ``--bytewise`` gives a blocking stdin read byte
-by byte, as on a real board. This file runs under MicroPython, not CPython.
+supervisor (``rbnn.virtual``) gives it. With ``--bytewise`` stdin is blocking and no
+``rbnn_board`` is registered: the firmware then uses its own console, which polls and
+reads byte by byte, exactly as on a real board. This file runs under MicroPython, not
+CPython.
 """
 
 import gc
@@ -104,7 +106,9 @@ class VirtualBoard:
         for name in list(sys.modules):
             if name not in self.boot_modules:
                 del sys.modules[name]
-        sys.modules["rbnn_board"] = self.board
+        if self.con.nonblocking:
+            sys.modules["rbnn_board"] = self.board
+        # else the firmware uses its own console on the blocking stdin, as on a board
         self.g = {"__name__": "__main__"}
         gc.collect()
         self.run_file("boot.py")
