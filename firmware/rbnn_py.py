@@ -212,52 +212,68 @@ def _addr_py(buf):
 _VIPER_SRC = """
 @micropython.viper
 def _dense_v(buf: ptr32, x: ptr32, y: ptr32, cfg: ptr32):
-    woff = cfg[0]
-    nw = cfg[1]
+    # Viper keeps only the first three locals (here the arguments buf, x, y) in
+    # registers, so the inner loop walks buf and x through a row and uses y as the
+    # end of the current chunk; everything else lives on the stack.
+    out = y
+    prm = ptr32(uint(buf) + (uint(cfg[5]) << 2))
+    x0 = uint(x)
+    nb = uint(cfg[1]) << 2
     n_in = cfg[2]
     n_out = cfg[3]
     nk = cfg[4]
-    poff = cfg[5]
     last = cfg[6]
     m2 = uint(0x33333333)
     m1 = m2 ^ (m2 << 1)
     m4 = uint(0x0F0F0F0F)
     m8 = uint(0x00FF00FF)
     sgn = int(1) << 31
+    row = uint(buf) + (uint(cfg[0]) << 2)
     acc = uint(0)
     for j in range(n_out):
         s = 0
-        xo = 0
         for k in range(nk):
-            # popcount(w XOR x): per-byte counts summed over up to 31 words, then folded
+            # popcount(w XOR x) over one row: per-byte counts summed over chunks of up
+            # to 30 words (at most 240 per byte), two words merged per step
+            buf = ptr32(row)
+            x = ptr32(x0 + uint(k) * nb)
+            end = row + nb
             pc = 0
-            i = 0
-            while i < nw:
-                top = i + 31
-                if top > nw:
-                    top = nw
+            while uint(buf) < end:
+                y = ptr32(uint(buf) + 120)
+                if uint(y) > end:
+                    y = ptr32(end)
                 c = uint(0)
-                while i < top:
-                    v = uint(buf[woff + i]) ^ uint(x[xo + i])
-                    v = v - ((v >> 1) & m1)
-                    v = (v & m2) + ((v >> 2) & m2)
-                    c += (v + (v >> 4)) & m4
-                    i += 1
+                while uint(buf) + 4 < uint(y):
+                    a = uint(buf[0]) ^ uint(x[0])
+                    b = uint(buf[1]) ^ uint(x[1])
+                    a = a - ((a >> 1) & m1)
+                    b = b - ((b >> 1) & m1)
+                    a = (a & m2) + ((a >> 2) & m2) + (b & m2) + ((b >> 2) & m2)
+                    c += (a & m4) + ((a >> 4) & m4)
+                    buf = ptr32(uint(buf) + 8)
+                    x = ptr32(uint(x) + 8)
+                if uint(buf) < uint(y):
+                    a = uint(buf[0]) ^ uint(x[0])
+                    a = a - ((a >> 1) & m1)
+                    a = (a & m2) + ((a >> 2) & m2)
+                    c += (a + (a >> 4)) & m4
+                    buf = ptr32(uint(buf) + 4)
+                    x = ptr32(uint(x) + 4)
                 c = (c & m8) + ((c >> 8) & m8)
                 pc += int((c + (c >> 16)) & 0xFFFF)
             s += (n_in - 2 * pc) << cfg[7 + k]
-            xo += nw
-        woff += nw
+        row += nb
         if last:
-            y[j] = int(y[j]) + int(buf[poff + j]) * s + int(buf[poff + n_out + j])
+            out[j] = int(out[j]) + int(prm[j]) * s + int(prm[n_out + j])
         else:
-            t = (int(buf[poff + j]) ^ sgn) - sgn
-            f = (uint(buf[poff + n_out + (j >> 5)]) >> uint(j & 31)) & 1
+            t = (int(prm[j]) ^ sgn) - sgn
+            f = (uint(prm[n_out + (j >> 5)]) >> uint(j & 31)) & 1
             if s >= t:
                 f ^= 1
             acc |= f << uint(j & 31)
             if (j & 31) == 31 or j == n_out - 1:
-                y[j >> 5] = acc
+                out[j >> 5] = acc
                 acc = uint(0)
 
 @micropython.viper

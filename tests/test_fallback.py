@@ -54,6 +54,10 @@ def random_models(rng: np.random.Generator, n: int) -> list[Model]:
         random_model(rng, n_inputs=1, sizes=[1], plane_mask=0x01),
         random_model(rng, n_inputs=250, sizes=[90, 70, 50, 11], plane_mask=0xE1, n_blocks=3),
         multi_plane_model(rng, 70, [37, 33, 6], 0xA1),
+        # rows longer than the viper kernel's 30-word chunks: 63 = 30+30+3, 31, exactly 30
+        random_model(rng, n_inputs=1985, sizes=[64, 3], plane_mask=0xC0),
+        random_model(rng, n_inputs=40, sizes=[961, 7], plane_mask=0x80, n_blocks=2),
+        random_model(rng, n_inputs=960, sizes=[6], plane_mask=0x10),
     ]
     out = corners[:n]
     while len(out) < n:
