@@ -26,7 +26,8 @@ CORE_SRC := cmodules/rbnn/rbnn_core.c
 all: help
 
 help:
-	@echo "make demo    set up, train a model on MNIST, pack it, summary, eval (twin and C)"
+	@echo "make demo    set up, train a model on MNIST, pack it, summary, eval (twin and C), then deploy"
+	@echo "             and infer on the virtual device (DEVICE=/dev/ttyACM0: on a board)"
 	@echo "make test    set up and run the whole test suite"
 	@echo "make size    cross-build the C core for Cortex-M0+ and print text/data/bss"
 	@echo "make bench   host and Cortex-M0+ inference benchmarks"
@@ -78,6 +79,9 @@ demo: setup
 	$(RBNN) summary $(OUT)/demo.rbnn
 	$(RBNN) eval $(OUT)/demo.rbnn --data mnist --engine twin
 	$(RBNN) eval $(OUT)/demo.rbnn --data mnist --engine c
+	@# on the device: the virtual one (MicroPython unix port on a pty) unless DEVICE=/dev/ttyACM0 names a board
+	$(RBNN) deploy $(OUT)/demo.rbnn --port $(or $(DEVICE),virtual)
+	$(RBNN) infer --port $(or $(DEVICE),virtual) --data mnist
 
 # --- tests --------------------------------------------------------------------------
 test: setup deps-arm
@@ -98,6 +102,7 @@ bench: setup deps-arm
 	$(PY) bench/host.py
 	$(PY) bench/m0plus.py
 	$(PY) bench/fallback.py
+	$(PY) bench/device.py
 
 # --- firmware images (docs/FIRMWARE.md) ---------------------------------------------------
 # make firmware PORT=unix|qemu|rp2|esp32 [BOARD=...] MICROPY_DIR=<MicroPython checkout>
