@@ -364,7 +364,7 @@ def _compile_viper():
 
 
 _v = _compile_viper()
-del _VIPER_SRC  # the source text is not needed once compiled (about 3 kB of heap)
+del _VIPER_SRC  # drop the module's reference to the source text once compiled
 if _v is not None:
     _KERNELS["viper"] = _v
     engine = "viper"
