@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,9 @@ def repo() -> Path:
 
 @pytest.fixture
 def rng(request) -> np.random.Generator:
-    # Seeded per test so a failure reproduces.
-    return np.random.default_rng(abs(hash(request.node.nodeid)) % 2**32)
+    # Seeded by the test's id (crc32, not hash(): str hashes change per process) so a
+    # failure reproduces.
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
 @pytest.fixture(scope="session")
