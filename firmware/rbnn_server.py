@@ -264,10 +264,10 @@ class Server:
                     rtype, out = ERR, self._json({"code": e.args[0], "message": e.args[1]})
                 except StoreError as e:
                     rtype, out = ERR, self._json({"code": e.args[0], "message": e.args[1]})
-                except MemoryError:
-                    self.model = None
+                except MemoryError as e:
                     gc.collect()
-                    rtype, out = ERR, self._json({"code": "E_MEMORY", "message": "out of memory"})
+                    msg = "%s; %d bytes free in all (a buffer needs one free block)" % (e, gc.mem_free())
+                    rtype, out = ERR, self._json({"code": "E_MEMORY", "message": msg})
                 except OSError as e:
                     rtype, out = ERR, self._json({"code": "E_IO", "message": "filesystem: %r" % (e,)})
                 except Exception as e:  # never leave the loop on a bad request
