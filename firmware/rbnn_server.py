@@ -134,8 +134,16 @@ def _error_code(e):
     return s[i:j]
 
 
+def _default_payload():
+    # two frame buffers live as long as the server: keep them small on a small heap
+    gc.collect()
+    return MAX_PAYLOAD if gc.mem_free() >= 64 * 1024 else 1024
+
+
 class Server:
-    def __init__(self, console=None, max_payload=MAX_PAYLOAD):
+    def __init__(self, console=None, max_payload=None):
+        if max_payload is None:
+            max_payload = _default_payload()
         if max_payload < MIN_PAYLOAD:
             max_payload = MIN_PAYLOAD
         self.con = console or _board_console()
@@ -488,8 +496,12 @@ class Server:
 _server = None
 
 
-def serve(console=None, max_payload=MAX_PAYLOAD):
-    """Serve the protocol on the console stream until the host sends LEAVE."""
+def serve(console=None, max_payload=None):
+    """Serve the protocol on the console stream until the host sends LEAVE.
+
+    max_payload: the largest frame payload (default 4096, or 1024 when less than 64 kB
+    of heap is free); the server keeps two buffers of that size.
+    """
     global _server
     if _server is None or (console is not None and console is not _server.con):
         _server = Server(console, max_payload)
