@@ -266,7 +266,7 @@ def test_retries_are_bounded(vdev, models):
     t0 = time.monotonic()
     with pytest.raises(LinkError, match=r"STATS \(seq \d+\).*no valid reply after 4 tries \(4 timeouts"):
         link.device_stats()
-    assert time.monotonic() - t0 < 10
+    assert time.monotonic() - t0 < 30  # bounded: 4 tries of about 0.3 s
     fs.plan.clear()
     assert link.device_stats()["frames"] > 0  # the link still works afterwards
     link.leave()

@@ -90,7 +90,7 @@ def test_no_answer_is_a_clear_error_after_bounded_retries():
     t0 = time.monotonic()
     with pytest.raises(LinkError, match=r"INFO \(seq 1\) to fake: no valid reply after 4 tries \(4 timeouts, 0 NAKs"):
         link.info()
-    assert time.monotonic() - t0 < 2
+    assert time.monotonic() - t0 < 10  # bounded: 4 tries of 0.05 s
     assert len(port.frames) == 4
     assert [f.flags for f in port.frames] == [0, fr.FLAG_RETRY, fr.FLAG_RETRY, fr.FLAG_RETRY]
     assert {f.seq for f in port.frames} == {1}
@@ -111,10 +111,10 @@ def test_nak_makes_the_host_resend_at_once():
             return fr.encode(fr.NAK, 0, bytes([fr.NAK_CRC]))
         return reply(f, b'{"ok": 1}')
 
-    link, _ = make_link(dev, timeout=5.0)
+    link, _ = make_link(dev, timeout=10.0)
     t0 = time.monotonic()
     assert link.info() == {"ok": 1}
-    assert time.monotonic() - t0 < 1.0  # no timeout was waited for
+    assert time.monotonic() - t0 < 5.0  # the 10 s reply timeout was not waited for
     assert seen == [0, fr.FLAG_RETRY] and link.stats.naks == 1
 
 
@@ -173,10 +173,10 @@ def test_lost_result_of_an_acked_request_is_asked_for_again():
             return fr.encode(fr.ACK, f.seq)  # the result frame is lost
         return reply(f, b'{"again": true}')  # a copy: answered with the kept result
 
-    link, _ = make_link(dev, op_timeout=5)
+    link, _ = make_link(dev, op_timeout=30)
     t0 = time.monotonic()
     assert link.save("m.rbnn") == {"again": True}
-    assert time.monotonic() - t0 < 0.5
+    assert time.monotonic() - t0 < 10  # asked again long before the 30 s op timeout
 
 
 def test_acked_request_without_result_ends_at_op_timeout():
@@ -189,11 +189,11 @@ def test_reboot_banner_fails_fast():
     def dev(f, p):
         return b"\r\nMicroPython v1.29.0 on 2026-01-01; Raspberry Pi Pico with RP2040\r\n>>> "
 
-    link, port = make_link(dev, timeout=1.0)
+    link, port = make_link(dev, timeout=10.0)
     t0 = time.monotonic()
     with pytest.raises(DeviceRebooted, match="rebooted"):
         link.info()
-    assert time.monotonic() - t0 < 0.5 and len(port.frames) == 1
+    assert time.monotonic() - t0 < 5.0 and len(port.frames) == 1  # no retry, no timeout
 
 
 def test_hello_checks_the_protocol_version():
