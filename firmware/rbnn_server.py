@@ -111,7 +111,21 @@ def _board_console():
         import rbnn_board
     except ImportError:
         return StdioConsole()
-    return rbnn_board.console()
+    return rbnn_board.console() or StdioConsole()
+
+
+def _reboot():
+    try:
+        import rbnn_board  # a board (the virtual one) with its own way to restart
+
+        reset = getattr(rbnn_board, "reset", None)
+    except ImportError:
+        reset = None
+    if reset is None:
+        import machine
+
+        reset = machine.reset
+    reset()
 
 
 def _engine():
@@ -290,10 +304,8 @@ class Server:
                 if ftype == LEAVE:
                     return
                 if self.reboot:
-                    import machine
-
-                    time.sleep_ms(50)
-                    machine.reset()
+                    time.sleep_ms(50)  # let the reply leave
+                    _reboot()
         finally:
             if micropython is not None and hasattr(micropython, "kbd_intr"):
                 micropython.kbd_intr(3)

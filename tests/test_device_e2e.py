@@ -168,6 +168,12 @@ def test_refusals_are_clear(board):
     assert link.info()["model"] is None
     st = link.device_stats()
     assert st["frames"] == 2 and st["errors"] == 0  # counted from the reset: INFO, STATS
+    starts = board.starts
+    link.reset(reboot=True)
+    board.wait_started(starts + 1)
+    link.reconnect()  # the board came back at its REPL; the stored default loads on demand
+    c, _, _ = link.infer(np.zeros((3, 100), np.uint8))
+    assert len(c) == 3 and link.info()["active"] == "x.rbnn"
     link.leave()
     link.close()
 

@@ -180,11 +180,6 @@ class RawRepl:
             raise ReplError(f"board raised:\n{err.decode(errors='replace').strip()}")
         return out
 
-    def eval_json(self, expr: str) -> object:
-        """The value of a MicroPython expression, passed through ``json``."""
-        out = self.exec(f"import json\nprint(json.dumps({expr}))")
-        return json.loads(out.decode().strip())
-
     # --- files ------------------------------------------------------------------------
     def board_info(self) -> dict:
         """sys.platform, version, ``_mpy`` and which helper modules the board has."""

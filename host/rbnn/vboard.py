@@ -8,10 +8,10 @@ boot.py, and main.py in the friendly REPL). FSDIR is the board's filesystem.
 
 It registers a module ``rbnn_board`` whose ``console()`` is this console, so
 ``rbnn_server`` reads whole frames at once from the non-blocking stdin pipe the host's
-supervisor (``rbnn.virtual``) gives it. With ``--bytewise`` stdin is blocking and no
-``rbnn_board`` is registered: the firmware then uses its own console, which polls and
-reads byte by byte, exactly as on a real board. This file runs under MicroPython, not
-CPython.
+supervisor (``rbnn.virtual``) gives it. With ``--bytewise`` stdin is blocking and
+``console()`` returns None: the firmware then uses its own console, which polls and
+reads byte by byte, exactly as on a real board. ``rbnn_board.reset()`` ends the process
+(a reboot: the supervisor starts it again). This file runs under MicroPython, not CPython.
 """
 
 import gc
@@ -25,6 +25,10 @@ PASTE_WINDOW = 4096
 
 class HostGone(BaseException):
     """The supervisor closed our stdin: leave the process."""
+
+
+class Reboot(BaseException):
+    """rbnn_board.reset(): end the process; the supervisor starts it again."""
 
 
 class Console:
@@ -85,7 +89,11 @@ class Board:
         self._console = console
 
     def console(self):
-        return self._console
+        # None with --bytewise: the firmware then reads stdin itself, as on a board
+        return self._console if self._console.nonblocking else None
+
+    def reset(self):
+        raise Reboot()
 
 
 class VirtualBoard:
@@ -106,9 +114,7 @@ class VirtualBoard:
         for name in list(sys.modules):
             if name not in self.boot_modules:
                 del sys.modules[name]
-        if self.con.nonblocking:
-            sys.modules["rbnn_board"] = self.board
-        # else the firmware uses its own console on the blocking stdin, as on a board
+        sys.modules["rbnn_board"] = self.board
         self.g = {"__name__": "__main__"}
         gc.collect()
         self.run_file("boot.py")
@@ -129,7 +135,7 @@ class VirtualBoard:
         try:
             exec(compile(src, filename, mode), self.g)
             return None
-        except HostGone:
+        except (HostGone, Reboot):
             raise
         except SystemExit:
             return None
@@ -265,7 +271,7 @@ def main():
         sys.exit(2)
     try:
         VirtualBoard(args[0], nonblocking="--bytewise" not in args).main()
-    except HostGone:
+    except (HostGone, Reboot):
         pass
 
 
