@@ -21,7 +21,7 @@ ARM_SIZE ?= arm-none-eabi-size
 M0_FLAGS := -mcpu=cortex-m0plus -mthumb -Os -std=c99 -Wall -Wextra -Werror -ffreestanding -ffunction-sections -fdata-sections
 CORE_SRC := cmodules/rbnn/rbnn_core.c
 
-.PHONY: all help setup venv mnist deps-c deps-arm demo test size bench lint clean
+.PHONY: all help setup venv mnist deps-c deps-arm demo accuracy test size bench lint clean
 
 all: help
 
@@ -29,6 +29,7 @@ help:
 	@echo "make demo    set up, train a model on MNIST, pack it, summary, eval (twin and C), then deploy"
 	@echo "             and infer on the virtual device (DEVICE=/dev/ttyACM0: on a board)"
 	@echo "make test    set up and run the whole test suite"
+	@echo "make accuracy  train and evaluate the two MNIST accuracy models of issue 2 (~30 min)"
 	@echo "make size    cross-build the C core for Cortex-M0+ and print text/data/bss"
 	@echo "make bench   host and Cortex-M0+ inference benchmarks"
 	@echo "make lint    ruff"
@@ -82,6 +83,22 @@ demo: setup
 	@# on the device: the virtual one (MicroPython unix port on a pty) unless DEVICE=/dev/ttyACM0 names a board
 	$(RBNN) deploy $(OUT)/demo.rbnn --port $(or $(DEVICE),virtual)
 	$(RBNN) infer --port $(or $(DEVICE),virtual) --data mnist
+
+# --- accuracy (issue 2 acceptance): (a) a fully binary model of <= 64 kB packed weights,
+# (b) 784-256-256-10 on the MSB plane. Each: train, then eval with the twin and the C core.
+ACC_A := train --data mnist --hidden 480,256 --planes 4 --epochs 40 --seed 1
+ACC_B := train --data mnist --hidden 256,256 --planes 1 --epochs 40 --seed 1
+accuracy: setup
+	@mkdir -p $(OUT)
+	@uptime
+	$(RBNN) $(ACC_A) -o $(OUT)/acc-64k.rbnn
+	$(RBNN) summary $(OUT)/acc-64k.rbnn
+	$(RBNN) eval $(OUT)/acc-64k.rbnn --data mnist --engine twin
+	$(RBNN) eval $(OUT)/acc-64k.rbnn --data mnist --engine c
+	@uptime
+	$(RBNN) $(ACC_B) -o $(OUT)/acc-msb.rbnn
+	$(RBNN) eval $(OUT)/acc-msb.rbnn --data mnist --engine twin
+	$(RBNN) eval $(OUT)/acc-msb.rbnn --data mnist --engine c
 
 # --- tests --------------------------------------------------------------------------
 test: setup deps-arm

@@ -33,6 +33,7 @@ LOSSES = ("hinge", "ce")
 # 784-128-64-10 on the MSB plane, one epoch, no augmentation, one BLAS thread.
 QUICK_RECIPE = {"hidden": [128, 64], "plane_mask": 0x80, "epochs": 1, "seed": 0, "shift": 0.0, "threads": 1}
 SCHEDULES = ("exp", "cos")
+_ONE = np.float32(1.0)
 
 
 class TrainError(RbnnError, ValueError):
@@ -87,7 +88,7 @@ class TrainConfig:
 
     hidden: list[int]
     plane_mask: int = 0x80
-    epochs: int = 10
+    epochs: int = 20
     seed: int = 0
     batch: int = 100
     lr: float = 0.01
@@ -96,7 +97,7 @@ class TrainConfig:
     lr_scale: str = "none"  # "glorot": per-layer lr x sqrt((fan_in + fan_out) / 1.5), BNN paper
     loss: str = "ce"  # softmax cross-entropy, or "hinge": squared hinge (BNN paper)
     val: int = 5000  # training images held out for validation
-    shift: float = 2.0  # augmentation: max translation in pixels (0: off)
+    shift: float = 1.0  # augmentation: max translation in pixels (0: off)
     rotate: float = 0.0  # augmentation: max rotation in degrees
     zoom: float = 0.0  # augmentation: max relative scale change
     dropout: float = 0.0  # on hidden activations while training
@@ -105,7 +106,7 @@ class TrainConfig:
     keep_best: bool = True  # keep the epoch with the best validation accuracy
     recalibrate: bool = True  # replace running averages by exact training-set statistics
     limit: int | None = None  # use only the first N training images (tests, quick runs)
-    threads: int = 2  # BLAS threads, pinned: the result depends on it (see blas_threads)
+    threads: int = 1  # BLAS threads, pinned: the result depends on it (see blas_threads)
 
     def check(self, n_inputs: int, n_train: int) -> None:
         """Raise TrainError naming the first bad option."""
@@ -166,7 +167,7 @@ class FloatNet:
 
     def binary_weights(self, layer: int) -> np.ndarray:
         """``sign`` of the latent weights, sign(0) = +1: float32 (out, in) of +-1."""
-        return np.where(self.weights[layer] >= 0, 1.0, -1.0).astype(np.float32)
+        return np.where(self.weights[layer] >= 0, _ONE, -_ONE)
 
     def smax(self, layer: int) -> int:
         """Largest possible |s| of a layer (docs/FORMAT.md)."""
@@ -371,7 +372,7 @@ def ste_sign(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Returns float32 +-1 of the shape of ``y`` and the bool gate that multiplies the
     incoming gradient (hard-tanh derivative: zero where ``|y| > 1``).
     """
-    return np.where(y >= 0, 1.0, -1.0).astype(np.float32), np.abs(y) <= 1.0
+    return np.where(y >= 0, _ONE, -_ONE), np.abs(y) <= 1.0
 
 
 def bn_backward(

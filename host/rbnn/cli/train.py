@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 # Defaults of the recipe (see TrainConfig for what each does).
-DEFAULTS = {"epochs": 10, "batch": 100, "lr": 0.01, "lr_final": 1e-4, "val": 5000, "shift": 2.0}
+DEFAULTS = {"epochs": 20, "batch": 100, "lr": 0.01, "lr_final": 1e-4, "val": 5000, "shift": 1.0}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,18 +20,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     planes = p.add_mutually_exclusive_group()
     planes.add_argument("--planes", metavar="K", help="keep the K most significant input bit-planes, 1..8 (default 1: pixel >= 128)")
     planes.add_argument("--plane-mask", metavar="MASK", help="keep the bit-planes of this mask, e.g. 0xC0")
-    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="epochs (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of everything random (default %(default)s)")
     p.add_argument("-o", "--output", required=True, metavar="M.rbnn", help="model file to write")
-    p.add_argument("--batch", type=int, default=DEFAULTS["batch"], help="batch size")
-    p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="initial Adam learning rate")
-    p.add_argument("--lr-final", type=float, default=DEFAULTS["lr_final"], help="learning rate at the end")
-    p.add_argument("--schedule", choices=["exp", "cos"], default="exp", help="learning-rate decay")
+    p.add_argument("--batch", type=int, default=DEFAULTS["batch"], help="batch size (default %(default)s)")
+    p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="initial Adam learning rate (default %(default)s)")
+    p.add_argument("--lr-final", type=float, default=DEFAULTS["lr_final"], help="learning rate at the end (default %(default)s)")
+    p.add_argument("--schedule", choices=["exp", "cos"], default="exp", help="learning-rate decay (default %(default)s)")
     p.add_argument("--lr-scale", choices=["glorot", "none"], default="none",
-                   help="per-layer learning-rate scale (BNN paper: glorot)")  # fmt: skip
-    p.add_argument("--loss", choices=["hinge", "ce"], default="ce", help="cross-entropy or squared hinge")
-    p.add_argument("--val", type=int, default=DEFAULTS["val"], help="training images held out for validation")
-    p.add_argument("--shift", type=float, default=DEFAULTS["shift"], help="augmentation: max shift in pixels")
+                   help="per-layer learning-rate scale (BNN paper: glorot; default %(default)s)")  # fmt: skip
+    p.add_argument("--loss", choices=["hinge", "ce"], default="ce", help="cross-entropy or squared hinge (default %(default)s)")
+    p.add_argument("--val", type=int, default=DEFAULTS["val"], help="training images held out for validation (default %(default)s)")
+    p.add_argument("--shift", type=float, default=DEFAULTS["shift"], help="augmentation: max shift in pixels (default %(default)s)")
     p.add_argument("--rotate", type=float, default=0.0, help="augmentation: max rotation in degrees")
     p.add_argument("--zoom", type=float, default=0.0, help="augmentation: max relative scale change")
     p.add_argument("--no-augment", action="store_true", help="no augmentation (overrides shift/rotate/zoom)")
@@ -41,8 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-recalibrate", action="store_true",
                    help="keep the running BatchNorm averages instead of exact training-set statistics")  # fmt: skip
     p.add_argument("--limit", type=int, help="use only the first N training images")
-    p.add_argument("--threads", type=int, default=2,
-                   help="BLAS threads (default 2); results depend on it, so it is pinned")  # fmt: skip
+    p.add_argument("--threads", type=int, default=1,
+                   help="BLAS threads (default 1: with small batches a second thread gains at most "
+                        "2x on an idle machine and loses several times on a shared one); "
+                        "results depend on it, so it is pinned")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     p.set_defaults(func=run)
 
