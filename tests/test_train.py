@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from rbnn import pack, twin
+from rbnn import fold, pack, twin
 from rbnn.cli import main
 from rbnn.data import Dataset
 from rbnn.model import input_values, pack_input
@@ -20,6 +20,7 @@ from rbnn.train import (
     augment,
     bn_backward,
     init_net,
+    recalibrate,
     ste_sign,
     train,
 )
@@ -101,6 +102,17 @@ def test_latent_weights_are_clipped(mnist):
     for w in res.net.weights:
         assert np.abs(w).max() <= 1.0
         assert np.mean(np.abs(w) == 1.0) > 0.01  # the big learning rate pushed many to the clip
+
+
+def test_recalibrate_sets_exact_statistics(rng):
+    net = init_net(rng, 50, [20, 6], 0xC0)
+    x = rng.integers(0, 256, (700, 50), dtype=np.uint8)
+    recalibrate(net, x, batch=128)  # several chunks
+    s0 = input_values(x, 0xC0) @ net.binary_weights(0).T.astype(np.float64)
+    assert np.allclose(net.mean[0], s0.mean(0), rtol=1e-6) and np.allclose(net.var[0], s0.var(0), rtol=1e-5)
+    a1 = np.where(fold.bn_eval(s0, net.mean[0], net.var[0], net.gamma[0], net.beta[0], net.eps) >= 0, 1, -1)
+    s1 = a1 @ net.binary_weights(1).T
+    assert np.allclose(net.mean[1], s1.mean(0), rtol=1e-6) and np.allclose(net.var[1], s1.var(0), rtol=1e-5)
 
 
 def test_augment_shift_and_affine(rng):

@@ -104,7 +104,7 @@ class TrainConfig:
     momentum: float = 0.1  # BatchNorm running-average update weight
     eps: float = 1e-4
     keep_best: bool = True  # keep the epoch with the best validation accuracy
-    recalibrate: bool = True  # replace running averages by exact training-set statistics
+    recalibrate: bool = False  # replace running averages by exact training-set statistics
     limit: int | None = None  # use only the first N training images (tests, quick runs)
     threads: int = 1  # BLAS threads, pinned: the result depends on it (see blas_threads)
 

@@ -38,8 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dropout", type=float, default=0.0, help="dropout on hidden activations")
     p.add_argument("--last-epoch", action="store_true",
                    help="keep the last epoch (default: the one with the best validation accuracy)")  # fmt: skip
-    p.add_argument("--no-recalibrate", action="store_true",
-                   help="keep the running BatchNorm averages instead of exact training-set statistics")  # fmt: skip
+    p.add_argument("--recalibrate", action="store_true",
+                   help="replace the running BatchNorm averages by exact training-set statistics")  # fmt: skip
     p.add_argument("--limit", type=int, help="use only the first N training images")
     p.add_argument("--threads", type=int, default=1,
                    help="BLAS threads (default 1: with small batches a second thread gains at most "
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         batch=args.batch, lr=args.lr, lr_final=args.lr_final, schedule=args.schedule,
         lr_scale=args.lr_scale, loss=args.loss, val=args.val, shift=shift, rotate=rotate,
         zoom=zoom, dropout=args.dropout, keep_best=not args.last_epoch,
-        recalibrate=not args.no_recalibrate, limit=args.limit, threads=args.threads,
+        recalibrate=args.recalibrate, limit=args.limit, threads=args.threads,
     )  # fmt: skip
     m = res.model
     nbytes = pack.save(m, out)
