@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 
 
-def plot_history(history: list[dict], path: str | os.PathLike, title: str = "") -> None:
+def plot_history(
+    history: list[dict], path: str | os.PathLike, title: str = "", kept_epoch: int | None = None
+) -> None:
     """Write loss and accuracy per epoch, train and validation, to a PNG file.
 
     Parameters
@@ -16,11 +18,14 @@ def plot_history(history: list[dict], path: str | os.PathLike, title: str = "") 
     path : path of the PNG to write
     title : str
         Figure title (e.g. the shape and options of the run).
+    kept_epoch : int, optional
+        The epoch whose weights the model holds: marked by a dotted line.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     ep = [r["epoch"] for r in history]
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 4))
@@ -37,6 +42,10 @@ def plot_history(history: list[dict], path: str | os.PathLike, title: str = "") 
         ax_a.set_xlabel("epoch")
         ax_a.set_ylabel("accuracy (%)")
         ax_a.grid(True, alpha=0.3)
+        for ax in (ax_l, ax_a):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if kept_epoch is not None:
+                ax.axvline(kept_epoch, color="grey", linestyle=":", label=f"kept (epoch {kept_epoch})")
         ax_a.legend()
         if title:
             fig.suptitle(title)

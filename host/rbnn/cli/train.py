@@ -158,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
         "config": config_dict(res.config), "history": res.history,
     }  # fmt: skip
     hist_path.write_text(json.dumps(summary, indent=1) + "\n")
-    plot_history(res.history, curves, f"{shape}, mask {mask:#04x}: test {100 * test_ok / n_test:.2f} %")
+    plot_history(res.history, curves, f"{shape}, mask {mask:#04x}: test {100 * test_ok / n_test:.2f} %",
+                 kept_epoch=res.best_epoch)  # fmt: skip
     print(f"curves: {curves}")
     print(f"history: {hist_path}")
     return 0
