@@ -295,21 +295,25 @@ def augment(
     sin = (np.sin(ang) / sc).astype(np.float32)[:, None]
     sx = cos * xx + sin * yy + cx - tx[:, None].astype(np.float32)
     sy = -sin * xx + cos * yy + cy - ty[:, None].astype(np.float32)
-    x0 = np.floor(sx).astype(np.int32)
-    y0 = np.floor(sy).astype(np.int32)
+    # Two pixels of zero border; coordinates clipped into it, so a source point outside
+    # the image reads only zeros.
+    p = 2
+    sx = np.clip(sx, -p, w - 1 + p - 1)
+    sy = np.clip(sy, -p, h - 1 + p - 1)
+    x0 = np.floor(sx)
+    y0 = np.floor(sy)
     fx = sx - x0
     fy = sy - y0
-    img = np.zeros((n, h + 2, w + 2), np.float32)  # one pixel of zero border each side
-    img[:, 1:-1, 1:-1] = x.reshape(n, h, w)
-    x0 = np.clip(x0 + 1, 0, w)
-    y0 = np.clip(y0 + 1, 0, h)
-    flat = img.reshape(n, -1)
-    base = y0 * (w + 2) + x0
-    idx = np.arange(n)[:, None]
-    v00 = flat[idx, base]
-    v01 = flat[idx, base + 1]
-    v10 = flat[idx, base + w + 2]
-    v11 = flat[idx, base + w + 3]
+    wp = w + 2 * p
+    img = np.zeros((n, h + 2 * p, wp), np.float32)
+    img[:, p:-p, p:-p] = x.reshape(n, h, w)
+    base = (y0.astype(np.int64) + p) * wp + (x0.astype(np.int64) + p)
+    base += (np.arange(n, dtype=np.int64) * img[0].size)[:, None]
+    flat = img.reshape(-1)
+    v00 = flat[base]
+    v01 = flat[base + 1]
+    v10 = flat[base + wp]
+    v11 = flat[base + wp + 1]
     out = (v00 * (1 - fx) + v01 * fx) * (1 - fy) + (v10 * (1 - fx) + v11 * fx) * fy
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
