@@ -127,6 +127,10 @@ def test_augment_shift_and_affine(rng):
     assert a.dtype == np.uint8 and a.shape == x.shape
     same = augment(x, rng, (28, 28), 0.0, rotate=1e-9)  # identity map: bilinear is exact
     assert np.array_equal(same, x)
+    # Shifted far off the image, a sample reads only the zero border: most come out blank.
+    white = np.full((400, 28 * 28), 255, np.uint8)
+    far = augment(white, rng, (28, 28), 100.0, rotate=1e-9)
+    assert np.mean(far.max(axis=1) == 0) > 0.8
 
 
 def test_bad_options_are_train_errors(mnist):
