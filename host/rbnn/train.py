@@ -7,9 +7,11 @@ gated where ``|a| > 1`` for activations; latent weights are real, updated by Ada
 clipped to [-1, 1]. The first layer sees the exact integers the device sees:
 ``rbnn.model.input_values(x, plane_mask)``, the bit-plane values with shared weights.
 
-Everything random comes from one ``numpy.random.Generator`` seeded by ``seed``, so the
-same seed on the same machine gives a byte-identical ``.rbnn`` file. Matrix products are
-float32 through BLAS. :func:`train` returns the folded integer :class:`rbnn.model.Model`
+Everything random comes from one ``numpy.random.Generator`` seeded by ``seed``, and the
+BLAS thread count is pinned (``threads``), so the same seed on the same machine gives a
+byte-identical ``.rbnn`` file. Matrix products are float32 through BLAS (the forward
+ones are exact: integer sums below 2^24). The model kept is the epoch with the best
+validation accuracy. :func:`train` returns the folded integer :class:`rbnn.model.Model`
 (via :mod:`rbnn.fold`), the float network and the per-epoch history.
 """
 
@@ -97,7 +99,7 @@ class TrainConfig:
     lr_scale: str = "none"  # "glorot": per-layer lr x sqrt((fan_in + fan_out) / 1.5), BNN paper
     loss: str = "ce"  # softmax cross-entropy, or "hinge": squared hinge (BNN paper)
     val: int = 5000  # training images held out for validation
-    shift: float = 1.0  # augmentation: max translation in pixels (0: off)
+    shift: float = 1.0  # augmentation: max translation in pixels (integer shifts unless rotate/zoom)
     rotate: float = 0.0  # augmentation: max rotation in degrees
     zoom: float = 0.0  # augmentation: max relative scale change
     dropout: float = 0.0  # on hidden activations while training
