@@ -288,29 +288,41 @@ QEMU_MICROBIT = [
 
 
 class RawRepl:
-    """MicroPython's raw REPL over the stdin/stdout of a qemu process (its UART)."""
+    """MicroPython's raw REPL over the stdin/stdout of an emulator process (qemu: the
+    board's UART on -serial stdio)."""
 
     def __init__(self, cmd: list[str], timeout: float = 30):
         self.timeout = timeout
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.buf = b""
-        self.proc.stdin.write(b"\r\x03\x03\x01")  # interrupt, then enter the raw REPL
+        # A newline until the friendly REPL answers (a USB console may connect before
+        # MicroPython listens), then interrupt and enter the raw REPL.
+        for _ in range(int(timeout)):
+            self.proc.stdin.write(b"\r")
+            self.proc.stdin.flush()
+            try:
+                self.read_until(b">>> ", 1.0)
+                break
+            except AssertionError:
+                continue
+        self.proc.stdin.write(b"\x03\x03\x01")
         self.proc.stdin.flush()
         self.read_until(b"raw REPL; CTRL-B to exit\r\n>")
 
-    def read_until(self, end: bytes) -> bytes:
-        deadline = time.monotonic() + self.timeout
+    def read_until(self, end: bytes, timeout: float | None = None) -> bytes:
+        timeout = timeout or self.timeout
+        deadline = time.monotonic() + timeout
         fd = self.proc.stdout.fileno()
         while end not in self.buf:
             left = deadline - time.monotonic()
             if left <= 0 or self.proc.poll() is not None:
                 raise AssertionError(
-                    f"qemu: no {end!r} after {self.timeout} s; got {self.buf[-500:]!r}"
+                    f"board: no {end!r} after {timeout} s; got {self.buf[-500:]!r}"
                 )
             if select.select([fd], [], [], min(left, 1.0))[0]:
                 chunk = os.read(fd, 65536)
                 if not chunk:
-                    raise AssertionError(f"qemu exited; got {self.buf[-500:]!r}")
+                    raise AssertionError(f"board exited; got {self.buf[-500:]!r}")
                 self.buf += chunk
         head, _, self.buf = self.buf.partition(end)
         return head
