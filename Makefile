@@ -154,7 +154,8 @@ IMAGE ?= $(FW_BUILD)/$(FW_IMAGE_$(FW_PORT))
 fw-check:
 	@test -n "$(MICROPY_DIR)" || { echo "make firmware: set MICROPY_DIR to a MicroPython checkout (see docs/FIRMWARE.md)" >&2; exit 2; }
 	@test -f "$(FW_MPY)/py/mkenv.mk" || { echo "make firmware: MICROPY_DIR=$(MICROPY_DIR) is not a MicroPython checkout (no py/mkenv.mk)" >&2; exit 2; }
-	@test -d "$(FW_MPY)/ports/$(FW_PORT)" || { echo "make firmware: PORT=$(FW_PORT): expected unix, qemu, rp2 or esp32" >&2; exit 2; }
+	@test -n "$(filter unix qemu rp2 esp32,$(FW_PORT))" || { echo "make firmware: PORT=$(FW_PORT): expected unix, qemu, rp2 or esp32" >&2; exit 2; }
+	@test "$(FW_PORT)" != esp32 || command -v idf.py >/dev/null || { echo "make firmware PORT=esp32: no idf.py on PATH; install ESP-IDF and run its export.sh in this shell (docs/FIRMWARE.md)" >&2; exit 2; }
 
 firmware: fw-check
 	$(MAKE) -j$(FW_JOBS) -C $(FW_MPY)/mpy-cross PORT= DEVICE=
