@@ -186,10 +186,15 @@ def test_cli_train_writes_model_plot_and_history(tmp_path, capsys):
         (["--val", "70000"], "validation"),
         (["--batch", "1"], "batch"),
         (["--zoom", "2"], "zoom"),
+        (["--epochs", "x"], "--epochs"),
+        (["--loss", "foo"], "--loss"),
     ],
 )
 def test_cli_train_bad_args_one_line(tmp_path, capsys, args, words):
-    rc = main(["train", "-o", str(tmp_path / "x.rbnn"), "--quiet", *args])
+    try:
+        rc = main(["train", "-o", str(tmp_path / "x.rbnn"), "--quiet", *args])
+    except SystemExit as e:  # argparse-level errors exit from the parser
+        rc = e.code
     err = capsys.readouterr().err.strip()
     assert rc != 0
     assert len(err.splitlines()) == 1 and err.startswith("rbnn: error:") and words in err

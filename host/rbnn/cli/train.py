@@ -47,6 +47,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "results depend on it, so it is pinned")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     p.set_defaults(func=run)
+    p.error = _error  # one line, like every other rbnn error, not the usage block
+
+
+def _error(message: str) -> None:
+    import sys
+
+    sys.stderr.write(f"rbnn: error: train: {message} (see rbnn train --help)\n")
+    sys.exit(2)
 
 
 def parse_hidden(text: str) -> list[int]:
