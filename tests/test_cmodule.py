@@ -29,7 +29,7 @@ from mpy_helpers import run_mpy_code
 from test_fallback import (
     API,
     ERRORS,
-    PARITY,
+    check_parity,
     crafted_files,
     fuzzed_files,
     le_bytes,
@@ -98,38 +98,10 @@ def tie_model(rng: np.random.Generator):
 
 
 def test_c_engine_matches_twin(unix_c, tmp_path):
-    # tests/test_fallback.py's parity script, on the same kind of models, engine c.
+    # tests/test_fallback.py's parity check, on the same kind of models, engine c.
     rng = np.random.default_rng(20240611)
-    n_samples = 5
     models = random_models(rng, 60) + [tie_model(rng)]
-    expect, names = {}, []
-    for i, m in enumerate(models):
-        name = f"m{i:03d}"
-        (tmp_path / f"{name}.rbnn").write_bytes(pack.to_bytes(m))
-        x = random_inputs(rng, m.n_inputs, n_samples)
-        xb = pack_input(x, m.plane_mask)
-        (tmp_path / f"{name}.raw").write_bytes(x.tobytes())
-        (tmp_path / f"{name}.packed").write_bytes(le_bytes(xb))
-        s = twin.scores(m, xb)
-        sp = s
-        if m.n_inputs == xb[0].nbytes:  # equal lengths: the packed bytes are read as raw
-            sp = twin.scores_u8(m, np.frombuffer(le_bytes(xb), np.uint8).reshape(n_samples, -1))
-        expect[name] = {"r": s, "p": sp}
-        names.append(f"{name} {n_samples}\n")
-    (tmp_path / "cases.txt").write_text("".join(names))
-    proc = run_mpy_code(unix_c, PARITY, tmp_path, args=[str(tmp_path)], env={"RBNN_ENGINE": "c"})
-    lines = proc.stdout.splitlines()
-    assert lines[0] == "ENGINE c"
-    assert lines[-1] == "DONE"
-    seen = set()
-    for line in lines[1:-1]:
-        name, i, kind, c, p, guard, *sc = line.split()
-        s = expect[name][kind][int(i)]
-        assert [int(v) for v in sc] == s.tolist(), f"{name} sample {i} ({kind}): scores differ"
-        assert int(c) == int(p) == int(np.argmax(s)), f"{name} sample {i} ({kind}): class"
-        assert guard == "12345", "scores() wrote past n_classes"
-        seen.add((name, int(i), kind))
-    assert len(seen) == len(models) * n_samples * 2
+    expect = check_parity(unix_c, tmp_path, models, "c", rng)
     tie = f"m{len(models) - 1:03d}"
     assert expect[tie]["r"][0].tolist() == [6, 12, 12, 2, -4, 12]  # ties go to class 1
 

@@ -9,14 +9,13 @@ import shutil
 
 import numpy as np
 import pytest
-import serial
+from mpy_helpers import firmware_fs
 
 from rbnn import pack, twin
 from rbnn.cli import main
-from rbnn.deploy import deploy, put_firmware
+from rbnn.deploy import deploy
 from rbnn.link import DeviceError, Link, LinkError
 from rbnn.model import pack_input, random_model
-from rbnn.rawrepl import RawRepl
 from rbnn.virtual import VirtualDevice
 
 BAUD = 921600
@@ -25,13 +24,8 @@ BAUD = 921600
 @pytest.fixture(scope="module")
 def board(tmp_path_factory, micropython):
     """A virtual device with the firmware on it (put through the raw REPL)."""
-    fs = tmp_path_factory.mktemp("e2e") / "fs"
+    fs = firmware_fs(tmp_path_factory.mktemp("e2e") / "fs", micropython, BAUD)
     with VirtualDevice(fs, micropython=micropython) as dev:
-        with serial.Serial(dev.port, BAUD, timeout=0.05) as ser:
-            repl = RawRepl(ser)
-            assert repl.enter(timeout=5)
-            put_firmware(repl)
-            repl.exit()
         yield dev
 
 

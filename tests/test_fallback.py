@@ -141,16 +141,15 @@ print("DONE")
 """
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_fallback_matches_twin(micropython, tmp_path, engine):
-    rng = np.random.default_rng(20240611)
-    n_models, n_samples = 56, 5
-    expect = {}
-    names = []
-    for i, m in enumerate(random_models(rng, n_models)):
+def check_parity(
+    micropython: str, tmp_path: Path, models: list[Model], engine: str, rng, n_samples: int = 5
+) -> dict:
+    """Run PARITY on ``models`` with ``engine`` and assert the twin's scores and classes
+    for every sample, raw and packed; returns the twin's expected scores by model name."""
+    expect, names = {}, []
+    for i, m in enumerate(models):
         name = f"m{i:03d}"
-        data = pack.to_bytes(m)
-        (tmp_path / f"{name}.rbnn").write_bytes(data)
+        (tmp_path / f"{name}.rbnn").write_bytes(pack.to_bytes(m))
         x = random_inputs(rng, m.n_inputs, n_samples)
         xb = pack_input(x, m.plane_mask)
         (tmp_path / f"{name}.raw").write_bytes(x.tobytes())
@@ -177,7 +176,14 @@ def test_fallback_matches_twin(micropython, tmp_path, engine):
         assert int(c) == int(p) == int(np.argmax(s)), f"{name} sample {i} ({kind}): class"
         assert guard == "12345", "scores() wrote past n_classes"
         seen.add((name, i, kind))
-    assert len(seen) == n_models * n_samples * 2
+    assert len(seen) == len(models) * n_samples * 2
+    return expect
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_fallback_matches_twin(micropython, tmp_path, engine):
+    rng = np.random.default_rng(20240611)
+    check_parity(micropython, tmp_path, random_models(rng, 56), engine, rng)
 
 
 # --- error parity with rbnn.pack --------------------------------------------------------

@@ -15,13 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import serial
+from mpy_helpers import firmware_fs
 
 from rbnn import frames as fr
 from rbnn import pack, twin
-from rbnn.deploy import put_firmware
 from rbnn.link import DeviceError, Link, LinkError
 from rbnn.model import pack_input, random_model
-from rbnn.rawrepl import RawRepl
 from rbnn.virtual import VirtualDevice
 
 KINDS = ("garbage", "corrupt", "truncate", "duplicate", "drop")
@@ -173,22 +172,15 @@ BAUD = 921600  # a pty ignores it; the link's timeouts count wire time at this r
 
 
 @pytest.fixture(scope="module")
-def firmware_fs(tmp_path_factory, micropython):
+def template_fs(tmp_path_factory, micropython):
     """A board filesystem with the firmware deployed (through the raw REPL), to copy."""
-    fs = tmp_path_factory.mktemp("faults") / "template"
-    with VirtualDevice(fs, micropython=micropython) as dev:
-        with serial.Serial(dev.port, BAUD, timeout=0.05) as ser:
-            repl = RawRepl(ser)
-            assert repl.enter(timeout=5)
-            put_firmware(repl)
-            repl.exit()
-    return fs
+    return firmware_fs(tmp_path_factory.mktemp("faults") / "template", micropython, BAUD)
 
 
 @pytest.fixture
-def vdev(tmp_path, micropython, firmware_fs):
+def vdev(tmp_path, micropython, template_fs):
     fs = tmp_path / "fs"
-    shutil.copytree(firmware_fs, fs)
+    shutil.copytree(template_fs, fs)
     with VirtualDevice(fs, micropython=micropython) as dev:
         yield dev
 
