@@ -86,7 +86,7 @@ demo: setup
 
 # --- accuracy (issue 2 acceptance): (a) a fully binary model of <= 64 kB packed weights,
 # (b) 784-256-256-10 on the MSB plane. Each: train, then eval with the twin and the C core.
-ACC_A := train --data mnist --hidden 480,256 --planes 4 --epochs 40 --seed 1
+ACC_A := train --data mnist --hidden 480,256 --planes 4 --epochs 60 --seed 1
 ACC_B := train --data mnist --hidden 256,256 --planes 1 --epochs 40 --seed 1
 accuracy: setup
 	@mkdir -p $(OUT)

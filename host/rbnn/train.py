@@ -99,9 +99,9 @@ class TrainConfig:
     lr_scale: str = "none"  # "glorot": per-layer lr x sqrt((fan_in + fan_out) / 1.5), BNN paper
     loss: str = "ce"  # softmax cross-entropy, or "hinge": squared hinge (BNN paper)
     val: int = 5000  # training images held out for validation
-    shift: float = 1.0  # augmentation: max translation in pixels (integer shifts unless rotate/zoom)
-    rotate: float = 0.0  # augmentation: max rotation in degrees
-    zoom: float = 0.0  # augmentation: max relative scale change
+    shift: float = 1.5  # augmentation: max translation in pixels (integer shifts unless rotate/zoom)
+    rotate: float = 10.0  # augmentation: max rotation in degrees
+    zoom: float = 0.1  # augmentation: max relative scale change
     dropout: float = 0.0  # on hidden activations while training
     momentum: float = 0.1  # BatchNorm running-average update weight
     eps: float = 1e-4

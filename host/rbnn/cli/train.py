@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 
 # Defaults of the recipe (see TrainConfig for what each does).
-DEFAULTS = {"epochs": 20, "batch": 100, "lr": 0.01, "lr_final": 1e-4, "val": 5000, "shift": 1.0}
+DEFAULTS = {"epochs": 20, "batch": 100, "lr": 0.01, "lr_final": 1e-4, "val": 5000,
+            "shift": 1.5, "rotate": 10.0, "zoom": 0.1}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,8 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loss", choices=["hinge", "ce"], default="ce", help="cross-entropy or squared hinge (default %(default)s)")
     p.add_argument("--val", type=int, default=DEFAULTS["val"], help="training images held out for validation (default %(default)s)")
     p.add_argument("--shift", type=float, default=DEFAULTS["shift"], help="augmentation: max shift in pixels (default %(default)s)")
-    p.add_argument("--rotate", type=float, default=0.0, help="augmentation: max rotation in degrees")
-    p.add_argument("--zoom", type=float, default=0.0, help="augmentation: max relative scale change")
+    p.add_argument("--rotate", type=float, default=DEFAULTS["rotate"],
+                   help="augmentation: max rotation in degrees (default %(default)s)")  # fmt: skip
+    p.add_argument("--zoom", type=float, default=DEFAULTS["zoom"],
+                   help="augmentation: max relative scale change (default %(default)s)")  # fmt: skip
     p.add_argument("--no-augment", action="store_true", help="no augmentation (overrides shift/rotate/zoom)")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout on hidden activations")
     p.add_argument("--last-epoch", action="store_true",
