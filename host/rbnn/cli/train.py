@@ -45,9 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="replace the running BatchNorm averages by exact training-set statistics")  # fmt: skip
     p.add_argument("--limit", type=int, help="use only the first N training images")
     p.add_argument("--threads", type=int, default=1,
-                   help="BLAS threads (default 1: with small batches a second thread gains at most "
-                        "2x on an idle machine and loses several times on a shared one); "
-                        "results depend on it, so it is pinned")  # fmt: skip
+                   help="BLAS threads (default 1: a second thread measured no faster on an idle "
+                        "2-core machine and several times slower on a busy one); results depend "
+                        "on it, so it is pinned")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     p.set_defaults(func=run)
     p.error = _error  # one line, like every other rbnn error, not the usage block
