@@ -29,7 +29,7 @@ help:
 	@echo "make demo    set up, train a model on MNIST, pack it, summary, eval (twin and C), then deploy"
 	@echo "             and infer on the virtual device (DEVICE=/dev/ttyACM0: on a board)"
 	@echo "make test    set up and run the whole test suite"
-	@echo "make accuracy  train and evaluate the two MNIST accuracy models of issue 2 (~30 min)"
+	@echo "make accuracy  train and evaluate the two MNIST accuracy models of issue 2 (~9 min idle)"
 	@echo "make size    cross-build the C core for Cortex-M0+ and print text/data/bss"
 	@echo "make bench   host and Cortex-M0+ inference benchmarks"
 	@echo "make lint    ruff"
