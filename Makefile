@@ -78,11 +78,16 @@ demo: setup
 	@mkdir -p $(OUT)
 	$(RBNN) train --data mnist --hidden $(DEMO_HIDDEN) --planes $(DEMO_PLANES) --epochs $(DEMO_EPOCHS) --seed 1 -o $(OUT)/demo.rbnn
 	$(RBNN) summary $(OUT)/demo.rbnn
-	$(RBNN) eval $(OUT)/demo.rbnn --data mnist --engine twin
-	$(RBNN) eval $(OUT)/demo.rbnn --data mnist --engine c
+	$(RBNN) eval $(OUT)/demo.rbnn --data mnist --engine twin --scores $(OUT)/demo.twin.npy
+	$(RBNN) eval $(OUT)/demo.rbnn --data mnist --engine c --scores $(OUT)/demo.c.npy
 	@# on the device: the virtual one (MicroPython unix port on a pty) unless DEVICE=/dev/ttyACM0 names a board
 	$(RBNN) deploy $(OUT)/demo.rbnn --port $(or $(DEVICE),virtual)
-	$(RBNN) infer --port $(or $(DEVICE),virtual) --data mnist
+	$(RBNN) infer --port $(or $(DEVICE),virtual) --data mnist --scores $(OUT)/demo.device.npy
+	@$(PY) -c 'import numpy as np, sys; o = sys.argv[1]; t = np.load(o + ".twin.npy"); \
+	  bad = [e for e in ("c", "device") if not np.array_equal(np.load(o + "." + e + ".npy"), t)]; \
+	  print("FAILED: scores differ from the twin:", *bad) if bad else \
+	  print(f"twin, C core and device: identical int32 scores on all {len(t):,} test images"); \
+	  sys.exit(1 if bad else 0)' $(OUT)/demo
 
 # --- accuracy (issue 2 acceptance): (a) a fully binary model of <= 64 kB packed weights,
 # (b) 784-256-256-10 on the MSB plane. Each: train, then eval with the twin and the C core.
