@@ -15,6 +15,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import select
 import shutil
 import signal
@@ -31,6 +32,23 @@ from .errors import RbnnError
 
 VBOARD = Path(__file__).with_name("vboard.py")
 DEFAULT_HEAP = "1M"
+HEAP_RANGE = (16 * 1024, 1024 * 1024 * 1024)  # the firmware needs some; 2 G crashes the binary
+CRASH_LOOP = 3  # quick failed starts in a row after which the supervisor gives up
+
+
+def heap_bytes(heap: str) -> int:
+    """Bytes of a MicroPython ``heapsize`` value such as ``256K`` or ``1M``.
+
+    Raises
+    ------
+    VirtualDeviceError
+        Naming the value when it is not ``<n>[K|M]`` within HEAP_RANGE.
+    """
+    m = re.fullmatch(r"(\d+)([kKmM]?)", str(heap).strip())
+    n = int(m.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[m.group(2).lower()] if m else -1
+    if not HEAP_RANGE[0] <= n <= HEAP_RANGE[1]:
+        raise VirtualDeviceError(f"heap: expected a size 16K..1024M such as 256K or 1M, found {heap!r}")
+    return n
 
 
 class VirtualDeviceError(RbnnError):
@@ -92,6 +110,7 @@ class VirtualDevice:
     ):
         self.fs = Path(fs) if fs is not None else default_fs()
         self.micropython = micropython or find_micropython()
+        heap_bytes(heap)
         self.heap = heap
         self.bytewise = bytewise
         self._next_env = dict(env or {})
@@ -107,6 +126,7 @@ class VirtualDevice:
         self._changed = threading.Condition(self._mutex)
         self._stopping = False
         self._threads: list[threading.Thread] = []
+        self.failed: str | None = None  # why the supervisor gave up restarting the board
 
     # --- life cycle -----------------------------------------------------------------
     def __enter__(self) -> VirtualDevice:
@@ -118,13 +138,20 @@ class VirtualDevice:
 
     def start(self) -> str:
         """Create the pty and start the board; returns the port path."""
-        self.fs.mkdir(parents=True, exist_ok=True)
+        try:
+            self.fs.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise VirtualDeviceError(f"--fs {self.fs}: cannot be the device's filesystem folder: {e.strerror}") from None
         self._lock()
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._slave, termios.TCSANOW)
-        os.set_blocking(self._master, False)
-        self.port = os.ttyname(self._slave)
-        self._spawn()
+        try:
+            self._master, self._slave = os.openpty()
+            tty.setraw(self._slave, termios.TCSANOW)
+            os.set_blocking(self._master, False)
+            self.port = os.ttyname(self._slave)
+            self._spawn()
+        except BaseException:
+            self.stop()  # release the lock and the pty: a later start must not find them held
+            raise
         for fn in (self._host_to_board, self._supervise):
             t = threading.Thread(target=fn, daemon=True, name=f"vdev-{fn.__name__}")
             t.start()
@@ -283,13 +310,26 @@ class VirtualDevice:
                 self.kill()
 
     def _supervise(self) -> None:
+        quick_fails = 0
         while not self._stopping:
             with self._mutex:
                 proc = self._proc
             if proc is None:
                 return
+            t0 = time.monotonic()
             proc.wait()
             if self._stopping:
+                return
+            # A reboot exits 0 and a power cut is our SIGKILL; a process that fails by
+            # itself right after it starts (bad binary, heap, firmware) would fail again.
+            if proc.returncode > 0 and time.monotonic() - t0 < 2.0:
+                quick_fails += 1
+            else:
+                quick_fails = 0
+            if quick_fails >= CRASH_LOOP:
+                said = "; ".join(list(self.log)[-3:]) or "nothing on stderr"
+                self.failed = (f"the virtual device ({self.micropython}) exited (status {proc.returncode}) "
+                               f"as it started, {quick_fails} times in a row: {said}")  # fmt: skip
                 return
             time.sleep(0.05)  # a reboot takes a moment
             if self._stopping:
@@ -309,4 +349,9 @@ def port_session(port: str, fs: str | os.PathLike | None = None, **kw) -> Iterat
         yield port
         return
     with VirtualDevice(fs, **kw) as dev:
-        yield dev.port
+        try:
+            yield dev.port
+        except RbnnError:
+            if dev.failed:  # the real cause of a silent port
+                raise VirtualDeviceError(dev.failed) from None
+            raise

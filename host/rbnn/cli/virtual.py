@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from ..virtual import VirtualDevice
+    from ..virtual import VirtualDevice, VirtualDeviceError
 
     dev = VirtualDevice(args.fs, heap=args.heap, bytewise=args.bytewise)
     port = dev.start()
@@ -31,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
         seen = dev.starts
         while True:
             time.sleep(0.5)
+            if dev.failed:
+                raise VirtualDeviceError(dev.failed)
             if dev.starts != seen:
                 print(f"virtual device rebooted ({dev.starts - 1} reboots)", flush=True)
                 seen = dev.starts
