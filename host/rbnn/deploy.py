@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import RbnnError
-from .link import Link, LinkError
+from .link import Link, LinkError, open_serial
 from .rawrepl import RawRepl, ReplError, sha256
 
 # sys.implementation._mpy bits 10.. name the native architecture (MicroPython's
@@ -178,13 +178,9 @@ def deploy(
     The model is uploaded (resumable), saved atomically as ``name`` and loaded; the board
     is left at its REPL.
     """
-    import serial
     from tqdm import tqdm
 
-    try:
-        ser = serial.Serial(port, baudrate, timeout=0.05, write_timeout=30)
-    except serial.SerialException as e:
-        raise DeployError(f"cannot open {port}: {e}") from None
+    ser = open_serial(port, baudrate, DeployError)
     try:
         repl = RawRepl(ser)
         if not repl.enter():

@@ -214,8 +214,12 @@ def flash_rp2(image: Path, device: str | None = None, wait: float = 10.0, dry_ru
     if image.suffix.lower() == ".uf2":
         blocks = check_uf2(data, str(image))
         what = f"{image} ({blocks} UF2 blocks)"
-    else:
+    elif image.suffix.lower() == ".elf":
+        if data[:4] != b"\x7fELF":
+            raise FlashError(f"{image} @ offset 0: ELF magic: expected 7f 45 4c 46, found {data[:4].hex(' ') or 'nothing'}")
         what = str(image)
+    else:
+        raise FlashError(f"{image}: an RP2040 image must be a .uf2 (or a .elf for picotool), found {image.suffix or 'no suffix'}")
     plan = Plan("rp2", image)
     picotool = picotool or shutil.which("picotool")
     drive = None

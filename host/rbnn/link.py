@@ -64,6 +64,36 @@ def _text(b: bytes) -> str:
     return b.decode("utf-8", "replace").replace("\r", "")
 
 
+def open_serial(port: str, baudrate: int = DEFAULT_BAUD, error: type[RbnnError] = LinkError):
+    """Open a serial port for the link (short read timeout, bounded write timeout).
+
+    A path that exists but is not a character device (a regular file, a folder, a
+    pipe) is refused by name; so are a bad baud rate and a port the system will not
+    open, as ``error`` (default :class:`LinkError`).
+    """
+    import os
+    import stat
+
+    import serial
+
+    try:
+        mode = os.stat(port).st_mode
+    except OSError:
+        mode = None  # absent, or not a path (COM3): pyserial says why
+    if mode is None and os.sep in port:
+        raise error(f"{port}: no such serial port (is the board connected? "
+                    "`python -m serial.tools.list_ports` lists the ports)")  # fmt: skip
+    if mode is not None and not stat.S_ISCHR(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a regular file" if stat.S_ISREG(mode) else "not a device"
+        raise error(f"{port}: not a serial port: expected a character device such as /dev/ttyACM0, found {kind}")
+    try:
+        return serial.Serial(port, baudrate, timeout=0.05, write_timeout=30)
+    except (serial.SerialException, ValueError) as e:
+        if "Inappropriate ioctl" in str(e):  # ENOTTY: /dev/null and other non-tty devices
+            raise error(f"{port}: not a serial port: the device takes no serial settings ({e})") from None
+        raise error(f"cannot open {port}: {e}") from None
+
+
 class Link:
     """A session with the rbnn server on an open serial port.
 
@@ -105,15 +135,12 @@ class Link:
 
     # --- opening and closing --------------------------------------------------------
     @classmethod
-    def open(cls, port: str, baudrate: int = DEFAULT_BAUD, **kw) -> Link:
-        """Open ``port`` and enter the server (see :meth:`connect`)."""
-        import serial
-
-        try:
-            ser = serial.Serial(port, baudrate, timeout=0.05, write_timeout=30)
-        except serial.SerialException as e:
-            raise LinkError(f"cannot open {port}: {e}") from None
+    def open(cls, port: str, baudrate: int = DEFAULT_BAUD, name: str | None = None, **kw) -> Link:
+        """Open ``port`` and enter the server (see :meth:`connect`); ``name`` is how
+        messages call the port (default ``port``; e.g. ``virtual``)."""
+        ser = open_serial(port, baudrate)
         link = cls(ser, **kw)
+        link.port_name = name or port
         try:
             link.connect()
         except BaseException:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from .argtypes import positive_int
+
 
 def add_port_args(p: argparse.ArgumentParser) -> None:
     """--port, --baud and --fs, shared by the commands that talk to a board."""
     p.add_argument("--port", required=True,
                    help="serial port of the board (e.g. /dev/ttyACM0), or 'virtual' for a virtual device")  # fmt: skip
-    p.add_argument("--baud", type=int, default=115200, help="baud rate (UART boards; default 115200)")
+    p.add_argument("--baud", type=positive_int, default=115200, help="baud rate (UART boards; default 115200)")
     p.add_argument("--fs", metavar="DIR",
                    help="with --port virtual: the virtual device's filesystem folder "
                         "(default $XDG_DATA_HOME/rbnn/virtual-fs or ~/.local/share/rbnn/virtual-fs)")  # fmt: skip
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from ..virtual import port_session
 
     with port_session(args.port, args.fs) as port:
-        link = Link.open(port, args.baud)
+        link = Link.open(port, args.baud, name=args.port)
         try:
             if args.action == "info":
                 d = link.info()

@@ -5,9 +5,18 @@ from __future__ import annotations
 
 import argparse
 
+from .argtypes import non_negative_float, positive_int
+
 
 def _int(text: str) -> int:
-    return int(text, 0)
+    """A flash address, decimal or 0x hex, >= 0."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an address >= 0 such as 0x1000, found {text!r}")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,10 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "folder, or the serial port of a board running MicroPython (default: a mounted "
         "RPI-RP2 drive, else picotool)",
     )
-    p.add_argument("--baud", type=int, default=460800, help="ESP32 upload baud rate")
+    p.add_argument("--baud", type=positive_int, default=460800, help="ESP32 upload baud rate")
     p.add_argument("--offset", type=_int, default=0x1000, help="ESP32 flash address of the image")
     p.add_argument("--erase", action="store_true", help="ESP32: erase all flash first (file system too)")
-    p.add_argument("--wait", type=float, default=10.0, help="RP2040: seconds to wait for the drive")
+    p.add_argument("--wait", type=non_negative_float, default=10.0, help="RP2040: seconds to wait for the drive")
     p.add_argument("--dry-run", action="store_true", help="check the image and print the steps only")
     p.set_defaults(func=run)
 
