@@ -13,6 +13,7 @@ import struct
 import subprocess
 import tarfile
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:  # zlib.error: a damaged deflate stream
         raise DataError(f"{path}: cannot read: {e}") from None
     if len(raw) < 4:
         raise DataError(f"{path} @ offset 0: IDX magic: expected 4 bytes, found {len(raw)}")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from typing import BinaryIO
 
 
 def plot_history(
-    history: list[dict], path: str | os.PathLike, title: str = "", kept_epoch: int | None = None
+    history: list[dict], path: str | os.PathLike | BinaryIO, title: str = "", kept_epoch: int | None = None
 ) -> None:
     """Write loss and accuracy per epoch, train and validation, to a PNG file.
 
@@ -15,7 +16,7 @@ def plot_history(
     history : list of dict
         One row per epoch with keys ``epoch``, ``loss``, ``acc``, ``val_loss``, ``val_acc``
         (as :func:`rbnn.train.train` records them).
-    path : path of the PNG to write
+    path : path of the PNG to write, or a binary file open for writing
     title : str
         Figure title (e.g. the shape and options of the run).
     kept_epoch : int, optional
@@ -50,6 +51,6 @@ def plot_history(
         if title:
             fig.suptitle(title)
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=100, format="png")
     finally:
         plt.close(fig)

@@ -550,6 +550,8 @@ def train(
     except TypeError as e:
         raise TrainError(f"unknown training option: {e}") from None
     x_all, y_all = ds.x_train, ds.y_train
+    if cfg.limit is not None and cfg.limit < 1:  # a negative slice would silently drop images
+        raise TrainError(f"limit: expected >= 1 training images, found {cfg.limit}")
     if cfg.limit is not None:
         x_all, y_all = x_all[: cfg.limit], y_all[: cfg.limit]
     if x_all.dtype != np.uint8 or x_all.ndim != 2:

@@ -1,10 +1,17 @@
 """The ``rbnn`` command line. Each subcommand lives in its own module here, exposing
-``register(subparsers)`` (argument set-up, cheap imports only) and ``run(args) -> int``."""
+``register(subparsers)`` (argument set-up, cheap imports only) and ``run(args) -> int``.
+
+Every error a user can cause is one line on stderr, ``rbnn: error: ...``, and exit
+status 2: rbnn's own errors, argument errors, and OSError (a file, folder or port the
+system refused). Set ``RBNN_TRACEBACK=1`` to see the traceback of an OSError; any other
+exception is a bug and shows its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from .. import __version__
@@ -14,13 +21,22 @@ from ..errors import RbnnError
 COMMANDS = ["data", "train", "summary", "eval", "flash", "deploy", "infer", "device", "virtual"]
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, like every other rbnn error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        cmd = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""
+        sys.stderr.write(f"rbnn: error: {cmd}{message} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="rbnn",
         description="Binarized neural networks for microcontrollers: train, pack, run, deploy.",
     )
     p.add_argument("--version", action="version", version=f"rbnn {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for name in COMMANDS:
         mod = importlib.import_module(f".{name}", __name__)
@@ -29,14 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except RbnnError as e:
         print(f"rbnn: error: {e}", file=sys.stderr)
         return 2
     except FileNotFoundError as e:
         print(f"rbnn: error: {e.filename}: no such file", file=sys.stderr)
+        return 2
+    except OSError as e:  # the system refused a file, folder or port the user named
+        if os.environ.get("RBNN_TRACEBACK"):
+            raise
+        where = "".join(f"{f}: " for f in (e.filename, e.filename2) if f is not None)
+        print(f"rbnn: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("rbnn: interrupted", file=sys.stderr)

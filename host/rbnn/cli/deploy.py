@@ -20,19 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ..deploy import deploy
-    from ..pack import from_bytes
     from ..virtual import port_session
+    from .files import read_model
 
-    raw = Path(args.model).read_bytes()
-    try:
-        from_bytes(raw)  # refuse a bad file here, before touching the board
-    except Exception as e:
-        if hasattr(e, "with_path"):
-            raise e.with_path(args.model) from None
-        raise
+    raw, _ = read_model(args.model)  # refuse a bad file here, before touching the board
     with port_session(args.port, args.fs) as port:
         r = deploy(port, raw, args.name, use_mpy=args.mpy, baudrate=args.baud, firmware=not args.no_firmware)
     if not args.no_firmware:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..engines import ENGINES
+from .argtypes import positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -12,14 +13,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help=".rbnn file")
     p.add_argument("--data", default="mnist", help="'mnist' or a folder of IDX files")
     p.add_argument("--engine", choices=ENGINES, default="twin")
-    p.add_argument("--limit", type=int, help="only the first N test images")
+    p.add_argument("--limit", type=positive_int, help="only the first N test images")
     p.add_argument("--scores", metavar="OUT.npy", help="write the int32 scores here")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import time
-    from pathlib import Path
 
     import numpy as np
     from tqdm import tqdm
@@ -27,15 +27,11 @@ def run(args: argparse.Namespace) -> int:
     from .. import data
     from ..engines import scorer
     from ..model import pack_input
-    from ..pack import from_bytes
+    from .files import check_output, read_model, write_atomic
 
-    raw = Path(args.model).read_bytes()
-    try:
-        m = from_bytes(raw)
-    except Exception as e:  # FormatError: name the file
-        if hasattr(e, "with_path"):
-            raise e.with_path(args.model) from None
-        raise
+    raw, m = read_model(args.model)
+    if args.scores:
+        check_output(args.scores, "--scores")
     ds = data.load(args.data)
     x, y = ds.x_test, ds.y_test
     if args.limit is not None:
@@ -58,5 +54,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"accuracy: {correct / max(1, len(y)):.4f} ({correct}/{len(y)})")
     print(f"engine: {args.engine}, {len(y) / dt:,.0f} samples/s")
     if args.scores:
-        np.save(args.scores, out)
+        write_atomic(args.scores, lambda f: np.save(f, out))  # the exact name, never a partial file
     return 0

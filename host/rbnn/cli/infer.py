@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from .argtypes import positive_int
 from .device import add_port_args
 
 
@@ -11,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("infer", help="accuracy of the board's model on a test set, inferred on the board")
     add_port_args(p)
     p.add_argument("--data", default="mnist", help="'mnist' or a folder of IDX files")
-    p.add_argument("--limit", type=int, help="only the first N test images")
+    p.add_argument("--limit", type=positive_int, help="only the first N test images")
     p.add_argument("--model", help="model file on the board (default: the loaded one, else the device's default)")
     p.add_argument("--scores", metavar="OUT.npy", help="also fetch the int32 scores and write them here")
     p.set_defaults(func=run)
@@ -28,13 +29,16 @@ def run(args: argparse.Namespace) -> int:
     from ..link import Link
     from ..model import pack_input
     from ..virtual import port_session
+    from .files import check_output, write_atomic
 
+    if args.scores:
+        check_output(args.scores, "--scores")
     ds = data.load(args.data)
     x, y = ds.x_test, ds.y_test
     if args.limit is not None:
         x, y = x[: args.limit], y[: args.limit]
     with port_session(args.port, args.fs) as port:
-        link = Link.open(port, args.baud)
+        link = Link.open(port, args.baud, name=args.port)
         try:
             mi = link.ensure_model(args.model)
             if x.shape[1] != mi["inputs"]:
@@ -54,5 +58,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"engine: {mi['engine']} on {port}, {len(y) / dt:,.0f} samples/s end to end, "
           f"{us / max(1, len(y)) / 1000:.3f} ms per sample on the device")  # fmt: skip
     if args.scores:
-        np.save(args.scores, scores)
+        write_atomic(args.scores, lambda f: np.save(f, scores))  # the exact name, never a partial file
     return 0

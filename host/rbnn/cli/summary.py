@@ -14,9 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from ..pack import load
     from ..summary import summary
+    from .files import read_model
 
-    m = load(args.model)
-    print(summary(m, os.path.basename(args.model), os.path.getsize(args.model)))
+    raw, m = read_model(args.model)
+    print(summary(m, os.path.basename(args.model), len(raw)))
     return 0

@@ -49,15 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "2-core machine and several times slower on a busy one); results depend "
                         "on it, so it is pinned")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
-    p.set_defaults(func=run)
-    p.error = _error  # one line, like every other rbnn error, not the usage block
-
-
-def _error(message: str) -> None:
-    import sys
-
-    sys.stderr.write(f"rbnn: error: train: {message} (see rbnn train --help)\n")
-    sys.exit(2)
+    p.set_defaults(func=run)  # argument errors: one line (rbnn.cli.Parser)
 
 
 def parse_hidden(text: str) -> list[int]:
@@ -103,7 +95,6 @@ def output_paths(model_path: str) -> tuple:
 def run(args: argparse.Namespace) -> int:
     import json
     import time
-    from pathlib import Path
 
     import numpy as np
     from tqdm import tqdm
@@ -111,13 +102,12 @@ def run(args: argparse.Namespace) -> int:
     from .. import data, pack, twin
     from ..model import pack_input
     from ..plots import plot_history
-    from ..train import TrainError, config_dict, train
+    from ..train import config_dict, train
+    from .files import check_output, write_atomic
 
     hidden = parse_hidden(args.hidden)
     mask = parse_planes(args.planes, args.plane_mask)
-    out = Path(args.output)
-    if not out.parent.is_dir():
-        raise TrainError(f"-o {args.output}: folder {out.parent} does not exist")
+    out = check_output(args.output, "-o")  # refused now, not after the training
     curves, hist_path = output_paths(args.output)
     ds = data.load(args.data)
     shift, rotate, zoom = (0.0, 0.0, 0.0) if args.no_augment else (args.shift, args.rotate, args.zoom)
@@ -168,9 +158,9 @@ def run(args: argparse.Namespace) -> int:
         "output_q": m.meta.get("output_q"), "eval_seconds": time.perf_counter() - t0,
         "config": config_dict(res.config), "history": res.history,
     }  # fmt: skip
-    hist_path.write_text(json.dumps(summary, indent=1) + "\n")
-    plot_history(res.history, curves, f"{shape}, mask {mask:#04x}: test {100 * test_ok / n_test:.2f} %",
-                 kept_epoch=res.best_epoch)  # fmt: skip
+    write_atomic(hist_path, lambda f: f.write((json.dumps(summary, indent=1) + "\n").encode()))
+    title = f"{shape}, mask {mask:#04x}: test {100 * test_ok / n_test:.2f} %"
+    write_atomic(curves, lambda f: plot_history(res.history, f, title, kept_epoch=res.best_epoch))
     print(f"curves: {curves}")
     print(f"history: {hist_path}")
     return 0
