@@ -269,14 +269,17 @@ class VirtualDevice:
 
     def _board_to_host(self, proc: subprocess.Popen, stream) -> None:
         fd = stream.fileno()
-        while True:
-            try:
-                data = os.read(fd, 65536)
-            except OSError:
-                data = b""
-            if not data:
-                return
-            self._write_master(data, proc)
+        try:
+            while True:
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    return
+                self._write_master(data, proc)
+        finally:
+            stream.close()  # this process's pipe: one per (re)start, not left to the GC
 
     def _host_to_board(self) -> None:
         while not self._stopping:
@@ -303,11 +306,12 @@ class VirtualDevice:
                 pass  # the board is rebooting: bytes sent meanwhile are lost, as on a board
 
     def _stderr(self, proc: subprocess.Popen, stream) -> None:
-        for raw in iter(stream.readline, b""):
-            line = raw.decode(errors="replace").rstrip()
-            self.log.append(line)
-            if line.startswith("KILLPOINT "):
-                self.kill()
+        with stream:
+            for raw in iter(stream.readline, b""):
+                line = raw.decode(errors="replace").rstrip()
+                self.log.append(line)
+                if line.startswith("KILLPOINT "):
+                    self.kill()
 
     def _supervise(self) -> None:
         quick_fails = 0
