@@ -99,11 +99,14 @@ def build(force: bool = False) -> Path:
             continue
         os.close(fd)
         cmd = [cc, *flags, "-I", str(src), *(str(src / s) for s in SOURCES), "-o", tmp]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
-            os.unlink(tmp)
-            raise CBuildError(f"compiling the C core failed: {' '.join(cmd)}\n{r.stderr.strip()}")
-        os.replace(tmp, d / name)  # atomic: a concurrent loader sees all or nothing
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise CBuildError(f"compiling the C core failed: {' '.join(cmd)}\n{r.stderr.strip()}")
+            os.replace(tmp, d / name)  # atomic: a concurrent loader sees all or nothing
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)  # failed or interrupted: no temp file left behind
+            raise
         return d / name
     raise CBuildError("no writable cache folder for the C core: " + "; ".join(errors))
 
