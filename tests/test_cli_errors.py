@@ -125,6 +125,8 @@ def test_bad_data_folders(files, capsys, rng, tmp_path):
     fails(capsys, ["eval", good, "--data", missing], "missing t10k-labels-idx1-ubyte")
     small = idx_folder(tmp_path / "side10", rng, side=10)
     fails(capsys, ["eval", good, "--data", small], "train images: expected shape (n, 28, 28), found (50, 10, 10)")
+    empty = idx_folder(tmp_path / "empty", rng, n_test=0)  # would print accuracy 0.0000 (0/0)
+    fails(capsys, ["eval", good, "--data", empty], "t10k images: expected at least 1 image, found 0")
     labels = idx_folder(tmp_path / "labels", rng, n_test_labels=7)
     fails(capsys, ["eval", good, "--data", labels], "t10k labels: expected shape (20,), found (7,)")
     trunc = idx_folder(tmp_path / "trunc", rng)

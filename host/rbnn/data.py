@@ -121,6 +121,8 @@ def load_folder(folder: str | os.PathLike, name: str | None = None, check: dict 
         y = arrays[f"{part}-labels-idx1-ubyte"]
         if x.ndim != 3 or x.shape[1:] != (28, 28):
             raise DataError(f"{folder}: {part} images: expected shape (n, 28, 28), found {x.shape}")
+        if x.shape[0] == 0:  # else eval would print "accuracy: 0.0000 (0/0)"
+            raise DataError(f"{folder}: {part} images: expected at least 1 image, found 0")
         if y.ndim != 1 or y.shape[0] != x.shape[0]:
             raise DataError(f"{folder}: {part} labels: expected shape ({x.shape[0]},), found {y.shape}")
         if y.size and int(y.max()) > 9:
