@@ -473,7 +473,7 @@ class Server:
                 raise Refused("E_NOMODEL", "no model loaded and no default model stored")
             self._swap(name, name)
         m = self.model
-        k = m.info()["layers"][-1]
+        k = m.n_classes  # not info(): it builds a dict on every batch
         want = flags & 1
         size = 8 + 2 * n + (4 * n * k if want else 0)
         if size > self.max_payload:
