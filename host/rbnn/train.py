@@ -122,7 +122,7 @@ class TrainConfig:
             raise TrainError(f"epochs: expected >= 1, found {self.epochs}")
         if self.batch < 2:
             raise TrainError(f"batch: expected >= 2 (BatchNorm needs batch statistics), found {self.batch}")
-        if not (self.lr > 0 and self.lr_final > 0):
+        if not (0 < self.lr < np.inf and 0 < self.lr_final < np.inf):  # NaN fails too
             raise TrainError(f"learning rates must be > 0, found lr={self.lr}, lr_final={self.lr_final}")
         if self.loss not in LOSSES:
             raise TrainError(f"loss: expected one of {', '.join(LOSSES)}, found {self.loss!r}")
@@ -132,8 +132,9 @@ class TrainConfig:
             raise TrainError(f"lr scale: expected glorot or none, found {self.lr_scale!r}")
         if not 0 <= self.dropout < 1:
             raise TrainError(f"dropout: expected 0 <= p < 1, found {self.dropout}")
-        if self.shift < 0 or self.rotate < 0 or not 0 <= self.zoom < 1:
-            raise TrainError("augmentation: shift and rotate must be >= 0, zoom in [0, 1)")
+        if not (0 <= self.shift < np.inf and 0 <= self.rotate < np.inf and 0 <= self.zoom < 1):
+            raise TrainError(f"augmentation: shift and rotate must be finite and >= 0, zoom in [0, 1); "
+                             f"found shift={self.shift}, rotate={self.rotate}, zoom={self.zoom}")  # fmt: skip
         if not 0 <= self.val < n_train:
             raise TrainError(f"validation split: expected 0..{n_train - 1} images, found {self.val}")
         if n_train - self.val < self.batch:
@@ -600,6 +601,8 @@ def _fit(
 
         bar = tqdm(total=total, unit="batch", desc="train", leave=False, dynamic_ncols=True)
     step = 0
+    # a diverging run is reported once, as a TrainError below, not as numpy warnings
+    errstate = np.seterr(over="ignore", invalid="ignore")
     try:
         for ep in range(cfg.epochs):
             t_ep = time.perf_counter()
@@ -625,6 +628,9 @@ def _fit(
                     if i % 20 == 0:
                         bar.set_postfix(ep=f"{ep + 1}/{cfg.epochs}", loss=f"{sum_loss / (i + 1):.4f}",
                                         acc=f"{sum_acc / (i + 1):.4f}", refresh=False)  # fmt: skip
+            if not all(np.isfinite(p).all() for p in params):
+                raise TrainError(f"training diverged in epoch {ep + 1}: weights or BatchNorm parameters "
+                                 f"are not finite; try a smaller --lr (was {cfg.lr:g})")  # fmt: skip
             val_loss, val_acc = _evaluate(net, x_va, y_va, cfg.loss)
             row = {
                 "epoch": ep + 1,
@@ -644,6 +650,7 @@ def _fit(
             if cfg.keep_best and len(x_va) and val_acc > best[0]:
                 best = (val_acc, ep + 1, copy.deepcopy(net))
     finally:
+        np.seterr(**errstate)
         if bar is not None:
             bar.close()
     best_epoch = cfg.epochs
@@ -653,7 +660,11 @@ def _fit(
         recalibrate(net, x_tr)
     seconds = time.perf_counter() - t_start
     meta = {"trained": {"hidden": cfg.hidden, "epochs": cfg.epochs, "seed": cfg.seed, "best_epoch": best_epoch}}
-    model = net.fold(meta)
+    try:
+        model = net.fold(meta)
+    except ValueError as e:  # non-finite BatchNorm parameters: the run diverged
+        raise TrainError(f"the trained network cannot be folded to integers ({e}): training "
+                         f"diverged; try a smaller --lr (was {cfg.lr:g})") from None  # fmt: skip
     return TrainResult(model, net, history, cfg, seconds, best_epoch,
                        {"train": tr_idx, "val": val_idx})  # fmt: skip
 
