@@ -203,6 +203,15 @@ def test_bad_option_values(files, capsys, argv, needle):
     assert not (files["dir"] / "x.rbnn").exists(), out
 
 
+def test_network_too_big_for_this_machine_is_refused_before_allocating(files, capsys, monkeypatch):
+    import rbnn.train
+
+    monkeypatch.setattr(rbnn.train, "_physical_memory", lambda: 1 << 20)  # a 1 MiB machine
+    fails(capsys, ["train", "--data", files["data"], "--val", "10", "--batch", "8", "--hidden", "256", "-o", files["dir"] / "x.rbnn"],
+          "hidden 256: training 203,264 weights needs at least 3.1 MiB", "this machine has 1.0 MiB")  # fmt: skip
+    assert not (files["dir"] / "x.rbnn").exists()
+
+
 # --- output paths --------------------------------------------------------------------
 def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if ".tmp" in p.name)

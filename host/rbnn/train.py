@@ -559,11 +559,39 @@ def train(
         raise TrainError(f"training images: expected uint8 (n, features), found {x_all.dtype} {x_all.shape}")
     n_inputs = int(x_all.shape[1])
     cfg.check(n_inputs, len(x_all))
+    _check_memory([n_inputs] + cfg.hidden + [int(ds.n_classes)])
     n_classes = int(ds.n_classes)
     if len(y_all) and int(y_all.max()) >= n_classes:
         raise TrainError(f"labels: expected 0..{n_classes - 1}, found {int(y_all.max())}")
     with blas_threads(cfg.threads):
         return _fit(cfg, x_all, y_all, n_classes, progress, on_epoch)
+
+
+def _physical_memory() -> int | None:
+    """Bytes of RAM on this machine, or None where the OS does not say."""
+    import os
+
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def _check_memory(layers: list[int]) -> None:
+    """Refuse a network whose training state cannot fit in RAM, before allocating it
+    (an allocation that big gets the process killed, not a MemoryError)."""
+    weights = sum(a * b for a, b in zip(layers[:-1], layers[1:], strict=False))
+    need = 16 * weights  # at least float32 latent weights, gradients, Adam m and v
+    ram = _physical_memory()
+    if ram is not None and need > ram:
+        raise TrainError(
+            f"hidden {','.join(map(str, layers[1:-1]))}: training {weights:,} weights needs at least "
+            f"{_mib(need)} (float32 weights, gradients and Adam state); this machine has {_mib(ram)}"
+        )
 
 
 def _fit(
