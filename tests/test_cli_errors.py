@@ -434,6 +434,19 @@ def test_system_errors_are_one_line(files, capsys):
     fails(capsys, ["data", "fetch", "--dir", files["good"]], str(files["good"]), "File exists")
 
 
+def test_out_of_memory_is_one_line(files, capsys, monkeypatch):
+    import rbnn.summary
+
+    def oom(*a, **k):
+        raise MemoryError("Unable to allocate 32.0 GiB for an array with shape (65535, 65535)")
+
+    monkeypatch.setattr(rbnn.summary, "summary", oom)
+    fails(capsys, ["summary", files["good"]], "out of memory: Unable to allocate 32.0 GiB")
+    monkeypatch.setenv("RBNN_TRACEBACK", "1")
+    with pytest.raises(MemoryError):
+        main(["summary", str(files["good"])])
+
+
 def test_a_bug_still_shows_its_traceback(files, monkeypatch):
     import rbnn.summary
 

@@ -2,9 +2,10 @@
 ``register(subparsers)`` (argument set-up, cheap imports only) and ``run(args) -> int``.
 
 Every error a user can cause is one line on stderr, ``rbnn: error: ...``, and exit
-status 2: rbnn's own errors, argument errors, and OSError (a file, folder or port the
-system refused). Set ``RBNN_TRACEBACK=1`` to see the traceback of an OSError; any other
-exception is a bug and shows its traceback.
+status 2: rbnn's own errors, argument errors, OSError (a file, folder or port the
+system refused) and MemoryError. Set ``RBNN_TRACEBACK=1`` to see the traceback of those
+two; any other exception is a bug and shows its traceback. Ctrl-C: ``rbnn: interrupted``,
+exit status 130.
 """
 
 from __future__ import annotations
@@ -59,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         where = "".join(f"{f}: " for f in (e.filename, e.filename2) if f is not None)
         print(f"rbnn: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except MemoryError as e:  # numpy names the array it could not allocate
+        if os.environ.get("RBNN_TRACEBACK"):
+            raise
+        print(f"rbnn: error: out of memory: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("rbnn: interrupted", file=sys.stderr)
