@@ -376,6 +376,16 @@ def test_virtual_device_refusals(files, capsys, deployed_fs, tmp_path, monkeypat
           f"--fs {files['good']}: cannot be the device's filesystem folder")  # fmt: skip
 
 
+def test_virtual_device_folder_in_use(files, capsys, tmp_path, monkeypatch, micropython):
+    from rbnn.virtual import VirtualDevice
+
+    monkeypatch.setenv("RBNN_MICROPYTHON", micropython)
+    fs = tmp_path / "fs"
+    with VirtualDevice(fs, micropython=micropython):  # one board per flash chip
+        fails(capsys, ["infer", "--port", "virtual", "--fs", fs, "--data", files["data"]],
+              f"{fs} is in use by another virtual device (pid {os.getpid()})", "choose another --fs")  # fmt: skip
+
+
 def test_ctrl_c_mid_infer_stops_the_virtual_device(files, capsys, deployed_fs, tmp_path, monkeypatch, micropython):
     from rbnn.link import Link
     from rbnn.virtual import VirtualDevice
