@@ -18,7 +18,6 @@ import os
 import re
 import select
 import shutil
-import struct
 import subprocess
 import time
 from pathlib import Path
@@ -28,10 +27,9 @@ import pytest
 from mpy_helpers import run_mpy_code
 from test_fallback import (
     API,
-    ERRORS,
+    check_error_parity,
     check_parity,
-    crafted_files,
-    fuzzed_files,
+    error_corpus,
     le_bytes,
     multi_plane_model,
     random_inputs,
@@ -108,39 +106,8 @@ def test_c_engine_matches_twin(unix_c, tmp_path):
 
 def test_c_engine_rejects_what_pack_rejects(unix_c, tmp_path):
     # The fallback's corpus of broken files: every code, every header offset, truncations.
-    rng = np.random.default_rng(7)
-    m3 = multi_plane_model(rng, 40, [37, 33, 6], 0xC1)
-    m2 = random_model(rng, n_inputs=21, sizes=[5, 3], plane_mask=0x80, n_blocks=2)
-    m1 = random_model(rng, n_inputs=9, sizes=[4], plane_mask=0x3C)
-    files = crafted_files(pack.to_bytes(m3), m3)
-    for m in (m3, m2, m1):
-        data = pack.to_bytes(m)
-        lay = pack.layout(m.n_inputs, m.sizes, len(m.blocks), m.n_planes)
-        files += fuzzed_files(rng, data, lay["arena_offset"], 5)
-    expect = []
-    for data in files:
-        try:
-            expect.append(("OK", pack.from_bytes(data).n_classes))
-        except FormatError as e:
-            expect.append((e.code, e.offset))
-    assert len({e[0] for e in expect}) >= 12
-    blob = b"".join(struct.pack("<I", len(d)) + d for d in files)
-    (tmp_path / "files.bin").write_bytes(blob)
-    proc = run_mpy_code(unix_c, ERRORS, tmp_path, args=[str(tmp_path / "files.bin"), "binascii"],
-                        env={"RBNN_ENGINE": "c"})  # fmt: skip
-    lines = proc.stdout.splitlines()
-    assert lines[0] == "ENGINE c"
-    assert lines[-1] == f"DONE {len(files)}"
-    for i, line in enumerate(lines[1:-1]):
-        idx, kind, rest = line.split(" ", 2)
-        assert int(idx) == i
-        if kind == "OK":
-            got = ("OK", int(rest))
-        else:
-            mt = C_ERR_RE.match(rest)
-            assert mt, f"file {i}: message without code/offset: {rest!r}"
-            got = (mt.group(1), int(mt.group(2)))
-        assert got == expect[i], f"file {i} ({len(files[i])} bytes): device {got}, host {expect[i]}"
+    # The C engine's messages give code and offset (not the field).
+    check_error_parity(unix_c, tmp_path, error_corpus(), "c", "binascii", C_ERR_RE, 2)
 
 
 def test_c_engine_api_and_input_errors(unix_c, tmp_path):

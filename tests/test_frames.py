@@ -220,3 +220,27 @@ def test_firmware_times_out_a_truncated_frame(micropython, repo, tmp_path):
     out = _run_device(micropython, repo, tmp_path, f[:5] + g + bytes(32), [])
     assert [x[:2] for x in out["frames"]] == [[fr.INFO, 6]]
     assert out["stats"]["truncated"] == 1
+
+
+def test_firmware_and_host_share_the_protocol_constants(repo):
+    # The two codecs cannot import each other (MicroPython vs CPython); their numbers must
+    # not drift apart: the protocol version, frame types, flags and NAK reasons of
+    # docs/PROTOCOL.md. (MAX_PAYLOAD differs by design: the device's default vs the
+    # largest the format allows.)
+    import ast
+
+    tree = ast.parse((repo / "firmware" / "rbnn_server.py").read_text())
+    fw = {
+        t.id: node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, int)
+        for t in node.targets
+        if isinstance(t, ast.Name) and t.id.isupper()
+    }  # fmt: skip
+    types = ["PROTOCOL", "HELLO", "INFO", "STATS", "RESET", "LEAVE", "UP_BEGIN", "UP_DATA", "SAVE",
+             "LOAD", "INFER", "REPLY", "ACK", "NAK", "ERR", "FLAG_RETRY", "NAK_CRC",
+             "NAK_TRUNCATED"]  # fmt: skip
+    for name in types:
+        assert name in fw, f"firmware/rbnn_server.py lacks {name}"
+        assert fw[name] == getattr(fr, name), f"{name}: firmware {fw[name]}, host {getattr(fr, name)}"
