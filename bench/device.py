@@ -16,23 +16,28 @@ Usage: python bench/device.py [--samples N] [--plain-samples N] [--upload-kb K]
 
 from __future__ import annotations
 
-import argparse
-import os
-import shutil
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
-import serial
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # developer-only support code
 
-from rbnn import pack, twin
-from rbnn.deploy import put_firmware
-from rbnn.link import Link
-from rbnn.model import pack_input, random_model
-from rbnn.rawrepl import RawRepl
-from rbnn.virtual import VirtualDevice, find_micropython
+import argparse  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import serial  # noqa: E402
+
+from rbnn.device.deploy import put_firmware  # noqa: E402
+from rbnn.device.link import Link  # noqa: E402
+from rbnn.device.rawrepl import RawRepl  # noqa: E402
+from rbnn.device.virtual import VirtualDevice, find_micropython  # noqa: E402
+from rbnn.engines import twin  # noqa: E402
+from rbnn.format import pack  # noqa: E402
+from rbnn.format.model import pack_input  # noqa: E402
+from support.randmodel import random_model  # noqa: E402
 
 N_INPUTS, SIZES, PLANE_MASK = 784, [256, 256, 10], 0x80
 BAUD = 921600  # a pty ignores it; it only sizes the link's timeouts

@@ -8,28 +8,33 @@ printed. Usage: python bench/fallback.py [--samples N] [--repeats R]
 
 from __future__ import annotations
 
-import argparse
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # developer-only support code
 
-from rbnn import pack, twin
-from rbnn.model import pack_input, random_model
+import argparse  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from rbnn.engines import twin  # noqa: E402
+from rbnn.format import pack  # noqa: E402
+from rbnn.format.model import pack_input  # noqa: E402
+from support.randmodel import random_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FIRMWARE = REPO / "firmware"
 
 # Runs inside micropython: argv = model, raw samples, samples to time, repeats.
 DEVICE = r"""
-import sys, time
-from array import array
-import rbnn
+import sys, time  # noqa: E402
+from array import array  # noqa: E402
+import rbnn  # noqa: E402
 m = rbnn.load(sys.argv[1])
 n_in = m.n_inputs
 raw = open(sys.argv[2], "rb").read()

@@ -2,7 +2,7 @@
 
 All three compute the same 784-256-256-10 network (MSB input plane, random weights) on
 the same batch, and their scores are checked equal before anything is timed: the C core
-through rbnn.cengine.CModel (ctypes, one call per batch), the twin (rbnn.twin, the
+through rbnn.engines.ccore.CModel (ctypes, one call per batch), the twin (rbnn.engines.twin, the
 bit-exact numpy reference), and the float32 MLP a numpy user would write: a matmul per
 layer on +-1 values and weights, a comparison with the folded threshold per hidden
 neuron (flips folded into the next layer's weights), scale and offset on the output.
@@ -19,7 +19,12 @@ Run: ``python bench/host.py`` (``make bench`` runs it before bench/m0plus.py).
 
 from __future__ import annotations
 
-import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # developer-only support code
+
+import os  # noqa: E402
 
 # One thread for every BLAS numpy may use; must be set before numpy is imported.
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -27,14 +32,15 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import ctypes  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from rbnn import cengine, pack, twin  # noqa: E402
-from rbnn.model import Model, input_values, pack_input, random_model  # noqa: E402
+from rbnn.engines import ccore, twin  # noqa: E402
+from rbnn.format import pack  # noqa: E402
+from rbnn.format.model import Model, input_values, pack_input  # noqa: E402
+from support.randmodel import random_model  # noqa: E402
 
 N_INPUTS, SIZES, PLANE_MASK = 784, [256, 256, 10], 0x80
 TARGET = 3.0  # C core / float32 matmul (issue #2)
@@ -71,7 +77,7 @@ def float_mlp(m: Model) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def kernel_name() -> str:
-    lib = cengine.lib()
+    lib = ccore.lib()
     return ctypes.string_at(ctypes.addressof(ctypes.c_char.in_dll(lib, "rbnn_kernel_name"))).decode()
 
 
@@ -89,11 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     xbits = pack_input(x, PLANE_MASK)
     xf = input_values(x, PLANE_MASK)  # float32 +-1
 
-    cmodel = cengine.CModel(data)
+    cmodel = ccore.CModel(data)
     flt = float_mlp(model)
     engines = {
-        "C core (rbnn.cengine)": lambda: cmodel.scores(xbits),
-        "numpy twin (rbnn.twin)": lambda: twin.scores(model, xbits),
+        "C core (rbnn.engines.ccore)": lambda: cmodel.scores(xbits),
+        "numpy twin (rbnn.engines.twin)": lambda: twin.scores(model, xbits),
         "numpy float32 matmul": lambda: flt(xf),
     }
     ref = twin.scores(model, xbits)
@@ -124,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         rate = args.batch / cpu[name]
         print(f"  {name:26}{rate:12,.0f}{1e6 / rate:11.2f}{args.batch / wall[name]:18,.0f}"
               f"{cpu[base] / cpu[name]:11.2f}x")  # fmt: skip
-    ratio = cpu[base] / cpu["C core (rbnn.cengine)"]
+    ratio = cpu[base] / cpu["C core (rbnn.engines.ccore)"]
     print(f"  C core / numpy float32 matmul: {ratio:.2f}x (target >= {TARGET:.0f}x: "
           f"{'met' if ratio >= TARGET else 'NOT met'})")  # fmt: skip
     return 0

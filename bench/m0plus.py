@@ -11,16 +11,22 @@ Run: ``python bench/m0plus.py`` (``make bench`` runs it after bench/host.py).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # developer-only support code
 
-from rbnn import m0build, pack, twin
-from rbnn.bits import words
-from rbnn.m0sim import M0Plus
-from rbnn.model import pack_input, random_model
+import argparse  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from rbnn.engines import twin  # noqa: E402
+from rbnn.format import pack  # noqa: E402
+from rbnn.format.bits import words  # noqa: E402
+from rbnn.format.model import pack_input  # noqa: E402
+from support import m0build  # noqa: E402
+from support.m0sim import M0Plus  # noqa: E402
+from support.randmodel import random_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "cmodules" / "rbnn"

@@ -400,7 +400,7 @@ def _u32(buf, o):
 
 
 def _parse(buf):
-    """Validate a model in the order of docs/FORMAT.md (Errors), as rbnn.pack.from_bytes.
+    """Validate a model in the order of docs/FORMAT.md (Errors), as rbnn.format.pack.from_bytes.
 
     Returns a dict of the shape; raises ValueError("rbnn: E_... at offset N: ...")."""
     n = len(buf)

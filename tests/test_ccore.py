@@ -1,6 +1,6 @@
 """The C core (cmodules/rbnn/rbnn_core.c) against the numpy twin and the Python reader.
 
-Through ctypes (rbnn.cengine) for volume, and through tests/c/rbnn_harness.c built with
+Through ctypes (rbnn.ccore) for volume, and through tests/c/rbnn_harness.c built with
 ASan and UBSan for memory safety: every buffer the harness hands the core is malloc'ed at
 its exact length, so any read past it is a sanitizer report (and a failed test).
 """
@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rbnn import cengine, model, pack, twin
-from rbnn.bits import words
+from rbnn.engines import ccore, twin
 from rbnn.errors import CODES, NAMES, FormatError
-from rbnn.model import LIVE, pack_input, random_model
+from rbnn.format import model, pack
+from rbnn.format.bits import words
+from rbnn.format.model import LIVE, pack_input
+from support.randmodel import random_model
 
 SRC = Path(__file__).resolve().parent.parent / "cmodules" / "rbnn"
 HARNESS = Path(__file__).resolve().parent / "c" / "rbnn_harness.c"
@@ -117,7 +119,7 @@ def header_only(n_inputs: int, sizes: list[int], n_planes: int, n_blocks: int = 
 def harness(tmp_path_factory) -> Path:
     """tests/c/rbnn_harness.c + the core + the kernel, with ASan and UBSan."""
     exe = tmp_path_factory.mktemp("harness") / "rbnn_harness"
-    cmd = [cengine.compiler(), *SAN, "-I", str(SRC), str(HARNESS), str(SRC / "rbnn_core.c"),
+    cmd = [ccore.compiler(), *SAN, "-I", str(SRC), str(HARNESS), str(SRC / "rbnn_core.c"),
            str(SRC / "rbnn_kernel.c"), "-o", str(exe)]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stderr}"
@@ -149,7 +151,7 @@ def test_random_models_match_twin(rng):
         else:
             m = random_model(rng, n_blocks=nb)
         data = pack.to_bytes(m)
-        cm = cengine.CModel(data)
+        cm = ccore.CModel(data)
         assert (cm.n_inputs, cm.sizes, cm.n_blocks, cm.plane_mask, cm.k_planes) == (
             m.n_inputs, m.sizes, len(m.blocks), m.plane_mask, m.k_planes)
         assert cm.ram_bytes == sum(m.ram_bytes().values())
@@ -169,7 +171,7 @@ def test_random_models_match_twin(rng):
 
 def test_wide_inputs_all_eight_planes(rng):
     m = random_model(rng, n_inputs=2000, sizes=[300, 10], plane_mask=0xFF, n_blocks=2)
-    cm = cengine.CModel(pack.to_bytes(m))
+    cm = ccore.CModel(pack.to_bytes(m))
     xb = pack_input(_edge_inputs(rng, m, 20), m.plane_mask)
     np.testing.assert_array_equal(cm.scores(xb), twin.scores(m, xb))
 
@@ -178,7 +180,7 @@ def test_ties_go_to_the_lowest_class(rng):
     m = random_model(rng, n_inputs=40, sizes=[9, 6], plane_mask=0x80)
     m.blocks[0].scale[:] = 0
     m.blocks[0].offset[:] = [1, 5, 2, 5, 5, 0]
-    cm = cengine.CModel(pack.to_bytes(m))
+    cm = ccore.CModel(pack.to_bytes(m))
     xb = pack_input(rng.integers(0, 256, (5, 40), dtype=np.uint8), 0x80)
     assert list(cm.predict(xb)) == [1] * 5 == list(twin.predict(m, xb))
 
@@ -212,7 +214,7 @@ def test_score_bound_reached_exactly_without_overflow(harness, tmp_path, n_block
     xb = pack_input(x, 0xFF)
     want = twin.scores(m, xb)
     assert want[0, 0] == 2**31 - 1 and want[0, 1] == -(2**31 - 1) and want[0, 2] == -(2**31 - 1)
-    np.testing.assert_array_equal(cengine.CModel(data).scores(xb), want)
+    np.testing.assert_array_equal(ccore.CModel(data).scores(xb), want)
     _, got = harness_scores(harness, tmp_path, data, x, raw=True)
     np.testing.assert_array_equal(got, want)
     # one more unit of offset and the file must be refused, by both readers
@@ -221,7 +223,7 @@ def test_score_bound_reached_exactly_without_overflow(harness, tmp_path, n_block
     at = lay["params_offset"] + n_blocks * lay["block_params_bytes"] - 4  # last block's offset[2]
     struct.pack_into("<i", over, at, -per_block_bound(m, n_blocks - 1) - 1)
     over = with_crc(over)
-    assert py_check(over) == cengine.validate(over) == (NAMES["E_RANGE"], lay["params_offset"])
+    assert py_check(over) == ccore.validate(over) == (NAMES["E_RANGE"], lay["params_offset"])
 
 
 def per_block_bound(m: model.Model, b: int) -> int:
@@ -250,7 +252,7 @@ def test_trained_mnist_all_test_images(trained_mnist, mnist):
     m = pack.from_bytes(data)
     xb = pack_input(mnist.x_test, m.plane_mask)
     want = twin.scores(m, xb)
-    cm = cengine.CModel(data)
+    cm = ccore.CModel(data)
     np.testing.assert_array_equal(cm.scores(xb), want)
     pred = cm.predict(xb)
     np.testing.assert_array_equal(pred, np.argmax(want, axis=1))
@@ -281,7 +283,7 @@ def test_cli_eval_engine_c(trained_mnist, tmp_path, capsys):
 # --- inputs and arguments at run time -------------------------------------------------
 def test_input_padding_and_shape_rejected(rng):
     m = random_model(rng, n_inputs=50, sizes=[20, 4], plane_mask=0x88)
-    cm = cengine.CModel(pack.to_bytes(m))
+    cm = ccore.CModel(pack.to_bytes(m))
     xb = pack_input(rng.integers(0, 256, (4, 50), dtype=np.uint8), 0x88)
     bad = xb.copy()
     bad[2, 1, -1] |= np.uint32(1 << 18)  # bit 50 of plane 1 of sample 2: padding
@@ -297,10 +299,10 @@ def test_input_padding_and_shape_rejected(rng):
 
 
 def test_null_and_uninitialised_arguments_are_e_arg(rng, arena_file):
-    lib = cengine.lib()
+    lib = ccore.lib()
     e_arg = NAMES["E_ARG"]
-    store, addr = cengine._aligned(arena_file)
-    m = cengine._Model()
+    store, addr = ccore._aligned(arena_file)
+    m = ccore._Model()
     assert lib.rbnn_model_init(None, addr, len(arena_file)) == e_arg
     assert lib.rbnn_model_init(ctypes.byref(m), None, 10) == e_arg
     assert lib.rbnn_model_init(ctypes.byref(m), addr, len(arena_file)) == 0
@@ -317,7 +319,7 @@ def test_null_and_uninitialised_arguments_are_e_arg(rng, arena_file):
     assert lib.rbnn_pack_u8(p, None, x.ctypes.data) == e_arg
     # a model whose init failed cannot be run, even if the caller ignores the code
     bad = arena_file[:-1] + bytes([arena_file[-1] ^ 1])
-    s2, a2 = cengine._aligned(bad)
+    s2, a2 = ccore._aligned(bad)
     assert lib.rbnn_model_init(ctypes.byref(m), a2, len(bad)) == NAMES["E_CRC"]
     assert lib.rbnn_infer(ctypes.byref(m), x.ctypes.data, sc.ctypes.data, out.ctypes.data) == e_arg
     del store, s2
@@ -325,23 +327,23 @@ def test_null_and_uninitialised_arguments_are_e_arg(rng, arena_file):
 
 def test_unaligned_buffer_is_e_align(arena_file):
     for shift in (1, 2, 3):
-        assert cengine.validate(arena_file, shift=shift)[0] == NAMES["E_ALIGN"]
-    assert cengine.validate(arena_file) == (0, 0)
+        assert ccore.validate(arena_file, shift=shift)[0] == NAMES["E_ALIGN"]
+    assert ccore.validate(arena_file) == (0, 0)
 
 
 def test_strerror_names_every_code():
-    texts = {code: cengine.strerror(code) for code in CODES}
+    texts = {code: ccore.strerror(code) for code in CODES}
     assert len(set(texts.values())) == len(CODES)
     assert "unknown error" not in texts.values()
-    assert cengine.strerror(-99) == "unknown error"
+    assert ccore.strerror(-99) == "unknown error"
 
 
 def test_crc32_equals_zlib(rng):
     for n in [0, 1, 3, 4, 5, 63, 64, 1000]:
         d = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
         for shift in range(4):
-            assert cengine.crc32(d, shift=shift) == zlib.crc32(d)
-        assert cengine.crc32(d[n // 3 :], cengine.crc32(d[: n // 3])) == zlib.crc32(d)  # chained
+            assert ccore.crc32(d, shift=shift) == zlib.crc32(d)
+        assert ccore.crc32(d[n // 3 :], ccore.crc32(d[: n // 3])) == zlib.crc32(d)  # chained
 
 
 # --- invalid files: every code, C == Python, sanitized ---------------------------------
@@ -431,17 +433,17 @@ def crafted_cases(data: bytes) -> list[tuple[str, bytes, str, int]]:
 
 def test_crafted_files_reach_every_code_in_c_and_python(harness, tmp_path, arena_file):
     cases = crafted_cases(arena_file)
-    assert cengine.validate(arena_file) == py_check(arena_file) == (0, 0)
+    assert ccore.validate(arena_file) == py_check(arena_file) == (0, 0)
     reached = set()
     got_san = harness_check(harness, tmp_path, [c[1] for c in cases])
     for (what, buf, code, off), san in zip(cases, got_san, strict=True):
         want = (NAMES[code], off)
         assert py_check(buf) == want, f"python, {what}"
-        assert cengine.validate(buf) == want, f"C, {what}"
+        assert ccore.validate(buf) == want, f"C, {what}"
         assert san == want, f"sanitized C, {what}"
         reached.add(code)
         with pytest.raises(FormatError) as e:
-            cengine.CModel(buf)
+            ccore.CModel(buf)
         assert (e.value.code, e.value.offset) == (code, off)
     # the file-level codes all reached here; E_ALIGN, E_INPUT, E_ARG are run-time
     # codes, each with its own test above
@@ -450,10 +452,10 @@ def test_crafted_files_reach_every_code_in_c_and_python(harness, tmp_path, arena
 
 def test_cmodel_error_names_the_field(arena_file):
     with pytest.raises(FormatError, match=r"E_HEADER: n_blocks") as e:
-        cengine.CModel(put(arena_file, 14, "B", 0))
+        ccore.CModel(put(arena_file, 14, "B", 0))
     assert e.value.offset == 14
     with pytest.raises(FormatError, match=r"E_CRC: crc32"):
-        cengine.CModel(arena_file[:-1] + b"\0")
+        ccore.CModel(arena_file[:-1] + b"\0")
 
 
 def _mutations(rng: np.random.Generator, data: bytes, count: int) -> list[bytes]:
@@ -510,7 +512,7 @@ def test_random_mutations_same_verdict_c_python_sanitized(harness, tmp_path, rng
         pack.to_bytes(random_model(rng, n_inputs=100, sizes=[40, 40, 40, 3], plane_mask=0x80)),
     ]
     bufs = [buf for base in bases for buf in _mutations(rng, base, 1200)]
-    got = [cengine.validate(b) for b in bufs]
+    got = [ccore.validate(b) for b in bufs]
     for buf, c in zip(bufs, got, strict=True):
         assert py_check(buf) == c, f"python {py_check(buf)} vs C {c} on a {len(buf)}-byte buffer"
     assert harness_check(harness, tmp_path, bufs) == got
@@ -572,20 +574,20 @@ def test_m0plus_cross_build_warning_free_and_libc_free(tmp_path):
 def test_library_cache_rebuilds_on_change_and_is_race_safe(tmp_path, monkeypatch):
     src = tmp_path / "cmodules" / "rbnn"
     shutil.copytree(SRC, src)
-    monkeypatch.setattr(cengine, "source_dir", lambda: src)
+    monkeypatch.setattr(ccore, "source_dir", lambda: src)
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")
-    monkeypatch.setattr(cengine, "_cache_dirs", lambda: [blocked / "sub", tmp_path / "cache"])
-    first = cengine.build()
+    monkeypatch.setattr(ccore, "_cache_dirs", lambda: [blocked / "sub", tmp_path / "cache"])
+    first = ccore.build()
     assert first.parent == tmp_path / "cache"  # fell back past the unwritable folder
-    assert cengine.build() == first
+    assert ccore.build() == first
     with open(src / "rbnn_core.c", "a") as f:
         f.write("\n/* edited */\n")
     results, errors = [], []
 
     def go():
         try:
-            results.append(cengine.build(force=True))
+            results.append(ccore.build(force=True))
         except Exception as e:  # noqa: BLE001
             errors.append(e)
 
@@ -606,11 +608,11 @@ def test_build_error_is_clear(tmp_path, monkeypatch):
     src = tmp_path / "cmodules" / "rbnn"
     shutil.copytree(SRC, src)
     (src / "rbnn_core.c").write_text("this is not C\n")
-    monkeypatch.setattr(cengine, "source_dir", lambda: src)
-    monkeypatch.setattr(cengine, "_cache_dirs", lambda: [tmp_path / "cache"])
-    with pytest.raises(cengine.CBuildError, match="compiling the C core failed"):
-        cengine.build()
+    monkeypatch.setattr(ccore, "source_dir", lambda: src)
+    monkeypatch.setattr(ccore, "_cache_dirs", lambda: [tmp_path / "cache"])
+    with pytest.raises(ccore.CBuildError, match="compiling the C core failed"):
+        ccore.build()
     assert not list((tmp_path / "cache").iterdir())  # no temp file left behind
     (src / "rbnn_core.c").unlink()
-    with pytest.raises(cengine.CBuildError, match="source missing"):
-        cengine.build()
+    with pytest.raises(ccore.CBuildError, match="source missing"):
+        ccore.build()

@@ -7,7 +7,8 @@ import sys
 
 import numpy as np
 
-from rbnn import model, pack
+from rbnn.format import model, pack
+from support.randmodel import random_model
 
 
 def rbnn(*args, env=None):
@@ -15,7 +16,7 @@ def rbnn(*args, env=None):
 
 
 def test_summary_table(tmp_path):
-    m = model.random_model(np.random.default_rng(3), 784, [480, 256, 10], 0x80)
+    m = random_model(np.random.default_rng(3), 784, [480, 256, 10], 0x80)
     p = tmp_path / "m.rbnn"
     size = pack.save(m, p)
     r = rbnn("summary", str(p))
@@ -28,7 +29,7 @@ def test_summary_table(tmp_path):
 
 
 def test_errors_are_one_line(tmp_path):
-    m = model.random_model(np.random.default_rng(4), 30, [8, 3], 0x80)
+    m = random_model(np.random.default_rng(4), 30, [8, 3], 0x80)
     p = tmp_path / "m.rbnn"
     pack.save(m, p)
     raw = bytearray(p.read_bytes())
@@ -47,9 +48,9 @@ def test_errors_are_one_line(tmp_path):
 
 def test_eval_twin_prints_accuracy_line(tmp_path, mnist):
     # A random 784-input model: the line's numbers must be what the twin computes.
-    from rbnn import twin
+    from rbnn.engines import twin
 
-    m = model.random_model(np.random.default_rng(5), 784, [40, 10], 0xC0)
+    m = random_model(np.random.default_rng(5), 784, [40, 10], 0xC0)
     p = tmp_path / "m.rbnn"
     pack.save(m, p)
     out = tmp_path / "s.npy"

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rbnn import model, pack
 from rbnn.cli import main
+from rbnn.format import pack
+from support.randmodel import random_model
 
 TQDM = re.compile(r"\[\d+:\d+[<,]")  # a progress bar's "[00:01<00:02" or "[00:00, 5img/s]"
 
@@ -69,9 +70,9 @@ def idx_folder(folder: Path, rng, n_train=50, n_test=20, side=28, n_test_labels=
 def files(tmp_path, rng) -> dict:
     """A valid 784-input model, a 30-input one, broken copies and an IDX folder."""
     good = tmp_path / "good.rbnn"
-    pack.save(model.random_model(rng, 784, [16, 10], 0x80), good)
+    pack.save(random_model(rng, 784, [16, 10], 0x80), good)
     small = tmp_path / "small.rbnn"
-    pack.save(model.random_model(rng, 30, [8, 3], 0x80), small)
+    pack.save(random_model(rng, 30, [8, 3], 0x80), small)
     raw = good.read_bytes()
     (tmp_path / "empty.rbnn").write_bytes(b"")
     (tmp_path / "trunc.rbnn").write_bytes(raw[:100])
@@ -204,9 +205,9 @@ def test_bad_option_values(files, capsys, argv, needle):
 
 
 def test_network_too_big_for_this_machine_is_refused_before_allocating(files, capsys, monkeypatch):
-    import rbnn.train
+    import rbnn.train.fit
 
-    monkeypatch.setattr(rbnn.train, "_physical_memory", lambda: 1 << 20)  # a 1 MiB machine
+    monkeypatch.setattr(rbnn.train.fit, "_physical_memory", lambda: 1 << 20)  # a 1 MiB machine
     fails(capsys, ["train", "--data", files["data"], "--val", "10", "--batch", "8", "--hidden", "256", "-o", files["dir"] / "x.rbnn"],
           "hidden 256: training 203,264 weights needs at least 3.1 MiB", "this machine has 1.0 MiB")  # fmt: skip
     assert not (files["dir"] / "x.rbnn").exists()
@@ -271,12 +272,12 @@ def test_ctrl_c_mid_write_leaves_no_partial_file(files, capsys, monkeypatch):
 
 
 def test_ctrl_c_mid_training_writes_no_model(files, capsys, monkeypatch):
-    import rbnn.train
+    import rbnn.train.fit
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(rbnn.train, "_fit", interrupted)
+    monkeypatch.setattr(rbnn.train.fit, "_fit", interrupted)
     out = files["dir"] / "m.rbnn"
     assert main(["train", "--data", str(files["data"]), "--val", "10", "--batch", "8", "--quiet", "-o", str(out)]) == 130
     assert capsys.readouterr().err.strip() == "rbnn: interrupted"
@@ -284,7 +285,7 @@ def test_ctrl_c_mid_training_writes_no_model(files, capsys, monkeypatch):
 
 
 def test_ctrl_c_stops_rbnn_virtual_and_frees_its_folder(tmp_path, micropython):
-    from rbnn.virtual import VirtualDevice
+    from rbnn.device.virtual import VirtualDevice
 
     fs = tmp_path / "fs"
     env = dict(os.environ, RBNN_MICROPYTHON=micropython)
@@ -335,13 +336,13 @@ def test_silent_port_gives_up_in_bounded_time(files, capsys, silent_port):
 def deployed_fs(tmp_path_factory, micropython) -> Path:
     """A virtual device's folder with the firmware, a 30-input model (small.rbnn) and a
     784-input one (model.rbnn, loaded by default) deployed."""
-    from rbnn.deploy import deploy
-    from rbnn.virtual import VirtualDevice
+    from rbnn.device.deploy import deploy
+    from rbnn.device.virtual import VirtualDevice
 
     d = tmp_path_factory.mktemp("errors")
     rng = np.random.default_rng(7)
-    small = pack.to_bytes(model.random_model(rng, 30, [8, 3], 0x80))
-    big = pack.to_bytes(model.random_model(rng, 784, [16, 10], 0x80))
+    small = pack.to_bytes(random_model(rng, 30, [8, 3], 0x80))
+    big = pack.to_bytes(random_model(rng, 784, [16, 10], 0x80))
     with VirtualDevice(d / "fs", micropython=micropython) as dev:
         deploy(dev.port, small, "small.rbnn", progress=False)
         deploy(dev.port, big, "model.rbnn", progress=False, firmware=False)
@@ -377,7 +378,7 @@ def test_virtual_device_refusals(files, capsys, deployed_fs, tmp_path, monkeypat
 
 
 def test_virtual_device_folder_in_use(files, capsys, tmp_path, monkeypatch, micropython):
-    from rbnn.virtual import VirtualDevice
+    from rbnn.device.virtual import VirtualDevice
 
     monkeypatch.setenv("RBNN_MICROPYTHON", micropython)
     fs = tmp_path / "fs"
@@ -387,8 +388,8 @@ def test_virtual_device_folder_in_use(files, capsys, tmp_path, monkeypatch, micr
 
 
 def test_ctrl_c_mid_infer_stops_the_virtual_device(files, capsys, deployed_fs, tmp_path, monkeypatch, micropython):
-    from rbnn.link import Link
-    from rbnn.virtual import VirtualDevice
+    from rbnn.device.link import Link
+    from rbnn.device.virtual import VirtualDevice
 
     monkeypatch.setenv("RBNN_MICROPYTHON", micropython)
     fs = tmp_path / "fs"
@@ -445,12 +446,12 @@ def test_system_errors_are_one_line(files, capsys):
 
 
 def test_out_of_memory_is_one_line(files, capsys, monkeypatch):
-    import rbnn.summary
+    import rbnn.format.summary
 
     def oom(*a, **k):
         raise MemoryError("Unable to allocate 32.0 GiB for an array with shape (65535, 65535)")
 
-    monkeypatch.setattr(rbnn.summary, "summary", oom)
+    monkeypatch.setattr(rbnn.format.summary, "summary", oom)
     fails(capsys, ["summary", files["good"]], "out of memory: Unable to allocate 32.0 GiB")
     monkeypatch.setenv("RBNN_TRACEBACK", "1")
     with pytest.raises(MemoryError):
@@ -458,12 +459,12 @@ def test_out_of_memory_is_one_line(files, capsys, monkeypatch):
 
 
 def test_a_bug_still_shows_its_traceback(files, monkeypatch):
-    import rbnn.summary
+    import rbnn.format.summary
 
     def bug(*a, **k):
         raise RuntimeError("a genuine bug")
 
-    monkeypatch.setattr(rbnn.summary, "summary", bug)
+    monkeypatch.setattr(rbnn.format.summary, "summary", bug)
     with pytest.raises(RuntimeError, match="a genuine bug"):
         main(["summary", str(files["good"])])
 

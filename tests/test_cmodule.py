@@ -3,7 +3,7 @@ checkout (`make firmware`, docs/FIRMWARE.md):
 
 - the unix port built with USER_C_MODULES runs the fallback's own test scripts
   (tests/test_fallback.py) with engine "c": bit-identical to the twin, the same file
-  checks (code and offset) as rbnn.pack, the same input errors, no allocation per call;
+  checks (code and offset) as rbnn.format.pack, the same input errors, no allocation per call;
 - the qemu port for BOARD=MICROBIT (Cortex-M0) runs `predict` and `scores` on packed
   models, a trained MNIST model among them, with the twin's answers.
 
@@ -36,9 +36,12 @@ from test_fallback import (
     random_models,
 )
 
-from rbnn import __version__, pack, twin
+from rbnn import __version__
+from rbnn.engines import twin
 from rbnn.errors import FormatError
-from rbnn.model import pack_input, random_model
+from rbnn.format import pack
+from rbnn.format.model import pack_input
+from support.randmodel import random_model
 
 REPO = Path(__file__).resolve().parent.parent
 MICROPY_DIR = os.environ.get("MICROPY_DIR", "")
@@ -49,7 +52,7 @@ pytestmark = pytest.mark.skipif(
     "MicroPython checkout (docs/FIRMWARE.md)",
 )
 
-# The C engine's file errors: code and offset as rbnn.pack, then the core's description.
+# The C engine's file errors: code and offset as rbnn.format.pack, then the core's description.
 C_ERR_RE = re.compile(r"^rbnn: (E_[A-Z]+) at offset (\d+): (.+)$")
 
 

@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 from mpy_helpers import firmware_fs
 
-from rbnn import pack, twin
 from rbnn.cli import main
-from rbnn.deploy import deploy
-from rbnn.link import DeviceError, Link, LinkError
-from rbnn.model import pack_input, random_model
-from rbnn.virtual import VirtualDevice
+from rbnn.device.deploy import deploy
+from rbnn.device.link import DeviceError, Link, LinkError
+from rbnn.device.virtual import VirtualDevice
+from rbnn.engines import twin
+from rbnn.format import pack
+from rbnn.format.model import pack_input
+from support.randmodel import random_model
 
 BAUD = 921600
 

@@ -1,5 +1,5 @@
 """The pure-MicroPython engine (firmware/rbnn_py.py) on the real MicroPython unix port:
-bit-identical to the numpy twin, the same file checks as rbnn.pack, clear input errors,
+bit-identical to the numpy twin, the same file checks as rbnn.format.pack, clear input errors,
 no allocation per inference, and the wrapper's engine choice (docs/DEVICE_API.md).
 
 Each test runs one micropython process over many models (files written here)."""
@@ -18,10 +18,12 @@ import numpy as np
 import pytest
 from mpy_helpers import FIRMWARE, run_mpy_code
 
-from rbnn import pack, twin
-from rbnn.bits import words
+from rbnn.engines import twin
 from rbnn.errors import FormatError
-from rbnn.model import FROZEN, LIVE, Block, Model, pack_input, random_model
+from rbnn.format import pack
+from rbnn.format.bits import words
+from rbnn.format.model import FROZEN, LIVE, Block, Model, pack_input
+from support.randmodel import random_model
 
 ENGINES = ["viper", "python"]
 ERR_RE = re.compile(r"^rbnn: (E_[A-Z]+) at offset (\d+): (.*?): expected (.*), found (.*)$")
@@ -186,7 +188,7 @@ def test_fallback_matches_twin(micropython, tmp_path, engine):
     check_parity(micropython, tmp_path, random_models(rng, 56), engine, rng)
 
 
-# --- error parity with rbnn.pack --------------------------------------------------------
+# --- error parity with rbnn.format.pack --------------------------------------------------------
 def fix_crc(b: bytearray) -> bytes:
     struct.pack_into("<I", b, len(b) - 4, zlib.crc32(bytes(b[:-4])))
     return bytes(b)
@@ -315,7 +317,7 @@ def check_error_parity(
     micropython: str, tmp_path: Path, files: list[bytes], engine: str, crc: str,
     pattern: re.Pattern, groups: int,
 ) -> None:  # fmt: skip
-    """Run ERRORS on ``files`` and assert each verdict equals rbnn.pack's: ("OK", classes)
+    """Run ERRORS on ``files`` and assert each verdict equals rbnn.format.pack's: ("OK", classes)
     or the first ``groups`` of (code, offset, field) parsed from the message by ``pattern``."""
     expect = []
     for data in files:

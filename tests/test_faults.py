@@ -17,11 +17,13 @@ import pytest
 import serial
 from mpy_helpers import firmware_fs
 
-from rbnn import frames as fr
-from rbnn import pack, twin
-from rbnn.link import DeviceError, Link, LinkError
-from rbnn.model import pack_input, random_model
-from rbnn.virtual import VirtualDevice
+from rbnn.device import frames as fr
+from rbnn.device.link import DeviceError, Link, LinkError
+from rbnn.device.virtual import VirtualDevice
+from rbnn.engines import twin
+from rbnn.format import pack
+from rbnn.format.model import pack_input
+from support.randmodel import random_model
 
 KINDS = ("garbage", "corrupt", "truncate", "duplicate", "drop")
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from rbnn import flash
 from rbnn.cli import main
-from rbnn.flash import FlashError
+from rbnn.device import flash
+from rbnn.device.flash import FlashError
 
 
 def uf2(payload: bytes, family: int = flash.RP2040_FAMILY, base: int = 0x10000000) -> bytes:

@@ -1,4 +1,4 @@
-"""BatchNorm folding (rbnn.fold): hidden thresholds/flips exact for every integer
+"""BatchNorm folding (rbnn.train.fold): hidden thresholds/flips exact for every integer
 pre-activation, output scale/offset within the E_RANGE bound and argmax-preserving, and a
 folded float network equal to the numpy twin."""
 
@@ -7,9 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rbnn import fold, pack, twin
-from rbnn.model import pack_input
-from rbnn.train import init_net
+from rbnn.engines import twin
+from rbnn.format import pack
+from rbnn.format.model import pack_input
+from rbnn.train import fold, init_net
 
 
 def _bn_params(rng, n, smax):

@@ -11,7 +11,7 @@ import zlib
 import numpy as np
 import pytest
 
-from rbnn import frames as fr
+from rbnn.device import frames as fr
 
 
 def test_layout_is_the_documented_one():

@@ -15,7 +15,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from rbnn.cengine import compiler
+from rbnn.engines.ccore import compiler
 
 VARIANTS = {
     "native": ["-O3", "-march=native"],

@@ -1,4 +1,4 @@
-"""The host client (rbnn.link) against a scripted device in this process: retries,
+"""The host client (rbnn.device.link) against a scripted device in this process: retries,
 NAKs, stale and damaged replies, slow requests, errors, reboots, resume and batching."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import zlib
 import numpy as np
 import pytest
 
-from rbnn import frames as fr
-from rbnn.link import DeviceError, DeviceRebooted, Link, LinkError
+from rbnn.device import frames as fr
+from rbnn.device.link import DeviceError, DeviceRebooted, Link, LinkError
 
 
 class FakePort:

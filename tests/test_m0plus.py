@@ -1,4 +1,4 @@
-"""The Cortex-M0+ cycle counter (rbnn.m0sim) and the ARMv6-M kernel and core run in it.
+"""The Cortex-M0+ cycle counter (support.m0sim) and the ARMv6-M kernel and core run in it.
 
 Counts are checked on hand-written sequences whose cost follows from the Cortex-M0+
 TRM table (ARM DDI 0484C, Table 3-1), one comment per instruction; the kernel and the
@@ -12,9 +12,12 @@ import shutil
 import numpy as np
 import pytest
 
-from rbnn import m0build, pack, twin
-from rbnn.m0sim import FLASH_BASE, M0Error, M0Plus
-from rbnn.model import pack_input, random_model
+from rbnn.engines import twin
+from rbnn.format import pack
+from rbnn.format.model import pack_input
+from support import m0build
+from support.m0sim import FLASH_BASE, M0Error, M0Plus
+from support.randmodel import random_model
 
 pytestmark = pytest.mark.skipif(
     shutil.which(m0build.CC) is None, reason="arm-none-eabi-gcc missing (`make deps-arm`)"

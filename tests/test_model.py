@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rbnn import model, twin
-from rbnn.bits import pack_bits, unpack_bits, words
-from rbnn.model import Block, Model
+from rbnn.engines import twin
+from rbnn.format import model
+from rbnn.format.bits import pack_bits, unpack_bits, words
+from rbnn.format.model import Block, Model
+from support.randmodel import random_model
 
 
 def test_pack_input_layout(rng):
@@ -42,7 +44,7 @@ def test_first_layer_equals_input_values_dot(rng, mask):
 def test_plane_shifts_and_ram():
     assert model.plane_shifts(0xC0) == [1, 0]
     assert model.plane_shifts(0x81) == [7, 0]
-    m = model.random_model(np.random.default_rng(0), 784, [256, 256, 10], 0x80)
+    m = random_model(np.random.default_rng(0), 784, [256, 256, 10], 0x80)
     assert m.ram_bytes() == {"input": 100, "activations": 64, "scores": 40}
     assert m.weights_per_block == 784 * 256 + 256 * 256 + 256 * 10
 
@@ -62,7 +64,7 @@ def test_sign_weights_round_trip(rng):
 
 def test_blocks_scores_add(rng):
     # Two blocks give the sum of the two single-block models' scores.
-    m = model.random_model(rng, 50, [20, 4], 0xC0, n_blocks=2)
+    m = random_model(rng, 50, [20, 4], 0xC0, n_blocks=2)
     x = rng.integers(0, 256, (5, 50), dtype=np.uint8)
     parts = []
     for b in range(2):
@@ -74,7 +76,7 @@ def test_blocks_scores_add(rng):
 
 
 def test_twin_rejects_wrong_input_shape(rng):
-    m = model.random_model(rng, 40, [5], 0x80)
+    m = random_model(rng, 40, [5], 0x80)
     with pytest.raises(ValueError, match=r"shape \(n, 1, 2\)"):
         twin.scores(m, np.zeros((2, 2, 2), np.uint32))
 

@@ -1,4 +1,4 @@
-"""The Python reader and writer (rbnn.pack) and the twin against a slow reference that
+"""The Python reader and writer (rbnn.format.pack) and the twin against a slow reference that
 reads the file bytes itself, straight from docs/FORMAT.md."""
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ import zlib
 import numpy as np
 import pytest
 
-from rbnn import pack, twin
+from rbnn.engines import twin
 from rbnn.errors import FormatError
-from rbnn.model import LIVE, Block, Model, random_model
+from rbnn.format import pack
+from rbnn.format.model import LIVE, Block, Model
+from support.randmodel import random_model
 
 
 def _arena_model(rng: np.random.Generator) -> Model:
@@ -36,7 +38,7 @@ def _models(rng: np.random.Generator, n: int) -> list[Model]:
 def reference_scores(data: bytes, x: np.ndarray) -> np.ndarray:
     """Scores from the file's bytes and raw uint8 features (n, N), by docs/FORMAT.md:
     weights unpacked to +-1 int64 matrices, layers as matmuls. Shares no code with
-    rbnn.model, rbnn.pack or rbnn.twin."""
+    rbnn.format.model, rbnn.format.pack or rbnn.engines.twin."""
     (_, _, _, _, _, n_layers, n_blocks, _, n_in, _, mask, plane_bytes, arena_offset,
      params_offset) = struct.unpack_from("<4sHHIBBBBHBBIII", data)  # fmt: skip
     sizes = list(struct.unpack_from(f"<{n_layers}H", data, 32))

@@ -9,21 +9,15 @@ import json
 import numpy as np
 import pytest
 
-from rbnn import fold, pack, twin
 from rbnn.cli import main
 from rbnn.data import Dataset
-from rbnn.model import input_values, pack_input
-from rbnn.train import (
-    TrainConfig,
-    TrainError,
-    _step,
-    augment,
-    bn_backward,
-    init_net,
-    recalibrate,
-    ste_sign,
-    train,
-)
+from rbnn.engines import twin
+from rbnn.format import pack
+from rbnn.format.model import input_values, pack_input
+from rbnn.train import TrainConfig, TrainError, fold, init_net, train
+from rbnn.train.augment import augment
+from rbnn.train.net import bn_backward, recalibrate, ste_sign
+from rbnn.train.net import train_step as _step
 
 
 def _twin_acc(m, x, y):

@@ -1,4 +1,4 @@
-"""Cross-build C and assembly for the Cortex-M0+ emulator (:mod:`rbnn.m0sim`).
+"""Cross-build C and assembly for the Cortex-M0+ emulator (:mod:`support.m0sim`).
 
 Debian's ``gcc-arm-none-eabi`` compiles with ``-mcpu=cortex-m0plus -mthumb`` and links
 against a linker script generated from the emulator's memory map, so the two cannot
@@ -60,7 +60,7 @@ def build(
     include_dirs: Sequence[str | Path] = (),
     extra_flags: Sequence[str] = (),
 ) -> Path:
-    """Compile and link ``sources`` (.c or .S) into an ELF file for :class:`rbnn.m0sim.M0Plus`.
+    """Compile and link ``sources`` (.c or .S) into an ELF file for :class:`support.m0sim.M0Plus`.
 
     Parameters
     ----------

@@ -277,7 +277,7 @@ class M0Plus:
 
     Parameters
     ----------
-    elf : path of an ELF file linked for this memory map (:mod:`rbnn.m0build`)
+    elf : path of an ELF file linked for this memory map (:mod:`support.m0build`)
     check_align : bool
         Raise on unaligned loads and stores (an M0+ faults). Costs a Python call per
         memory access; the counts do not depend on it.

@@ -20,8 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..deploy import deploy
-    from ..virtual import port_session
+    from ..device.deploy import deploy
+    from ..device.virtual import port_session
     from .files import read_model
 
     raw, _ = read_model(args.model)  # refuse a bad file here, before touching the board

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _mpy(v: int | None) -> str:
-    from ..deploy import board_mpy
+    from ..device.deploy import board_mpy
 
     b = board_mpy(v)
     if b is None:
@@ -65,8 +65,8 @@ def format_info(port: str, d: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from ..link import Link
-    from ..virtual import port_session
+    from ..device.link import Link
+    from ..device.virtual import port_session
 
     with port_session(args.port, args.fs) as port:
         link = Link.open(port, args.baud, name=args.port)

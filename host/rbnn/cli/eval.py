@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import data
     from ..engines import scorer
-    from ..model import pack_input
+    from ..format.model import pack_input
     from .files import check_output, read_model, write_atomic
 
     raw, m = read_model(args.model)

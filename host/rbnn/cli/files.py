@@ -47,8 +47,8 @@ def read_input(path: str | os.PathLike, what: str = "file") -> bytes:
 
 
 def read_model(path: str | os.PathLike) -> tuple[bytes, object]:
-    """(bytes, :class:`rbnn.model.Model`) of a .rbnn file; FormatError names the file."""
-    from ..pack import from_bytes
+    """(bytes, :class:`rbnn.format.model.Model`) of a .rbnn file; FormatError names the file."""
+    from ..format.pack import from_bytes
 
     raw = read_input(path, ".rbnn model file")
     try:

@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..flash import flash, guess_target
+    from ..device.flash import flash, guess_target
 
     target = args.target or guess_target(Path(args.image))
     if target == "esp32":

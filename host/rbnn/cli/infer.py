@@ -25,10 +25,10 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .. import data
+    from ..device.link import Link
+    from ..device.virtual import port_session
     from ..errors import DataError
-    from ..link import Link
-    from ..model import pack_input
-    from ..virtual import port_session
+    from ..format.model import pack_input
     from .files import check_output, write_atomic
 
     if args.scores:

@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from ..summary import summary
+    from ..format.summary import summary
     from .files import read_model
 
     raw, m = read_model(args.model)

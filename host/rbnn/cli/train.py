@@ -99,10 +99,12 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from .. import data, pack, twin
-    from ..model import pack_input
-    from ..plots import plot_history
+    from .. import data
+    from ..engines import twin
+    from ..format import pack
+    from ..format.model import pack_input
     from ..train import config_dict, train
+    from ..train.plots import plot_history
     from .files import check_output, write_atomic
 
     hidden = parse_hidden(args.hidden)

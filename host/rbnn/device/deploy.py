@@ -19,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import RbnnError
+from .. import resources
+from ..errors import RbnnError
 from .link import Link, LinkError, open_serial
 from .rawrepl import RawRepl, ReplError, sha256
 
@@ -35,9 +36,9 @@ class DeployError(RbnnError):
 
 
 def firmware_dir() -> Path:
-    """``$RBNN_FIRMWARE``, else the ``firmware/`` folder of this checkout."""
+    """``$RBNN_FIRMWARE``, else the package's firmware (``firmware/`` of the checkout)."""
     env = os.environ.get("RBNN_FIRMWARE")
-    d = Path(env) if env else Path(__file__).resolve().parents[2] / "firmware"
+    d = Path(env) if env else resources.firmware()
     if not (d / "rbnn_server.py").is_file():
         raise DeployError(f"no firmware in {d} (rbnn_server.py missing); set RBNN_FIRMWARE")
     return d

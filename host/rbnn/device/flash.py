@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import RbnnError
+from ..errors import RbnnError
 
 # UF2 (github.com/microsoft/uf2): 512-byte blocks, 476 payload bytes at most.
 UF2_BLOCK = 512

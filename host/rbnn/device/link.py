@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import RbnnError
 from . import frames as fr
-from .errors import RbnnError
 from .rawrepl import RawRepl, ReplError
 
 DEFAULT_BAUD = 115200

@@ -13,7 +13,7 @@ import hashlib
 import json
 import time
 
-from .errors import RbnnError
+from ..errors import RbnnError
 
 BANNER = b"raw REPL; CTRL-B to exit\r\n"
 PROMPT = b">"

@@ -28,9 +28,10 @@ import tty
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import RbnnError
+from .. import resources
+from ..errors import RbnnError
 
-VBOARD = Path(__file__).with_name("vboard.py")
+VBOARD = resources.vboard()
 DEFAULT_HEAP = "1M"
 HEAP_RANGE = (16 * 1024, 1024 * 1024 * 1024)  # the firmware needs some; 2 G crashes the binary
 CRASH_LOOP = 3  # quick failed starts in a row after which the supervisor gives up

@@ -1,6 +1,6 @@
 """Inference engines on the host, all with one signature: scores(model_bytes, xbits).
 
-``twin`` is the numpy reference; ``c`` is the C core through ctypes (rbnn.cengine).
+``twin`` is the numpy reference; ``c`` is the C core through ctypes (rbnn.engines.ccore).
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ ENGINES = ("twin", "c")
 def scorer(engine: str, data: bytes) -> Callable[[np.ndarray], np.ndarray]:
     """A function mapping packed inputs uint32 (n, K, W) to int32 scores (n, classes)."""
     if engine == "twin":
-        from . import pack, twin
+        from ..format import pack
+        from . import twin
 
         m = pack.from_bytes(data)
         return lambda xbits: twin.scores(m, xbits)
     if engine == "c":
-        from .cengine import CModel
+        from .ccore import CModel
 
         cm = CModel(data)
         return cm.scores

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .bits import pad_mask, words
-from .errors import CODES, FormatError, RbnnError
+from .. import resources
+from ..errors import CODES, FormatError, RbnnError
+from ..format.bits import pad_mask, words
 
 SOURCES = ("rbnn_core.c", "rbnn_kernel.c")
 HEADERS = ("rbnn_core.h", "rbnn_kernel.h")
@@ -39,8 +40,8 @@ class CBuildError(RbnnError):
 
 
 def source_dir() -> Path:
-    """cmodules/rbnn of the checkout this package sits in."""
-    return Path(__file__).resolve().parents[2] / "cmodules" / "rbnn"
+    """The C core's sources (cmodules/rbnn of the checkout, or the installed copy)."""
+    return resources.c_sources()
 
 
 def compiler() -> str:
@@ -53,7 +54,8 @@ def compiler() -> str:
 
 def _cache_dirs() -> list[Path]:
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return [source_dir().parents[1] / "build" / "host", Path(xdg) / "rbnn"]
+    root = resources.checkout()
+    return ([root / "build" / "host"] if root else []) + [Path(xdg) / "rbnn"]
 
 
 def _accepts(cc: str, flag: str) -> bool:
@@ -301,7 +303,7 @@ class CModel:
         Parameters
         ----------
         xbits : ndarray of uint32, shape (n, K, words(n_inputs))
-            Packed inputs (:func:`rbnn.model.pack_input`), padding bits 0.
+            Packed inputs (:func:`rbnn.format.model.pack_input`), padding bits 0.
 
         Returns
         -------

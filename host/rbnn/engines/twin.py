@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .bits import pack_bits, popcount, words
-from .model import Model, pack_input, plane_shifts
+from ..format.bits import pack_bits, popcount, words
+from ..format.model import Model, pack_input, plane_shifts
 
 _CHUNK_ELEMS = 1 << 22  # bounds the (batch, out, words) XOR temporary
 
@@ -46,7 +46,7 @@ def scores(m: Model, xbits: np.ndarray) -> np.ndarray:
     ----------
     m : Model
     xbits : ndarray of uint32, shape (n, K, words(n_inputs))
-        Packed inputs (:func:`rbnn.model.pack_input`), padding bits 0.
+        Packed inputs (:func:`rbnn.format.model.pack_input`), padding bits 0.
 
     Returns
     -------

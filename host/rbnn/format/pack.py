@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import FormatError
 from .bits import pack_bits, pad_mask, unpack_bits, words
-from .errors import FormatError
 from .model import FROZEN, LIVE, MAX_BITS, MAX_BLOCKS, MAX_LAYERS, MAX_PLANES, Block, Model
 
 MAGIC = b"RBNN"

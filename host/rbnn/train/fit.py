@@ -5,14 +5,14 @@ every layer, the output one included, is followed by BatchNorm (batch statistics
 training, running averages for inference). Backward: the straight-through estimator,
 gated where ``|a| > 1`` for activations; latent weights are real, updated by Adam and
 clipped to [-1, 1]. The first layer sees the exact integers the device sees:
-``rbnn.model.input_values(x, plane_mask)``, the bit-plane values with shared weights.
+``rbnn.format.model.input_values(x, plane_mask)``, the bit-plane values with shared weights.
 
 Everything random comes from one ``numpy.random.Generator`` seeded by ``seed``, and the
 BLAS thread count is pinned (``threads``), so the same seed on the same machine gives a
 byte-identical ``.rbnn`` file. Matrix products are float32 through BLAS (the forward
 ones are exact: integer sums below 2^24). The model kept is the epoch with the best
-validation accuracy. :func:`train` returns the folded integer :class:`rbnn.model.Model`
-(via :mod:`rbnn.fold`), the float network and the per-epoch history.
+validation accuracy. :func:`train` returns the folded integer :class:`rbnn.format.model.Model`
+(via :mod:`rbnn.train.fold`), the float network and the per-epoch history.
 """
 
 from __future__ import annotations
@@ -25,17 +25,18 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import fold
-from .data import Dataset
-from .errors import RbnnError
-from .model import Model, input_values, plane_shifts
+from ..data import Dataset
+from ..errors import RbnnError
+from ..format.model import Model, input_values
+from .augment import augment
+from .net import FloatNet, evaluate, init_net, recalibrate, train_step
+from .optim import Adam
 
 LOSSES = ("hinge", "ce")
 # A few seconds of training for tests and smoke runs (tests' `trained_mnist` fixture):
 # 784-128-64-10 on the MSB plane, one epoch, no augmentation, one BLAS thread.
 QUICK_RECIPE = {"hidden": [128, 64], "plane_mask": 0x80, "epochs": 1, "seed": 0, "shift": 0.0, "threads": 1}
 SCHEDULES = ("exp", "cos")
-_ONE = np.float32(1.0)
 
 
 class TrainError(RbnnError, ValueError):
@@ -148,101 +149,10 @@ class TrainConfig:
 
 
 @dataclass
-class FloatNet:
-    """The float network: latent weights and BatchNorm parameters of every layer.
-
-    ``weights[l]`` is float32 (out, in); the layer uses ``sign(weights[l])``. ``gamma``,
-    ``beta``, ``mean``, ``var`` are float32 (out,) per layer.
-    """
-
-    n_inputs: int
-    plane_mask: int
-    weights: list[np.ndarray]
-    gamma: list[np.ndarray]
-    beta: list[np.ndarray]
-    mean: list[np.ndarray]
-    var: list[np.ndarray]
-    eps: float
-
-    @property
-    def sizes(self) -> list[int]:
-        return [int(w.shape[0]) for w in self.weights]
-
-    def binary_weights(self, layer: int) -> np.ndarray:
-        """``sign`` of the latent weights, sign(0) = +1: float32 (out, in) of +-1."""
-        return np.where(self.weights[layer] >= 0, _ONE, -_ONE)
-
-    def smax(self, layer: int) -> int:
-        """Largest possible |s| of a layer (docs/FORMAT.md)."""
-        if layer == 0:
-            return self.n_inputs * sum(1 << s for s in plane_shifts(self.plane_mask))
-        return int(self.weights[layer].shape[1])
-
-    def _bn(self, layer: int) -> tuple:
-        return (self.mean[layer], self.var[layer], self.gamma[layer], self.beta[layer], self.eps)
-
-    def scores(self, x: np.ndarray, batch: int = 2000) -> np.ndarray:
-        """Float class scores of the inference network, computed in float64.
-
-        Hidden layers output ``+1`` where ``fold.bn_eval(s) >= 0``: the function the folded
-        thresholds reproduce exactly, so only the output layer's rounding separates this
-        from the integer model.
-
-        Parameters
-        ----------
-        x : ndarray of uint8, shape (n, n_inputs)
-
-        Returns
-        -------
-        ndarray of float64, shape (n, n_classes)
-        """
-        n_layers = len(self.weights)
-        out = np.empty((len(x), self.sizes[-1]), np.float64)
-        for lo in range(0, len(x), batch):
-            a = input_values(x[lo : lo + batch], self.plane_mask)
-            for lay in range(n_layers):
-                s = self.dot(a, lay)
-                y = fold.bn_eval(s, *self._bn(lay))
-                a = np.where(y >= 0, 1.0, -1.0).astype(np.float32) if lay < n_layers - 1 else y
-            out[lo : lo + batch] = a
-        return out
-
-    def dot(self, a: np.ndarray, layer: int) -> np.ndarray:
-        """Exact integer pre-activations ``a @ sign(W).T`` as float64 (n, out).
-
-        float32 BLAS is exact while every partial sum stays below 2^24; wider layers
-        fall back to float64 (exact below 2^53).
-        """
-        wb = self.binary_weights(layer)
-        if self.smax(layer) < 2**24:
-            return (np.asarray(a, np.float32) @ wb.T).astype(np.float64)
-        return np.asarray(a, np.float64) @ wb.T.astype(np.float64)
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Class per sample (ties to the lowest index): int64 (n,)."""
-        return np.argmax(self.scores(x), axis=1)
-
-    def fold(self, meta: dict | None = None) -> Model:
-        """The integer model: thresholds and flips per hidden neuron, output scale/offset."""
-        thr, flips = [], []
-        last = len(self.weights) - 1
-        for lay in range(last):
-            t, f = fold.fold_hidden(*self._bn(lay), smax=self.smax(lay))
-            thr.append(t)
-            flips.append(f)
-        scale, offset, q = fold.fold_output(*self._bn(last), smax=self.smax(last))
-        meta = dict(meta or {})
-        meta["output_q"] = q
-        return Model.plain(
-            self.n_inputs, self.plane_mask, [w >= 0 for w in self.weights], thr, flips, scale, offset, meta
-        )
-
-
-@dataclass
 class TrainResult:
     """What :func:`train` returns."""
 
-    model: Model  # folded integer model (rbnn.model.Model.plain)
+    model: Model  # folded integer model (rbnn.format.model.Model.plain)
     net: FloatNet  # the float network the model was folded from
     history: list[dict]  # one row per epoch: loss, acc, val_loss, val_acc, lr, seconds
     config: TrainConfig
@@ -251,265 +161,12 @@ class TrainResult:
     split: dict = field(default_factory=dict)  # train/val indices into the training set
 
 
-# --- augmentation ---------------------------------------------------------------------
-def augment(
-    x: np.ndarray,
-    rng: np.random.Generator,
-    shape: tuple[int, int],
-    shift: float,
-    rotate: float = 0.0,
-    zoom: float = 0.0,
-) -> np.ndarray:
-    """Random affine jitter of images with bilinear resampling (zero outside).
 
-    Parameters
-    ----------
-    x : ndarray of uint8, shape (n, h * w)
-    rng : numpy Generator
-    shape : (h, w)
-    shift : float
-        Max translation in pixels, each axis uniform in [-shift, shift].
-    rotate : float
-        Max rotation in degrees.
-    zoom : float
-        Max relative scale change.
-
-    Returns
-    -------
-    ndarray of uint8, shape (n, h * w)
-    """
-    n = len(x)
-    h, w = shape
-    if n == 0 or (shift == 0 and rotate == 0 and zoom == 0):
-        return x
-    if shift and not rotate and not zoom:
-        # Integer shifts need no resampling; keep the pixel values (and bit-planes) exact.
-        return _shift_int(x, rng, shape, int(round(shift)))
-    ang = np.deg2rad(rng.uniform(-rotate, rotate, n)) if rotate else np.zeros(n)
-    sc = 1.0 + (rng.uniform(-zoom, zoom, n) if zoom else np.zeros(n))
-    tx = rng.uniform(-shift, shift, n)
-    ty = rng.uniform(-shift, shift, n)
-    cy, cx = (h - 1) / 2, (w - 1) / 2
-    yy, xx = np.mgrid[0:h, 0:w]
-    yy = (yy.reshape(-1) - cy).astype(np.float32)
-    xx = (xx.reshape(-1) - cx).astype(np.float32)
-    # Inverse map: output pixel -> source coordinate.
-    cos = (np.cos(ang) / sc).astype(np.float32)[:, None]
-    sin = (np.sin(ang) / sc).astype(np.float32)[:, None]
-    sx = cos * xx + sin * yy + cx - tx[:, None].astype(np.float32)
-    sy = -sin * xx + cos * yy + cy - ty[:, None].astype(np.float32)
-    # Two pixels of zero border; coordinates clipped into it, so a source point outside
-    # the image reads only zeros.
-    p = 2
-    sx = np.clip(sx, -p, w - 1 + p - 1)
-    sy = np.clip(sy, -p, h - 1 + p - 1)
-    x0 = np.floor(sx)
-    y0 = np.floor(sy)
-    fx = sx - x0
-    fy = sy - y0
-    wp = w + 2 * p
-    img = np.zeros((n, h + 2 * p, wp), np.float32)
-    img[:, p:-p, p:-p] = x.reshape(n, h, w)
-    base = (y0.astype(np.int64) + p) * wp + (x0.astype(np.int64) + p)
-    base += (np.arange(n, dtype=np.int64) * img[0].size)[:, None]
-    flat = img.reshape(-1)
-    v00 = flat[base]
-    v01 = flat[base + 1]
-    v10 = flat[base + wp]
-    v11 = flat[base + wp + 1]
-    out = (v00 * (1 - fx) + v01 * fx) * (1 - fy) + (v10 * (1 - fx) + v11 * fx) * fy
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
-def _shift_int(x: np.ndarray, rng: np.random.Generator, shape: tuple[int, int], s: int) -> np.ndarray:
-    n = len(x)
-    h, w = shape
-    pad = np.zeros((n, h + 2 * s, w + 2 * s), np.uint8)
-    pad[:, s : s + h, s : s + w] = x.reshape(n, h, w)
-    dy = rng.integers(0, 2 * s + 1, n)
-    dx = rng.integers(0, 2 * s + 1, n)
-    rows = dy[:, None] + np.arange(h)[None, :]  # (n, h)
-    cols = dx[:, None] + np.arange(w)[None, :]  # (n, w)
-    out = pad[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
-    return out.reshape(n, h * w)
-
-
-# --- the network while training -------------------------------------------------------
-class _Adam:
-    """Adam on a list of float32 arrays, with a learning-rate multiplier per array."""
-
-    def __init__(self, params: list[np.ndarray], scales: list[float], b1=0.9, b2=0.999, eps=1e-8):
-        self.m = [np.zeros_like(p) for p in params]
-        self.v = [np.zeros_like(p) for p in params]
-        self.scales = scales
-        self.b1, self.b2, self.eps = b1, b2, eps
-        self.t = 0
-
-    def step(self, params: list[np.ndarray], grads: list[np.ndarray], lr: float) -> None:
-        self.t += 1
-        c1 = 1 - self.b1**self.t
-        c2 = 1 - self.b2**self.t
-        for p, g, m, v, sc in zip(params, grads, self.m, self.v, self.scales, strict=True):
-            m *= self.b1
-            m += (1 - self.b1) * g
-            v *= self.b2
-            v += (1 - self.b2) * (g * g)
-            p -= (lr * sc / c1) * m / (np.sqrt(v / c2) + self.eps)
-
-
-def _loss(y: np.ndarray, labels: np.ndarray, kind: str) -> tuple[float, np.ndarray]:
-    """Mean loss over the batch and its gradient w.r.t. the output scores y (B, C)."""
-    b, c = y.shape
-    if kind == "hinge":
-        t = -np.ones_like(y)
-        t[np.arange(b), labels] = 1.0
-        m = np.maximum(0.0, 1.0 - t * y)
-        return float(np.mean(m * m)), (-2.0 / (b * c)) * t * m
-    z = y - y.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(axis=1, keepdims=True)
-    loss = -float(np.mean(np.log(p[np.arange(b), labels] + 1e-12)))
-    p[np.arange(b), labels] -= 1.0
-    return loss, p / b
-
-
-def ste_sign(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """sign with sign(0) = +1, and the straight-through gate ``|y| <= 1``.
-
-    Returns float32 +-1 of the shape of ``y`` and the bool gate that multiplies the
-    incoming gradient (hard-tanh derivative: zero where ``|y| > 1``).
-    """
-    return np.where(y >= 0, _ONE, -_ONE), np.abs(y) <= 1.0
-
-
-def bn_backward(
-    dy: np.ndarray, xh: np.ndarray, inv: np.ndarray, gamma: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Gradients of training-mode BatchNorm ``y = gamma * (z - mean) * inv + beta``.
-
-    Parameters
-    ----------
-    dy : float32 (B, n)
-        Gradient of the loss w.r.t. ``y``.
-    xh : float32 (B, n)
-        Normalised input ``(z - mean) * inv`` from the forward pass.
-    inv : float32 (n,)
-        ``1 / sqrt(var + eps)`` of the batch.
-    gamma : float32 (n,)
-
-    Returns
-    -------
-    dz : float32 (B, n), dgamma : float32 (n,), dbeta : float32 (n,)
-    """
-    dxh = dy * gamma
-    dz = inv * (dxh - dxh.mean(axis=0) - xh * np.mean(dxh * xh, axis=0))
-    return dz, np.sum(dy * xh, axis=0), np.sum(dy, axis=0)
-
-
-def _step(
-    net: FloatNet,
-    x: np.ndarray,
-    labels: np.ndarray,
-    cfg: TrainConfig,
-    rng: np.random.Generator,
-) -> tuple[float, float, list[np.ndarray]]:
-    """One forward/backward pass in training mode; updates running BN statistics.
-
-    Returns the loss, the batch accuracy and the gradients (weights, gammas, betas).
-    """
-    n_layers = len(net.weights)
-    cache = []
-    a = x
-    for lay in range(n_layers):
-        wb = net.binary_weights(lay)
-        z = a @ wb.T
-        mu = z.mean(axis=0)
-        var = z.var(axis=0)
-        inv = 1.0 / np.sqrt(var + net.eps)
-        xh = (z - mu) * inv
-        y = net.gamma[lay] * xh + net.beta[lay]
-        mo = cfg.momentum
-        net.mean[lay] = (1 - mo) * net.mean[lay] + mo * mu
-        unbiased = var * (len(z) / max(1, len(z) - 1))
-        net.var[lay] = (1 - mo) * net.var[lay] + mo * unbiased
-        gate = drop = None
-        if lay < n_layers - 1:
-            a_next, gate = ste_sign(y)
-            if cfg.dropout:
-                drop = (rng.random(a_next.shape) >= cfg.dropout).astype(np.float32) / (1 - cfg.dropout)
-                a_next *= drop
-        cache.append((a, wb, xh, inv, gate, drop))
-        if lay < n_layers - 1:
-            a = a_next
-    loss, dy = _loss(y, labels, cfg.loss)
-    acc = float(np.mean(np.argmax(y, axis=1) == labels))
-    gw, gg, gb = [None] * n_layers, [None] * n_layers, [None] * n_layers
-    for lay in range(n_layers - 1, -1, -1):
-        a_in, wb, xh, inv, _, _ = cache[lay]
-        dz, gg[lay], gb[lay] = bn_backward(dy, xh, inv, net.gamma[lay])
-        gw[lay] = dz.T @ a_in  # straight through sign(w): no gate, clipping bounds w
-        if lay:
-            da = dz @ wb
-            _, _, _, _, gate, drop = cache[lay - 1]
-            if drop is not None:
-                da *= drop
-            dy = da * gate
-    return loss, acc, gw + gg + gb
-
-
-def init_net(
-    rng: np.random.Generator, n_inputs: int, sizes: list[int], plane_mask: int, eps: float = 1e-4
-) -> FloatNet:
-    """Glorot-uniform latent weights, gamma 1, beta 0, running mean 0 and var 1."""
-    ins = [n_inputs] + sizes[:-1]
-    ws = []
-    for n_in, n_out in zip(ins, sizes, strict=True):
-        lim = np.sqrt(6.0 / (n_in + n_out))
-        ws.append(rng.uniform(-lim, lim, (n_out, n_in)).astype(np.float32))
-    ones = [np.ones(s, np.float32) for s in sizes]
-    zeros = [np.zeros(s, np.float32) for s in sizes]
-    return FloatNet(n_inputs, plane_mask, ws, ones, [z.copy() for z in zeros], zeros, [o.copy() for o in ones], eps)
-
-
+# --- the run --------------------------------------------------------------------------
 def _lr_at(cfg: TrainConfig, frac: float) -> float:
     if cfg.schedule == "exp":
         return cfg.lr * (cfg.lr_final / cfg.lr) ** frac
     return cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1 + np.cos(np.pi * frac))
-
-
-def recalibrate(net: FloatNet, x: np.ndarray, batch: int = 5000) -> None:
-    """Set every layer's BatchNorm mean/var to its exact statistics over ``x`` (uint8 (n, in)).
-
-    Runs layer by layer in inference mode, so each layer's statistics are those of the
-    binary activations the folded model will really feed it.
-    """
-    n_layers = len(net.weights)
-    for lay in range(n_layers):
-        tot = np.zeros(net.sizes[lay], np.float64)
-        tot2 = np.zeros(net.sizes[lay], np.float64)
-        for lo in range(0, len(x), batch):
-            a = input_values(x[lo : lo + batch], net.plane_mask)
-            for i in range(lay + 1):
-                s = net.dot(a, i)
-                if i < lay:
-                    y = fold.bn_eval(s, net.mean[i], net.var[i], net.gamma[i], net.beta[i], net.eps)
-                    a = np.where(y >= 0, 1.0, -1.0).astype(np.float32)
-            tot += s.sum(axis=0)
-            tot2 += (s * s).sum(axis=0)
-        mu = tot / len(x)
-        var = np.maximum(tot2 / len(x) - mu * mu, 0.0)
-        net.mean[lay] = mu.astype(np.float32)
-        net.var[lay] = var.astype(np.float32)
-
-
-def _evaluate(net: FloatNet, x: np.ndarray, y: np.ndarray, kind: str) -> tuple[float, float]:
-    if len(x) == 0:
-        return float("nan"), float("nan")
-    s = net.scores(x)
-    loss = 0.0
-    for lo in range(0, len(x), 5000):
-        loss += _loss(s[lo : lo + 5000], y[lo : lo + 5000], kind)[0] * len(s[lo : lo + 5000])
-    return loss / len(x), float(np.mean(np.argmax(s, axis=1) == y))
 
 
 def train(
@@ -613,7 +270,7 @@ def _fit(
     ins = [n_inputs] + sizes[:-1]
     wscale = [np.sqrt((i + o) / 1.5) if cfg.lr_scale == "glorot" else 1.0 for i, o in zip(ins, sizes, strict=True)]
     params = net.weights + net.gamma + net.beta
-    opt = _Adam(params, wscale + [1.0] * (2 * len(sizes)))
+    opt = Adam(params, wscale + [1.0] * (2 * len(sizes)))
     square = int(np.sqrt(n_inputs))
     shape = (square, square) if square * square == n_inputs else None
     augmenting = shape is not None and (cfg.shift or cfg.rotate or cfg.zoom)
@@ -644,7 +301,7 @@ def _fit(
                 else:
                     xb = x_plain[idx]
                 lr = _lr_at(cfg, step / max(1, total - 1))
-                loss, acc, grads = _step(net, xb, y_tr[idx], cfg, rng)
+                loss, acc, grads = train_step(net, xb, y_tr[idx], cfg, rng)
                 opt.step(params, grads, lr)
                 for w in net.weights:
                     np.clip(w, -1.0, 1.0, out=w)
@@ -659,7 +316,7 @@ def _fit(
             if not all(np.isfinite(p).all() for p in params):
                 raise TrainError(f"training diverged in epoch {ep + 1}: weights or BatchNorm parameters "
                                  f"are not finite; try a smaller --lr (was {cfg.lr:g})")  # fmt: skip
-            val_loss, val_acc = _evaluate(net, x_va, y_va, cfg.loss)
+            val_loss, val_acc = evaluate(net, x_va, y_va, cfg.loss)
             row = {
                 "epoch": ep + 1,
                 "loss": sum_loss / steps_per_epoch,

@@ -8,7 +8,7 @@ boot.py, and main.py in the friendly REPL). FSDIR is the board's filesystem.
 
 It registers a module ``rbnn_board`` whose ``console()`` is this console, so
 ``rbnn_server`` reads whole frames at once from the non-blocking stdin pipe the host's
-supervisor (``rbnn.virtual``) gives it. With ``--bytewise`` stdin is blocking and
+supervisor (``rbnn.device.virtual``) gives it. With ``--bytewise`` stdin is blocking and
 ``console()`` returns None: the firmware then uses its own console, which polls and
 reads byte by byte, exactly as on a real board. ``rbnn_board.reset()`` ends the process
 (a reboot: the supervisor starts it again). This file runs under MicroPython, not CPython.
