@@ -118,6 +118,9 @@ size: deps-arm
 	$(ARM_CC) $(M0_FLAGS) -c $(CORE_SRC) -o build/m0plus/rbnn_core.o
 	$(ARM_CC) $(M0_FLAGS) -c cmodules/rbnn/rbnn_kernel.c -o build/m0plus/rbnn_kernel.o
 	$(ARM_SIZE) -t build/m0plus/rbnn_core.o build/m0plus/rbnn_kernel.o
+	@# without the error texts (-DRBNN_NO_ERROR_TEXT: messages keep code, offset and check id)
+	$(ARM_CC) $(M0_FLAGS) -DRBNN_NO_ERROR_TEXT -c $(CORE_SRC) -o build/m0plus/rbnn_core_notext.o
+	$(ARM_SIZE) build/m0plus/rbnn_core_notext.o
 
 # --- benchmarks -----------------------------------------------------------------------
 bench: setup deps-arm

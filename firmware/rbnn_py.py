@@ -34,12 +34,20 @@ try:
 except (ImportError, AttributeError):
     _crc_builtin = None
 
+# The format's constants (host/rbnn/format/constants.py; tests/test_constants.py checks
+# that these copies are equal).
+MAGIC = b"RBNN"
+READ_VERSIONS = (1,)
+_VERSIONS = "1"  # READ_VERSIONS as the error message writes it
 HEADER_BYTES = 32
 BLOCK_ENTRY_BYTES = 20
 MAX_LAYERS = 8
 MAX_BLOCKS = 64
 MAX_PLANES = 255
 MAX_BITS = 16
+UNUSED_PLANE = 0xFF
+FROZEN = 0
+LIVE = 1
 I32_MAX = 2147483647
 U32_MAX = 4294967295
 
@@ -408,10 +416,10 @@ def _parse(buf):
         _fail("E_TRUNCATED", "header", 0, ">= %d bytes" % HEADER_BYTES, "%d bytes" % n)
     (magic, version, flags, file_bytes, word_bits, n_layers, n_blocks, n_planes, n_inputs,
      input_mode, plane_mask, plane_bytes, arena_offset, params_offset) = struct.unpack_from("<4sHHIBBBBHBBIII", buf, 0)
-    if magic != b"RBNN":
-        _fail("E_MAGIC", "magic", 0, b"RBNN", magic)
-    if version != 1:
-        _fail("E_VERSION", "version", 4, 1, version)
+    if magic != MAGIC:
+        _fail("E_MAGIC", "magic", 0, "0x52424e4e", "0x%08x" % struct.unpack(">I", magic)[0])
+    if version not in READ_VERSIONS:
+        _fail("E_VERSION", "version", 4, _VERSIONS, version)
     if flags != 0:
         _fail("E_FLAGS", "flags", 6, 0, "0x%04x" % flags)
     for name, off, val, ok, want in (
@@ -419,7 +427,7 @@ def _parse(buf):
         ("n_layers", 13, n_layers, 1 <= n_layers <= MAX_LAYERS, "1..%d" % MAX_LAYERS),
         ("n_blocks", 14, n_blocks, 1 <= n_blocks <= MAX_BLOCKS, "1..%d" % MAX_BLOCKS),
         ("n_planes", 15, n_planes, 1 <= n_planes <= MAX_PLANES, "1..%d" % MAX_PLANES),
-        ("n_inputs", 16, n_inputs, n_inputs >= 1, ">= 1"),
+        ("n_inputs", 16, n_inputs, n_inputs >= 1, "1..65535"),
         ("input_mode", 18, input_mode, input_mode == 0, "0"),
         ("plane_mask", 19, plane_mask, plane_mask != 0, "not 0"),
     ):
@@ -433,9 +441,8 @@ def _parse(buf):
         if sizes[i] == 0:
             _fail("E_HEADER", "size[%d]" % i, HEADER_BYTES + 2 * i, "1..65535", 0)
     pad_at = HEADER_BYTES + 2 * n_layers
-    for i in range(pad_at, blocks_offset):
-        if buf[i]:
-            _fail("E_FLAGS", "layer table pad", pad_at, 0, "".join("%02x" % buf[k] for k in range(pad_at, blocks_offset)))
+    if pad_at < blocks_offset and (buf[pad_at] or buf[pad_at + 1]):
+        _fail("E_FLAGS", "layer table pad", pad_at, 0, "0x%04x" % (buf[pad_at] | buf[pad_at + 1] << 8))
     inputs = [n_inputs] + sizes[:-1]
     row_words = [_words(i) for i in inputs]
     layer_off = [0]  # word offset of each layer inside a plane
@@ -449,11 +456,11 @@ def _parse(buf):
         bpb += 4 * s + 4 * _words(s)
     lay_file = lay_params + n_blocks * bpb + 4
     if lay_plane > U32_MAX or lay_file > U32_MAX:
-        _fail("E_SIZE", "computed file size", 8, "<= %d" % U32_MAX, lay_file)
+        _fail("E_SIZE", "computed file size", 8, "<= %d bytes" % U32_MAX, "more")
     if n < file_bytes:
         _fail("E_TRUNCATED", "file_bytes", 8, "%d bytes" % file_bytes, "%d bytes" % n)
     if n > file_bytes:
-        _fail("E_SIZE", "file_bytes", 8, n, file_bytes)
+        _fail("E_SIZE", "file_bytes", 8, "%d (the buffer's length)" % n, file_bytes)
     for name, off, stored, want in (
         ("plane_bytes", 20, plane_bytes, lay_plane),
         ("arena_offset", 24, arena_offset, lay_arena),
@@ -474,18 +481,20 @@ def _parse(buf):
         state = buf[off]
         n_bits = buf[off + 1]
         reserved = buf[off + 2] | (buf[off + 3] << 8)
-        if state != 0 and state != 1:
+        if state != FROZEN and state != LIVE:
             _fail("E_BLOCK", "block[%d].state" % b, off, "0 or 1", state)
-        if not 1 <= n_bits <= MAX_BITS or (state == 0 and n_bits != 1):
-            _fail("E_BLOCK", "block[%d].n_bits" % b, off + 1, "1 (frozen)" if state == 0 else "1..%d" % MAX_BITS, n_bits)
+        if state == FROZEN and n_bits != 1:
+            _fail("E_BLOCK", "block[%d].n_bits" % b, off + 1, "1 (frozen)", n_bits)
+        if not 1 <= n_bits <= MAX_BITS:
+            _fail("E_BLOCK", "block[%d].n_bits" % b, off + 1, "1..%d" % MAX_BITS, n_bits)
         if reserved:
             _fail("E_BLOCK", "block[%d].reserved" % b, off + 2, 0, reserved)
         for i in range(MAX_BITS):
             at = off + 4 + i
             p = buf[at]
             if i >= n_bits:
-                if p != 0xFF:
-                    _fail("E_BLOCK", "block[%d].planes[%d] (unused)" % (b, i), at, 0xFF, p)
+                if p != UNUSED_PLANE:
+                    _fail("E_BLOCK", "block[%d].planes[%d] (unused)" % (b, i), at, UNUSED_PLANE, p)
                 continue
             if p >= n_planes:
                 _fail("E_BLOCK", "block[%d].planes[%d]" % (b, i), at, "< %d" % n_planes, p)
@@ -534,9 +543,9 @@ def _parse(buf):
             if v > worst:
                 worst = v
         bound += worst
+        if bound > I32_MAX:  # at the block whose scores first pass the i32 range
+            _fail("E_RANGE", "block[%d] output scale/offset" % b, at, "score bound <= %d" % I32_MAX, "> %d" % I32_MAX)
         at += 8 * k
-    if bound > I32_MAX:
-        _fail("E_RANGE", "output scale/offset", params_offset, "score bound <= %d" % I32_MAX, bound)
     return {
         "n_inputs": n_inputs,
         "plane_mask": plane_mask,

@@ -223,7 +223,9 @@ def test_score_bound_reached_exactly_without_overflow(harness, tmp_path, n_block
     at = lay["params_offset"] + n_blocks * lay["block_params_bytes"] - 4  # last block's offset[2]
     struct.pack_into("<i", over, at, -per_block_bound(m, n_blocks - 1) - 1)
     over = with_crc(over)
-    assert py_check(over) == ccore.validate(over) == (NAMES["E_RANGE"], lay["params_offset"])
+    # reported at the scale array of the last block, where the sum passes 2^31 - 1
+    last_scale = lay["params_offset"] + n_blocks * lay["block_params_bytes"] - 8 * m.sizes[-1]
+    assert py_check(over) == ccore.validate(over) == (NAMES["E_RANGE"], last_scale)
 
 
 def per_block_bound(m: model.Model, b: int) -> int:
@@ -424,10 +426,11 @@ def crafted_cases(data: bytes) -> list[tuple[str, bytes, str, int]]:
         ("flip padding", put(data, flip0(1), "I", 1 << 1), "E_PADDING", flip0(1)),
         ("weight padding before flip padding", put(put(data, flip0(0), "I", 2), row1(2, 0), "I", 1 << 31), "E_PADDING", row1(2, 0)),
         ("padding before range", put(put(data, flip0(0), "I", 2), scale(0, 0), "i", 2**31 - 1), "E_PADDING", flip0(0)),
-        ("scale 2^31-1", put(data, scale(1, 2), "i", 2**31 - 1), "E_RANGE", po),
-        ("scale -2^31", put(data, scale(0, 4), "i", -(2**31)), "E_RANGE", po),
-        ("offset -2^31", put(data, offset(0, 0), "i", -(2**31)), "E_RANGE", po),
-        ("sum over blocks", put(put(data, offset(0, 1), "i", 2**30), offset(1, 3), "i", -(2**30)), "E_RANGE", po),
+        # E_RANGE: at the scale array of the block where the running bound passes 2^31 - 1
+        ("scale 2^31-1", put(data, scale(1, 2), "i", 2**31 - 1), "E_RANGE", scale(1, 0)),
+        ("scale -2^31", put(data, scale(0, 4), "i", -(2**31)), "E_RANGE", scale(0, 0)),
+        ("offset -2^31", put(data, offset(0, 0), "i", -(2**31)), "E_RANGE", scale(0, 0)),
+        ("sum over blocks", put(put(data, offset(0, 1), "i", 2**30), offset(1, 3), "i", -(2**30)), "E_RANGE", scale(1, 0)),
     ]  # fmt: skip
 
 

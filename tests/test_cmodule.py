@@ -27,6 +27,7 @@ import pytest
 from mpy_helpers import run_mpy_code
 from test_fallback import (
     API,
+    ERR_RE,
     check_error_parity,
     check_parity,
     error_corpus,
@@ -52,8 +53,6 @@ pytestmark = pytest.mark.skipif(
     "MicroPython checkout (docs/FIRMWARE.md)",
 )
 
-# The C engine's file errors: code and offset as rbnn.format.pack, then the core's description.
-C_ERR_RE = re.compile(r"^rbnn: (E_[A-Z]+) at offset (\d+): (.+)$")
 
 
 def make_firmware(port: str, *extra: str) -> Path:
@@ -109,8 +108,9 @@ def test_c_engine_matches_twin(unix_c, tmp_path):
 
 def test_c_engine_rejects_what_pack_rejects(unix_c, tmp_path):
     # The fallback's corpus of broken files: every code, every header offset, truncations.
-    # The C engine's messages give code and offset (not the field).
-    check_error_parity(unix_c, tmp_path, error_corpus(), "c", "binascii", C_ERR_RE, 2)
+    # The C engine's messages are the fallback's, word for word (code, offset, field,
+    # expected, found).
+    check_error_parity(unix_c, tmp_path, error_corpus(), "c", "binascii", ERR_RE, 5)
 
 
 def test_c_engine_api_and_input_errors(unix_c, tmp_path):
@@ -152,8 +152,9 @@ def test_c_engine_api_and_input_errors(unix_c, tmp_path):
     assert got["NOFILE"].startswith("OSError")
     with pytest.raises(FormatError) as e:
         pack.from_bytes((tmp_path / "bad.rbnn").read_bytes())
-    assert got["BADFILE"] == (
-        f"ValueError: rbnn: bad.rbnn: E_CRC at offset {e.value.offset}: crc32 mismatch"
+    v = e.value
+    assert got["BADFILE"] == (  # the same words from every engine (rbnn.format.checks)
+        f"ValueError: rbnn: bad.rbnn: E_CRC at offset {v.offset}: crc32: expected {v.expected}, found {v.found}"
     )
     assert got["MODELSTR"].startswith("TypeError: rbnn: Model() takes the file's bytes")
     assert got["NOALLOC"] == "4 True"
@@ -381,8 +382,9 @@ def test_qemu_microbit_errors_and_wrapper(board, rng, qemu_microbit):
     out = board.exec(
         "import _rbnn\ntry:\n _rbnn.Model(bad)\nexcept ValueError as e:\n print(e)\n"
     ).strip()
-    mt = C_ERR_RE.match(out)
-    assert mt and (mt.group(1), int(mt.group(2))) == (e.value.code, e.value.offset), out
+    mt = ERR_RE.match(out)
+    want = (e.value.code, e.value.offset, e.value.field, e.value.expected, e.value.found)
+    assert mt and (mt.group(1), int(mt.group(2)), *mt.groups()[2:]) == want, out
     data[9] ^= 1
     board.put("good", bytes(data))
     x = random_inputs(rng, 40, 2)[1]

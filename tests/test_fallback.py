@@ -26,7 +26,8 @@ from rbnn.format.model import FROZEN, LIVE, Block, Model, pack_input
 from support.randmodel import random_model
 
 ENGINES = ["viper", "python"]
-ERR_RE = re.compile(r"^rbnn: (E_[A-Z]+) at offset (\d+): (.*?): expected (.*), found (.*)$")
+# Every engine's file errors (docs/FORMAT.md, Errors; rbnn.format.checks).
+ERR_RE = re.compile(r"^rbnn: (E_[A-Z]+) at offset (\d+): (.*): expected (.*), found (.*)$")
 
 
 # --- models and inputs ------------------------------------------------------------------
@@ -318,13 +319,14 @@ def check_error_parity(
     pattern: re.Pattern, groups: int,
 ) -> None:  # fmt: skip
     """Run ERRORS on ``files`` and assert each verdict equals rbnn.format.pack's: ("OK", classes)
-    or the first ``groups`` of (code, offset, field) parsed from the message by ``pattern``."""
+    or the first ``groups`` of (code, offset, field, expected, found) parsed from the
+    message by ``pattern``."""
     expect = []
     for data in files:
         try:
             expect.append(("OK", pack.from_bytes(data).n_classes))
         except FormatError as e:
-            expect.append((e.code, e.offset, e.field)[:groups])
+            expect.append((e.code, e.offset, e.field, e.expected, e.found)[:groups])
     assert {e[0] for e in expect} >= {"OK", "E_TRUNCATED", "E_MAGIC", "E_VERSION", "E_FLAGS",
                                       "E_HEADER", "E_SIZE", "E_LAYOUT", "E_CRC", "E_BLOCK",
                                       "E_PADDING", "E_RANGE"}  # fmt: skip
@@ -349,7 +351,7 @@ def check_error_parity(
 
 @pytest.mark.parametrize("engine,crc", [("viper", "binascii"), ("python", "table")])
 def test_fallback_rejects_what_pack_rejects(micropython, tmp_path, engine, crc):
-    check_error_parity(micropython, tmp_path, error_corpus(), engine, crc, ERR_RE, 3)
+    check_error_parity(micropython, tmp_path, error_corpus(), engine, crc, ERR_RE, 5)
 
 
 CRC = r"""
@@ -468,8 +470,9 @@ def test_fallback_api_and_input_errors(micropython, tmp_path, engine):
     assert got["NOFILE"].startswith("OSError")
     with pytest.raises(FormatError) as e:
         pack.from_bytes((tmp_path / "bad.rbnn").read_bytes())
-    assert got["BADFILE"].startswith(
-        f"ValueError: rbnn: bad.rbnn: E_CRC at offset {e.value.offset}: crc32:"
+    v = e.value
+    assert got["BADFILE"] == (  # the same words from every engine (rbnn.format.checks)
+        f"ValueError: rbnn: bad.rbnn: E_CRC at offset {v.offset}: crc32: expected {v.expected}, found {v.found}"
     )
     assert got["MODELSTR"].startswith("TypeError: rbnn: Model() takes the file's bytes")
     assert got["RESIZED"] == "ValueError: rbnn: the model's buffer was resized or moved after load"

@@ -13,8 +13,8 @@
 
 #include "rbnn_core.h"
 
-/* Same as host/rbnn/__init__.py and firmware/rbnn.py. */
-#define RBNN_MOD_VERSION "0.1.0"
+/* The package version, RBNN_VERSION, comes from rbnn_spec.h (generated from the host's
+ * single source; firmware/rbnn.py carries it too, and a test checks they agree). */
 
 /* MicroPython before 1.25 spells it NORETURN. */
 #ifndef MP_NORETURN
@@ -36,27 +36,12 @@ typedef struct _rbnn_model_obj_t {
     rbnn_model_t m;
 } rbnn_model_obj_t;
 
-/* Code names as in host/rbnn/errors.py and docs/FORMAT.md; index = -code. */
-static const char *const rbnn_code_names[] = {
-    "OK", "E_TRUNCATED", "E_MAGIC", "E_VERSION", "E_FLAGS", "E_HEADER", "E_SIZE",
-    "E_LAYOUT", "E_CRC", "E_BLOCK", "E_PADDING", "E_RANGE", "E_ALIGN", "E_INPUT", "E_ARG",
-};
-
-static const char *rbnn_code_name(int code) {
-    int i = -code;
-    if (i < 0 || i >= (int)MP_ARRAY_SIZE(rbnn_code_names)) {
-        return "E_UNKNOWN";
-    }
-    return rbnn_code_names[i];
-}
-
+/* The core's one-line message (docs/FORMAT.md, Errors): the same words the fallback
+ * (firmware/rbnn_py.py) uses for the same bad file. */
 static MP_NORETURN void rbnn_raise(int code, const rbnn_model_t *m) {
-    if (m != NULL) {
-        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("rbnn: %s at offset %u: %s"),
-            rbnn_code_name(code), (unsigned)m->err_offset, rbnn_strerror(code));
-    }
-    mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("rbnn: %s: %s"),
-        rbnn_code_name(code), rbnn_strerror(code));
+    char text[160];
+    rbnn_error_text(m, code, text, sizeof text);
+    mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("rbnn: %s"), text);
 }
 
 static const mp_obj_type_t rbnn_model_type;
@@ -263,7 +248,7 @@ static MP_DEFINE_CONST_OBJ_TYPE(
     locals_dict, &rbnn_model_locals_dict
     );
 
-static MP_DEFINE_STR_OBJ(rbnn_version_obj, RBNN_MOD_VERSION);
+static MP_DEFINE_STR_OBJ(rbnn_version_obj, RBNN_VERSION);
 
 static const mp_rom_map_elem_t rbnn_module_globals_table[] = {
     { MP_ROM_QSTR(MP_QSTR___name__), MP_ROM_QSTR(MP_QSTR__rbnn) },

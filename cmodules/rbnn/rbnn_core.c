@@ -7,6 +7,7 @@
  * byte offset as the Python reader (host/rbnn/pack.py); the inference computes exactly
  * what the numpy twin (host/rbnn/twin.py) computes.
  */
+#define RBNN_SPEC_TABLES /* this file holds the code names and check texts */
 #include "rbnn_core.h"
 #include "rbnn_kernel.h"
 
@@ -17,8 +18,8 @@
 #endif
 #endif
 
-#define HEADER_BYTES 32u
-#define BLOCK_ENTRY_BYTES 20u
+#define HEADER_BYTES RBNN_HEADER_BYTES
+#define BLOCK_ENTRY_BYTES RBNN_BLOCK_ENTRY_BYTES
 #define I32_MAX 0x7FFFFFFFu
 
 /* ---- small helpers --------------------------------------------------------------- */
@@ -30,6 +31,11 @@ static uint32_t rd16(const uint8_t *p) {
 static uint32_t rd32(const uint8_t *p) {
     return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16)
            | ((uint32_t)p[3] << 24);
+}
+
+/* The first four bytes as one number, first byte highest (how a magic reads in hex). */
+static uint32_t rd32be(const uint8_t *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
 }
 
 static uint32_t words_of(uint32_t n_bits) {
@@ -75,9 +81,23 @@ static uint32_t abs32(int32_t v) {
     return v < 0 ? 0u - (uint32_t)v : (uint32_t)v;
 }
 
-static int fail(rbnn_model_t *m, int code, uint32_t offset) {
+/* Record a failed check (RBNN_CHK_*) with the integers of its message; returns the
+ * check's code. i, j, k are indices, want and found values (host/rbnn/format/checks.py). */
+static int fail_at(rbnn_model_t *m, uint32_t check, uint32_t offset, uint32_t i, uint32_t j,
+    uint32_t k, uint32_t want, uint32_t found) {
     m->err_offset = offset;
-    return code;
+    m->err_check = (uint16_t)check;
+    m->err_i = (uint16_t)i;
+    m->err_j = (uint16_t)j;
+    m->err_k = (uint16_t)k;
+    m->err_want = want;
+    m->err_found = found;
+    return rbnn_check_code[check];
+}
+
+/* The common case: a check whose message needs only the value found (and maybe want). */
+static int fail(rbnn_model_t *m, uint32_t check, uint32_t offset, uint32_t want, uint32_t found) {
+    return fail_at(m, check, offset, 0, 0, 0, want, found);
 }
 
 /* ---- CRC-32 (ISO-HDLC) ------------------------------------------------------------
@@ -127,6 +147,20 @@ uint32_t rbnn_crc32(uint32_t crc, const void *data, size_t len) {
 
 /* ---- validation ------------------------------------------------------------------ */
 
+/* The block whose table entry lists plane p first (for the message of a duplicate). */
+static uint32_t owner_of(const rbnn_model_t *m, const uint8_t *b, uint32_t p) {
+    uint32_t blk, i;
+    for (blk = 0; blk < m->n_blocks; blk++) {
+        const uint8_t *e = b + m->blocks_offset + BLOCK_ENTRY_BYTES * blk;
+        for (i = 0; i < e[1] && i < RBNN_MAX_BITS; i++) {
+            if (e[4 + i] == p) {
+                return blk;
+            }
+        }
+    }
+    return 0;
+}
+
 /* Block table: state, n_bits, reserved, plane indices (each plane owned at most once). */
 static int check_blocks(rbnn_model_t *m, const uint8_t *b) {
     uint32_t owned[8]; /* one bit per plane index 0..255 */
@@ -137,25 +171,31 @@ static int check_blocks(rbnn_model_t *m, const uint8_t *b) {
     for (blk = 0; blk < m->n_blocks; blk++) {
         uint32_t off = m->blocks_offset + BLOCK_ENTRY_BYTES * blk;
         uint32_t state = b[off], n_bits = b[off + 1];
-        if (state > 1u) {
-            return fail(m, RBNN_E_BLOCK, off);
+        if (state > RBNN_LIVE) {
+            return fail_at(m, RBNN_CHK_BLOCK_STATE, off, blk, 0, 0, 0, state);
         }
-        if (n_bits < 1u || n_bits > RBNN_MAX_BITS || (state == 0u && n_bits != 1u)) {
-            return fail(m, RBNN_E_BLOCK, off + 1);
+        if (state == RBNN_FROZEN && n_bits != 1u) {
+            return fail_at(m, RBNN_CHK_BLOCK_BITS_FROZEN, off + 1, blk, 0, 0, 0, n_bits);
+        }
+        if (n_bits < 1u || n_bits > RBNN_MAX_BITS) {
+            return fail_at(m, RBNN_CHK_BLOCK_BITS, off + 1, blk, 0, 0, 0, n_bits);
         }
         if (rd16(b + off + 2) != 0u) {
-            return fail(m, RBNN_E_BLOCK, off + 2);
+            return fail_at(m, RBNN_CHK_BLOCK_RESERVED, off + 2, blk, 0, 0, 0, rd16(b + off + 2));
         }
         for (i = 0; i < RBNN_MAX_BITS; i++) {
             uint32_t at = off + 4 + i, p = b[at];
             if (i >= n_bits) {
-                if (p != 0xFFu) {
-                    return fail(m, RBNN_E_BLOCK, at);
+                if (p != RBNN_UNUSED_PLANE) {
+                    return fail_at(m, RBNN_CHK_BLOCK_UNUSED, at, blk, i, 0, 0, p);
                 }
                 continue;
             }
-            if (p >= m->n_planes || (owned[p >> 5] >> (p & 31u) & 1u)) {
-                return fail(m, RBNN_E_BLOCK, at);
+            if (p >= m->n_planes) {
+                return fail_at(m, RBNN_CHK_BLOCK_PLANE, at, blk, i, 0, m->n_planes, p);
+            }
+            if (owned[p >> 5] >> (p & 31u) & 1u) {
+                return fail_at(m, RBNN_CHK_BLOCK_OWNED, at, blk, i, 0, owner_of(m, b, p), p);
             }
             owned[p >> 5] |= 1u << (p & 31u);
         }
@@ -176,7 +216,8 @@ static int check_padding(rbnn_model_t *m, const uint8_t *b) {
                 for (r = 0; r < n_out; r++, row += w) {
                     if (row[w - 1] & bad) {
                         uint32_t word = (uint32_t)(row + w - 1 - arena);
-                        return fail(m, RBNN_E_PADDING, m->arena_offset + 4u * word);
+                        return fail_at(m, RBNN_CHK_WEIGHT_PADDING, m->arena_offset + 4u * word,
+                            p, layer, r, 0, row[w - 1] & bad);
                     }
                 }
             }
@@ -190,7 +231,7 @@ static int check_padding(rbnn_model_t *m, const uint8_t *b) {
             uint32_t s = m->sizes[layer], w = words_of(s);
             uint32_t last = at + 4u * s + 4u * (w - 1u);
             if (rd32(b + last) & ~pad_mask(s)) {
-                return fail(m, RBNN_E_PADDING, last);
+                return fail_at(m, RBNN_CHK_FLIP_PADDING, last, blk, layer, 0, 0, rd32(b + last));
             }
             at += 4u * s + 4u * w;
         }
@@ -221,25 +262,41 @@ static int check_range(rbnn_model_t *m, const uint8_t *b) {
     uint32_t n_cls = m->sizes[m->n_layers - 1u];
     uint32_t hidden_bytes = m->block_params_bytes - 8u * n_cls;
     for (blk = 0; blk < m->n_blocks; blk++) {
-        const uint8_t *scale = b + m->params_offset + blk * m->block_params_bytes + hidden_bytes;
+        uint32_t at = m->params_offset + blk * m->block_params_bytes + hidden_bytes;
+        const uint8_t *scale = b + at;
         const uint8_t *offset = scale + 4u * n_cls;
         uint32_t worst = 0;
         for (k = 0; k < n_cls; k++) {
             uint32_t v;
             if (!mul_ok(abs32((int32_t)rd32(scale + 4u * k)), smax, &v)
                 || !add_ok(v, abs32((int32_t)rd32(offset + 4u * k)), &v) || v > I32_MAX) {
-                return fail(m, RBNN_E_RANGE, m->params_offset);
+                return fail_at(m, RBNN_CHK_RANGE, at, blk, 0, 0, 0, 0);
             }
             if (v > worst) {
                 worst = v;
             }
         }
         if (!add_ok(total, worst, &total) || total > I32_MAX) {
-            return fail(m, RBNN_E_RANGE, m->params_offset);
+            return fail_at(m, RBNN_CHK_RANGE, at, blk, 0, 0, 0, 0);
         }
     }
     return RBNN_OK;
 }
+
+/* Header fields with a range, in check order (docs/FORMAT.md, Header). */
+struct header_range {
+    uint8_t offset, bytes, check;
+    uint16_t lo, hi;
+};
+static const struct header_range header_ranges[] = {
+    {12, 1, RBNN_CHK_WORD_BITS, RBNN_WORD_BITS, RBNN_WORD_BITS},
+    {13, 1, RBNN_CHK_N_LAYERS, 1, RBNN_MAX_LAYERS},
+    {14, 1, RBNN_CHK_N_BLOCKS, 1, RBNN_MAX_BLOCKS},
+    {15, 1, RBNN_CHK_N_PLANES, 1, RBNN_MAX_PLANES},
+    {16, 2, RBNN_CHK_N_INPUTS, 1, 65535},
+    {18, 1, RBNN_CHK_INPUT_MODE, 0, 0},
+    {19, 1, RBNN_CHK_PLANE_MASK, 1, 255},
+};
 
 int rbnn_model_init(rbnn_model_t *m, const void *buf, size_t len) {
     const uint8_t *b = (const uint8_t *)buf;
@@ -262,6 +319,8 @@ int rbnn_model_init(rbnn_model_t *m, const void *buf, size_t len) {
     m->plane_words = m->arena_offset = m->params_offset = 0;
     m->blocks_offset = m->block_params_bytes = 0;
     m->err_offset = 0;
+    m->err_check = m->err_i = m->err_j = m->err_k = 0;
+    m->err_want = m->err_found = 0;
     if (b == NULL) {
         return RBNN_E_ARG;
     }
@@ -271,37 +330,24 @@ int rbnn_model_init(rbnn_model_t *m, const void *buf, size_t len) {
 
     /* Header. */
     if (len < HEADER_BYTES) {
-        return fail(m, RBNN_E_TRUNCATED, 0);
+        return fail(m, RBNN_CHK_TRUNC_HEADER, 0, 0, (uint32_t)len);
     }
-    if (b[0] != 'R' || b[1] != 'B' || b[2] != 'N' || b[3] != 'N') {
-        return fail(m, RBNN_E_MAGIC, 0);
+    if (b[0] != RBNN_MAGIC[0] || b[1] != RBNN_MAGIC[1] || b[2] != RBNN_MAGIC[2]
+        || b[3] != RBNN_MAGIC[3]) {
+        return fail(m, RBNN_CHK_MAGIC, 0, 0, rd32be(b));
     }
-    if (rd16(b + 4) != RBNN_FORMAT_VERSION) {
-        return fail(m, RBNN_E_VERSION, 4);
+    if (rd16(b + 4) < RBNN_MIN_READ_VERSION || rd16(b + 4) > RBNN_MAX_READ_VERSION) {
+        return fail(m, RBNN_CHK_VERSION, 4, 0, rd16(b + 4));
     }
     if (rd16(b + 6) != 0u) {
-        return fail(m, RBNN_E_FLAGS, 6);
+        return fail(m, RBNN_CHK_FLAGS, 6, 0, rd16(b + 6));
     }
-    if (b[12] != 32u) {
-        return fail(m, RBNN_E_HEADER, 12);
-    }
-    if (b[13] < 1u || b[13] > RBNN_MAX_LAYERS) {
-        return fail(m, RBNN_E_HEADER, 13);
-    }
-    if (b[14] < 1u || b[14] > RBNN_MAX_BLOCKS) {
-        return fail(m, RBNN_E_HEADER, 14);
-    }
-    if (b[15] == 0u) {
-        return fail(m, RBNN_E_HEADER, 15);
-    }
-    if (rd16(b + 16) == 0u) {
-        return fail(m, RBNN_E_HEADER, 16);
-    }
-    if (b[18] != 0u) {
-        return fail(m, RBNN_E_HEADER, 18);
-    }
-    if (b[19] == 0u) {
-        return fail(m, RBNN_E_HEADER, 19);
+    for (i = 0; i < sizeof header_ranges / sizeof header_ranges[0]; i++) {
+        const struct header_range *h = &header_ranges[i];
+        uint32_t v = h->bytes == 2u ? rd16(b + h->offset) : b[h->offset];
+        if (v < h->lo || v > h->hi) {
+            return fail(m, h->check, h->offset, 0, v);
+        }
     }
     m->n_layers = b[13];
     m->n_blocks = b[14];
@@ -314,19 +360,19 @@ int rbnn_model_init(rbnn_model_t *m, const void *buf, size_t len) {
     /* Layer table and its pad. */
     blocks_offset = HEADER_BYTES + 4u * ((m->n_layers + 1u) / 2u);
     if (len < blocks_offset) {
-        return fail(m, RBNN_E_TRUNCATED, HEADER_BYTES);
+        return fail(m, RBNN_CHK_TRUNC_LAYERS, HEADER_BYTES, blocks_offset, (uint32_t)len);
     }
     for (i = 0; i < m->n_layers; i++) {
         uint32_t s = rd16(b + HEADER_BYTES + 2u * i);
         if (s == 0u) {
-            return fail(m, RBNN_E_HEADER, HEADER_BYTES + 2u * i);
+            return fail_at(m, RBNN_CHK_LAYER_SIZE, HEADER_BYTES + 2u * i, i, 0, 0, 0, 0);
         }
         m->sizes[i] = (uint16_t)s;
     }
-    for (i = HEADER_BYTES + 2u * m->n_layers; i < blocks_offset; i++) {
-        if (b[i] != 0u) {
-            return fail(m, RBNN_E_FLAGS, HEADER_BYTES + 2u * m->n_layers);
-        }
+    if ((m->n_layers & 1u) && rd16(b + HEADER_BYTES + 2u * m->n_layers) != 0u) {
+        /* one u16 of pad after an odd number of sizes */
+        return fail(m, RBNN_CHK_LAYER_PAD, HEADER_BYTES + 2u * m->n_layers, 0,
+            rd16(b + HEADER_BYTES + 2u * m->n_layers));
     }
 
     /* Computed layout. size * words(in) < 2^16 * 2^11, eight of them < 2^30: no
@@ -346,31 +392,32 @@ int rbnn_model_init(rbnn_model_t *m, const void *buf, size_t len) {
     if (!mul_ok(plane_words, 4u, &plane_bytes) || !mul_ok(plane_bytes, m->n_planes, &t)
         || !add_ok(arena_offset, t, &params_offset)
         || !add_ok(params_offset, block_params * m->n_blocks, &t) || !add_ok(t, 4u, &t)) {
-        return fail(m, RBNN_E_SIZE, 8);
+        return fail(m, RBNN_CHK_SIZE_OVERFLOW, 8, 0, 0);
     }
 
     /* The buffer against the stored file_bytes, then every stored offset. */
     file_bytes = rd32(b + 8);
     if (len < file_bytes) {
-        return fail(m, RBNN_E_TRUNCATED, 8);
+        return fail(m, RBNN_CHK_TRUNC_FILE, 8, file_bytes, (uint32_t)len);
     }
     if (len > file_bytes) {
-        return fail(m, RBNN_E_SIZE, 8);
+        return fail(m, RBNN_CHK_FILE_LONGER, 8, (uint32_t)len, file_bytes);
     }
     if (rd32(b + 20) != plane_bytes) {
-        return fail(m, RBNN_E_LAYOUT, 20);
+        return fail(m, RBNN_CHK_PLANE_BYTES, 20, plane_bytes, rd32(b + 20));
     }
     if (rd32(b + 24) != arena_offset) {
-        return fail(m, RBNN_E_LAYOUT, 24);
+        return fail(m, RBNN_CHK_ARENA_OFFSET, 24, arena_offset, rd32(b + 24));
     }
     if (rd32(b + 28) != params_offset) {
-        return fail(m, RBNN_E_LAYOUT, 28);
+        return fail(m, RBNN_CHK_PARAMS_OFFSET, 28, params_offset, rd32(b + 28));
     }
     if (file_bytes != t) {
-        return fail(m, RBNN_E_LAYOUT, 8);
+        return fail(m, RBNN_CHK_FILE_BYTES, 8, t, file_bytes);
     }
-    if (rbnn_crc32(0, b, file_bytes - 4u) != rd32(b + file_bytes - 4u)) {
-        return fail(m, RBNN_E_CRC, file_bytes - 4u);
+    t = rbnn_crc32(0, b, file_bytes - 4u);
+    if (t != rd32(b + file_bytes - 4u)) {
+        return fail(m, RBNN_CHK_CRC, file_bytes - 4u, t, rd32(b + file_bytes - 4u));
     }
 
     m->file_bytes = file_bytes;
@@ -608,22 +655,130 @@ int rbnn_infer_batch(const rbnn_model_t *m, const uint32_t *in_bits, uint32_t n,
 }
 
 const char *rbnn_strerror(int code) {
-    switch (code) {
-    case RBNN_OK: return "ok";
-    case RBNN_E_TRUNCATED: return "truncated";
-    case RBNN_E_MAGIC: return "bad magic";
-    case RBNN_E_VERSION: return "unsupported version";
-    case RBNN_E_FLAGS: return "unknown flag or nonzero reserved field";
-    case RBNN_E_HEADER: return "header field out of range";
-    case RBNN_E_SIZE: return "size mismatch or overflow";
-    case RBNN_E_LAYOUT: return "stored offset differs from computed layout";
-    case RBNN_E_CRC: return "crc32 mismatch";
-    case RBNN_E_BLOCK: return "bad block entry";
-    case RBNN_E_PADDING: return "padding bit set";
-    case RBNN_E_RANGE: return "scores could overflow int32";
-    case RBNN_E_ALIGN: return "buffer not 4-byte aligned";
-    case RBNN_E_INPUT: return "bad packed input";
-    case RBNN_E_ARG: return "bad argument";
-    default: return "unknown error";
+    return code <= 0 && code > -RBNN_N_CODES ? rbnn_code_texts[-code] : "unknown error";
+}
+
+const char *rbnn_code_name(int code) {
+    return code <= 0 && code > -RBNN_N_CODES ? rbnn_code_names[-code] : "E_UNKNOWN";
+}
+
+/* ---- error messages -------------------------------------------------------------- */
+
+/* Appends to a bounded buffer; counts what would have been written. */
+typedef struct {
+    char *buf;
+    uint32_t size, len;
+} text_t;
+
+static void put_char(text_t *t, char c) {
+    if (t->len + 1u < t->size) {
+        t->buf[t->len] = c;
     }
+    t->len++;
+}
+
+static void put_str(text_t *t, const char *s) {
+    while (*s) {
+        put_char(t, *s++);
+    }
+}
+
+/* Unsigned decimal without division (a Cortex-M0+ has none): subtract powers of ten. */
+static void put_dec(text_t *t, uint32_t v) {
+    static const uint32_t pow10[10] = {1000000000u, 100000000u, 10000000u, 1000000u,
+        100000u, 10000u, 1000u, 100u, 10u, 1u};
+    uint32_t i, started = 0;
+    for (i = 0; i < 10u; i++) {
+        uint32_t d = 0;
+        while (v >= pow10[i]) {
+            v -= pow10[i];
+            d++;
+        }
+        if (d || started || i == 9u) {
+            put_char(t, (char)('0' + d));
+            started = 1;
+        }
+    }
+}
+
+#ifndef RBNN_NO_ERROR_TEXT
+static void put_hex(text_t *t, uint32_t v, uint32_t digits) {
+    static const char hex[] = "0123456789abcdef";
+    put_str(t, "0x");
+    while (digits-- > 0u) {
+        put_char(t, hex[(v >> (4u * digits)) & 15u]);
+    }
+}
+
+/* Fill a template of host/rbnn/format/checks.py: {i} {j} {k} {want} {found}, each
+ * optionally :d (signed), :x (0x%08x) or :x4 (0x%04x). */
+static void put_template(text_t *t, const char *s, const rbnn_model_t *m) {
+    while (*s) {
+        const char *e;
+        uint32_t v;
+        if (*s != '{') {
+            put_char(t, *s++);
+            continue;
+        }
+        e = s + 1;
+        if (*e == 'i' || *e == 'j' || *e == 'k') {
+            v = *e == 'i' ? m->err_i : *e == 'j' ? m->err_j : m->err_k;
+            e++;
+        } else if (*e == 'w') { /* want */
+            v = m->err_want;
+            e += 4;
+        } else { /* found */
+            v = m->err_found;
+            e += 5;
+        }
+        if (*e == ':') {
+            if (e[1] == 'd') {
+                if (v >> 31) {
+                    put_char(t, '-');
+                    v = 0u - v;
+                }
+                put_dec(t, v);
+            } else {
+                put_hex(t, v, e[2] == '4' ? 4u : 8u);
+            }
+            while (*e != '}') {
+                e++;
+            }
+        } else {
+            put_dec(t, v);
+        }
+        s = e + 1; /* past the closing brace */
+    }
+}
+#endif
+
+uint32_t rbnn_error_text(const rbnn_model_t *m, int code, char *buf, uint32_t size) {
+    text_t t;
+    t.buf = buf;
+    t.size = buf == NULL ? 0u : size;
+    t.len = 0;
+    put_str(&t, rbnn_code_name(code));
+    if (m == NULL || m->err_check == RBNN_CHK_NONE || m->err_check >= RBNN_N_CHECKS
+        || rbnn_check_code[m->err_check] != code) {
+        put_str(&t, ": ");
+        put_str(&t, rbnn_strerror(code));
+    } else {
+        put_str(&t, " at offset ");
+        put_dec(&t, m->err_offset);
+#ifdef RBNN_NO_ERROR_TEXT
+        put_str(&t, ": check ");
+        put_dec(&t, m->err_check);
+#else
+        put_str(&t, ": ");
+        put_template(&t, rbnn_check_text[m->err_check][0], m);
+        put_str(&t, ": expected ");
+        put_template(&t, rbnn_check_text[m->err_check][1], m);
+        put_str(&t, ", found ");
+        put_template(&t, rbnn_check_text[m->err_check][2], m);
+#endif
+    }
+    if (t.size > 0u) {
+        t.buf[t.len < t.size ? t.len : t.size - 1u] = '\0';
+    }
+    return t.len;
 }

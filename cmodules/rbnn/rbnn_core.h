@@ -16,29 +16,9 @@
 extern "C" {
 #endif
 
-#define RBNN_FORMAT_VERSION 1
-#define RBNN_MAX_LAYERS 8
-#define RBNN_MAX_BLOCKS 64
-#define RBNN_MAX_BITS 16
-
-/* Error codes: same numbers and names as docs/FORMAT.md and host/rbnn/errors.py. */
-enum {
-    RBNN_OK = 0,
-    RBNN_E_TRUNCATED = -1,
-    RBNN_E_MAGIC = -2,
-    RBNN_E_VERSION = -3,
-    RBNN_E_FLAGS = -4,
-    RBNN_E_HEADER = -5,
-    RBNN_E_SIZE = -6,
-    RBNN_E_LAYOUT = -7,
-    RBNN_E_CRC = -8,
-    RBNN_E_BLOCK = -9,
-    RBNN_E_PADDING = -10,
-    RBNN_E_RANGE = -11,
-    RBNN_E_ALIGN = -12,
-    RBNN_E_INPUT = -13,
-    RBNN_E_ARG = -14,
-};
+/* Format constants, error codes and check ids: generated from the host's single source
+ * (host/rbnn/format/constants.py and checks.py). */
+#include "rbnn_spec.h"
 
 /* A validated model: pointers into the caller's buffer plus the parsed shape. */
 typedef struct {
@@ -57,7 +37,12 @@ typedef struct {
     uint32_t params_offset;
     uint32_t blocks_offset;
     uint32_t block_params_bytes;
-    uint32_t err_offset;         /* on error: byte offset of the field at fault */
+    /* On a validation error: the byte offset of the field at fault, the check that
+     * failed (RBNN_CHK_*) and the integers its message is made of (rbnn_error_text). */
+    uint32_t err_offset;
+    uint16_t err_check;
+    uint16_t err_i, err_j, err_k; /* indices: block, slot, layer, row, ... */
+    uint32_t err_want, err_found;
 } rbnn_model_t;
 
 /* Validate `buf` (len bytes) and fill `m`. Returns RBNN_OK or a negative code; on error
@@ -98,6 +83,18 @@ int rbnn_infer_batch(const rbnn_model_t *m, const uint32_t *in_bits, uint32_t n,
 
 /* Short English name of an error code ("bad CRC", ...). */
 const char *rbnn_strerror(int code);
+
+/* The code's name as docs/FORMAT.md spells it ("E_CRC", ...; "E_UNKNOWN" otherwise). */
+const char *rbnn_code_name(int code);
+
+/* The one-line message of the error `code` that rbnn_model_init returned for `m`:
+ * "E_CRC at offset 66856: crc32: expected 0x1234abcd, found 0x00000000" (docs/FORMAT.md,
+ * Errors), the words every engine uses. Codes without a check (E_ALIGN, E_ARG, run-time
+ * errors) give "E_ARG: bad argument". Writes at most `size` bytes including the
+ * terminating 0 into `buf` (truncating) and returns the length of the whole message.
+ * Built with RBNN_NO_ERROR_TEXT (to save about 1.5 kB of flash), the field, expected
+ * and found parts are left out: "E_CRC at offset 66856: check 22". */
+uint32_t rbnn_error_text(const rbnn_model_t *m, int code, char *buf, uint32_t size);
 
 /* CRC-32 (ISO-HDLC, as zlib.crc32), chainable: crc = rbnn_crc32(crc, p, n), start 0. */
 uint32_t rbnn_crc32(uint32_t crc, const void *data, size_t len);

@@ -2,24 +2,8 @@
 
 from __future__ import annotations
 
-# Codes shared with the C core (cmodules/rbnn/rbnn_core.h) and docs/FORMAT.md.
-CODES = {
-    -1: "E_TRUNCATED",
-    -2: "E_MAGIC",
-    -3: "E_VERSION",
-    -4: "E_FLAGS",
-    -5: "E_HEADER",
-    -6: "E_SIZE",
-    -7: "E_LAYOUT",
-    -8: "E_CRC",
-    -9: "E_BLOCK",
-    -10: "E_PADDING",
-    -11: "E_RANGE",
-    -12: "E_ALIGN",
-    -13: "E_INPUT",
-    -14: "E_ARG",
-}
-NAMES = {name: code for code, name in CODES.items()}
+# Codes shared with the C core and docs/FORMAT.md, written once in rbnn.format.constants.
+from .format.constants import CODES, NAMES  # noqa: E402, F401 (re-exported)
 
 
 class RbnnError(Exception):

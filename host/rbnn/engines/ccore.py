@@ -11,6 +11,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -23,17 +24,9 @@ from ..errors import CODES, FormatError, RbnnError
 from ..format.bits import pad_mask, words
 
 SOURCES = ("rbnn_core.c", "rbnn_kernel.c")
-HEADERS = ("rbnn_core.h", "rbnn_kernel.h")
+HEADERS = ("rbnn_core.h", "rbnn_kernel.h", "rbnn_spec.h")
 BASE_FLAGS = ("-std=c99", "-O3", "-fPIC", "-shared", "-Wall", "-Wextra")
 MAX_LAYERS = 8
-
-# Header fields by byte offset, to name the field behind a C error offset.
-_HEADER_FIELDS = {
-    0: "magic", 4: "version", 6: "flags", 8: "file_bytes", 12: "word_bits", 13: "n_layers",
-    14: "n_blocks", 15: "n_planes", 16: "n_inputs", 18: "input_mode", 19: "plane_mask",
-    20: "plane_bytes", 24: "arena_offset", 28: "params_offset",
-}  # fmt: skip
-
 
 class CBuildError(RbnnError):
     """The C core could not be found or compiled."""
@@ -133,6 +126,12 @@ class _Model(ctypes.Structure):
         ("blocks_offset", ctypes.c_uint32),
         ("block_params_bytes", ctypes.c_uint32),
         ("err_offset", ctypes.c_uint32),
+        ("err_check", ctypes.c_uint16),
+        ("err_i", ctypes.c_uint16),
+        ("err_j", ctypes.c_uint16),
+        ("err_k", ctypes.c_uint16),
+        ("err_want", ctypes.c_uint32),
+        ("err_found", ctypes.c_uint32),
     ]
 
 
@@ -152,6 +151,8 @@ def lib() -> ctypes.CDLL:
         "rbnn_infer": (INT, [M, P, P, P]),
         "rbnn_infer_batch": (INT, [M, P, U32, P, P, P]),
         "rbnn_strerror": (ctypes.c_char_p, [INT]),
+        "rbnn_code_name": (ctypes.c_char_p, [INT]),
+        "rbnn_error_text": (U32, [M, INT, P, U32]),
         "rbnn_crc32": (U32, [U32, P, ctypes.c_size_t]),
     }
     for fn, (res, args) in sigs.items():
@@ -186,29 +187,41 @@ def validate(data: bytes, shift: int = 0) -> tuple[int, int]:
 
     ``shift`` places the copy that many bytes past a 4-byte boundary (E_ALIGN tests).
     """
-    data = bytes(data)
+    rc, m = _init(bytes(data), shift)
+    return rc, int(m.err_offset)
+
+
+def error_text(data: bytes, shift: int = 0) -> str | None:
+    """The C core's one-line message for a bad file (``rbnn_error_text``), None if valid."""
+    rc, m = _init(bytes(data), shift)
+    return None if rc == 0 else _text(m, rc)
+
+
+def _init(data: bytes, shift: int = 0) -> tuple[int, _Model]:
     store, addr = _aligned(data, shift)
     m = _Model()
     rc = lib().rbnn_model_init(ctypes.byref(m), addr, len(data))
     del store
-    return int(rc), int(m.err_offset)
+    return int(rc), m
 
 
-def field_at(code: str, offset: int) -> str:
-    """Name of the field a C error code and offset point at."""
-    if code == "E_CRC":
-        return "crc32"
-    if code == "E_RANGE":
-        return "output scale/offset"
-    if code in ("E_BLOCK", "E_PADDING"):
-        return {"E_BLOCK": "block table entry", "E_PADDING": "padding bits"}[code]
-    if offset in _HEADER_FIELDS:
-        return _HEADER_FIELDS[offset]
-    if code == "E_HEADER" and offset >= 32:
-        return f"size[{(offset - 32) // 2}]"
-    if code == "E_FLAGS" and offset >= 32:
-        return "layer table pad"
-    return "layer table" if code == "E_TRUNCATED" else "?"
+def _text(m: _Model, rc: int) -> str:
+    n = int(lib().rbnn_error_text(ctypes.byref(m), rc, None, 0))
+    buf = ctypes.create_string_buffer(n + 1)
+    lib().rbnn_error_text(ctypes.byref(m), rc, buf, n + 1)
+    return buf.value.decode()
+
+
+_MESSAGE = re.compile(r"^(E_[A-Z_]+) at offset (\d+): (.*): expected (.*), found (.*)$")
+
+
+def format_error(m: _Model, rc: int) -> FormatError:
+    """The FormatError of a failed rbnn_model_init, from the core's own message."""
+    text = _text(m, rc)
+    g = _MESSAGE.match(text)
+    if g is None:  # a code without a check (E_ALIGN, E_ARG)
+        return FormatError(CODES.get(rc, f"E_{rc}"), strerror(rc))
+    return FormatError(g.group(1), g.group(3), int(g.group(2)), g.group(4), g.group(5))
 
 
 class CModel:
@@ -232,9 +245,7 @@ class CModel:
         self._m = _Model()
         rc = self._lib.rbnn_model_init(ctypes.byref(self._m), addr, len(raw))
         if rc != 0:
-            code = CODES.get(rc, f"E_{rc}")
-            off = int(self._m.err_offset)
-            raise FormatError(code, f"{field_at(code, off)} ({strerror(rc)})", off)
+            raise format_error(self._m, rc)
         self.input_words = int(self._lib.rbnn_input_words(ctypes.byref(self._m)))
         self.scratch_words = int(self._lib.rbnn_scratch_words(ctypes.byref(self._m)))
         self.n_classes = int(self._lib.rbnn_n_classes(ctypes.byref(self._m)))

@@ -7,13 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .bits import pack_bits, unpack_bits, words
-
-FROZEN = 0
-LIVE = 1
-MAX_LAYERS = 8
-MAX_BLOCKS = 64
-MAX_PLANES = 255
-MAX_BITS = 16
+from .constants import FROZEN, LIVE, MAX_BITS, MAX_BLOCKS, MAX_LAYERS, MAX_PLANES  # noqa: F401 (re-exported)
 
 
 def kept_planes(plane_mask: int) -> list[int]:

@@ -10,17 +10,37 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FormatError
+from . import checks
 from .bits import pack_bits, pad_mask, unpack_bits, words
-from .model import FROZEN, LIVE, MAX_BITS, MAX_BLOCKS, MAX_LAYERS, MAX_PLANES, Block, Model
+from .constants import (
+    BLOCK_ENTRY_BYTES,
+    FORMAT_VERSION,
+    FROZEN,
+    HEADER_BYTES,
+    I32_MAX,
+    LIVE,
+    MAGIC,
+    MAX_BITS,
+    MAX_BLOCKS,
+    MAX_INPUTS,
+    MAX_LAYERS,
+    MAX_PLANES,
+    READ_VERSIONS,
+    U32_MAX,
+    UNUSED_PLANE,
+    WORD_BITS,
+)  # fmt: skip
+from .model import Block, Model
 
-MAGIC = b"RBNN"
-VERSION = 1
-HEADER_BYTES = 32
-BLOCK_ENTRY_BYTES = 20
+VERSION = FORMAT_VERSION
 _HEADER = struct.Struct("<4sHHIBBBBHBBIII")
 assert _HEADER.size == HEADER_BYTES
-I32_MAX = 2**31 - 1
-U32_MAX = 2**32 - 1
+
+
+def _fail(check: str, offset: int, **vals: int) -> FormatError:
+    """The FormatError of a failed check (rbnn.format.checks), with its integers."""
+    code, field, expected, found = checks.message(check, **vals)
+    return FormatError(code, field, offset, expected, found)
 
 
 def _blocks_offset(n_layers: int) -> int:
@@ -118,56 +138,55 @@ def from_bytes(buf: bytes) -> Model:
     buf = bytes(buf)
     n = len(buf)
     if n < HEADER_BYTES:
-        raise FormatError("E_TRUNCATED", "header", 0, f">= {HEADER_BYTES} bytes", f"{n} bytes")
+        raise _fail("TRUNC_HEADER", 0, found=n)
     (magic, version, flags, file_bytes, word_bits, n_layers, n_blocks, n_planes, n_inputs,
      input_mode, plane_mask, plane_bytes, arena_offset, params_offset) = _HEADER.unpack_from(buf)  # fmt: skip
     if magic != MAGIC:
-        raise FormatError("E_MAGIC", "magic", 0, MAGIC, magic)
-    if version != VERSION:
-        raise FormatError("E_VERSION", "version", 4, VERSION, version)
+        raise _fail("MAGIC", 0, found=int.from_bytes(magic, "big"))
+    if version not in READ_VERSIONS:
+        raise _fail("VERSION", 4, found=version)
     if flags != 0:
-        raise FormatError("E_FLAGS", "flags", 6, 0, f"0x{flags:04x}")
-    checks = [
-        ("word_bits", 12, word_bits, word_bits == 32, "32"),
-        ("n_layers", 13, n_layers, 1 <= n_layers <= MAX_LAYERS, f"1..{MAX_LAYERS}"),
-        ("n_blocks", 14, n_blocks, 1 <= n_blocks <= MAX_BLOCKS, f"1..{MAX_BLOCKS}"),
-        ("n_planes", 15, n_planes, 1 <= n_planes <= MAX_PLANES, f"1..{MAX_PLANES}"),
-        ("n_inputs", 16, n_inputs, n_inputs >= 1, ">= 1"),
-        ("input_mode", 18, input_mode, input_mode == 0, "0"),
-        ("plane_mask", 19, plane_mask, plane_mask != 0, "not 0"),
-    ]
-    for name, off, val, ok, want in checks:
-        if not ok:
-            raise FormatError("E_HEADER", name, off, want, val)
+        raise _fail("FLAGS", 6, found=flags)
+    for check, off, val, lo, hi in [
+        ("WORD_BITS", 12, word_bits, WORD_BITS, WORD_BITS),
+        ("N_LAYERS", 13, n_layers, 1, MAX_LAYERS),
+        ("N_BLOCKS", 14, n_blocks, 1, MAX_BLOCKS),
+        ("N_PLANES", 15, n_planes, 1, MAX_PLANES),
+        ("N_INPUTS", 16, n_inputs, 1, MAX_INPUTS),
+        ("INPUT_MODE", 18, input_mode, 0, 0),
+        ("PLANE_MASK", 19, plane_mask, 1, 0xFF),
+    ]:
+        if not lo <= val <= hi:
+            raise _fail(check, off, found=val)
     blocks_offset = _blocks_offset(n_layers)
     if n < blocks_offset:
-        raise FormatError("E_TRUNCATED", "layer table", HEADER_BYTES, f">= {blocks_offset} bytes", f"{n} bytes")
+        raise _fail("TRUNC_LAYERS", HEADER_BYTES, want=blocks_offset, found=n)
     sizes = list(struct.unpack_from(f"<{n_layers}H", buf, HEADER_BYTES))
     for i, s in enumerate(sizes):
         if s == 0:
-            raise FormatError("E_HEADER", f"size[{i}]", HEADER_BYTES + 2 * i, "1..65535", 0)
+            raise _fail("LAYER_SIZE", HEADER_BYTES + 2 * i, i=i, found=0)
     pad_at = HEADER_BYTES + 2 * n_layers
-    if any(buf[pad_at:blocks_offset]):
-        raise FormatError("E_FLAGS", "layer table pad", pad_at, 0, buf[pad_at:blocks_offset].hex())
+    if pad_at < blocks_offset and any(buf[pad_at:blocks_offset]):
+        raise _fail("LAYER_PAD", pad_at, found=struct.unpack_from("<H", buf, pad_at)[0])
     lay = layout(n_inputs, sizes, n_blocks, n_planes)
     if lay["plane_bytes"] > U32_MAX or lay["file_bytes"] > U32_MAX:
-        raise FormatError("E_SIZE", "computed file size", 8, f"<= {U32_MAX}", lay["file_bytes"])
+        raise _fail("SIZE_OVERFLOW", 8)
     if n < file_bytes:
-        raise FormatError("E_TRUNCATED", "file_bytes", 8, f"{file_bytes} bytes", f"{n} bytes")
+        raise _fail("TRUNC_FILE", 8, want=file_bytes, found=n)
     if n > file_bytes:
-        raise FormatError("E_SIZE", "file_bytes", 8, n, file_bytes)
-    for name, off, stored in [
-        ("plane_bytes", 20, plane_bytes),
-        ("arena_offset", 24, arena_offset),
-        ("params_offset", 28, params_offset),
-        ("file_bytes", 8, file_bytes),
+        raise _fail("FILE_LONGER", 8, want=n, found=file_bytes)
+    for check, name, off, stored in [
+        ("PLANE_BYTES", "plane_bytes", 20, plane_bytes),
+        ("ARENA_OFFSET", "arena_offset", 24, arena_offset),
+        ("PARAMS_OFFSET", "params_offset", 28, params_offset),
+        ("FILE_BYTES", "file_bytes", 8, file_bytes),
     ]:
         if stored != lay[name]:
-            raise FormatError("E_LAYOUT", name, off, lay[name], stored)
+            raise _fail(check, off, want=lay[name], found=stored)
     crc_stored = struct.unpack_from("<I", buf, n - 4)[0]
     crc = zlib.crc32(buf[: n - 4])
     if crc != crc_stored:
-        raise FormatError("E_CRC", "crc32", n - 4, f"0x{crc:08x}", f"0x{crc_stored:08x}")
+        raise _fail("CRC", n - 4, want=crc, found=crc_stored)
 
     blocks: list[Block] = []
     owner: dict[int, int] = {}
@@ -175,22 +194,23 @@ def from_bytes(buf: bytes) -> Model:
         off = blocks_offset + BLOCK_ENTRY_BYTES * b
         state, n_bits, reserved, *planes = struct.unpack_from("<BBH16B", buf, off)
         if state not in (FROZEN, LIVE):
-            raise FormatError("E_BLOCK", f"block[{b}].state", off, "0 or 1", state)
-        if not 1 <= n_bits <= MAX_BITS or (state == FROZEN and n_bits != 1):
-            want = "1 (frozen)" if state == FROZEN else f"1..{MAX_BITS}"
-            raise FormatError("E_BLOCK", f"block[{b}].n_bits", off + 1, want, n_bits)
+            raise _fail("BLOCK_STATE", off, i=b, found=state)
+        if state == FROZEN and n_bits != 1:
+            raise _fail("BLOCK_BITS_FROZEN", off + 1, i=b, found=n_bits)
+        if not 1 <= n_bits <= MAX_BITS:
+            raise _fail("BLOCK_BITS", off + 1, i=b, found=n_bits)
         if reserved:
-            raise FormatError("E_BLOCK", f"block[{b}].reserved", off + 2, 0, reserved)
+            raise _fail("BLOCK_RESERVED", off + 2, i=b, found=reserved)
         for i, p in enumerate(planes):
             at = off + 4 + i
             if i >= n_bits:
-                if p != 0xFF:
-                    raise FormatError("E_BLOCK", f"block[{b}].planes[{i}] (unused)", at, 0xFF, p)
+                if p != UNUSED_PLANE:
+                    raise _fail("BLOCK_UNUSED", at, i=b, j=i, found=p)
                 continue
             if p >= n_planes:
-                raise FormatError("E_BLOCK", f"block[{b}].planes[{i}]", at, f"< {n_planes}", p)
+                raise _fail("BLOCK_PLANE", at, i=b, j=i, want=n_planes, found=p)
             if p in owner:
-                raise FormatError("E_BLOCK", f"block[{b}].planes[{i}]", at, f"a plane not owned by block {owner[p]}", p)
+                raise _fail("BLOCK_OWNED", at, i=b, j=i, want=owner[p], found=p)
             owner[p] = b
         blocks.append(Block(state, planes[:n_bits], [], [], np.zeros(0, np.int32), np.zeros(0, np.int32)))
 
@@ -209,8 +229,7 @@ def from_bytes(buf: bytes) -> Model:
             if bad.size:
                 r = int(bad[0])
                 at = arena_offset + p * lay["plane_bytes"] + 4 * (offs[layer] + r * w + w - 1)
-                raise FormatError("E_PADDING", f"plane {p} layer {layer} row {r} padding", at, 0,
-                                  f"0x{int(rows[r, -1]) & ~mask & 0xFFFFFFFF:08x}")  # fmt: skip
+                raise _fail("WEIGHT_PADDING", at, i=p, j=layer, k=r, found=int(rows[r, -1]) & ~mask & U32_MAX)
 
     at = params_offset
     for b, blk in enumerate(blocks):
@@ -218,9 +237,8 @@ def from_bytes(buf: bytes) -> Model:
             blk.thresholds.append(np.frombuffer(buf, "<i4", s, at).astype(np.int32))
             at += 4 * s
             fw = np.frombuffer(buf, "<u4", words(s), at).astype(np.uint32)
-            if int(fw[-1]) & ~pad_mask(s) & 0xFFFFFFFF:
-                raise FormatError("E_PADDING", f"block[{b}] layer {layer} flip padding",
-                                  at + 4 * (words(s) - 1), 0, f"0x{int(fw[-1]):08x}")  # fmt: skip
+            if int(fw[-1]) & ~pad_mask(s) & U32_MAX:
+                raise _fail("FLIP_PADDING", at + 4 * (words(s) - 1), i=b, j=layer, found=int(fw[-1]))
             blk.flips.append(unpack_bits(fw, s))
             at += 4 * words(s)
         k = sizes[-1]
@@ -228,11 +246,14 @@ def from_bytes(buf: bytes) -> Model:
         blk.offset = np.frombuffer(buf, "<i4", k, at + 4 * k).astype(np.int32)
         at += 8 * k
 
+    # Scores fit i32: the sum over blocks of each block's largest |scale| * smax + |offset|
+    # (reported at the scale array of the block where the running sum first passes it).
     smax = m.output_smax()
-    bound = sum(
-        int(np.max(np.abs(blk.scale.astype(np.int64)) * smax + np.abs(blk.offset.astype(np.int64))))
-        for blk in blocks
-    )
-    if bound > I32_MAX:
-        raise FormatError("E_RANGE", "output scale/offset", params_offset, f"score bound <= {I32_MAX}", bound)
+    lay_params = lay["block_params_bytes"]
+    bound = 0
+    for b, blk in enumerate(blocks):
+        bound += int(np.max(np.abs(blk.scale.astype(np.int64)) * smax + np.abs(blk.offset.astype(np.int64))))
+        if bound > I32_MAX:
+            at = params_offset + b * lay_params + lay_params - 8 * sizes[-1]
+            raise _fail("RANGE", at, i=b)
     return m

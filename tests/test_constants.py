@@ -1,0 +1,168 @@
+"""One source for the format's constants, error codes, check texts and the version: the
+C core's generated header, the MicroPython fallback, the firmware, the C module, the
+ctypes mirror and docs/FORMAT.md all say what rbnn.format.constants and checks say."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import re
+import subprocess
+
+import pytest
+from test_fallback import error_corpus
+
+from rbnn import __version__
+from rbnn.engines import ccore
+from rbnn.errors import FormatError
+from rbnn.format import checks, pack
+from rbnn.format import constants as K
+
+
+def module_constants(path) -> dict:
+    """Module-level NAME = <literal> assignments of a Python file (firmware cannot be
+    imported by CPython in general; read its source instead)."""
+    out = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                out[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                pass
+    return out
+
+
+def test_generated_c_header_is_current(repo):
+    # A constant or check changed in Python without `python -m rbnn.format.checks >
+    # cmodules/rbnn/rbnn_spec.h` would leave the C core on the old numbers.
+    assert (repo / "cmodules" / "rbnn" / "rbnn_spec.h").read_text() == checks.c_header()
+
+
+def test_no_hand_copied_constants_in_c(repo):
+    # the C sources name the generated macros, not their values
+    src = (repo / "cmodules" / "rbnn" / "rbnn_core.c").read_text()
+    src += (repo / "cmodules" / "rbnn" / "modrbnn.c").read_text()
+    assert not re.search(r'#define\s+\w*VERSION\w*\s+"?\d', src)
+    assert not re.search(r"'R'\s*\|\|?|b\[0\] != 'R'", src)
+    for name in ("HEADER_BYTES", "BLOCK_ENTRY_BYTES"):
+        assert not re.search(rf"#define\s+{name}\s+\d", src), name
+    assert '"E_TRUNCATED"' not in src  # code names come from rbnn_spec.h
+
+
+def test_fallback_constants_equal_the_host(repo):
+    fw = module_constants(repo / "firmware" / "rbnn_py.py")
+    for name in ("MAGIC", "HEADER_BYTES", "BLOCK_ENTRY_BYTES", "MAX_LAYERS", "MAX_BLOCKS",
+                 "MAX_PLANES", "MAX_BITS", "UNUSED_PLANE", "FROZEN", "LIVE", "I32_MAX",
+                 "U32_MAX", "READ_VERSIONS"):  # fmt: skip
+        assert fw[name] == getattr(K, name), f"firmware/rbnn_py.py {name} = {fw[name]!r}, host {getattr(K, name)!r}"
+    assert fw["_VERSIONS"] == checks.BY_NAME["VERSION"].expected
+
+
+def test_one_version_everywhere(repo):
+    for path in ("firmware/rbnn.py", "firmware/rbnn_server.py"):
+        assert module_constants(repo / path)["__version__"] == __version__, path
+    assert f'#define RBNN_VERSION "{__version__}"' in checks.c_header()
+    assert "RBNN_VERSION" in (repo / "cmodules" / "rbnn" / "modrbnn.c").read_text()
+    assert re.search(r'^dynamic = \["version"\]', (repo / "host" / "pyproject.toml").read_text(), re.M)
+
+
+def test_format_doc_lists_the_error_codes(repo):
+    doc = (repo / "docs" / "FORMAT.md").read_text()
+    rows = re.findall(r"^\| (-\d+) \| `(E_[A-Z]+)` \|", doc, re.M)
+    assert [(int(n), name) for n, name in rows] == [(n, name) for n, name, _ in K.ERRORS]
+
+
+def test_c_core_names_and_texts_equal_the_host():
+    for num, name, text in K.ERRORS:
+        assert ccore.strerror(num) == text
+        assert ccore.lib().rbnn_code_name(num).decode() == name
+    assert ccore.lib().rbnn_code_name(0).decode() == "OK"
+    assert ccore.lib().rbnn_code_name(-99).decode() == "E_UNKNOWN"
+
+
+def test_ctypes_mirror_matches_the_c_struct(repo, tmp_path):
+    # offsetof and sizeof from a C compiler against what ctypes computes for _Model
+    fields = [f[0] for f in ccore._Model._fields_]
+    prog = ['#include <stdio.h>', '#include <stddef.h>', '#include "rbnn_core.h"', "int main(void) {",
+            '  printf("size %zu\\n", sizeof(rbnn_model_t));']  # fmt: skip
+    prog += [f'  printf("{f} %zu %zu\\n", offsetof(rbnn_model_t, {f}), sizeof(((rbnn_model_t *)0)->{f}));'
+             for f in fields]  # fmt: skip
+    prog += ["  return 0;", "}"]
+    (tmp_path / "layout.c").write_text("\n".join(prog))
+    exe = tmp_path / "layout"
+    subprocess.run([ccore.compiler(), "-std=c99", "-I", str(ccore.source_dir()), str(tmp_path / "layout.c"),
+                    "-o", str(exe)], check=True, capture_output=True)  # fmt: skip
+    out = dict(line.split(" ", 1) for line in subprocess.run([str(exe)], capture_output=True, text=True,
+                                                               check=True).stdout.splitlines())  # fmt: skip
+    import ctypes
+
+    assert int(out.pop("size")) == ctypes.sizeof(ccore._Model)
+    for f in fields:
+        off, size = map(int, out[f].split())
+        got = getattr(ccore._Model, f)
+        assert (got.offset, got.size) == (off, size), f"rbnn_model_t.{f}: C ({off}, {size}), ctypes ({got.offset}, {got.size})"
+    # every field of the C struct is mirrored (none forgotten at the end or between)
+    hdr = (repo / "cmodules" / "rbnn" / "rbnn_core.h").read_text()
+    body = hdr[hdr.index("typedef struct {"): hdr.index("} rbnn_model_t;")]
+    body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
+    declared = re.findall(r"(\w+)(?:\[\w+\])?\s*[,;]", body)
+    assert declared == fields
+
+
+def _fallback_under_cpython(repo):
+    spec = importlib.util.spec_from_file_location("rbnn_py_host", repo / "firmware" / "rbnn_py.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_same_error_message_from_python_c_and_fallback(repo):
+    # The whole error corpus (every check, truncations, corruptions): the Python
+    # reader's parts, the C core's rbnn_error_text and the fallback's ValueError give
+    # one message, word for word.
+    fb = _fallback_under_cpython(repo)
+    seen = set()
+    files = error_corpus()
+    for i, data in enumerate(files):
+        try:
+            pack.from_bytes(data)
+            want = None
+        except FormatError as e:
+            want = checks.text(e.code, e.offset, e.field, e.expected, e.found)
+            seen.add(e.code)
+        assert ccore.error_text(data) == want, f"file {i}: C"
+        try:
+            fb.Model(data)
+            got = None
+        except ValueError as e:
+            got = str(e).removeprefix("rbnn: ")
+        assert got == want, f"file {i}: fallback"
+    assert seen >= {"E_TRUNCATED", "E_MAGIC", "E_VERSION", "E_FLAGS", "E_HEADER", "E_SIZE",
+                    "E_LAYOUT", "E_CRC", "E_BLOCK", "E_PADDING", "E_RANGE"}  # fmt: skip
+
+
+def test_every_check_is_reachable_and_rendered_alike():
+    # Each template renders in Python as C renders it: spot-check the number forms.
+    assert checks.render("{found:x}", found=0xABC) == "0x00000abc"
+    assert checks.render("{found:x4}", found=0x12345) == "0x2345"
+    assert checks.render("{found:d}", found=2**32 - 5) == "-5"
+    assert checks.render("{i}/{j}/{k} {want}", i=1, j=2, k=3, want=2**32 - 1) == "1/2/3 4294967295"
+    # the check ids are dense, start at 1, and every code a check reports exists
+    assert sorted(checks.ID.values()) == list(range(1, len(checks.CHECKS) + 1))
+    assert {c.code for c in checks.CHECKS} <= set(K.NAMES)
+
+
+@pytest.mark.parametrize("size", [0, 1, 8, 30])
+def test_c_error_text_truncates_safely(size):
+    # a short buffer gets a terminated prefix; the return value is the whole length
+    import ctypes
+
+    data = b"RBNX" + bytes(60)
+    rc, m = ccore._init(data)
+    full = ccore._text(m, rc)
+    buf = ctypes.create_string_buffer(b"\xff" * (size + 4))
+    n = ccore.lib().rbnn_error_text(ctypes.byref(m), rc, buf if size else None, size)
+    assert n == len(full)
+    if size:
+        assert buf.raw[: size].split(b"\0")[0] == full.encode()[: size - 1]
+        assert buf.raw[size : size + 4] == b"\xff" * 4  # nothing written past the buffer
