@@ -151,6 +151,10 @@ FW_UNIX_ARGS ?= MICROPY_PY_BTREE=0 MICROPY_PY_SSL=0 MICROPY_SSL_AXTLS=0 MICROPY_
 # qemu: freeze firmware/ without the port's manifest (FW_QEMU_FREEZE=0: nothing frozen,
 # and no micropython-lib needed).
 FW_QEMU_FREEZE ?= 1
+# VIRT_RV32 (rv32imac, the ESP32-C3/C6 instruction set): MicroPython asks for
+# rv32imac_zicsr, which Debian's gcc 12 does not map to its rv32imac multilib (the link
+# then takes 64-bit picolibc and libgcc); rv32imac under ISA spec 2.2 includes Zicsr.
+FW_QEMU_ARGS_VIRT_RV32 := "RV32_ARCH=rv32imac -misa-spec=2.2"
 FW_QEMU_MANIFEST := $(if $(filter 1,$(FW_QEMU_FREEZE)),$(FW_BUILD)/rbnn_manifest.py)
 FW_BOARD_ARGS = $(if $(wildcard boards/$(FW_BOARD)/mpconfigboard.cmake),BOARD_DIR=$(CURDIR)/boards/$(FW_BOARD),BOARD=$(FW_BOARD) FROZEN_MANIFEST=$(CURDIR)/firmware/manifest.py)
 FW_IMAGE_rp2 := firmware.uf2
@@ -173,7 +177,7 @@ ifeq ($(FW_PORT),unix)
 else ifeq ($(FW_PORT),qemu)
 	@mkdir -p $(FW_BUILD)
 	echo "include('$(CURDIR)/firmware/manifest.py', port_manifest=False)" > $(FW_BUILD)/rbnn_manifest.py
-	$(FW_SUBMAKE) BOARD=$(FW_BOARD) USER_C_MODULES=$(CURDIR)/cmodules FROZEN_MANIFEST=$(FW_QEMU_MANIFEST)
+	$(FW_SUBMAKE) BOARD=$(FW_BOARD) USER_C_MODULES=$(CURDIR)/cmodules FROZEN_MANIFEST=$(FW_QEMU_MANIFEST) $(FW_QEMU_ARGS_$(FW_BOARD))
 	@echo "firmware: $(FW_BUILD)/firmware.elf"
 else
 	$(FW_SUBMAKE) $(FW_BOARD_ARGS) USER_C_MODULES=$(CURDIR)/cmodules/micropython.cmake

@@ -215,19 +215,19 @@ def test_c_model_keeps_aligned_buffers_and_copies_unaligned(unix_c, tmp_path):
     assert got["NOTBUF"] == "TypeError"
 
 
-# --- qemu, BOARD=MICROBIT (Cortex-M0, nRF51) ------------------------------------------------
-QEMU_MICROBIT = [
-    "-machine",
-    "microbit",
-    "-global",
-    "nrf51-soc.flash-size=1048576",
-    "-global",
-    "nrf51-soc.sram-size=262144",
-    "-nographic",
-    "-monitor",
-    "null",
-    "-semihosting",
-]  # fmt: skip (as ports/qemu/boards/MICROBIT/mpconfigboard.mk)
+# --- qemu: BOARD=MICROBIT (Cortex-M0, nRF51) and BOARD=VIRT_RV32 (rv32imac) -----------------
+# As ports/qemu's Makefile runs them (QEMU_ARGS of each board's mpconfigboard.mk).
+_QEMU_COMMON = ["-nographic", "-monitor", "null", "-semihosting"]
+QEMU_BOARDS = {
+    "MICROBIT": ("qemu-system-arm", "arm-none-eabi-gcc", "nRF51",
+                 ["-machine", "microbit", "-global", "nrf51-soc.flash-size=1048576",
+                  "-global", "nrf51-soc.sram-size=262144", *_QEMU_COMMON]),
+    "VIRT_RV32": ("qemu-system-riscv32", "riscv64-unknown-elf-gcc", "rv32imac",
+                  ["-machine", "virt", "-bios", "none", *_QEMU_COMMON]),
+}  # fmt: skip
+DEBIAN = {"qemu-system-arm": "qemu-system-arm", "qemu-system-riscv32": "qemu-system-misc",
+          "arm-none-eabi-gcc": "gcc-arm-none-eabi",
+          "riscv64-unknown-elf-gcc": "gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf"}  # fmt: skip
 
 
 class RawRepl:
@@ -299,21 +299,28 @@ class RawRepl:
             self.proc.wait()
 
 
-@pytest.fixture(scope="session")
-def qemu_microbit() -> Path:
-    for tool in ("arm-none-eabi-gcc", "qemu-system-arm"):
+_QEMU_IMAGES: dict[str, Path] = {}
+
+
+def qemu_image(name: str) -> Path:
+    """The firmware of qemu board ``name`` with the C module (built once per session)."""
+    qemu, cc, _, _ = QEMU_BOARDS[name]
+    for tool in (qemu, cc):
         if not shutil.which(tool):
-            pytest.skip(f"{tool} not found (Debian: gcc-arm-none-eabi, qemu-system-arm)")
-    # Freezing firmware/ (the rbnn wrapper) needs micropython-lib in the checkout.
-    freeze = (Path(MICROPY_DIR) / "lib" / "micropython-lib" / "README.md").exists()
-    return make_firmware("qemu", "BOARD=MICROBIT", f"FW_QEMU_FREEZE={int(freeze)}")
+            pytest.skip(f"{tool} not found (Debian: {DEBIAN[tool]})")
+    if name not in _QEMU_IMAGES:
+        # Freezing firmware/ (the rbnn wrapper) needs micropython-lib in the checkout.
+        freeze = (Path(MICROPY_DIR) / "lib" / "micropython-lib" / "README.md").exists()
+        _QEMU_IMAGES[name] = make_firmware("qemu", f"BOARD={name}", f"FW_QEMU_FREEZE={int(freeze)}")
+    return _QEMU_IMAGES[name]
 
 
-@pytest.fixture
-def board(qemu_microbit):
-    repl = RawRepl(
-        ["qemu-system-arm", *QEMU_MICROBIT, "-serial", "stdio", "-kernel", str(qemu_microbit)]
-    )
+@pytest.fixture(params=sorted(QEMU_BOARDS))
+def board(request):
+    qemu, _, machine, args = QEMU_BOARDS[request.param]
+    repl = RawRepl([qemu, *args, "-serial", "stdio", "-kernel", str(qemu_image(request.param))])
+    repl.machine = machine
+    repl.image = _QEMU_IMAGES[request.param]
     yield repl
     repl.close()
 
@@ -340,8 +347,8 @@ def run_packed_on_board(board: RawRepl, m, xb: np.ndarray) -> list[list[int]]:
     return [[int(v) for v in line.split()] for line in out[:-1]]
 
 
-def test_qemu_microbit_predicts_like_the_twin(board, rng):
-    assert "nRF51" in board.exec("import sys\nprint(sys.implementation._machine)")
+def test_qemu_predicts_like_the_twin(board, rng):
+    assert board.machine in board.exec("import sys\nprint(sys.implementation._machine)")
     models = [
         random_model(rng, n_inputs=784, sizes=[64, 10], plane_mask=0x80),
         random_model(rng, n_inputs=100, sizes=[37, 33, 6], plane_mask=0xC1, n_blocks=3),
@@ -360,7 +367,7 @@ def test_qemu_microbit_predicts_like_the_twin(board, rng):
             assert c == p == int(np.argmax(want[i]))
 
 
-def test_qemu_microbit_trained_mnist(board, trained_mnist, mnist):
+def test_qemu_trained_mnist(board, trained_mnist, mnist):
     m = pack.load(trained_mnist)
     n = 200
     xb = pack_input(mnist.x_test[:n], m.plane_mask)
@@ -372,7 +379,7 @@ def test_qemu_microbit_trained_mnist(board, trained_mnist, mnist):
     assert np.mean(np.argmax(want, axis=1) == mnist.y_test[:n]) > 0.8
 
 
-def test_qemu_microbit_errors_and_wrapper(board, rng, qemu_microbit):
+def test_qemu_errors_and_wrapper(board, rng):
     m = random_model(rng, n_inputs=40, sizes=[20, 5], plane_mask=0x80)
     data = bytearray(pack.to_bytes(m))
     data[9] ^= 1  # file_bytes
