@@ -23,8 +23,21 @@ class ReplError(RbnnError):
     """The board's REPL did not answer as expected, or code raised on the board."""
 
 
-def read_until(ser, ending: bytes, timeout: float, pending: bytearray | None = None) -> bytes:
-    """Read from ``ser`` up to and including ``ending``; raise ReplError on timeout.
+def _text(b: bytes) -> str:
+    return b.decode("utf-8", "replace").replace("\r", "")
+
+
+# The most a board may send while the host waits for a marker, and how long the host
+# waits for it to fall silent after Ctrl-C (a board that keeps talking is not at a REPL:
+# a program that ignores Ctrl-C, or another device on the port).
+MAX_REPLY = 1 << 20
+QUIET_LIMIT = 2.0
+
+
+def read_until(ser, ending: bytes, timeout: float, pending: bytearray | None = None,
+               limit: int = MAX_REPLY) -> bytes:  # fmt: skip
+    """Read from ``ser`` up to and including ``ending``; ReplError after ``timeout``
+    seconds or ``limit`` bytes without it.
 
     Bytes read past ``ending`` are kept in ``pending`` (and taken from it first).
     """
@@ -33,19 +46,24 @@ def read_until(ser, ending: bytes, timeout: float, pending: bytearray | None = N
         pending = bytearray()
     deadline = time.monotonic() + timeout
     while True:
-        i = (data + pending).find(ending) if ending else 0
-        if i >= 0:
-            data += pending
-            pending[:] = data[i + len(ending) :]
-            return bytes(data[: i + len(ending)])
+        start = max(0, len(data) - len(ending) + 1)  # only new bytes can complete it
         data += pending
         pending.clear()
+        i = data.find(ending, start) if ending else 0
+        if i >= 0:
+            pending[:] = data[i + len(ending) :]
+            return bytes(data[: i + len(ending)])
         left = deadline - time.monotonic()
-        if left <= 0:
+        if left <= 0 or len(data) > limit:
             tail = bytes(data[-200:])
-            raise ReplError(f"board did not send {ending!r} within {timeout:g} s; got {tail!r}")
+            why = f"within {timeout:g} s" if left <= 0 else f"in {len(data):,} bytes"
+            raise ReplError(f"{_where(ser)}: board did not send {ending!r} {why}; got {tail!r}")
         ser.timeout = min(left, 0.05)
         pending += ser.read(max(1, ser.in_waiting))
+
+
+def _where(ser) -> str:
+    return getattr(ser, "port", None) or "the board"
 
 
 class RawRepl:
@@ -70,15 +88,27 @@ class RawRepl:
             out += self.ser.read(n - len(out))
         return out
 
-    def _drain(self, quiet: float = 0.05) -> bytes:
-        # read until the line stays quiet for `quiet` seconds
-        out = bytearray()
-        while True:
+    def _write(self, data: bytes) -> None:
+        try:
+            self.ser.write(data)
+        except OSError as e:  # pyserial's write timeout: nothing reads on the far end
+            raise ReplError(f"{_where(self.ser)}: the board did not take {len(data)} bytes ({e})") from None
+
+    def _drain(self, quiet: float = 0.05, limit: float = QUIET_LIMIT) -> tuple[int, bytes]:
+        # read until the line stays quiet for `quiet` seconds, for at most `limit`
+        # seconds; returns (bytes read, the last of them) if it never went quiet, else
+        # (0, b"")
+        tail = bytearray()
+        total = 0
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
             self.ser.timeout = quiet
             chunk = self.ser.read(max(1, self.ser.in_waiting))
             if not chunk:
-                return bytes(out)
-            out += chunk
+                return 0, b""
+            total += len(chunk)
+            tail = (tail + chunk)[-200:]
+        return total, bytes(tail)
 
     def enter(self, timeout: float = 1.0, soft_reset: bool = False) -> bool:
         """Interrupt what runs and enter the raw REPL.
@@ -86,13 +116,19 @@ class RawRepl:
         Returns False when no raw REPL banner came within ``timeout`` (the board runs
         something that ignores Ctrl-C, such as the rbnn protocol server).
         """
-        self.ser.write(b"\r\x03")
+        self._write(b"\r\x03")
         time.sleep(0.05)
-        self.ser.write(b"\x03")
-        self._drain()
+        self._write(b"\x03")
+        talked, said = self._drain()
+        if talked:
+            raise ReplError(
+                f"{_where(self.ser)}: the device keeps sending ({talked:,} bytes in {QUIET_LIMIT:g} s, "
+                f"even after Ctrl-C): a program that ignores Ctrl-C, or not a MicroPython board? "
+                f"It sent: {_text(said[-80:])!r}"
+            )
         self.ser.reset_input_buffer()
         self.pending.clear()
-        self.ser.write(b"\r\x01")
+        self._write(b"\r\x01")
         try:
             self._until(BANNER + PROMPT, timeout)
         except ReplError:
@@ -104,20 +140,20 @@ class RawRepl:
 
     def soft_reset(self) -> None:
         """Soft-reset the board (fresh modules) and come back to the raw REPL."""
-        self.ser.write(b"\x04")
+        self._write(b"\x04")
         self._until(b"soft reboot\r\n")
         self._until(BANNER + PROMPT)
 
     def exit(self) -> None:
         """Back to the friendly REPL (Ctrl-B)."""
-        self.ser.write(b"\r\x02")
-        self._drain(0.1)
+        self._write(b"\r\x02")
+        self._drain(0.1)  # what the board says meanwhile, for at most QUIET_LIMIT s
         self.pending.clear()
         self.active = False
 
     # --- running code ---------------------------------------------------------------
     def _send_paste(self, code: bytes) -> bool:
-        self.ser.write(b"\x05A\x01")
+        self._write(b"\x05A\x01")
         head = self._read(2)
         if head == b"R\x00":
             return False
@@ -136,15 +172,15 @@ class RawRepl:
                 if c == b"\x01":
                     credit += window
                 elif c == b"\x04":  # the board ends the paste early
-                    self.ser.write(b"\x04")
+                    self._write(b"\x04")
                     raise ReplError("board aborted raw-paste")
                 else:
                     raise ReplError(f"unexpected byte {c!r} during raw-paste")
             piece = code[i : i + credit]
-            self.ser.write(piece)
+            self._write(piece)
             credit -= len(piece)
             i += len(piece)
-        self.ser.write(b"\x04")
+        self._write(b"\x04")
         self._until(b"\x04")
         return True
 
@@ -157,9 +193,9 @@ class RawRepl:
             return
         self.use_paste = False
         for i in range(0, len(code), 256):  # a board without flow control drops bytes
-            self.ser.write(code[i : i + 256])
+            self._write(code[i : i + 256])
             time.sleep(0.01)
-        self.ser.write(b"\x04")
+        self._write(b"\x04")
         ok = self._read(2)
         if ok != b"OK":
             raise ReplError(f"board did not accept the code: {ok!r}")
