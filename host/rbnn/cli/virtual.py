@@ -16,12 +16,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM, SIGHUP: stop the board as Ctrl-C does
+
+
 def run(args: argparse.Namespace) -> int:
+    import signal
     import time
 
     from ..device.virtual import VirtualDevice, VirtualDeviceError
 
     dev = VirtualDevice(args.fs, heap=args.heap, bytewise=args.bytewise)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     port = dev.start()
     try:
         print(f"port: {port}")

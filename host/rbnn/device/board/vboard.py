@@ -11,7 +11,15 @@ It registers a module ``rbnn_board`` whose ``console()`` is this console, so
 supervisor (``rbnn.device.virtual``) gives it. With ``--bytewise`` stdin is blocking and
 ``console()`` returns None: the firmware then uses its own console, which polls and
 reads byte by byte, exactly as on a real board. ``rbnn_board.reset()`` ends the process
-(a reboot: the supervisor starts it again). This file runs under MicroPython, not CPython.
+(a reboot: the supervisor starts it again).
+
+Ctrl-C: on a board the USB or UART driver turns 0x03 into a KeyboardInterrupt while code
+runs, unless the code turned that off (``micropython.kbd_intr(-1)``). Here the
+supervisor does it with SIGINT, which the unix port turns into KeyboardInterrupt; with
+``--state PATH`` this console writes "<run> <1|0>" to PATH whenever that changes (the
+number of the code run, and whether 0x03 interrupts it now), and ``rbnn_board.kbd_intr``
+stands in for ``micropython.kbd_intr`` (whose -1 would make SIGINT kill the process).
+This file runs under MicroPython, not CPython.
 """
 
 import gc
@@ -85,8 +93,34 @@ class Console:
 class Board:
     """What ``import rbnn_board`` gives the firmware."""
 
-    def __init__(self, console):
+    def __init__(self, console, state=None):
         self._console = console
+        self._state = state  # where the supervisor reads whether 0x03 interrupts
+        self._run = 0
+        self._running = False
+        self._kbd = True
+        self._told = None
+        self._tell()
+
+    def _tell(self):
+        s = "%d %d" % (self._run, 1 if self._running and self._kbd else 0)
+        if self._state and s != self._told:
+            with open(self._state, "w") as f:
+                f.write(s)
+            self._told = s
+
+    def running(self, on):
+        """Code starts (on) or ends: Ctrl-C interrupts it, as a board's REPL sets it."""
+        if on:
+            self._run += 1
+            self._kbd = True
+        self._running = on
+        self._tell()
+
+    def kbd_intr(self, c):
+        """micropython.kbd_intr for the firmware: -1 makes 0x03 data, 3 an interrupt."""
+        self._kbd = c == 3
+        self._tell()
 
     def console(self):
         # None with --bytewise: the firmware then reads stdin itself, as on a board
@@ -97,11 +131,11 @@ class Board:
 
 
 class VirtualBoard:
-    def __init__(self, fs, nonblocking):
+    def __init__(self, fs, nonblocking, state=None):
         os.chdir(fs)
         sys.path[:] = ["", ".frozen"]
         self.con = Console(nonblocking)
-        self.board = Board(self.con)
+        self.board = Board(self.con, state)
         self.boot_modules = list(sys.modules)
         self.g = {}
         impl = sys.implementation
@@ -132,6 +166,7 @@ class VirtualBoard:
 
     def run(self, src, mode, filename="<stdin>", report=True):
         """Compile and run ``src``; returns the exception it raised, or None."""
+        self.board.running(True)
         try:
             exec(compile(src, filename, mode), self.g)
             return None
@@ -143,6 +178,8 @@ class VirtualBoard:
             if report:
                 sys.print_exception(e, sys.stdout)
             return e
+        finally:
+            self.board.running(False)
 
     # --- friendly REPL --------------------------------------------------------------
     def friendly(self):
@@ -257,7 +294,11 @@ class VirtualBoard:
         mode = "friendly"
         self.soft_reset(friendly=True)
         while True:
-            mode = self.friendly() if mode == "friendly" else self.raw()
+            try:
+                new = self.friendly() if mode == "friendly" else self.raw()
+            except KeyboardInterrupt:  # a Ctrl-C that came as the code ended: start over
+                continue
+            mode = new
             if mode.startswith("reset-"):
                 self.con.write(b"MPY: soft reboot\r\n")
                 mode = mode[6:]
@@ -267,10 +308,11 @@ class VirtualBoard:
 def main():
     args = sys.argv[1:]
     if not args:
-        sys.stderr.write("usage: micropython vboard.py FSDIR [--bytewise]\n")
+        sys.stderr.write("usage: micropython vboard.py FSDIR [--bytewise] [--state PATH]\n")
         sys.exit(2)
+    state = args[args.index("--state") + 1] if "--state" in args else None
     try:
-        VirtualBoard(args[0], nonblocking="--bytewise" not in args).main()
+        VirtualBoard(args[0], nonblocking="--bytewise" not in args, state=state).main()
     except (HostGone, Reboot):
         pass
 
