@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import textwrap
 import time
 
 from ..errors import RbnnError
@@ -218,7 +219,8 @@ class RawRepl:
 
     # --- files ------------------------------------------------------------------------
     def board_info(self) -> dict:
-        """sys.platform, version, ``_mpy`` and which helper modules the board has."""
+        """sys.platform, version, ``_mpy``, which helper modules the board has, and
+        ``fs``: [block bytes, free blocks] of its file system (None if it cannot tell)."""
         code = (
             "import sys, json\n"
             "def _has(m):\n"
@@ -227,11 +229,18 @@ class RawRepl:
             "        return True\n"
             "    except ImportError:\n"
             "        return False\n"
+            "def _fs():\n"  # [block bytes, free blocks] of the file system, if it says
+            "    try:\n"
+            "        import os\n"
+            "        s = os.statvfs('.')\n"
+            "        return [s[0], s[3]]\n"
+            "    except Exception:\n"
+            "        return None\n"
             "print(json.dumps({'platform': sys.platform, "
             "'version': [sys.implementation.version[0], sys.implementation.version[1], sys.implementation.version[2]], "
             "'mpy': getattr(sys.implementation, '_mpy', None), "
-            "'binascii': _has('binascii'), 'hashlib': _has('hashlib')}))\n"
-            "del _has\n"
+            "'binascii': _has('binascii'), 'hashlib': _has('hashlib'), 'fs': _fs()}))\n"
+            "del _has, _fs\n"
         )
         return json.loads(self.exec(code).decode().strip())
 
@@ -258,33 +267,43 @@ class RawRepl:
         )
         return json.loads(self.exec(code).decode().strip())
 
-    def put(self, name: str, data: bytes, b64: bool = True, chunk: int = 2048) -> None:
-        """Write ``data`` to the board's file ``name`` (via ``name.tmp`` and a rename, so a
-        cut transfer never leaves a half file under the real name)."""
-        tmp = name + ".tmp"
-        self.exec(f"_f = open({tmp!r}, 'wb')\n" + ("from binascii import a2b_base64 as _d\n" if b64 else ""))
+    def exec_fs(self, code: str) -> bytes:
+        """:meth:`exec` for code that works on the board's files: an OSError there is
+        raised here as :class:`BoardFsError` with its number."""
+        wrapped = (
+            "try:\n" + textwrap.indent(code.rstrip("\n"), "    ") + "\n"
+            "except OSError as _e:\n"
+            f"    print({FS_ERROR.decode()!r}, _e.args[0] if _e.args else 0)\n"
+        )
+        out = self.exec(wrapped)
+        at = out.rfind(FS_ERROR)
+        if at >= 0:
+            raise BoardFsError(int(out[at + len(FS_ERROR) :].split()[0]))
+        return out
+
+    def write_file(self, name: str, data: bytes, b64: bool = True, chunk: int = 2048) -> None:
+        """Write ``data`` to the board's file ``name`` (created or truncated); an OSError
+        on the board (full, read-only) is a :class:`BoardFsError` and the file is closed."""
+        self.exec_fs(f"_f = open({name!r}, 'wb')\n" + ("from binascii import a2b_base64 as _d\n" if b64 else ""))
         try:
             for i in range(0, len(data), chunk):
                 piece = data[i : i + chunk]
-                if b64:
-                    self.exec(f"_f.write(_d({base64.b64encode(piece).decode()!r}))")
-                else:
-                    self.exec(f"_f.write({piece!r})")
-        finally:
-            self.exec("_f.close()\ndel _f" + ("\ndel _d" if b64 else ""))
-        self.exec(
-            "import os\n"
-            f"try:\n    os.remove({name!r})\nexcept OSError:\n    pass\n"
-            f"os.rename({tmp!r}, {name!r})\n"
-        )
+                arg = f"_d({base64.b64encode(piece).decode()!r})" if b64 else repr(piece)
+                self.exec_fs(f"_f.write({arg})")
+        finally:  # whatever happened: no file left open, no names left behind
+            self.exec("try:\n    _f.close()\nexcept (NameError, OSError):\n    pass\n"
+                      "globals().pop('_f', None)\nglobals().pop('_d', None)\n")  # fmt: skip
 
-    def remove(self, names: list[str]) -> None:
-        """Remove the named files where they exist."""
-        self.exec(
-            "import os\n"
-            f"for _n in {names!r}:\n"
-            "    try:\n        os.remove(_n)\n    except OSError:\n        pass\n"
-        )
+
+FS_ERROR = b"rbnn:OSError"  # how exec_fs's code reports an OSError on the board
+
+
+class BoardFsError(ReplError):
+    """An OSError on the board's file system: ``errno`` 28 full, 30 read-only, ..."""
+
+    def __init__(self, errno: int):
+        self.errno = errno
+        super().__init__(f"OSError {errno} on the board's file system")
 
 
 def sha256(data: bytes) -> str:
