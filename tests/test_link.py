@@ -90,7 +90,7 @@ def test_no_answer_is_a_clear_error_after_bounded_retries():
     t0 = time.monotonic()
     with pytest.raises(LinkError, match=r"INFO \(seq 1\) to fake: no valid reply after 4 tries \(4 timeouts, 0 NAKs"):
         link.info()
-    assert time.monotonic() - t0 < 10  # bounded: 4 tries of 0.05 s
+    assert time.monotonic() - t0 < 4 * 0.05 + 2  # bounded: 4 tries of 0.05 s, and a margin
     assert len(port.frames) == 4
     assert [f.flags for f in port.frames] == [0, fr.FLAG_RETRY, fr.FLAG_RETRY, fr.FLAG_RETRY]
     assert {f.seq for f in port.frames} == {1}
@@ -114,7 +114,7 @@ def test_nak_makes_the_host_resend_at_once():
     link, _ = make_link(dev, timeout=10.0)
     t0 = time.monotonic()
     assert link.info() == {"ok": 1}
-    assert time.monotonic() - t0 < 5.0  # the 10 s reply timeout was not waited for
+    assert time.monotonic() - t0 < 2.0  # the 10 s reply timeout was not waited for
     assert seen == [0, fr.FLAG_RETRY] and link.stats.naks == 1
 
 
@@ -176,7 +176,7 @@ def test_lost_result_of_an_acked_request_is_asked_for_again():
     link, _ = make_link(dev, op_timeout=30)
     t0 = time.monotonic()
     assert link.save("m.rbnn") == {"again": True}
-    assert time.monotonic() - t0 < 10  # asked again long before the 30 s op timeout
+    assert time.monotonic() - t0 < 2.0  # asked again after 0.05 s, long before the 30 s op timeout
 
 
 def test_acked_request_without_result_ends_at_op_timeout():
@@ -193,7 +193,7 @@ def test_reboot_banner_fails_fast():
     t0 = time.monotonic()
     with pytest.raises(DeviceRebooted, match="rebooted"):
         link.info()
-    assert time.monotonic() - t0 < 5.0 and len(port.frames) == 1  # no retry, no timeout
+    assert time.monotonic() - t0 < 2.0 and len(port.frames) == 1  # no retry, not the 10 s timeout
 
 
 def test_hello_checks_the_protocol_version():
