@@ -49,8 +49,8 @@ def _wait_gone(pid: int, seconds: float = HANG) -> bool:
 def cli_board(tmp_path, micropython):
     """`rbnn virtual` in its own process, with its board running a busy loop:
     (the rbnn process, the board's pid)."""
-    if not Path("/proc/self/task").is_dir():
-        pytest.skip("needs /proc to find the board process")
+    if not Path(f"/proc/self/task/{os.getpid()}/children").is_file():
+        pytest.skip("needs /proc/PID/task/TID/children to find the board process")
     env = dict(os.environ, RBNN_MICROPYTHON=micropython)
     proc = subprocess.Popen([sys.executable, "-m", "rbnn", "virtual", "--fs", str(tmp_path / "fs")],
                             stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
