@@ -32,7 +32,7 @@ help:
 	@echo "make accuracy  train and evaluate the two MNIST accuracy models of issue 2 (~9 min idle)"
 	@echo "make size    cross-build the C core for Cortex-M0+ and print text/data/bss"
 	@echo "make bench   host and Cortex-M0+ inference benchmarks"
-	@echo "make lint    ruff"
+	@echo "make lint    ruff (host, tests, bench, firmware)"
 	@echo "make firmware PORT=unix|qemu|rp2|esp32 [BOARD=...] MICROPY_DIR=...   MicroPython with the C module"
 	@echo "make flash PORT=rp2|esp32 [DEVICE=...] [IMAGE=...]   write the image to a board"
 
@@ -110,7 +110,7 @@ test: setup deps-arm
 	$(PY) -m pytest tests -q -ra
 
 lint: venv
-	$(VENV)/bin/ruff check host tests bench
+	$(VENV)/bin/ruff check host tests bench firmware
 
 # --- Cortex-M0+ size ------------------------------------------------------------------
 size: deps-arm

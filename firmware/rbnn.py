@@ -94,5 +94,5 @@ def load(src):
             msg = str(e)
             if msg.startswith("rbnn: "):
                 msg = msg[6:]
-            raise ValueError("rbnn: %s: %s" % (src, msg))
+            raise ValueError("rbnn: %s: %s" % (src, msg)) from None
     return _impl.Model(src)

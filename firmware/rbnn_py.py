@@ -344,7 +344,7 @@ def _compile_viper():
         return None
     g = {"micropython": micropython}
     try:
-        exec(_VIPER_SRC, g)
+        exec(_VIPER_SRC, g)  # noqa: F821 (defined above; deleted below once compiled)
     except Exception:  # SyntaxError / ViperTypeError / NotImplementedError: no viper here
         return None
     k = {

@@ -47,10 +47,13 @@ REPLY = 0x80
 ACK = 0x7D
 NAK = 0x7E
 ERR = 0x7F
-SLOW = (SAVE, LOAD, INFER)
 NAK_CRC = 1
 NAK_TRUNCATED = 2
 NAK_TOO_LONG = 3
+# Handler modes (HANDLERS): SLOW requests are ACKed as soon as they arrive, their result
+# follows; FRESH ones are applied even when they repeat the last seq (HELLO).
+MODE_SLOW = 1
+MODE_FRESH = 2
 
 _COUNTERS = ("frames", "duplicates", "retries", "bad_crc", "truncated", "too_long", "garbage",
              "naks", "errors", "inferences", "uploaded", "saves", "loads")  # fmt: skip
@@ -128,6 +131,21 @@ def _reboot():
     reset()
 
 
+def _kbd_intr(c):
+    # Ctrl-C on (3) or off (-1); a board module may do it its own way (the virtual
+    # board tells its supervisor, which turns 0x03 into SIGINT only while it is on).
+    try:
+        import rbnn_board
+
+        hook = getattr(rbnn_board, "kbd_intr", None)
+    except ImportError:
+        hook = None
+    if hook is not None:
+        hook(c)
+    elif micropython is not None and hasattr(micropython, "kbd_intr"):
+        micropython.kbd_intr(c)
+
+
 def _engine():
     try:
         import rbnn
@@ -136,16 +154,64 @@ def _engine():
     return rbnn
 
 
-def _error_code(e):
-    # rbnn.load's ValueError text names the code: "rbnn: E_CRC at offset 66856: ..."
-    s = str(e)
-    i = s.find("E_")
-    if i < 0:
-        return None
-    j = i + 2
-    while j < len(s) and (s[j].isupper() or s[j] == "_"):
-        j += 1
-    return s[i:j]
+def _code_in(msg):
+    # The E_ code an engine's ValueError names in its documented form (firmware/rbnn.py):
+    # "rbnn: [path: ]E_<CODE> at offset <N>: ..."; None when it names none.
+    for part in msg.split(": "):
+        word = part.split(" ", 1)[0]
+        if len(word) > 2 and word[:2] == "E_" and word[2:].replace("_", "A").isupper():
+            return word
+    return None
+
+
+def _engine_refusal(e, default):
+    """A Refused for an engine's ValueError ``e``: the code it carries (a ``code``
+    attribute), else the one its message names, else ``default``; its text as it is."""
+    code = getattr(e, "code", None)
+    if not (isinstance(code, str) and code[:2] == "E_"):
+        code = _code_in(str(e)) or default
+    return Refused(code, str(e))
+
+
+# OSError numbers (MicroPython's, the POSIX ones on every port) with a code of their own.
+_OS_CODES = {28: ("E_NOSPACE", "filesystem full"), 30: ("E_IO", "read-only filesystem")}
+
+
+def _refused_args(e):
+    return e.args[0], e.args[1]
+
+
+def _memory(e):
+    gc.collect()
+    return "E_MEMORY", "%s; %d bytes free in all (a buffer needs one free block)" % (e, gc.mem_free())
+
+
+def _os_error(e):
+    num = e.args[0] if e.args else None
+    code, what = _OS_CODES.get(num, ("E_IO", "filesystem"))
+    return code, "%s: %r" % (what, e)
+
+
+def _internal(e):
+    return "E_INTERNAL", repr(e)
+
+
+# How a failed request is answered: the first class that matches gives (code, message).
+_REFUSALS = (
+    (Refused, _refused_args),
+    (StoreError, _refused_args),
+    (MemoryError, _memory),
+    (OSError, _os_error),
+    (Exception, _internal),  # never leave the loop on a bad request
+)
+
+
+def refusal(e):
+    """(code, message) of the ERR reply to a request that raised ``e``."""
+    for cls, fn in _REFUSALS:
+        if isinstance(e, cls):
+            return fn(e)
+    raise e
 
 
 def _default_payload():
@@ -172,6 +238,7 @@ class Server:
         self.last_type = -1
         self.last_reply = None
         self.reboot = False
+        self.leaving = False
         self.t0 = time.ticks_ms()
         self.stats = {}
         self.reset_stats()
@@ -263,108 +330,104 @@ class Server:
 
     # --- the loop -----------------------------------------------------------------
     def run(self):
-        if micropython is not None and hasattr(micropython, "kbd_intr"):
-            micropython.kbd_intr(-1)  # 0x03 in a frame is data, not Ctrl-C
+        _kbd_intr(-1)  # 0x03 in a frame is data, not Ctrl-C
+        self.leaving = False
         try:
-            while True:
+            while not self.leaving:
                 ftype, flags, seq, payload, end = self.recv()
-                st = self.stats
-                st["frames"] += 1
+                self.stats["frames"] += 1
                 if flags & FLAG_RETRY:
-                    st["retries"] += 1
-                if ftype != HELLO and seq == self.last_seq and ftype == self.last_type:
-                    st["duplicates"] += 1
-                    self._drop(end)
-                    if self.last_reply is not None:
-                        self.con.write(self.last_reply)
-                    continue
-                if ftype in SLOW:
-                    self._send(ACK, seq)
-                try:
-                    rtype, out = self.handle(ftype, payload)
-                except Refused as e:
-                    rtype, out = ERR, self._json({"code": e.args[0], "message": e.args[1]})
-                except StoreError as e:
-                    rtype, out = ERR, self._json({"code": e.args[0], "message": e.args[1]})
-                except MemoryError as e:
-                    gc.collect()
-                    msg = "%s; %d bytes free in all (a buffer needs one free block)" % (e, gc.mem_free())
-                    rtype, out = ERR, self._json({"code": "E_MEMORY", "message": msg})
-                except OSError as e:
-                    rtype, out = ERR, self._json({"code": "E_IO", "message": "filesystem: %r" % (e,)})
-                except Exception as e:  # never leave the loop on a bad request
-                    rtype, out = ERR, self._json({"code": "E_INTERNAL", "message": repr(e)})
-                if rtype == ERR:
-                    st["errors"] += 1
+                    self.stats["retries"] += 1
+                self.dispatch(ftype, seq, payload)
                 self._drop(end)
-                self.last_seq = seq
-                self.last_type = ftype
-                self.last_reply = None  # free the old reply before building the new
-                self.last_reply = self._send(rtype, seq, out)
-                if ftype == LEAVE:
-                    return
                 if self.reboot:
                     time.sleep_ms(50)  # let the reply leave
                     _reboot()
         finally:
-            if micropython is not None and hasattr(micropython, "kbd_intr"):
-                micropython.kbd_intr(3)
+            _kbd_intr(3)
 
-    # --- requests -------------------------------------------------------------------
-    def handle(self, ftype, p):
-        if ftype == HELLO:
-            self.last_seq = -1
-            return ftype | REPLY, self._json(self.hello())
-        if ftype == INFO:
-            return ftype | REPLY, self._json(self.info())
-        if ftype == STATS:
-            st = dict(self.stats)
-            st["mem_free"] = gc.mem_free()
-            st["uptime_ms"] = time.ticks_diff(time.ticks_ms(), self.t0)
-            return ftype | REPLY, self._json(st)
-        if ftype == RESET:
-            mode = p[0] if len(p) else 0
-            if mode not in (0, 1):
-                raise Refused("E_PROTO", "RESET mode must be 0 or 1, got %d" % mode)
-            self.model = None
-            self.active = None
-            self.reset_stats()
-            gc.collect()
-            self.reboot = mode == 1  # run() reboots after sending the reply
-            return ftype | REPLY, b""
-        if ftype == LEAVE:
-            return ftype | REPLY, b""
-        if ftype == UP_BEGIN:
-            self._need(p, 8, "UP_BEGIN")
-            size, want = struct.unpack_from("<II", p, 0)
-            return ftype | REPLY, struct.pack("<I", self.store.begin(size, want))
-        if ftype == UP_DATA:
-            self._need(p, 4, "UP_DATA")
-            (off,) = struct.unpack_from("<I", p, 0)
-            before = self.store.have
-            have = self.store.write(off, p[4:])
-            self.stats["uploaded"] += have - before
-            return ftype | REPLY, struct.pack("<I", have)
-        if ftype == SAVE:
-            self._need(p, 2, "SAVE")
-            return ftype | REPLY, self._json(self.save(self._name(p[1:]), p[0] & 1))
-        if ftype == LOAD:
-            return ftype | REPLY, self._json(self.load(self._name(p)))
-        if ftype == INFER:
-            return ftype | REPLY, self.infer(p)
-        raise Refused("E_PROTO", "unknown frame type 0x%02x" % ftype)
+    def dispatch(self, ftype, seq, payload):
+        """Answer one request: from the kept reply when it is a copy of the last one,
+        else by its handler (ACK first when it is slow); an ERR when it is refused."""
+        entry = HANDLERS.get(ftype)
+        mode = entry[3] if entry else 0
+        if not mode & MODE_FRESH and seq == self.last_seq and ftype == self.last_type:
+            self.stats["duplicates"] += 1
+            if self.last_reply is not None:
+                self.con.write(self.last_reply)
+            return
+        if mode & MODE_SLOW:
+            self._send(ACK, seq)
+        try:
+            if entry is None:
+                raise Refused("E_PROTO", "unknown frame type 0x%02x" % ftype)
+            name, fn, least = entry[:3]
+            if len(payload) < least:
+                raise Refused("E_PROTO", "%s payload of %d bytes, expected >= %d" % (name, len(payload), least))
+            rtype, out = ftype | REPLY, fn(self, payload)
+        except Exception as e:
+            self.stats["errors"] += 1
+            code, msg = refusal(e)
+            rtype, out = ERR, self._json({"code": code, "message": msg})
+        self.last_seq = seq
+        self.last_type = ftype
+        self.last_reply = None  # free the old reply before building the new
+        self.last_reply = self._send(rtype, seq, out)
 
-    @staticmethod
-    def _need(p, n, what):
-        if len(p) < n:
-            raise Refused("E_PROTO", "%s payload of %d bytes, expected >= %d" % (what, len(p), n))
+    # --- requests: one handler each, payload in, reply payload out (HANDLERS) ---------
+    def do_hello(self, p):
+        return self._json(self.hello())
+
+    def do_info(self, p):
+        return self._json(self.info())
+
+    def do_stats(self, p):
+        st = dict(self.stats)
+        st["mem_free"] = gc.mem_free()
+        st["uptime_ms"] = time.ticks_diff(time.ticks_ms(), self.t0)
+        return self._json(st)
+
+    def do_reset(self, p):
+        mode = p[0] if len(p) else 0
+        if mode not in (0, 1):
+            raise Refused("E_PROTO", "RESET mode must be 0 or 1, got %d" % mode)
+        self.model = None
+        self.active = None
+        self.reset_stats()
+        gc.collect()
+        self.reboot = mode == 1  # run() reboots after sending the reply
+        return b""
+
+    def do_leave(self, p):
+        self.leaving = True  # run() returns after sending the reply
+        return b""
+
+    def do_up_begin(self, p):
+        size, want = struct.unpack_from("<II", p, 0)
+        return struct.pack("<I", self.store.begin(size, want))
+
+    def do_up_data(self, p):
+        (off,) = struct.unpack_from("<I", p, 0)
+        before = self.store.have
+        have = self.store.write(off, p[4:])
+        self.stats["uploaded"] += have - before
+        return struct.pack("<I", have)
+
+    def do_save(self, p):
+        return self._json(self.save(self._name(p[1:]), p[0] & 1))
+
+    def do_load(self, p):
+        return self._json(self.load(self._name(p)))
+
+    def do_infer(self, p):
+        return self.infer(p)
 
     @staticmethod
     def _name(p):
         try:
             name = str(bytes(p), "utf-8")
         except UnicodeError:
-            raise Refused("E_NAME", "model name is not UTF-8")
+            raise Refused("E_NAME", "model name is not UTF-8") from None
         rbnn_store.check_name(name)
         return name
 
@@ -408,7 +471,7 @@ class Server:
         try:
             return r.load(path)
         except ValueError as e:
-            raise Refused(_error_code(e) or "E_HEADER", str(e))
+            raise _engine_refusal(e, "E_HEADER") from None
 
     def _swap(self, path, name):
         # load `path` as the active model, freeing the old one first (RAM for one
@@ -462,7 +525,6 @@ class Server:
         return m.info()
 
     def infer(self, p):
-        self._need(p, 4, "INFER")
         flags = p[0]
         (n,) = struct.unpack_from("<H", p, 2)
         if n == 0 or (len(p) - 4) % n:
@@ -498,12 +560,27 @@ class Server:
                     c = m.predict(x)
                 struct.pack_into("<H", out, 8 + 2 * i, c)
         except ValueError as e:  # a sample of the wrong length or with padding bits set
-            raise Refused(_error_code(e) or "E_INPUT", str(e))
+            raise _engine_refusal(e, "E_INPUT") from None
         us = time.ticks_diff(time.ticks_us(), t)
         struct.pack_into("<HHI", out, 0, n, k, us)
         self.stats["inferences"] += n
         return out
 
+
+# The requests: type -> (name, handler, least payload bytes, mode). A new request type
+# is a handler method and a line here.
+HANDLERS = {
+    HELLO: ("HELLO", Server.do_hello, 0, MODE_FRESH),
+    INFO: ("INFO", Server.do_info, 0, 0),
+    STATS: ("STATS", Server.do_stats, 0, 0),
+    RESET: ("RESET", Server.do_reset, 0, 0),
+    LEAVE: ("LEAVE", Server.do_leave, 0, 0),
+    UP_BEGIN: ("UP_BEGIN", Server.do_up_begin, 8, 0),
+    UP_DATA: ("UP_DATA", Server.do_up_data, 4, 0),
+    SAVE: ("SAVE", Server.do_save, 2, MODE_SLOW),
+    LOAD: ("LOAD", Server.do_load, 0, MODE_SLOW),
+    INFER: ("INFER", Server.do_infer, 4, MODE_SLOW),
+}
 
 _server = None
 

@@ -194,8 +194,11 @@ class Store:
     # --- upload -----------------------------------------------------------------
     def _close(self):
         if self.f is not None:
-            self.f.close()
-            self.f = None
+            f, self.f = self.f, None
+            try:
+                f.close()
+            except OSError:  # a failing file system: the file is given up anyway
+                pass
 
     def begin(self, size, want_crc):
         """Start or resume the upload of ``size`` bytes with CRC-32 ``want_crc``."""
@@ -223,10 +226,14 @@ class Store:
             raise StoreError(
                 "E_UPLOAD", "data up to byte %d beyond the announced %d" % (offset + len(data), self.bytes)
             )
-        if self.f is None:
-            self.f = open(UPLOAD, "ab")
-        self.f.write(data)
-        self.f.flush()  # a reset after the reply keeps this chunk
+        try:
+            if self.f is None:
+                self.f = open(UPLOAD, "ab")
+            self.f.write(data)
+            self.f.flush()  # a reset after the reply keeps this chunk
+        except OSError:
+            self.discard()  # part of the chunk may be in the file: start over
+            raise
         self.have += len(data)
         self.crc = crc(data, self.crc)
         return self.have

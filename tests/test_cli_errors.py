@@ -188,7 +188,7 @@ BAD_OPTIONS = [
     (["device", "info", "--port", "/dev/null", "--baud", "-5"], "device: argument --baud: expected an integer >= 1"),
     (["deploy", "{good}", "--port", "/dev/null", "--baud", "x"], "deploy: argument --baud: expected an integer >= 1"),
     (["device", "flush", "--port", "/dev/null"], "argument action: invalid choice: 'flush'"),
-    (["virtual", "--heap", "lots"], "heap: expected a size 16K..1024M such as 256K or 1M, found 'lots'"),
+    (["virtual", "--heap", "lots"], "heap: expected a size 96K..1024M such as 256K or 1M, found 'lots'"),
     (["virtual", "--heap", "8K"], "found '8K'"),
     (["virtual", "--heap", "4096M"], "found '4096M'"),
     ([], "the following arguments are required: COMMAND (see rbnn --help)"),

@@ -12,6 +12,7 @@ import pytest
 from mpy_helpers import firmware_fs
 
 from rbnn.cli import main
+from rbnn.device import frames as fr
 from rbnn.device.deploy import deploy
 from rbnn.device.link import DeviceError, Link, LinkError
 from rbnn.device.virtual import VirtualDevice
@@ -152,8 +153,8 @@ def test_refusals_are_clear(board):
     link = _open(board)
     with pytest.raises(DeviceError, match="E_NOFILE: no model 'missing.rbnn'"):
         link.load("missing.rbnn")
-    with pytest.raises(DeviceError, match="E_NAME"):
-        link.load("../etc.rbnn")
+    with pytest.raises(DeviceError, match="E_NAME"):  # the device's own check (the host checks first)
+        link.request(fr.LOAD, b"../etc.rbnn")
     link.deploy_model(pack.to_bytes(random_model(np.random.default_rng(1), n_inputs=100)), "x.rbnn")
     with pytest.raises(DeviceError, match="E_INPUT|ValueError") as e:
         link.infer(np.zeros((2, 7), np.uint8))  # neither raw nor packed length

