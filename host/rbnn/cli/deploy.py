@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..device.deploy import deploy
     from ..device.virtual import port_session
-    from .files import read_model
+    from ..files import read_model
 
     raw, _ = read_model(args.model)  # refuse a bad file here, before touching the board
     with port_session(args.port, args.fs) as port:

@@ -8,7 +8,6 @@ emits, for the board's native architecture (so viper code runs); otherwise they 
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -37,8 +36,9 @@ class DeployError(RbnnError):
 
 def firmware_dir() -> Path:
     """``$RBNN_FIRMWARE``, else the package's firmware (``firmware/`` of the checkout)."""
-    env = os.environ.get("RBNN_FIRMWARE")
-    d = Path(env) if env else resources.firmware()
+    from ..files import env_path
+
+    d = env_path("RBNN_FIRMWARE") or resources.firmware()
     if not (d / "rbnn_server.py").is_file():
         raise DeployError(f"no firmware in {d} (rbnn_server.py missing); set RBNN_FIRMWARE")
     return d

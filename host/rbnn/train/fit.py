@@ -28,6 +28,7 @@ import numpy as np
 from ..data import Dataset
 from ..errors import RbnnError
 from ..format.model import Model, input_values
+from ..progress import bar as progress_bar
 from .augment import augment
 from .net import FloatNet, evaluate, init_net, recalibrate, train_step
 from .optim import Adam
@@ -136,12 +137,16 @@ class TrainConfig:
         if not (0 <= self.shift < np.inf and 0 <= self.rotate < np.inf and 0 <= self.zoom < 1):
             raise TrainError(f"augmentation: shift and rotate must be finite and >= 0, zoom in [0, 1); "
                              f"found shift={self.shift}, rotate={self.rotate}, zoom={self.zoom}")  # fmt: skip
+        if self.seed < 0:  # numpy's generators take no negative seed
+            raise TrainError(f"seed: expected an integer >= 0, found {self.seed}")
+        if self.val >= n_train >= 0 and self.limit == n_train:
+            raise TrainError(f"--limit {self.limit} leaves no training images after --val {self.val} "
+                             "validation images: raise --limit or lower --val")  # fmt: skip
         if not 0 <= self.val < n_train:
             raise TrainError(f"validation split: expected 0..{n_train - 1} images, found {self.val}")
         if n_train - self.val < self.batch:
-            raise TrainError(
-                f"batch: {self.batch} is larger than the {n_train - self.val} training images left"
-            )
+            raise TrainError(f"batch: {self.batch} is larger than the {n_train - self.val} training images "
+                             "left after the validation split: lower --batch or --val")  # fmt: skip
         if not 1 <= self.threads <= 256:
             raise TrainError(f"threads: expected 1..256, found {self.threads}")
         if n_inputs > 65535:
@@ -192,7 +197,7 @@ def train(
         Input bit-planes (docs/FORMAT.md); 0x80 is the thresholded MSB.
     epochs, seed : int
     progress : bool
-        Show a tqdm bar with loss and accuracy.
+        Show a progress bar with loss and accuracy (on a terminal only: rbnn.progress).
     on_epoch : callable, optional
         Called with each epoch's history row.
     **options
@@ -280,11 +285,7 @@ def _fit(
     history: list[dict] = []
     best = (-1.0, 0, None)
     t_start = time.perf_counter()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, unit="batch", desc="train", leave=False, dynamic_ncols=True)
+    bar = progress_bar(progress, total=total, unit="batch", desc="train", leave=False, dynamic_ncols=True)
     step = 0
     # a diverging run is reported once, as a TrainError below, not as numpy warnings
     errstate = np.seterr(over="ignore", invalid="ignore")
@@ -308,15 +309,15 @@ def _fit(
                 sum_loss += loss
                 sum_acc += acc
                 step += 1
-                if bar is not None:
-                    bar.update(1)
-                    if i % 20 == 0:
-                        bar.set_postfix(ep=f"{ep + 1}/{cfg.epochs}", loss=f"{sum_loss / (i + 1):.4f}",
-                                        acc=f"{sum_acc / (i + 1):.4f}", refresh=False)  # fmt: skip
+                bar.update(1)
+                if i % 20 == 0:
+                    bar.set_postfix(ep=f"{ep + 1}/{cfg.epochs}", loss=f"{sum_loss / (i + 1):.4f}",
+                                    acc=f"{sum_acc / (i + 1):.4f}", refresh=False)  # fmt: skip
             if not all(np.isfinite(p).all() for p in params):
                 raise TrainError(f"training diverged in epoch {ep + 1}: weights or BatchNorm parameters "
                                  f"are not finite; try a smaller --lr (was {cfg.lr:g})")  # fmt: skip
-            val_loss, val_acc = evaluate(net, x_va, y_va, cfg.loss)
+            # no validation split (val=0): None, not the NaN of an empty mean (history JSON)
+            val_loss, val_acc = evaluate(net, x_va, y_va, cfg.loss) if len(x_va) else (None, None)
             row = {
                 "epoch": ep + 1,
                 "loss": sum_loss / steps_per_epoch,
@@ -329,15 +330,13 @@ def _fit(
             history.append(row)
             if on_epoch is not None:
                 on_epoch(row)
-            if bar is not None:
-                bar.set_postfix(ep=f"{ep + 1}/{cfg.epochs}", loss=f"{row['loss']:.4f}",
-                                acc=f"{row['acc']:.4f}", val=f"{val_acc:.4f}")  # fmt: skip
-            if cfg.keep_best and len(x_va) and val_acc > best[0]:
+            bar.set_postfix(ep=f"{ep + 1}/{cfg.epochs}", loss=f"{row['loss']:.4f}", acc=f"{row['acc']:.4f}",
+                            val="-" if val_acc is None else f"{val_acc:.4f}")  # fmt: skip
+            if cfg.keep_best and val_acc is not None and val_acc > best[0]:
                 best = (val_acc, ep + 1, copy.deepcopy(net))
     finally:
         np.seterr(**errstate)
-        if bar is not None:
-            bar.close()
+        bar.close()
     best_epoch = cfg.epochs
     if cfg.keep_best and best[2] is not None:
         _, best_epoch, net = best
