@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import FormatError, ModelError
 from .bits import pack_bits, pad_mask, unpack_bits, words
 from .model import FROZEN, LIVE, MAX_BITS, MAX_BLOCKS, MAX_LAYERS, MAX_PLANES, Block, Model
 
@@ -72,14 +72,15 @@ def layout(n_inputs: int, sizes: list[int], n_blocks: int, n_planes: int) -> dic
 
 
 def to_bytes(model: Model) -> bytes:
-    """Serialise a model; raises ValueError if it cannot be represented in version 1."""
+    """Serialise a model; ModelError if it cannot be represented in version 1, FormatError
+    if the reader would refuse the bytes."""
     m = model
     sizes = list(m.sizes)
     if not 1 <= len(sizes) <= MAX_LAYERS:
-        raise ValueError(f"n_layers must be 1..{MAX_LAYERS}, got {len(sizes)}")
+        raise ModelError(f"n_layers must be 1..{MAX_LAYERS}, got {len(sizes)}")
     lay = layout(m.n_inputs, sizes, len(m.blocks), m.n_planes)
     if m.arena.shape != (m.n_planes, lay["plane_bytes"] // 4):
-        raise ValueError(f"arena shape {m.arena.shape} != ({m.n_planes}, {lay['plane_bytes'] // 4})")
+        raise ModelError(f"arena shape {m.arena.shape} != ({m.n_planes}, {lay['plane_bytes'] // 4})")
     out = bytearray()
     out += _HEADER.pack(
         MAGIC, VERSION, 0, lay["file_bytes"], 32, len(sizes), len(m.blocks), m.n_planes,
@@ -90,7 +91,7 @@ def to_bytes(model: Model) -> bytes:
     out += b"\0" * (lay["blocks_offset"] - len(out))
     for b in m.blocks:
         if not 1 <= len(b.planes) <= MAX_BITS:
-            raise ValueError(f"a block owns 1..{MAX_BITS} planes, got {len(b.planes)}")
+            raise ModelError(f"a block owns 1..{MAX_BITS} planes, got {len(b.planes)}")
         planes = list(b.planes) + [0xFF] * (MAX_BITS - len(b.planes))
         out += struct.pack("<BBH16B", b.state, len(b.planes), 0, *planes)
     out += m.arena.astype("<u4").tobytes()

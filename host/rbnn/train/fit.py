@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ..data import Dataset
-from ..errors import RbnnError
+from ..errors import ModelError, RbnnError
 from ..format.model import Model, input_values
 from ..progress import bar as progress_bar
 from .augment import augment
@@ -346,7 +346,7 @@ def _fit(
     meta = {"trained": {"hidden": cfg.hidden, "epochs": cfg.epochs, "seed": cfg.seed, "best_epoch": best_epoch}}
     try:
         model = net.fold(meta)
-    except ValueError as e:  # non-finite BatchNorm parameters: the run diverged
+    except ModelError as e:  # non-finite BatchNorm parameters: the run diverged
         raise TrainError(f"the trained network cannot be folded to integers ({e}): training "
                          f"diverged; try a smaller --lr (was {cfg.lr:g})") from None  # fmt: skip
     return TrainResult(model, net, history, cfg, seconds, best_epoch,
