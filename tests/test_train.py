@@ -5,6 +5,7 @@ the folded integer model agrees with the float network on MNIST."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -271,3 +272,80 @@ def test_progress_bars_only_on_a_terminal(trained_mnist, capsys):
     assert main([*SMALL, "--val", "500", "-o", str(trained_mnist.parent / "p.rbnn")]) == 0
     out, err = capsys.readouterr()
     assert "epoch   1: " in out and err == ""
+
+
+# --- augmentation: on where it helps (--augment auto) -----------------------------------
+def _bars(n: int = 3000) -> Dataset:
+    """10 classes told apart by the column of a vertical bar: a shift of one pixel turns
+    one class into the next, so augmentation can only hurt."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, n).astype(np.uint8)
+    x = np.zeros((n, 28, 28), np.uint8)
+    for i in range(n):
+        x[i, rng.integers(2, 10) : rng.integers(18, 26), 9 + y[i]] = 255
+    x = x.reshape(n, 784)
+    return Dataset("bars", x, y, x[:10], y[:10])
+
+
+def test_auto_drops_augmentation_where_it_hurts():
+    ds = _bars()
+    res = train(ds, [64], 0x80, 3, 1, progress=False, val=500)
+    probe = res.augmentation["probe"]
+    assert res.augmentation["augment"] == "off", res.augmentation
+    assert probe["val_acc_off"] > probe["val_acc_on"] + 0.1 and probe["images"] == 2500
+    # the run is exactly the one --augment off gives: the probe has its own random numbers
+    off = train(ds, [64], 0x80, 3, 1, progress=False, val=500, augment="off")
+    assert pack.to_bytes(res.model) == pack.to_bytes(off.model)
+    on = train(ds, [64], 0x80, 3, 1, progress=False, val=500, augment="on")
+    assert _twin_acc(on.model, ds.x_train, ds.y_train) < _twin_acc(res.model, ds.x_train, ds.y_train)
+
+
+def test_auto_keeps_augmentation_that_scores_at_least_as_well(monkeypatch, mnist):
+    """The probe is the run itself (epochs, network) on at most PROBE_IMAGES images, with
+    and without augmentation, from its own generator; a tie keeps augmentation."""
+    import rbnn.train.fit as fit
+
+    runs = []
+
+    def probe_run(c, rng, x_tr, y_tr, x_va, y_va, n_classes, progress, on_epoch, desc="train"):
+        runs.append((c.shift, c.epochs, len(x_tr), len(x_va), rng))
+        return None, [{"val_acc": 0.5}, {"val_acc": 0.9}], 2
+
+    monkeypatch.setattr(fit, "_loop", probe_run)
+    cfg = TrainConfig(hidden=[8], epochs=7)
+    x, y = mnist.x_train[:5000], mnist.y_train[:5000]
+    got = fit.choose_augmentation(cfg, x, y, x[:100], y[:100], 10)
+    assert got["augment"] == "on" and got["probe"]["val_acc_on"] == got["probe"]["val_acc_off"] == 0.9
+    assert [r[:4] for r in runs] == [(1.5, 7, fit.PROBE_IMAGES, 100), (0.0, 7, fit.PROBE_IMAGES, 100)]
+    assert runs[0][4] is not runs[1][4]  # a fresh generator each, the same seed
+    # without a validation split the probe holds out a fifth of its images
+    runs.clear()
+    assert fit.choose_augmentation(cfg, x[:1000], y[:1000], x[:0], y[:0], 10)["augment"] == "on"
+    assert [r[2:4] for r in runs] == [(800, 200), (800, 200)]
+    # "on" and "off" decide without a probe, and there is nothing to decide without augmentation
+    runs.clear()
+    assert fit.choose_augmentation(replace(cfg, augment="off"), x, y, x, y, 10)["augment"] == "off"
+    assert fit.choose_augmentation(replace(cfg, augment="on"), x, y, x, y, 10)["augment"] == "on"
+    assert fit.choose_augmentation(replace(cfg, shift=0.0, rotate=0.0, zoom=0.0), x, y, x, y, 10)["augment"] == "off"
+    assert fit.choose_augmentation(cfg, x[:, :780], y, x[:, :780], y, 10)["why"] == "780 features are no square image"
+    assert runs == []
+
+
+def test_cli_augment_options(tmp_path, capsys):
+    """--no-augment is --augment off; the CLI's defaults are the library's."""
+    from dataclasses import fields
+
+    from rbnn.cli.train import AUGMENTS, DEFAULTS
+    from rbnn.train.fit import AUGMENTS as LIB_AUGMENTS
+
+    assert AUGMENTS == LIB_AUGMENTS
+    lib = {f.name: f.default for f in fields(TrainConfig)}
+    assert {k: lib[k] for k in DEFAULTS} == DEFAULTS
+    outs = []
+    for flag in (["--no-augment"], ["--augment", "off"]):
+        out = tmp_path / f"m{len(outs)}.rbnn"
+        assert main([*SMALL[:-3], *flag, "--seed", "1", "--val", "500", "--quiet", "-o", str(out)]) == 0
+        text = capsys.readouterr().out
+        assert "augmentation: off (shift 1.5, rotate 10, zoom 0.1; --augment off)" in text
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
