@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="random shift, rotation and zoom of the training images: 'auto' (default) "
                         "keeps them only where they help: before training, the run is tried on up to "
                         "3,000 of its images with and without them and scored on the validation split "
-                        "(a tenth of the time on MNIST, where they help; they cost on e.g. clothing "
+                        "(about 10 s more on MNIST, where they help; they cost on e.g. clothing "
                         "photos); 'on' or 'off' decide without trying")  # fmt: skip
     p.add_argument("--shift", type=float, default=DEFAULTS["shift"], help="augmentation: max shift in pixels (default %(default)s)")
     p.add_argument("--rotate", type=float, default=DEFAULTS["rotate"],

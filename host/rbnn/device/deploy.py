@@ -179,7 +179,7 @@ def deploy(
     The model is uploaded (resumable), saved atomically as ``name`` and loaded; the board
     is left at its REPL.
     """
-    from tqdm import tqdm
+    from ..progress import bar as progress_bar
 
     ser = open_serial(port, baudrate, DeployError)
     try:
@@ -197,7 +197,7 @@ def deploy(
         p = FirmwarePlan()
         sent: list[str] = []
         if firmware:
-            with tqdm(desc="firmware", unit="file", leave=False, disable=not progress) as bar:
+            with progress_bar(progress, desc="firmware", unit="file", leave=False) as bar:
                 def step(n: str) -> None:
                     bar.set_postfix_str(n)
                     bar.update(1)
@@ -206,8 +206,8 @@ def deploy(
         link = Link(ser, **(link_options or {}))
         link.connect()
         t0 = time.perf_counter()
-        with tqdm(total=len(model), desc=f"upload {name}", unit="B", unit_scale=True,
-                  leave=False, disable=not progress) as bar:  # fmt: skip
+        with progress_bar(progress, total=len(model), desc=f"upload {name}", unit="B", unit_scale=True,
+                          leave=False) as bar:  # fmt: skip
             def moved(have: int) -> None:
                 bar.update(have - bar.n)
 
