@@ -135,6 +135,12 @@ def test_bad_options_are_train_errors(mnist):
         train(mnist, [8], progress=False, limit=100, val=100)
     with pytest.raises(TrainError, match="unknown training option"):
         train(mnist, [8], progress=False, colour="red")
+    with pytest.raises(TrainError, match="seed: expected an integer >= 0, found -1"):  # numpy: ValueError
+        train(mnist, [8], seed=-1, progress=False, limit=300, val=50)
+    with pytest.raises(TrainError, match="augment: expected one of auto, on, off, found 'maybe'"):
+        train(mnist, [8], progress=False, limit=300, val=50, augment="maybe")
+    with pytest.raises(TrainError, match="left after the validation split: lower --batch or --val"):
+        train(mnist, [8], progress=False, limit=300, val=250)
     bad = Dataset("bad", mnist.x_train[:300], mnist.y_train[:300] + 10, mnist.x_test, mnist.y_test)
     with pytest.raises(TrainError, match="labels"):
         train(bad, [8], progress=False, val=50)
