@@ -21,7 +21,7 @@ ARM_SIZE ?= arm-none-eabi-size
 M0_FLAGS := -mcpu=cortex-m0plus -mthumb -Os -std=c99 -Wall -Wextra -Werror -ffreestanding -ffunction-sections -fdata-sections
 CORE_SRC := cmodules/rbnn/rbnn_core.c
 
-.PHONY: all help setup venv mnist deps-c deps-arm demo accuracy test size bench lint clean
+.PHONY: all help setup venv shell mnist deps-c deps-arm demo accuracy test size bench lint clean
 
 all: help
 
@@ -29,6 +29,7 @@ help:
 	@echo "make demo    set up, train a model on MNIST, pack it, summary, eval (twin and C), then deploy"
 	@echo "             and infer on the virtual device (DEVICE=/dev/ttyACM0: on a board)"
 	@echo "make test    set up and run the whole test suite"
+	@echo "make shell   a shell with .venv/bin (the rbnn command) first on PATH; exit to leave"
 	@echo "make accuracy  train and evaluate the two MNIST accuracy models of issue 2 (~9 min idle)"
 	@echo "make size    cross-build the C core for Cortex-M0+ and print text/data/bss"
 	@echo "make bench   host and Cortex-M0+ inference benchmarks"
@@ -57,6 +58,11 @@ $(STAMP): host/pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e 'host[dev]'
 	@touch $@
+
+# `rbnn` lives in .venv/bin: this shell has it on PATH (as `source .venv/bin/activate` does).
+shell: venv
+	@echo "rbnn $$($(RBNN) --version | cut -d' ' -f2) from $(CURDIR)/$(VENV)/bin; exit to leave"
+	@VIRTUAL_ENV="$(CURDIR)/$(VENV)" PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $${SHELL:-/bin/bash} -i
 
 deps-c:
 	$(call apt_need,gcc,gcc libc6-dev)

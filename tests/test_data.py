@@ -101,3 +101,37 @@ def test_missing_cache_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("RBNN_DATA", str(tmp_path / "nothing"))
     with pytest.raises(DataError, match="make mnist"):
         data.load("mnist")
+
+
+def test_only_the_parts_asked_for_are_read(tmp_path):
+    """eval and infer read the test set only: a folder without training files serves them."""
+    arrays = _write_set(tmp_path)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (tmp_path / name).unlink()
+    ds = data.load(str(tmp_path), parts=("t10k",))
+    assert np.array_equal(ds.x_test, arrays["t10k-images-idx3-ubyte"].reshape(10, 784))
+    assert ds.x_train.shape == (0, 784) and ds.y_train.shape == (0,)
+    assert [p.name for p in ds.files] == ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    with pytest.raises(DataError, match="missing train-images-idx3-ubyte"):
+        data.load(str(tmp_path))
+
+
+@pytest.mark.parametrize("dims", [(2**21, 2**21, 2**22), (2**32 - 1,) * 3])
+def test_idx_dimensions_that_overflow_int64(tmp_path, dims):
+    # 2^21 * 2^21 * 2^22 is 0 in int64: the header would pass as an empty array
+    path = tmp_path / "x-idx3-ubyte"
+    path.write_bytes(struct.pack(">HBB3I", 0, 8, 3, *dims) + b"\0" * 16)
+    want = 1
+    for d in dims:
+        want *= d
+    with pytest.raises(DataError, match=rf"offset 16: IDX data: expected {want} bytes for shape .*, found 16"):
+        data.read_idx(path)
+
+
+def test_relative_rbnn_data_is_taken_from_the_start_directory(tmp_path, monkeypatch):
+    import rbnn.files
+
+    monkeypatch.setattr(rbnn.files, "START_DIR", str(tmp_path))
+    monkeypatch.setenv("RBNN_DATA", "cache/mnist")
+    monkeypatch.chdir("/")
+    assert data.cache_dir() == tmp_path / "cache" / "mnist"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -85,3 +88,58 @@ def test_pack_bits_inverse(rng):
     for n in [1, 31, 32, 33, 64, 100]:
         b = rng.random((4, n)) < 0.5
         np.testing.assert_array_equal(unpack_bits(pack_bits(b), n), b)
+
+
+def test_bad_models_and_inputs_are_rbnn_errors(rng):
+    """What a caller can get wrong is an RbnnError (the CLI prints it as one line), still a
+    ValueError for code that catches that."""
+    from rbnn.engines import scorer
+    from rbnn.engines.ccore import CModel
+    from rbnn.errors import ModelError, RbnnError
+    from rbnn.format import pack
+    from rbnn.train import fold
+
+    m = random_model(rng, 40, [5, 3], 0x80)
+    data = pack.to_bytes(m)
+    cases = [
+        (lambda: model.pack_input(np.zeros((1, 40), np.float32), 0x80), "features must be uint8"),
+        (lambda: scorer("gpu", data), "unknown engine 'gpu'"),
+        (lambda: twin.scores(m, np.zeros((2, 2, 2), np.uint32)), "packed input must have shape"),
+        (lambda: CModel(data).scores(np.zeros((2, 2, 2), np.uint32)), "packed input must have shape"),
+        (lambda: CModel(data).pack_u8(np.zeros(39, np.uint8)), "features must be uint8 (40,)"),
+        (lambda: fold.fold_hidden(np.zeros(2), np.full(2, np.nan), np.ones(2), np.zeros(2), 1e-4, 10),
+         "BatchNorm var: 2 values are not finite"),
+        (lambda: Model.plain(10, 0x80, [np.ones(3)], [], [], np.ones(3), np.zeros(3)), "weights must be 2-D"),
+    ]
+    for call, text in cases:
+        with pytest.raises(ModelError, match=re.escape(text)) as e:
+            call()
+        assert isinstance(e.value, RbnnError) and isinstance(e.value, ValueError)
+    m.sizes = [3] * 9
+    with pytest.raises(ModelError, match="n_layers must be 1..8"):
+        pack.to_bytes(m)
+
+
+# Raises of Python's own errors left in the host package, each a bug if ever reached (an
+# internal check), not something a caller can cause.
+INTERNAL_RAISES = {
+    "engines/twin.py": ["OverflowError(\"scores left the int32 range"],
+    "format/pack.py": ["ValueError(f\"internal: wrote"],
+    # the device link's own checks: rbnn.device (another change converts these)
+    "device/link.py": ["ValueError(f\"{name} payload of"],
+    "device/frames.py": ["ValueError(f\"payload of"],
+}
+
+
+def test_the_host_raises_rbnn_errors_not_bare_python_ones():
+    import rbnn
+
+    root = Path(rbnn.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        for line in path.read_text().splitlines():
+            hit = re.search(r"raise ((?:Value|Runtime|Type|Overflow)Error\(.*)", line)
+            if hit and not any(hit.group(1).startswith(ok) for ok in INTERNAL_RAISES.get(rel, [])):
+                found.append(f"{rel}: {line.strip()}")
+    assert found == []

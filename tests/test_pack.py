@@ -12,6 +12,7 @@ import pytest
 
 from rbnn.engines import twin
 from rbnn.errors import FormatError
+from rbnn.files import FileError
 from rbnn.format import pack
 from rbnn.format.model import LIVE, Block, Model
 from support.randmodel import random_model
@@ -193,11 +194,11 @@ def test_save_is_atomic(rng, tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", broken_fsync)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(FileError, match=f"{path}: cannot write: No space left on device"):
         pack.save(random_model(rng, n_inputs=30, sizes=[6, 2]), path)
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["m.rbnn"]
     # and a new path that fails leaves nothing at all
-    with pytest.raises(OSError):
+    with pytest.raises(FileError):
         pack.save(good, tmp_path / "new.rbnn")
     assert os.listdir(tmp_path) == ["m.rbnn"]
 

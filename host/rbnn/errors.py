@@ -47,3 +47,9 @@ class FormatError(RbnnError, ValueError):
 
 class DataError(RbnnError, ValueError):
     """A data set that is missing, corrupt or of the wrong shape."""
+
+
+class ModelError(RbnnError, ValueError):
+    """A model, or a request to run one, that rbnn cannot carry out: layer shapes that do
+    not chain or do not fit version 1 of the format, samples of the wrong type or shape
+    for the model, an unknown engine."""

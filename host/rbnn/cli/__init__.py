@@ -5,7 +5,9 @@ Every error a user can cause is one line on stderr, ``rbnn: error: ...``, and ex
 status 2: rbnn's own errors, argument errors, OSError (a file, folder or port the
 system refused) and MemoryError. Set ``RBNN_TRACEBACK=1`` to see the traceback of those
 two; any other exception is a bug and shows its traceback. Ctrl-C: ``rbnn: interrupted``,
-exit status 130.
+exit status 130. A reader that stops reading (``rbnn summary m.rbnn | head -1``): no
+message, exit status 141 (128 + SIGPIPE, what a shell reports for a command killed by a
+closed pipe).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import select
 import sys
 
 from .. import __version__
@@ -45,10 +48,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+SIGPIPE_EXIT = 141
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end is closed (poll reports an error)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no real stdout (tests, embedding)
+        return False
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush finds no closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe is found here, not in the interpreter's exit
+        return code
     except RbnnError as e:
         print(f"rbnn: error: {e}", file=sys.stderr)
         return 2
@@ -56,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rbnn: error: {e.filename}: no such file", file=sys.stderr)
         return 2
     except OSError as e:  # the system refused a file, folder or port the user named
+        if isinstance(e, BrokenPipeError) and _stdout_reader_gone():  # not another pipe's
+            _quiet_stdout()
+            return SIGPIPE_EXIT
         if os.environ.get("RBNN_TRACEBACK"):
             raise
         where = "".join(f"{f}: " for f in (e.filename, e.filename2) if f is not None)

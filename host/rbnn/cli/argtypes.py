@@ -5,16 +5,34 @@ from __future__ import annotations
 
 import argparse
 
+# termios takes a custom baud rate as a C int (pyserial's set_custom_baud): a larger
+# value is an OverflowError deep in pyserial, not a rate any UART runs at.
+MAX_BAUD = 2**31 - 1
 
-def positive_int(text: str) -> int:
-    """An integer >= 1 (``--limit``, ``--baud``, ...)."""
+
+def _int_in(text: str, low: int, high: int | None, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, found {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, found {value}")
+        raise argparse.ArgumentTypeError(f"expected {what}, found {text!r}") from None
+    if value < low or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(f"expected {what}, found {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (``--limit``, ...)."""
+    return _int_in(text, 1, None, "an integer >= 1")
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (``--seed``: numpy seeds are never negative)."""
+    return _int_in(text, 0, None, "an integer >= 0")
+
+
+def baud_rate(text: str) -> int:
+    """A baud rate 1..MAX_BAUD (``--baud``)."""
+    return _int_in(text, 1, MAX_BAUD, f"a baud rate 1..{MAX_BAUD} such as 115200")
 
 
 def non_negative_float(text: str) -> float:

@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from ..device.deploy import deploy
     from ..device.link import check_model_name
     from ..device.virtual import port_session
-    from .files import read_model
+    from ..files import read_model
 
     raw, _ = read_model(args.model)  # refuse a bad file or name here, before touching the board
     check_model_name(args.name)

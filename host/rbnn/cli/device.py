@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from .argtypes import positive_int
+from .argtypes import baud_rate
 
 
 def add_port_args(p: argparse.ArgumentParser) -> None:
     """--port, --baud and --fs, shared by the commands that talk to a board."""
     p.add_argument("--port", required=True,
                    help="serial port of the board (e.g. /dev/ttyACM0), or 'virtual' for a virtual device")  # fmt: skip
-    p.add_argument("--baud", type=positive_int, default=115200, help="baud rate (UART boards; default 115200)")
+    p.add_argument("--baud", type=baud_rate, default=115200, help="baud rate (UART boards; default 115200)")
     p.add_argument("--fs", metavar="DIR",
                    help="with --port virtual: the virtual device's filesystem folder "
                         "(default $XDG_DATA_HOME/rbnn/virtual-fs or ~/.local/share/rbnn/virtual-fs)")  # fmt: skip

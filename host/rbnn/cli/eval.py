@@ -11,7 +11,7 @@ from .argtypes import positive_int
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="accuracy of a model file on a test set")
     p.add_argument("model", help=".rbnn file")
-    p.add_argument("--data", default="mnist", help="'mnist' or a folder of IDX files")
+    p.add_argument("--data", default="mnist", help="'mnist' or a folder of IDX files (only the t10k files are read)")
     p.add_argument("--engine", choices=ENGINES, default="twin")
     p.add_argument("--limit", type=positive_int, help="only the first N test images")
     p.add_argument("--scores", metavar="OUT.npy", help="write the int32 scores here")
@@ -22,32 +22,26 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     import numpy as np
-    from tqdm import tqdm
 
-    from .. import data
     from ..engines import scorer
+    from ..files import check_output, read_model, write_atomic
     from ..format.model import pack_input
-    from .files import check_output, read_model, write_atomic
+    from ..progress import bar
+    from .testset import fit_test_set, load_test_set
 
     raw, m = read_model(args.model)
+    ds = load_test_set(args.data)
+    x, y = fit_test_set(ds, args.limit, m.n_inputs, m.n_classes, f"{args.model}: model")
     if args.scores:
-        check_output(args.scores, "--scores")
-    ds = data.load(args.data)
-    x, y = ds.x_test, ds.y_test
-    if args.limit is not None:
-        x, y = x[: args.limit], y[: args.limit]
-    if x.shape[1] != m.n_inputs:
-        from ..errors import DataError
-
-        raise DataError(f"{args.model}: model has {m.n_inputs} inputs, data set has {x.shape[1]}")
+        check_output(args.scores, "--scores", inputs=[args.model, *ds.files])
     score = scorer(args.engine, raw)
     out = np.empty((len(y), m.n_classes), np.int32)
     t0 = time.perf_counter()
     step = 1000
-    with tqdm(total=len(y), desc=f"eval ({args.engine})", unit="img", leave=False) as bar:
+    with bar(total=len(y), desc=f"eval ({args.engine})", unit="img", leave=False) as b:
         for lo in range(0, len(y), step):
             out[lo : lo + step] = score(pack_input(x[lo : lo + step], m.plane_mask))
-            bar.update(min(step, len(y) - lo))
+            b.update(min(step, len(y) - lo))
     dt = time.perf_counter() - t0
     pred = np.argmax(out, axis=1)
     correct = int(np.sum(pred == y))

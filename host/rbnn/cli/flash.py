@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .argtypes import non_negative_float, positive_int
+from .argtypes import baud_rate, non_negative_float
 
 
 def _int(text: str) -> int:
@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "folder, or the serial port of a board running MicroPython (default: a mounted "
         "RPI-RP2 drive, else picotool)",
     )
-    p.add_argument("--baud", type=positive_int, default=460800, help="ESP32 upload baud rate")
+    p.add_argument("--baud", type=baud_rate, default=460800, help="ESP32 upload baud rate")
     p.add_argument("--offset", type=_int, default=0x1000, help="ESP32 flash address of the image")
     p.add_argument("--erase", action="store_true", help="ESP32: erase all flash first (file system too)")
     p.add_argument("--wait", type=non_negative_float, default=10.0, help="RP2040: seconds to wait for the drive")

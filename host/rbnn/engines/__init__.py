@@ -25,4 +25,6 @@ def scorer(engine: str, data: bytes) -> Callable[[np.ndarray], np.ndarray]:
 
         cm = CModel(data)
         return cm.scores
-    raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    from ..errors import ModelError
+
+    raise ModelError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")

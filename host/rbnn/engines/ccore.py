@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import resources
-from ..errors import CODES, FormatError, RbnnError
+from ..errors import CODES, FormatError, ModelError, RbnnError
 from ..format.bits import pad_mask, words
 
 SOURCES = ("rbnn_core.c", "rbnn_kernel.c")
@@ -285,7 +285,7 @@ class CModel:
         x = np.ascontiguousarray(xbits, dtype=np.uint32)
         want = (self.k_planes, words(self.n_inputs))
         if x.ndim != 3 or x.shape[1:] != want:
-            raise ValueError(f"packed input must have shape (n, {want[0]}, {want[1]}), got {x.shape}")
+            raise ModelError(f"packed input must have shape (n, {want[0]}, {want[1]}), got {x.shape}")
         # Named here (sample, plane); the C core checks again and would only say E_INPUT.
         bad = x[:, :, -1] & np.uint32(~pad_mask(self.n_inputs) & 0xFFFFFFFF)
         if bad.any():
@@ -339,7 +339,7 @@ class CModel:
         """
         f = np.ascontiguousarray(features)
         if f.dtype != np.uint8 or f.shape != (self.n_inputs,):
-            raise ValueError(f"features must be uint8 ({self.n_inputs},), got {f.dtype} {f.shape}")
+            raise ModelError(f"features must be uint8 ({self.n_inputs},), got {f.dtype} {f.shape}")
         out = np.empty((self.k_planes, words(self.n_inputs)), np.uint32)
         rc = self._lib.rbnn_pack_u8(ctypes.byref(self._m), f.ctypes.data, out.ctypes.data)
         if rc != 0:
@@ -360,7 +360,7 @@ class CModel:
         """
         x = np.ascontiguousarray(xbits, dtype=np.uint32).reshape(-1)
         if x.size != self.input_words:
-            raise ValueError(f"packed input must have {self.input_words} words, got {x.size}")
+            raise ModelError(f"packed input must have {self.input_words} words, got {x.size}")
         scores = np.zeros(self.n_classes, np.int32)
         scratch = np.empty(max(1, self.scratch_words), np.uint32)
         rc = self._lib.rbnn_infer(ctypes.byref(self._m), x.ctypes.data, scratch.ctypes.data,

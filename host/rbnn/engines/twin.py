@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ModelError
 from ..format.bits import pack_bits, popcount, words
 from ..format.model import Model, pack_input, plane_shifts
 
@@ -55,7 +56,7 @@ def scores(m: Model, xbits: np.ndarray) -> np.ndarray:
     xbits = np.asarray(xbits, dtype=np.uint32)
     want = (m.k_planes, words(m.n_inputs))
     if xbits.ndim != 3 or xbits.shape[1:] != want:
-        raise ValueError(f"packed input must have shape (n, {want[0]}, {want[1]}), got {xbits.shape}")
+        raise ModelError(f"packed input must have shape (n, {want[0]}, {want[1]}), got {xbits.shape}")
     n = xbits.shape[0]
     widest = max(s * words(i) for s, i in zip(m.sizes, m.layer_inputs, strict=True))
     step = max(1, _CHUNK_ELEMS // max(1, widest))
@@ -67,7 +68,7 @@ def scores(m: Model, xbits: np.ndarray) -> np.ndarray:
             acc += _block_scores(m, b, chunk)
         out[lo : lo + step] = acc
     if out.size and (out.max() > 2**31 - 1 or out.min() < -(2**31)):
-        raise OverflowError("scores left the int32 range; the model file's range check failed")
+        raise OverflowError("scores left the int32 range; the model file's range check failed")  # a bug
     return out.astype(np.int32)
 
 

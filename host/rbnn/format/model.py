@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import ModelError
 from .bits import pack_bits, unpack_bits, words
 from .constants import FROZEN, LIVE, MAX_BITS, MAX_BLOCKS, MAX_LAYERS, MAX_PLANES  # noqa: F401 (re-exported)
 
@@ -37,7 +38,7 @@ def pack_input(x: np.ndarray, plane_mask: int) -> np.ndarray:
     """
     x = np.asarray(x)
     if x.dtype != np.uint8:
-        raise TypeError(f"features must be uint8, got {x.dtype}")
+        raise ModelError(f"features must be uint8, got {x.dtype}")
     one = x.ndim == 1
     x2 = x[None] if one else x
     planes = [pack_bits((x2 >> n) & 1) for n in kept_planes(plane_mask)]
@@ -158,16 +159,16 @@ class Model:
     ) -> Model:
         """A one-block frozen model from dense binary weights (bool or +-1, (out, in))."""
         if any(np.ndim(w) != 2 for w in weights):
-            raise ValueError(f"weights must be 2-D (out, in), got shapes {[np.shape(w) for w in weights]}")
+            raise ModelError(f"weights must be 2-D (out, in), got shapes {[np.shape(w) for w in weights]}")
         sizes = [int(np.shape(w)[0]) for w in weights]
         # One (size,) vector per hidden layer, one (classes,) vector each for scale/offset.
         want = [(s,) for s in sizes[:-1]]
         for name, vals in (("thresholds", thresholds), ("flips", flips)):
             if [np.shape(v) for v in vals] != want:
-                raise ValueError(f"{name} must have shapes {want}, got {[np.shape(v) for v in vals]}")
+                raise ModelError(f"{name} must have shapes {want}, got {[np.shape(v) for v in vals]}")
         for name, v in (("scale", scale), ("offset", offset)):
             if np.shape(v) != (sizes[-1],):
-                raise ValueError(f"{name} must have shape ({sizes[-1]},), got {np.shape(v)}")
+                raise ModelError(f"{name} must have shape ({sizes[-1]},), got {np.shape(v)}")
         rows = [pack_bits(np.asarray(w) > 0).reshape(-1) for w in weights]
         arena = np.concatenate(rows)[None, :].astype(np.uint32)
         block = Block(
@@ -182,7 +183,7 @@ class Model:
         expect = [n_in for n_in in m.layer_inputs]
         got = [int(w.shape[1]) for w in weights]
         if expect != got:
-            raise ValueError(f"layer input widths {got} do not chain, expected {expect}")
+            raise ModelError(f"layer input widths {got} do not chain, expected {expect}")
         return m
 
     def output_smax(self) -> int:

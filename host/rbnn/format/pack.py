@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import FormatError, ModelError
 from . import checks
 from .bits import pack_bits, pad_mask, unpack_bits, words
 from .constants import (
@@ -43,8 +43,28 @@ def _fail(check: str, offset: int, **vals: int) -> FormatError:
     return FormatError(code, field, offset, expected, found)
 
 
+class _Head(NamedTuple):
+    """What :func:`check_head` found valid."""
+
+    n_layers: int
+    n_blocks: int
+    n_planes: int
+    n_inputs: int
+    input_mode: int
+    plane_mask: int
+    sizes: list
+    blocks_offset: int
+    arena_offset: int
+    params_offset: int
+    layout: dict
+
+
 def _blocks_offset(n_layers: int) -> int:
     return HEADER_BYTES + 4 * ((n_layers + 1) // 2)
+
+
+# The header and the longest layer table: all check_head needs of a file.
+HEAD_MAX_BYTES = _blocks_offset(MAX_LAYERS)
 
 
 def _block_params_bytes(sizes: list[int]) -> int:
@@ -72,14 +92,15 @@ def layout(n_inputs: int, sizes: list[int], n_blocks: int, n_planes: int) -> dic
 
 
 def to_bytes(model: Model) -> bytes:
-    """Serialise a model; raises ValueError if it cannot be represented in version 1."""
+    """Serialise a model; ModelError if it cannot be represented in version 1, FormatError
+    if the reader would refuse the bytes."""
     m = model
     sizes = list(m.sizes)
     if not 1 <= len(sizes) <= MAX_LAYERS:
-        raise ValueError(f"n_layers must be 1..{MAX_LAYERS}, got {len(sizes)}")
+        raise ModelError(f"n_layers must be 1..{MAX_LAYERS}, got {len(sizes)}")
     lay = layout(m.n_inputs, sizes, len(m.blocks), m.n_planes)
     if m.arena.shape != (m.n_planes, lay["plane_bytes"] // 4):
-        raise ValueError(f"arena shape {m.arena.shape} != ({m.n_planes}, {lay['plane_bytes'] // 4})")
+        raise ModelError(f"arena shape {m.arena.shape} != ({m.n_planes}, {lay['plane_bytes'] // 4})")
     out = bytearray()
     out += _HEADER.pack(
         MAGIC, VERSION, 0, lay["file_bytes"], 32, len(sizes), len(m.blocks), m.n_planes,
@@ -90,7 +111,7 @@ def to_bytes(model: Model) -> bytes:
     out += b"\0" * (lay["blocks_offset"] - len(out))
     for b in m.blocks:
         if not 1 <= len(b.planes) <= MAX_BITS:
-            raise ValueError(f"a block owns 1..{MAX_BITS} planes, got {len(b.planes)}")
+            raise ModelError(f"a block owns 1..{MAX_BITS} planes, got {len(b.planes)}")
         planes = list(b.planes) + [0xFF] * (MAX_BITS - len(b.planes))
         out += struct.pack("<BBH16B", b.state, len(b.planes), 0, *planes)
     out += m.arena.astype("<u4").tobytes()
@@ -108,35 +129,37 @@ def to_bytes(model: Model) -> bytes:
 
 
 def save(model: Model, path: str | os.PathLike) -> int:
-    """Write ``model`` to ``path`` atomically (temp file + rename); returns bytes written."""
+    """Write ``model`` to ``path`` atomically (:func:`rbnn.files.write_atomic`: temp file,
+    fsync, rename; a pipe or character device is written into); returns bytes written."""
+    from ..files import write_atomic
+
     data = to_bytes(model)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # never leave a partial file behind
-        raise
+    write_atomic(path, lambda f: f.write(data))
     return len(data)
 
 
 def load(path: str | os.PathLike) -> Model:
-    """Read and check a .rbnn file; FormatError names the file, offset and field."""
-    data = Path(path).read_bytes()
-    try:
-        return from_bytes(data)
-    except FormatError as e:
-        raise e.with_path(str(path)) from None
+    """Read and check a .rbnn file (:func:`rbnn.files.read_model`); FormatError names
+    the file, offset and field."""
+    from ..files import read_model
+
+    return read_model(path)[1]
 
 
-def from_bytes(buf: bytes) -> Model:
-    """Parse and validate a model (check order of docs/FORMAT.md, Errors)."""
-    buf = bytes(buf)
-    n = len(buf)
+def check_head(buf: bytes, n: int) -> _Head:
+    """The checks of :func:`from_bytes` that need only the first bytes of a file and its
+    size: header fields, layer table, ``file_bytes`` against ``n``, the section offsets.
+
+    Parameters
+    ----------
+    buf : bytes
+        The file's first ``min(n, HEAD_MAX_BYTES)`` bytes (or all of them).
+    n : int
+        The file's size in bytes.
+
+    Same errors, in the same order, as :func:`from_bytes` on the whole file, so a reader
+    can refuse a file of any size after reading :data:`HEAD_MAX_BYTES` of it.
+    """
     if n < HEADER_BYTES:
         raise _fail("TRUNC_HEADER", 0, found=n)
     (magic, version, flags, file_bytes, word_bits, n_layers, n_blocks, n_planes, n_inputs,
@@ -183,6 +206,17 @@ def from_bytes(buf: bytes) -> Model:
     ]:
         if stored != lay[name]:
             raise _fail(check, off, want=lay[name], found=stored)
+    return _Head(n_layers, n_blocks, n_planes, n_inputs, input_mode, plane_mask, sizes, blocks_offset,
+                 arena_offset, params_offset, lay)  # fmt: skip
+
+
+def from_bytes(buf: bytes) -> Model:
+    """Parse and validate a model (check order of docs/FORMAT.md, Errors)."""
+    buf = bytes(buf)
+    n = len(buf)
+    h = check_head(buf, n)
+    n_blocks, n_planes, n_inputs, input_mode, plane_mask = h.n_blocks, h.n_planes, h.n_inputs, h.input_mode, h.plane_mask
+    sizes, blocks_offset, arena_offset, params_offset, lay = h.sizes, h.blocks_offset, h.arena_offset, h.params_offset, h.layout
     crc_stored = struct.unpack_from("<I", buf, n - 4)[0]
     crc = zlib.crc32(buf[: n - 4])
     if crc != crc_stored:

@@ -5,12 +5,12 @@ straight-through estimator; ``optim``: Adam; ``augment``: image jitter), ``fold`
 it into the integers of docs/FORMAT.md, ``plots`` draws the curves.
 """
 
+from .blas import blas_threads
 from .fit import (
     QUICK_RECIPE,
     TrainConfig,
     TrainError,
     TrainResult,
-    blas_threads,
     config_dict,
     train,
 )

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ModelError
+
 I32_MAX = 2**31 - 1
 OUTPUT_BOUND = 2**30  # score bound the folded output layer keeps (E_RANGE needs <= 2^31-1)
 
@@ -37,26 +39,26 @@ def _params(
     eps: float,
     bias: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """float64 (shift, k, beta) with bn(s) = (s - shift) * k + beta; ValueError if not finite."""
+    """float64 (shift, k, beta) with bn(s) = (s - shift) * k + beta; ModelError if not finite."""
     arrs = [np.asarray(a, dtype=np.float64) for a in (mean, var, gamma, beta)]
     n = arrs[0].shape
     for name, a in zip(("mean", "var", "gamma", "beta"), arrs, strict=True):
         if a.shape != n or a.ndim != 1:
-            raise ValueError(f"BatchNorm {name}: expected shape {n}, found {a.shape}")
+            raise ModelError(f"BatchNorm {name}: expected shape {n}, found {a.shape}")
         if not np.all(np.isfinite(a)):
-            raise ValueError(f"BatchNorm {name}: {int(np.sum(~np.isfinite(a)))} values are not finite")
+            raise ModelError(f"BatchNorm {name}: {int(np.sum(~np.isfinite(a)))} values are not finite")
     mean, var, gamma, beta = arrs
     if np.any(var + eps <= 0):
-        raise ValueError("BatchNorm var + eps must be > 0")
+        raise ModelError("BatchNorm var + eps must be > 0")
     shift = mean.copy()
     if bias is not None:
         b = np.asarray(bias, dtype=np.float64)
         if b.shape != n or not np.all(np.isfinite(b)):
-            raise ValueError(f"bias: expected {n} finite values, found shape {b.shape}")
+            raise ModelError(f"bias: expected {n} finite values, found shape {b.shape}")
         shift = shift - b
     k = gamma / np.sqrt(var + eps)
     if not np.all(np.isfinite(k)):
-        raise ValueError("BatchNorm gamma / sqrt(var + eps) overflows float64")
+        raise ModelError("BatchNorm gamma / sqrt(var + eps) overflows float64")
     return shift, k, beta
 
 
@@ -117,7 +119,7 @@ def fold_hidden(
     flips : ndarray of bool, shape (n,)
     """
     if not 0 <= smax < I32_MAX:
-        raise ValueError(f"smax must be 0..{I32_MAX - 1}, got {smax}")
+        raise ModelError(f"smax must be 0..{I32_MAX - 1}, got {smax}")
     shift, k, b = _params(mean, var, gamma, beta, eps, bias)
 
     def positive(s: np.ndarray) -> np.ndarray:
@@ -169,11 +171,11 @@ def fold_output(
         The fixed-point exponent: integer scores are about ``2^q`` times the float ones.
     """
     if not 1 <= bound <= I32_MAX:
-        raise ValueError(f"bound must be 1..{I32_MAX}, got {bound}")
+        raise ModelError(f"bound must be 1..{I32_MAX}, got {bound}")
     shift, k, b = _params(mean, var, gamma, beta, eps, bias)
     c = b - shift * k
     if not np.all(np.isfinite(c)):
-        raise ValueError("output BatchNorm offset beta - mean * k overflows float64")
+        raise ModelError("output BatchNorm offset beta - mean * k overflows float64")
     peak = float(np.max(np.abs(k) * smax + np.abs(c))) if k.size else 0.0
     # Largest q with peak * 2^q (plus rounding) inside the bound; start there and step
     # down until the exact integer bound holds.

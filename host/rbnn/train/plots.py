@@ -1,9 +1,24 @@
-"""Training curves as a PNG (matplotlib, Agg backend: no display needed)."""
+"""Training curves as a PNG (matplotlib, Agg backend: no display needed).
+
+matplotlib is optional (``pip install 'rbnn[plots]'``): :func:`missing` says whether
+it is there, so `rbnn train` knows before it trains whether it will write the PNG.
+"""
 
 from __future__ import annotations
 
 import os
 from typing import BinaryIO
+
+INSTALL = "pip install 'rbnn[plots]'"
+
+
+def missing() -> str | None:
+    """None when matplotlib can be imported, else a note saying how to get it."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return f"matplotlib is not installed ({INSTALL})"
+    return None
 
 
 def plot_history(
@@ -15,7 +30,8 @@ def plot_history(
     ----------
     history : list of dict
         One row per epoch with keys ``epoch``, ``loss``, ``acc``, ``val_loss``, ``val_acc``
-        (as :func:`rbnn.train.train` records them).
+        (as :func:`rbnn.train.train` records them; validation values None without a
+        validation split: not drawn).
     path : path of the PNG to write, or a binary file open for writing
     title : str
         Figure title (e.g. the shape and options of the run).
@@ -29,17 +45,19 @@ def plot_history(
     from matplotlib.ticker import MaxNLocator
 
     ep = [r["epoch"] for r in history]
+    val_loss = [float("nan") if r["val_loss"] is None else r["val_loss"] for r in history]
+    val_acc = [float("nan") if r["val_acc"] is None else 100 * r["val_acc"] for r in history]
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 4))
     try:
         ax_l.plot(ep, [r["loss"] for r in history], "o-", label="train (augmented batches)")
-        ax_l.plot(ep, [r["val_loss"] for r in history], "s-", label="validation")
+        ax_l.plot(ep, val_loss, "s-", label="validation")
         ax_l.set_xlabel("epoch")
         ax_l.set_ylabel("loss")
         ax_l.set_yscale("log")
         ax_l.grid(True, alpha=0.3)
         ax_l.legend()
         ax_a.plot(ep, [100 * r["acc"] for r in history], "o-", label="train (augmented batches)")
-        ax_a.plot(ep, [100 * r["val_acc"] for r in history], "s-", label="validation")
+        ax_a.plot(ep, val_acc, "s-", label="validation")
         ax_a.set_xlabel("epoch")
         ax_a.set_ylabel("accuracy (%)")
         ax_a.grid(True, alpha=0.3)
