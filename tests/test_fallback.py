@@ -23,7 +23,7 @@ from rbnn.errors import FormatError
 from rbnn.format import pack
 from rbnn.format.bits import words
 from rbnn.format.model import FROZEN, LIVE, Block, Model, pack_input
-from support.randmodel import random_model
+from support.randmodel import bound_model, random_model, saturated_model, tie_model
 
 ENGINES = ["viper", "python"]
 # Every engine's file errors (docs/FORMAT.md, Errors; rbnn.format.checks).
@@ -61,6 +61,17 @@ def random_models(rng: np.random.Generator, n: int) -> list[Model]:
         random_model(rng, n_inputs=1985, sizes=[64, 3], plane_mask=0xC0),
         random_model(rng, n_inputs=40, sizes=[961, 7], plane_mask=0x80, n_blocks=2),
         random_model(rng, n_inputs=960, sizes=[6], plane_mask=0x10),
+        # argmax ties: the lowest index of the tied classes wins, wherever the tie sits
+        tie_model(rng, [5, 9, 9, 2, 9]),
+        tie_model(rng, [-3, -3, -7]),
+        # saturated popcounts: all +1 weights, 2048 and more inputs (a zero input counts
+        # every bit), and a 2048-wide hidden layer
+        saturated_model(2048, [3]),
+        saturated_model(4100, [2], plane_mask=0x81),
+        saturated_model(64, [2048, 3]),
+        # scores exactly at the E_RANGE bound, 2^31 - 1, reached by the all-0/255 inputs
+        bound_model(1, 3000),
+        bound_model(3, 3000),
     ]
     out = corners[:n]
     while len(out) < n:
@@ -308,6 +319,12 @@ def error_corpus() -> list[bytes]:
     m2 = random_model(rng, n_inputs=21, sizes=[5, 3], plane_mask=0x80, n_blocks=2)
     m1 = random_model(rng, n_inputs=9, sizes=[4], plane_mask=0x3C)
     files = crafted_files(pack.to_bytes(m3), m3)
+    # exactly at the E_RANGE bound (valid), and one unit of offset over it (E_RANGE)
+    at = bound_model(2, 300)
+    files.append(pack.to_bytes(at))
+    lay = pack.layout(at.n_inputs, at.sizes, 2, 2)
+    last_offset2 = lay["params_offset"] + 2 * lay["block_params_bytes"] - 4
+    files.append(patched(pack.to_bytes(at), last_offset2, "<i", int(at.blocks[1].offset[2]) - 1))
     for m in (m3, m2, m1):
         lay = pack.layout(m.n_inputs, m.sizes, len(m.blocks), m.n_planes)
         files += fuzzed_files(rng, pack.to_bytes(m), lay["arena_offset"], 5)

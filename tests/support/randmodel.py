@@ -47,3 +47,44 @@ def random_model(
         offset = rng.integers(-100000, 100000, n_out).astype(np.int32)
         m.blocks.append(Block(FROZEN, [b], thr, fl, scale, offset))
     return m
+
+
+def bound_model(n_blocks: int, n_in: int = 5000) -> Model:
+    """One layer of all +1 weights, 8 input planes, and scale/offset that put the score
+    bound of docs/FORMAT.md (E_RANGE) at exactly 2^31 - 1: inputs of all 255 (or 0)
+    reach +-(2^31 - 1), so the file is valid and one more unit of any offset is not."""
+    cls = 3
+    smax = n_in * 255
+    lim = 2**31 - 1
+    per = [lim // n_blocks + (1 if b < lim % n_blocks else 0) for b in range(n_blocks)]
+    weights = [np.ones((cls, n_in), bool)]
+    m = Model.plain(n_in, 0xFF, weights, [], [], np.zeros(cls, np.int32), np.zeros(cls, np.int32))
+    blocks = []
+    for b in range(n_blocks):
+        s = per[b] // smax
+        o = per[b] - s * smax
+        blocks.append(Block(FROZEN, [b], [], [], np.array([s, -s, 0], np.int32), np.array([o, -o, -per[b]], np.int32)))
+    m.arena = np.repeat(m.arena, n_blocks, axis=0)
+    m.blocks = blocks
+    return m
+
+
+def tie_model(rng: np.random.Generator, offsets: list[int], n_inputs: int = 50) -> Model:
+    """Scores equal to ``offsets`` for every input (scale 0): ties between classes that
+    argmax must break towards the lowest index."""
+    m = random_model(rng, n_inputs=n_inputs, sizes=[12, len(offsets)], plane_mask=0x80)
+    m.blocks[0].scale = np.zeros(len(offsets), np.int32)
+    m.blocks[0].offset = np.asarray(offsets, np.int32)
+    return m
+
+
+def saturated_model(n_inputs: int, sizes: list[int], plane_mask: int = 0x80) -> Model:
+    """Every weight +1 and every threshold at the bottom: an all-zero input makes every
+    popcount of the first layer n_inputs (and of a hidden layer its width), the largest
+    counts a popcount kernel must carry without overflow."""
+    weights = [np.ones((o, i), bool) for i, o in zip([n_inputs] + sizes[:-1], sizes, strict=True)]
+    thr = [np.full(s, -(2**30), np.int32) for s in sizes[:-1]]  # every hidden unit +1
+    flips = [np.zeros(s, bool) for s in sizes[:-1]]
+    k = sizes[-1]
+    return Model.plain(n_inputs, plane_mask, weights, thr, flips, np.arange(1, k + 1, dtype=np.int32),
+                       np.zeros(k, np.int32))  # fmt: skip
