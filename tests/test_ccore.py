@@ -24,7 +24,7 @@ from rbnn.errors import CODES, NAMES, FormatError
 from rbnn.format import model, pack
 from rbnn.format.bits import words
 from rbnn.format.model import LIVE, pack_input
-from support.randmodel import random_model
+from support.randmodel import bound_model, random_model
 
 SRC = Path(__file__).resolve().parent.parent / "cmodules" / "rbnn"
 HARNESS = Path(__file__).resolve().parent / "c" / "rbnn_harness.c"
@@ -186,30 +186,9 @@ def test_ties_go_to_the_lowest_class(rng):
     assert list(cm.predict(xb)) == [1] * 5 == list(twin.predict(m, xb))
 
 
-def _extreme_model(n_blocks: int) -> model.Model:
-    """One layer of all +1 weights, 8 planes, scale/offset putting the score bound at
-    exactly 2^31 - 1: inputs of 255 (or 0) reach it, so any overflow in the C
-    arithmetic would be a UBSan report."""
-    n_in, cls = 5000, 3
-    smax = n_in * 255
-    lim = 2**31 - 1
-    per = [lim // n_blocks + (1 if b < lim % n_blocks else 0) for b in range(n_blocks)]
-    weights = [np.ones((cls, n_in), bool)]
-    m = model.Model.plain(n_in, 0xFF, weights, [], [], np.zeros(cls, np.int32), np.zeros(cls, np.int32))
-    blocks = []
-    for b in range(n_blocks):
-        s = per[b] // smax
-        o = per[b] - s * smax
-        blk = model.Block(0, [b], [], [], np.array([s, -s, 0], np.int32), np.array([o, -o, -per[b]], np.int32))
-        blocks.append(blk)
-    m.arena = np.repeat(m.arena, n_blocks, axis=0)
-    m.blocks = blocks
-    return m
-
-
 @pytest.mark.parametrize("n_blocks", [1, 3])
 def test_score_bound_reached_exactly_without_overflow(harness, tmp_path, n_blocks):
-    m = _extreme_model(n_blocks)
+    m = bound_model(n_blocks)  # scores reach +-(2^31 - 1): an overflow would be a UBSan report
     data = pack.to_bytes(m)
     x = np.array([[255] * 5000, [0] * 5000, [128] * 5000], np.uint8)
     xb = pack_input(x, 0xFF)
