@@ -166,3 +166,12 @@ def test_c_error_text_truncates_safely(size):
     if size:
         assert buf.raw[: size].split(b"\0")[0] == full.encode()[: size - 1]
         assert buf.raw[size : size + 4] == b"\xff" * 4  # nothing written past the buffer
+
+
+def test_host_and_server_map_file_system_errors_alike(repo):
+    # A full or read-only flash is E_NOSPACE / E_IO whether the server (a model upload)
+    # or the host's firmware install meets it.
+    from rbnn.device.deploy import FS_ERRORS
+
+    fw = module_constants(repo / "firmware" / "rbnn_server.py")["_OS_CODES"]
+    assert {e: code for e, (code, _) in fw.items()} == {e: code for e, (code, _) in FS_ERRORS.items()}
