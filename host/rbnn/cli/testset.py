@@ -10,7 +10,8 @@ from ..errors import DataError
 
 
 def load_test_set(spec: str) -> data.Dataset:
-    """The test part of ``--data`` (``"mnist"`` or a folder of IDX files); no training files."""
+    """The test part of ``--data`` (``"mnist"``, a folder of IDX files: no training files
+    read; or a plain ``.npz`` file: all its samples)."""
     return data.load(spec, parts=("t10k",))
 
 
@@ -27,11 +28,14 @@ def fit_test_set(ds: data.Dataset, limit: int | None, n_inputs: int, n_classes: 
 
     A model whose class count is not the data set's is refused: it would be scored on
     labels it cannot output, or output classes no label has (the loader has already
-    refused labels outside ``0..ds.n_classes - 1``).
+    refused labels outside ``0..ds.n_classes - 1``). A plain file that does not state
+    its class count only needs labels below the model's.
     """
     x, y = ds.x_test[:limit], ds.y_test[:limit]
     if x.shape[1] != n_inputs:
         raise DataError(f"{model} has {n_inputs} inputs, data set has {x.shape[1]}")
-    if n_classes != ds.n_classes:
+    if ds.classes_declared and n_classes != ds.n_classes:
         raise DataError(f"{model} has {n_classes} classes, data set has {ds.n_classes} (labels 0..{ds.n_classes - 1})")
+    if not ds.classes_declared and ds.n_classes > n_classes:
+        raise DataError(f"{model} has {n_classes} classes, data set has labels up to {ds.n_classes - 1}")
     return x, y

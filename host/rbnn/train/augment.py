@@ -46,15 +46,37 @@ def augment(
     sc = 1.0 + (rng.uniform(-zoom, zoom, n) if zoom else np.zeros(n))
     tx = rng.uniform(-shift, shift, n)
     ty = rng.uniform(-shift, shift, n)
+    return warp(x, shape, ang, sc, tx, ty)
+
+
+def warp(
+    x: np.ndarray, shape: tuple[int, int], ang: np.ndarray, scale: np.ndarray, tx: np.ndarray, ty: np.ndarray
+) -> np.ndarray:
+    """Rotate each image by ``ang`` radians about its centre (positive: clockwise as the
+    image is displayed, row 0 at the top), scale it by ``scale`` and
+    move it by ``(tx, ty)`` pixels; bilinear resampling, zeros outside.
+
+    Parameters
+    ----------
+    x : ndarray of uint8, shape (n, h * w)
+    shape : (h, w)
+    ang, scale, tx, ty : float arrays, shape (n,)
+
+    Returns
+    -------
+    ndarray of uint8, shape (n, h * w)
+    """
+    n = len(x)
+    h, w = shape
     cy, cx = (h - 1) / 2, (w - 1) / 2
     yy, xx = np.mgrid[0:h, 0:w]
     yy = (yy.reshape(-1) - cy).astype(np.float32)
     xx = (xx.reshape(-1) - cx).astype(np.float32)
     # Inverse map: output pixel -> source coordinate.
-    cos = (np.cos(ang) / sc).astype(np.float32)[:, None]
-    sin = (np.sin(ang) / sc).astype(np.float32)[:, None]
-    sx = cos * xx + sin * yy + cx - tx[:, None].astype(np.float32)
-    sy = -sin * xx + cos * yy + cy - ty[:, None].astype(np.float32)
+    cos = (np.cos(ang) / scale).astype(np.float32)[:, None]
+    sin = (np.sin(ang) / scale).astype(np.float32)[:, None]
+    sx = cos * xx + sin * yy + cx - np.asarray(tx)[:, None].astype(np.float32)
+    sy = -sin * xx + cos * yy + cy - np.asarray(ty)[:, None].astype(np.float32)
     # Two pixels of zero border; coordinates clipped into it, so a source point outside
     # the image reads only zeros.
     p = 2
@@ -76,6 +98,17 @@ def augment(
     v11 = flat[base + wp + 1]
     out = (v00 * (1 - fx) + v01 * fx) * (1 - fy) + (v10 * (1 - fx) + v11 * fx) * fy
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def rotate(x: np.ndarray, shape: tuple[int, int], degrees: float, batch: int = 5000) -> np.ndarray:
+    """Every image rotated by ``degrees`` about its centre (the angle of ``warp``): uint8
+    (n, h * w), bilinear, zeros outside (a sensor mounted at an angle)."""
+    out = np.empty_like(x)
+    for lo in range(0, len(x), batch):
+        k = len(x[lo : lo + batch])
+        ang = np.full(k, np.deg2rad(degrees))
+        out[lo : lo + k] = warp(x[lo : lo + k], shape, ang, np.ones(k), np.zeros(k), np.zeros(k))
+    return out
 
 
 def _shift_int(x: np.ndarray, rng: np.random.Generator, shape: tuple[int, int], s: int) -> np.ndarray:
