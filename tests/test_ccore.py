@@ -104,6 +104,7 @@ def arena_model(rng: np.random.Generator) -> model.Model:
     m.blocks[0].planes = [2]
     m.blocks[1].state = LIVE
     m.blocks[1].planes = [0, 3]
+    m.blocks[1].flips = [np.zeros_like(f) for f in m.blocks[1].flips]  # a live block's are 0
     return m
 
 

@@ -40,7 +40,7 @@ def multi_plane_model(
     b0, b1 = m.blocks[0], m.blocks[1]
     m.blocks = [
         Block(FROZEN, [2], b0.thresholds, b0.flips, b0.scale, b0.offset),
-        Block(LIVE, [3, 1], b1.thresholds, b1.flips, b1.scale, b1.offset),
+        Block(LIVE, [3, 1], b1.thresholds, [np.zeros_like(f) for f in b1.flips], b1.scale, b1.offset),
     ]
     return m
 

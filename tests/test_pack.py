@@ -27,6 +27,7 @@ def _arena_model(rng: np.random.Generator) -> Model:
     m.blocks[0].planes = [2]
     m.blocks[1].state = LIVE
     m.blocks[1].planes = [0, 3]
+    m.blocks[1].flips = [np.zeros_like(f) for f in m.blocks[1].flips]  # a live block's are 0
     return m
 
 
@@ -40,10 +41,11 @@ def reference_scores(data: bytes, x: np.ndarray) -> np.ndarray:
     """Scores from the file's bytes and raw uint8 features (n, N), by docs/FORMAT.md:
     weights unpacked to +-1 int64 matrices, layers as matmuls. Shares no code with
     rbnn.format.model, rbnn.format.pack or rbnn.engines.twin."""
-    (_, _, _, _, _, n_layers, n_blocks, _, n_in, _, mask, plane_bytes, arena_offset,
+    (_, version, _, _, _, n_layers, n_blocks, _, n_in, _, mask, plane_bytes, arena_offset,
      params_offset) = struct.unpack_from("<4sHHIBBBBHBBIII", data)  # fmt: skip
-    sizes = list(struct.unpack_from(f"<{n_layers}H", data, 32))
-    blocks_offset = 32 + 4 * ((n_layers + 1) // 2)
+    head = 32 if version == 1 else 64
+    sizes = list(struct.unpack_from(f"<{n_layers}H", data, head))
+    blocks_offset = head + 4 * ((n_layers + 1) // 2)
     inputs = [n_in] + sizes[:-1]
     kept = [n for n in range(8) if mask >> n & 1]
     xi = x.astype(np.int64)
@@ -97,16 +99,26 @@ def test_pack_load_pack_is_byte_identical(rng, tmp_path):
 
 def test_file_layout_matches_the_spec(rng):
     m = _arena_model(rng)
+    m.max_blocks, m.score_q = 3, 17  # one empty slot
+    m.state().seed = 0xDEADBEEF
     data = pack.to_bytes(m)
-    lay = pack.layout(m.n_inputs, m.sizes, 2, 4)
+    lay = pack.layout(m.n_inputs, m.sizes, 2, 4, max_blocks=3)
     head = struct.unpack_from("<4sHHIBBBBHBBIII", data)
-    assert head == (b"RBNN", 1, 0, len(data), 32, 3, 2, 4, 70, 0, 0xC0,
+    assert head == (b"RBNN", 2, 0, len(data), 32, 3, 2, 4, 70, 0, 0xC0,
                     lay["plane_bytes"], lay["arena_offset"], lay["params_offset"])  # fmt: skip
+    assert struct.unpack_from("<BBHI", data, 32) == (3, 17, 0, lay["train_offset"]) and not any(data[40:64])
     assert lay["plane_bytes"] == 4 * (33 * 3 + 20 * 2 + 5 * 1)
-    assert lay["arena_offset"] == 40 + 2 * 20 and lay["params_offset"] == 80 + 4 * lay["plane_bytes"]
-    assert struct.unpack_from("<3HH", data, 32) == (33, 20, 5, 0)
-    assert data[40:60] == bytes([0, 1, 0, 0, 2]) + b"\xff" * 15
-    assert data[60:80] == bytes([1, 2, 0, 0, 0, 3]) + b"\xff" * 14
+    assert lay["blocks_offset"] == 72 and lay["arena_offset"] == 72 + 3 * 20
+    assert lay["params_offset"] == 132 + 4 * lay["plane_bytes"]
+    bpb = 4 * 33 + 8 + 4 * 20 + 4 + 8 * 5
+    assert lay["block_params_bytes"] == bpb and lay["train_offset"] == lay["params_offset"] + 3 * bpb
+    assert len(data) == lay["train_offset"] + 96 + 4
+    assert struct.unpack_from("<3HH", data, 64) == (33, 20, 5, 0)
+    assert data[72:92] == bytes([0, 1, 0, 0, 2]) + b"\xff" * 15
+    assert data[92:112] == bytes([1, 2, 0, 0, 0, 3]) + b"\xff" * 14
+    assert data[112:132] == b"\xff" * 20  # the empty slot
+    assert not any(data[lay["params_offset"] + 2 * bpb : lay["train_offset"]])
+    assert struct.unpack_from("<II", data, lay["train_offset"]) == (1, 0xDEADBEEF)
     assert struct.unpack_from("<I", data, len(data) - 4)[0] == zlib.crc32(data[:-4])
 
 
@@ -168,7 +180,7 @@ def test_writer_refuses_what_the_reader_refuses(rng):
 
 def test_load_error_names_file_offset_and_field(rng, tmp_path):
     data = bytearray(pack.to_bytes(random_model(rng, n_inputs=50, sizes=[4])))
-    data[40] ^= 1
+    data[len(data) // 2] ^= 1  # a weight bit: only the CRC can tell
     path = tmp_path / "bad.rbnn"
     path.write_bytes(bytes(data))
     with pytest.raises(FormatError) as e:
@@ -216,8 +228,9 @@ def test_sign_planes_anywhere_in_the_arena(rng):
     m.blocks[0].planes = [16]
     m.blocks[1].planes = [0]
     m.blocks[2] = Block(LIVE, [3, 15, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 2, 1, 17],
-                        m.blocks[2].thresholds, m.blocks[2].flips, m.blocks[2].scale,
-                        m.blocks[2].offset)  # fmt: skip
+                        m.blocks[2].thresholds, [np.zeros_like(f) for f in m.blocks[2].flips],
+                        m.blocks[2].scale, m.blocks[2].offset)  # fmt: skip
+    want = twin.scores_u8(m, x)  # (a live block's flips are 0)
     data = pack.to_bytes(m)  # plane 18 is free
     back = pack.from_bytes(data)
     assert [(b.state, list(b.planes)) for b in back.blocks] == [(0, [16]), (0, [0]), (1, m.blocks[2].planes)]

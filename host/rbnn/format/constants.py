@@ -9,11 +9,14 @@ and the firmware keep their own copies (they cannot import the host), and
 from __future__ import annotations
 
 MAGIC = b"RBNN"
-FORMAT_VERSION = 1  # the version this package writes
-READ_VERSIONS = (1,)  # the versions its readers accept
+FORMAT_VERSION = 2  # the version this package writes
+READ_VERSIONS = (1, 2)  # the versions its readers accept
 WORD_BITS = 32
-HEADER_BYTES = 32
+HEADER_BYTES = 32  # version 1; the fields of version 1 start every header
+HEADER_BYTES_V2 = 64
+TRAIN_BYTES = 96  # the training section of version 2
 BLOCK_ENTRY_BYTES = 20
+MAX_SCORE_Q = 30
 MAX_LAYERS = 8
 MAX_BLOCKS = 64
 MAX_PLANES = 255
@@ -45,6 +48,9 @@ ERRORS = (
     (-12, "E_ALIGN", "buffer not 4-byte aligned"),
     (-13, "E_INPUT", "bad packed input"),
     (-14, "E_ARG", "bad argument"),
+    (-15, "E_TRAIN", "bad training state"),
+    (-16, "E_FULL", "no room to train: no live block and none may open"),
+    (-17, "E_LABEL", "label out of range"),
 )
 CODES = {num: name for num, name, _ in ERRORS}  # -1 -> "E_TRUNCATED"
 NAMES = {name: num for num, name, _ in ERRORS}  # "E_TRUNCATED" -> -1

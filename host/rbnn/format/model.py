@@ -8,7 +8,8 @@ import numpy as np
 
 from ..errors import ModelError
 from .bits import pack_bits, unpack_bits, words
-from .constants import FROZEN, LIVE, MAX_BITS, MAX_BLOCKS, MAX_LAYERS, MAX_PLANES  # noqa: F401 (re-exported)
+from .constants import FROZEN, I32_MAX, LIVE, MAX_BITS, MAX_BLOCKS, MAX_LAYERS, MAX_PLANES  # noqa: F401 (re-exported)
+from .trainstate import TrainState
 
 
 def kept_planes(plane_mask: int) -> list[int]:
@@ -72,7 +73,12 @@ class Block:
 
 @dataclass
 class Model:
-    """A binarized MLP grown in blocks over an arena of bit-planes."""
+    """A binarized MLP grown in blocks over an arena of bit-planes (docs/FORMAT.md).
+
+    ``max_blocks`` is the capacity of the block table (None: as many as ``blocks``);
+    ``score_q`` the shared score exponent; ``train`` the training state (None: a blank
+    one, :meth:`TrainState.blank`). ``version`` is the file version it was read from.
+    """
 
     n_inputs: int
     plane_mask: int
@@ -81,6 +87,10 @@ class Model:
     blocks: list[Block]
     input_mode: int = 0
     meta: dict = field(default_factory=dict)  # host-only facts (not stored in the file)
+    max_blocks: int | None = None
+    score_q: int = 0
+    train: TrainState | None = None
+    version: int = 2
 
     # --- shapes -----------------------------------------------------------------
     @property
@@ -120,7 +130,41 @@ class Model:
 
     @property
     def bits_per_weight(self) -> float:
-        return self.n_planes / len(self.blocks)
+        """Arena bits per weight of the blocks in use (free planes counted)."""
+        return self.n_planes / max(1, len(self.blocks))
+
+    @property
+    def capacity(self) -> int:
+        """Slots of the block table: ``max_blocks``, or the blocks in use (at least 1)."""
+        return self.max_blocks if self.max_blocks is not None else max(1, len(self.blocks))
+
+    @property
+    def budget(self) -> int:
+        """The score bound of every block (version 2): floor((2^31 - 1) / max_blocks)."""
+        return I32_MAX // self.capacity
+
+    @property
+    def half(self) -> int:
+        """What a trained block may use of the budget (docs/TRAINING.md)."""
+        return (self.budget + 1) // 2
+
+    def state(self) -> TrainState:
+        """The training state (a blank one when the model has none yet)."""
+        if self.train is None:
+            self.train = TrainState.blank(self.n_layers)
+        return self.train
+
+    def live_index(self) -> int | None:
+        """Index of the live block, or None."""
+        for i, b in enumerate(self.blocks):
+            if b.state == LIVE:
+                return i
+        return None
+
+    def free_planes(self) -> list[int]:
+        """Planes no block owns, ascending."""
+        used = {p for b in self.blocks for p in b.planes}
+        return [p for p in range(self.n_planes) if p not in used]
 
     def ram_bytes(self) -> dict:
         """RAM to run one inference in eBNN order (docs/FORMAT.md, Memory)."""

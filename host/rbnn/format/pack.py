@@ -1,4 +1,6 @@
-"""Read and write .rbnn files (docs/FORMAT.md, version 1)."""
+"""Read and write .rbnn files (docs/FORMAT.md): versions 1 and 2 are read, version 2 is
+written. Every check is one of rbnn.format.checks, in the order of docs/FORMAT.md,
+Errors."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from .constants import (
     FORMAT_VERSION,
     FROZEN,
     HEADER_BYTES,
+    HEADER_BYTES_V2,
     I32_MAX,
     LIVE,
     MAGIC,
@@ -25,16 +28,20 @@ from .constants import (
     MAX_INPUTS,
     MAX_LAYERS,
     MAX_PLANES,
+    MAX_SCORE_Q,
     READ_VERSIONS,
+    TRAIN_BYTES,
     U32_MAX,
     UNUSED_PLANE,
     WORD_BITS,
 )  # fmt: skip
-from .model import Block, Model
+from .model import Block, Model, plane_shifts
+from .trainstate import OFFSETS, RULE, TrainState
 
 VERSION = FORMAT_VERSION
-_HEADER = struct.Struct("<4sHHIBBBBHBBIII")
-assert _HEADER.size == HEADER_BYTES
+_HEADER = struct.Struct("<4sHHIBBBBHBBIII")  # the fields every version starts with
+_HEADER_V2 = struct.Struct("<BBHI24x")  # max_blocks, score_q, reserved, train_offset, reserved
+assert _HEADER.size == HEADER_BYTES and HEADER_BYTES + _HEADER_V2.size == HEADER_BYTES_V2
 
 
 def _fail(check: str, offset: int, **vals: int) -> FormatError:
@@ -46,25 +53,29 @@ def _fail(check: str, offset: int, **vals: int) -> FormatError:
 class _Head(NamedTuple):
     """What :func:`check_head` found valid."""
 
+    version: int
     n_layers: int
     n_blocks: int
     n_planes: int
     n_inputs: int
     input_mode: int
     plane_mask: int
+    max_blocks: int
+    score_q: int
     sizes: list
-    blocks_offset: int
-    arena_offset: int
-    params_offset: int
     layout: dict
 
 
-def _blocks_offset(n_layers: int) -> int:
-    return HEADER_BYTES + 4 * ((n_layers + 1) // 2)
+def header_bytes(version: int) -> int:
+    return HEADER_BYTES if version == 1 else HEADER_BYTES_V2
+
+
+def _blocks_offset(n_layers: int, version: int = FORMAT_VERSION) -> int:
+    return header_bytes(version) + 4 * ((n_layers + 1) // 2)
 
 
 # The header and the longest layer table: all check_head needs of a file.
-HEAD_MAX_BYTES = _blocks_offset(MAX_LAYERS)
+HEAD_MAX_BYTES = _blocks_offset(MAX_LAYERS, max(READ_VERSIONS))
 
 
 def _block_params_bytes(sizes: list[int]) -> int:
@@ -72,60 +83,90 @@ def _block_params_bytes(sizes: list[int]) -> int:
     return hidden + 8 * sizes[-1]
 
 
-def layout(n_inputs: int, sizes: list[int], n_blocks: int, n_planes: int) -> dict:
-    """Byte offsets and sizes of every section (may exceed 32 bits; callers check)."""
+def layout(
+    n_inputs: int, sizes: list[int], n_blocks: int, n_planes: int, max_blocks: int | None = None,
+    version: int = FORMAT_VERSION,
+) -> dict:  # fmt: skip
+    """Byte offsets and sizes of every section (may exceed 32 bits; callers check).
+
+    ``max_blocks``: the capacity of a version 2 file (default ``n_blocks``, at least 1);
+    version 1 has ``n_blocks`` slots and no training section.
+    """
+    slots = n_blocks if version == 1 else max(1, n_blocks) if max_blocks is None else max_blocks
     inputs = [n_inputs] + list(sizes[:-1])
     plane_bytes = 4 * sum(o * words(i) for i, o in zip(inputs, sizes, strict=True))
-    blocks_offset = _blocks_offset(len(sizes))
-    arena_offset = blocks_offset + BLOCK_ENTRY_BYTES * n_blocks
+    blocks_offset = _blocks_offset(len(sizes), version)
+    arena_offset = blocks_offset + BLOCK_ENTRY_BYTES * slots
     params_offset = arena_offset + n_planes * plane_bytes
     block_params = _block_params_bytes(sizes)
-    file_bytes = params_offset + n_blocks * block_params + 4
+    train_offset = params_offset + slots * block_params
+    train_bytes = 0 if version == 1 else TRAIN_BYTES
+    file_bytes = train_offset + train_bytes + 4
     return {
+        "header_bytes": header_bytes(version),
         "plane_bytes": plane_bytes,
         "blocks_offset": blocks_offset,
         "arena_offset": arena_offset,
         "params_offset": params_offset,
         "block_params_bytes": block_params,
+        "train_offset": train_offset,
+        "train_bytes": train_bytes,
+        "slots": slots,
         "file_bytes": file_bytes,
     }
 
 
+def model_layout(m: Model) -> dict:
+    """:func:`layout` of a model as this package writes it (version 2)."""
+    return layout(m.n_inputs, m.sizes, len(m.blocks), m.n_planes, m.capacity)
+
+
 def to_bytes(model: Model) -> bytes:
-    """Serialise a model; ModelError if it cannot be represented in version 1, FormatError
+    """Serialise a model as version 2; ModelError if it cannot be represented, FormatError
     if the reader would refuse the bytes."""
     m = model
     sizes = list(m.sizes)
     if not 1 <= len(sizes) <= MAX_LAYERS:
         raise ModelError(f"n_layers must be 1..{MAX_LAYERS}, got {len(sizes)}")
-    lay = layout(m.n_inputs, sizes, len(m.blocks), m.n_planes)
+    if len(m.blocks) > m.capacity:
+        raise ModelError(f"{len(m.blocks)} blocks do not fit max_blocks {m.capacity}")
+    lay = model_layout(m)
     if m.arena.shape != (m.n_planes, lay["plane_bytes"] // 4):
         raise ModelError(f"arena shape {m.arena.shape} != ({m.n_planes}, {lay['plane_bytes'] // 4})")
     out = bytearray()
     out += _HEADER.pack(
-        MAGIC, VERSION, 0, lay["file_bytes"], 32, len(sizes), len(m.blocks), m.n_planes,
+        MAGIC, VERSION, 0, lay["file_bytes"], WORD_BITS, len(sizes), len(m.blocks), m.n_planes,
         m.n_inputs, m.input_mode, m.plane_mask,
         lay["plane_bytes"], lay["arena_offset"], lay["params_offset"],
     )  # fmt: skip
+    out += _HEADER_V2.pack(m.capacity, m.score_q, 0, lay["train_offset"])
     out += struct.pack(f"<{len(sizes)}H", *sizes)
     out += b"\0" * (lay["blocks_offset"] - len(out))
     for b in m.blocks:
         if not 1 <= len(b.planes) <= MAX_BITS:
             raise ModelError(f"a block owns 1..{MAX_BITS} planes, got {len(b.planes)}")
-        planes = list(b.planes) + [0xFF] * (MAX_BITS - len(b.planes))
+        planes = list(b.planes) + [UNUSED_PLANE] * (MAX_BITS - len(b.planes))
         out += struct.pack("<BBH16B", b.state, len(b.planes), 0, *planes)
+    out += b"\xff" * (BLOCK_ENTRY_BYTES * (m.capacity - len(m.blocks)))  # empty slots
     out += m.arena.astype("<u4").tobytes()
     for b in m.blocks:
         for t, f in zip(b.thresholds, b.flips, strict=True):
             out += np.asarray(t, "<i4").tobytes()
             out += pack_bits(np.asarray(f, bool)).astype("<u4").tobytes()
         out += np.asarray(b.scale, "<i4").tobytes() + np.asarray(b.offset, "<i4").tobytes()
+    out += bytes(lay["block_params_bytes"] * (m.capacity - len(m.blocks)))
+    out += m.state().to_bytes()
     out += struct.pack("<I", zlib.crc32(out))
     if len(out) != lay["file_bytes"]:
-        raise ValueError(f"internal: wrote {len(out)} bytes, layout says {lay['file_bytes']}")
+        raise ModelError(f"internal: wrote {len(out)} bytes, layout says {lay['file_bytes']}")
     data = bytes(out)
     from_bytes(data)  # never write what a reader would refuse
     return data
+
+
+def reseal(buf: bytearray) -> None:
+    """Recompute the CRC of a file changed in place (as the C core's rbnn_reseal)."""
+    struct.pack_into("<I", buf, len(buf) - 4, zlib.crc32(memoryview(buf)[:-4]))
 
 
 def save(model: Model, path: str | os.PathLike) -> int:
@@ -173,7 +214,7 @@ def check_head(buf: bytes, n: int) -> _Head:
     for check, off, val, lo, hi in [
         ("WORD_BITS", 12, word_bits, WORD_BITS, WORD_BITS),
         ("N_LAYERS", 13, n_layers, 1, MAX_LAYERS),
-        ("N_BLOCKS", 14, n_blocks, 1, MAX_BLOCKS),
+        ("N_BLOCKS", 14, n_blocks, 1, MAX_BLOCKS) if version == 1 else ("N_BLOCKS_V2", 14, n_blocks, 0, MAX_BLOCKS),
         ("N_PLANES", 15, n_planes, 1, MAX_PLANES),
         ("N_INPUTS", 16, n_inputs, 1, MAX_INPUTS),
         ("INPUT_MODE", 18, input_mode, 0, 0),
@@ -181,33 +222,46 @@ def check_head(buf: bytes, n: int) -> _Head:
     ]:
         if not lo <= val <= hi:
             raise _fail(check, off, found=val)
-    blocks_offset = _blocks_offset(n_layers)
+    hb = header_bytes(version)
+    max_blocks, score_q, train_offset = n_blocks, 0, 0
+    if version >= 2:
+        if n < hb:
+            raise _fail("TRUNC_HEADER_V2", 0, found=n)
+        max_blocks, score_q, reserved, train_offset = _HEADER_V2.unpack_from(buf, HEADER_BYTES)
+        if not max(1, n_blocks) <= max_blocks <= MAX_BLOCKS:
+            raise _fail("MAX_BLOCKS", 32, want=max(1, n_blocks), found=max_blocks)
+        if score_q > MAX_SCORE_Q:
+            raise _fail("SCORE_Q", 33, found=score_q)
+        for at in [34, 35, *range(40, HEADER_BYTES_V2)]:
+            if buf[at]:
+                raise _fail("HEADER_RESERVED", at, i=at, found=buf[at])
+    blocks_offset = _blocks_offset(n_layers, version)
     if n < blocks_offset:
-        raise _fail("TRUNC_LAYERS", HEADER_BYTES, want=blocks_offset, found=n)
-    sizes = list(struct.unpack_from(f"<{n_layers}H", buf, HEADER_BYTES))
+        raise _fail("TRUNC_LAYERS", hb, want=blocks_offset, found=n)
+    sizes = list(struct.unpack_from(f"<{n_layers}H", buf, hb))
     for i, s in enumerate(sizes):
         if s == 0:
-            raise _fail("LAYER_SIZE", HEADER_BYTES + 2 * i, i=i, found=0)
-    pad_at = HEADER_BYTES + 2 * n_layers
+            raise _fail("LAYER_SIZE", hb + 2 * i, i=i, found=0)
+    pad_at = hb + 2 * n_layers
     if pad_at < blocks_offset and any(buf[pad_at:blocks_offset]):
         raise _fail("LAYER_PAD", pad_at, found=struct.unpack_from("<H", buf, pad_at)[0])
-    lay = layout(n_inputs, sizes, n_blocks, n_planes)
+    lay = layout(n_inputs, sizes, n_blocks, n_planes, max_blocks, version)
     if lay["plane_bytes"] > U32_MAX or lay["file_bytes"] > U32_MAX:
         raise _fail("SIZE_OVERFLOW", 8)
     if n < file_bytes:
         raise _fail("TRUNC_FILE", 8, want=file_bytes, found=n)
     if n > file_bytes:
         raise _fail("FILE_LONGER", 8, want=n, found=file_bytes)
-    for check, name, off, stored in [
-        ("PLANE_BYTES", "plane_bytes", 20, plane_bytes),
-        ("ARENA_OFFSET", "arena_offset", 24, arena_offset),
-        ("PARAMS_OFFSET", "params_offset", 28, params_offset),
-        ("FILE_BYTES", "file_bytes", 8, file_bytes),
-    ]:
-        if stored != lay[name]:
-            raise _fail(check, off, want=lay[name], found=stored)
-    return _Head(n_layers, n_blocks, n_planes, n_inputs, input_mode, plane_mask, sizes, blocks_offset,
-                 arena_offset, params_offset, lay)  # fmt: skip
+    stored = [("PLANE_BYTES", "plane_bytes", 20, plane_bytes), ("ARENA_OFFSET", "arena_offset", 24, arena_offset),
+              ("PARAMS_OFFSET", "params_offset", 28, params_offset)]  # fmt: skip
+    if version >= 2:
+        stored.append(("TRAIN_OFFSET", "train_offset", 36, train_offset))
+    stored.append(("FILE_BYTES", "file_bytes", 8, file_bytes))
+    for check, name, off, value in stored:
+        if value != lay[name]:
+            raise _fail(check, off, want=lay[name], found=value)
+    return _Head(version, n_layers, n_blocks, n_planes, n_inputs, input_mode, plane_mask, max_blocks, score_q,
+                 sizes, lay)  # fmt: skip
 
 
 def from_bytes(buf: bytes) -> Model:
@@ -215,20 +269,40 @@ def from_bytes(buf: bytes) -> Model:
     buf = bytes(buf)
     n = len(buf)
     h = check_head(buf, n)
-    n_blocks, n_planes, n_inputs, input_mode, plane_mask = h.n_blocks, h.n_planes, h.n_inputs, h.input_mode, h.plane_mask
-    sizes, blocks_offset, arena_offset, params_offset, lay = h.sizes, h.blocks_offset, h.arena_offset, h.params_offset, h.layout
+    sizes, lay = h.sizes, h.layout
     crc_stored = struct.unpack_from("<I", buf, n - 4)[0]
     crc = zlib.crc32(buf[: n - 4])
     if crc != crc_stored:
         raise _fail("CRC", n - 4, want=crc, found=crc_stored)
 
+    blocks = _read_blocks(buf, h)
+    plane_words = lay["plane_bytes"] // 4
+    arena = np.frombuffer(buf, "<u4", h.n_planes * plane_words, lay["arena_offset"]).reshape(h.n_planes, plane_words)
+    m = Model(h.n_inputs, h.plane_mask, sizes, arena.astype(np.uint32), blocks, h.input_mode,
+              max_blocks=h.max_blocks if h.version >= 2 else None, score_q=h.score_q, version=h.version)  # fmt: skip
+    _check_weight_padding(m, lay)
+    _read_params(buf, m, lay)
+    if h.version >= 2:
+        _check_empty_params(buf, m, lay)
+        _check_live_flips(m, lay)
+        m.train = _read_train(buf, m, lay)
+    _check_range(m, lay, h.version)
+    return m
+
+
+def _read_blocks(buf: bytes, h: _Head) -> list[Block]:
+    """The block table: blocks in use (each plane owned once, only the last live), then
+    the empty slots (version 2)."""
     blocks: list[Block] = []
     owner: dict[int, int] = {}
-    for b in range(n_blocks):
-        off = blocks_offset + BLOCK_ENTRY_BYTES * b
+    at0 = h.layout["blocks_offset"]
+    for b in range(h.n_blocks):
+        off = at0 + BLOCK_ENTRY_BYTES * b
         state, n_bits, reserved, *planes = struct.unpack_from("<BBH16B", buf, off)
         if state not in (FROZEN, LIVE):
             raise _fail("BLOCK_STATE", off, i=b, found=state)
+        if state == LIVE and h.version >= 2 and b != h.n_blocks - 1:
+            raise _fail("BLOCK_LIVE_LAST", off, i=b, found=state)
         if state == FROZEN and n_bits != 1:
             raise _fail("BLOCK_BITS_FROZEN", off + 1, i=b, found=n_bits)
         if not 1 <= n_bits <= MAX_BITS:
@@ -241,33 +315,42 @@ def from_bytes(buf: bytes) -> Model:
                 if p != UNUSED_PLANE:
                     raise _fail("BLOCK_UNUSED", at, i=b, j=i, found=p)
                 continue
-            if p >= n_planes:
-                raise _fail("BLOCK_PLANE", at, i=b, j=i, want=n_planes, found=p)
+            if p >= h.n_planes:
+                raise _fail("BLOCK_PLANE", at, i=b, j=i, want=h.n_planes, found=p)
             if p in owner:
                 raise _fail("BLOCK_OWNED", at, i=b, j=i, want=owner[p], found=p)
             owner[p] = b
         blocks.append(Block(state, planes[:n_bits], [], [], np.zeros(0, np.int32), np.zeros(0, np.int32)))
+    for slot in range(h.n_blocks, h.layout["slots"]):
+        off = at0 + BLOCK_ENTRY_BYTES * slot
+        for j in range(BLOCK_ENTRY_BYTES):
+            if buf[off + j] != UNUSED_PLANE:
+                raise _fail("BLOCK_EMPTY", off + j, i=slot, j=j, found=buf[off + j])
+    return blocks
 
-    plane_words = lay["plane_bytes"] // 4
-    arena = np.frombuffer(buf, "<u4", n_planes * plane_words, arena_offset).reshape(n_planes, plane_words)
-    m = Model(n_inputs, plane_mask, sizes, arena.astype(np.uint32), blocks, input_mode)
+
+def _check_weight_padding(m: Model, lay: dict) -> None:
+    """Layer by layer, each plane in order, row by row."""
     offs = m.layer_word_offsets()
     for layer, n_in in enumerate(m.layer_inputs):
         mask = pad_mask(n_in)
-        if mask == 0xFFFFFFFF:
+        if mask == U32_MAX:
             continue
         w = words(n_in)
-        for p in range(n_planes):
+        for p in range(m.n_planes):
             rows = m.layer_words(p, layer)
             bad = np.nonzero(rows[:, -1] & ~np.uint32(mask))[0]
             if bad.size:
                 r = int(bad[0])
-                at = arena_offset + p * lay["plane_bytes"] + 4 * (offs[layer] + r * w + w - 1)
+                at = lay["arena_offset"] + p * lay["plane_bytes"] + 4 * (offs[layer] + r * w + w - 1)
                 raise _fail("WEIGHT_PADDING", at, i=p, j=layer, k=r, found=int(rows[r, -1]) & ~mask & U32_MAX)
 
-    at = params_offset
-    for b, blk in enumerate(blocks):
-        for layer, s in enumerate(sizes[:-1]):
+
+def _read_params(buf: bytes, m: Model, lay: dict) -> None:
+    """Thresholds, flips (padding checked), scale and offset of every block in use."""
+    at = lay["params_offset"]
+    for b, blk in enumerate(m.blocks):
+        for layer, s in enumerate(m.sizes[:-1]):
             blk.thresholds.append(np.frombuffer(buf, "<i4", s, at).astype(np.int32))
             at += 4 * s
             fw = np.frombuffer(buf, "<u4", words(s), at).astype(np.uint32)
@@ -275,19 +358,115 @@ def from_bytes(buf: bytes) -> Model:
                 raise _fail("FLIP_PADDING", at + 4 * (words(s) - 1), i=b, j=layer, found=int(fw[-1]))
             blk.flips.append(unpack_bits(fw, s))
             at += 4 * words(s)
-        k = sizes[-1]
+        k = m.sizes[-1]
         blk.scale = np.frombuffer(buf, "<i4", k, at).astype(np.int32)
         blk.offset = np.frombuffer(buf, "<i4", k, at + 4 * k).astype(np.int32)
         at += 8 * k
 
-    # Scores fit i32: the sum over blocks of each block's largest |scale| * smax + |offset|
-    # (reported at the scale array of the block where the running sum first passes it).
+
+def _check_empty_params(buf: bytes, m: Model, lay: dict) -> None:
+    bpb = lay["block_params_bytes"]
+    for slot in range(len(m.blocks), lay["slots"]):
+        at = lay["params_offset"] + slot * bpb
+        chunk = buf[at : at + bpb]
+        if any(chunk):
+            j = next(i for i, v in enumerate(chunk) if v)
+            raise _fail("PARAMS_EMPTY", at + j, i=slot, j=j, found=chunk[j])
+
+
+def _check_live_flips(m: Model, lay: dict) -> None:
+    live = m.live_index()
+    if live is None:
+        return
+    at = lay["params_offset"] + live * lay["block_params_bytes"]
+    for layer, s in enumerate(m.sizes[:-1]):
+        fw = pack_bits(m.blocks[live].flips[layer])
+        at += 4 * s
+        for w, v in enumerate(fw):
+            if v:
+                raise _fail("LIVE_FLIPS", at + 4 * w, i=live, j=layer, found=int(v))
+        at += 4 * words(s)
+
+
+def layer_smax(m: Model, layer: int) -> int:
+    """The largest |s| of a layer (docs/FORMAT.md, Semantics)."""
+    if layer == 0:
+        return m.n_inputs * sum(1 << s for s in plane_shifts(m.plane_mask))
+    return m.layer_inputs[layer]
+
+
+def max_scale_shift(m: Model) -> int:
+    """The largest ``scale_shift`` with 2^scale_shift * smax <= half (-1: none)."""
+    smax, half = m.output_smax(), m.half
+    sh = -1
+    while (1 << (sh + 1)) * smax <= half:
+        sh += 1
+    return sh
+
+
+def _read_train(buf: bytes, m: Model, lay: dict) -> TrainState:
+    """The training section, field by field in table order (docs/FORMAT.md)."""
+    base = lay["train_offset"]
+    st, raw = TrainState.unpack(buf, base, m.n_layers)
+    at = lambda f: base + OFFSETS[f]  # noqa: E731
+    if raw["rule"] != RULE:
+        raise _fail("TRAIN_RULE", at("rule"), found=raw["rule"])
+    steps = raw["steps"]
+    if raw["block_steps"] > steps:
+        raise _fail("TRAIN_BLOCK_STEPS", at("block_steps"), want=steps, found=raw["block_steps"])
+    if m.live_index() is None and raw["block_steps"]:
+        raise _fail("TRAIN_NO_LIVE", at("block_steps"), found=raw["block_steps"])
+    for f, check in (("hits", "TRAIN_HITS"), ("active", "TRAIN_ACTIVE"), ("stream_base", "TRAIN_STREAM_BASE")):
+        if raw[f] > steps:
+            raise _fail(check, at(f), want=steps, found=raw[f])
+    if not 1 <= raw["margin"] <= m.budget:
+        raise _fail("TRAIN_MARGIN", at("margin"), want=m.budget, found=raw["margin"])
+    if not 1 <= raw["bits"] <= MAX_BITS:
+        raise _fail("TRAIN_BITS", at("bits"), found=raw["bits"])
+    if raw["grow_left"] > lay["slots"] - len(m.blocks):
+        raise _fail("TRAIN_GROW_LEFT", at("grow_left"), want=lay["slots"] - len(m.blocks), found=raw["grow_left"])
+    if raw["scale_shift"] > max_scale_shift(m):
+        raise _fail("TRAIN_SCALE_SHIFT", at("scale_shift"), want=max_scale_shift(m) & U32_MAX, found=raw["scale_shift"])
+    for f, check, hi in (("decay", "TRAIN_DECAY", 31), ("init_bits", "TRAIN_INIT_BITS", 15), ("loss", "TRAIN_LOSS", 1)):
+        if raw[f] > hi:
+            raise _fail(check, at(f), found=raw[f])
+    if not -1 <= raw["off_shift"] <= 23:
+        raise _fail("TRAIN_OFF_SHIFT", at("off_shift"), found=raw["off_shift"] & U32_MAX)
+    if raw["reserved47"]:
+        raise _fail("TRAIN_RESERVED", at("reserved47"), i=47, found=raw["reserved47"])
+    L = m.n_layers
+    for i, v in enumerate(raw["lr"]):
+        if i < L and v > 31:
+            raise _fail("TRAIN_LR", at("lr") + i, i=i, found=v)
+        if i >= L and v:
+            raise _fail("TRAIN_LR_UNUSED", at("lr") + i, i=i, found=v)
+    for i, v in enumerate(raw["thr_shift"]):
+        if i < L - 1 and not -1 <= v <= 24:
+            raise _fail("TRAIN_THR", at("thr_shift") + i, i=i, found=v & U32_MAX)
+        if i >= L - 1 and v:
+            raise _fail("TRAIN_THR_UNUSED", at("thr_shift") + i, i=i, found=v & U32_MAX)
+    for i, v in enumerate(raw["gate"]):
+        if i < L - 1 and v > layer_smax(m, i):
+            raise _fail("TRAIN_GATE", at("gate") + 4 * i, i=i, want=layer_smax(m, i), found=v)
+        if i >= L - 1 and v:
+            raise _fail("TRAIN_GATE_UNUSED", at("gate") + 4 * i, i=i, found=v)
+    if raw["reserved92"]:
+        raise _fail("TRAIN_RESERVED", at("reserved92"), i=92, found=raw["reserved92"])
+    return st
+
+
+def _check_range(m: Model, lay: dict, version: int) -> None:
+    """Scores fit i32 (docs/FORMAT.md, Semantics): version 2, every block within the block
+    budget; version 1, the running sum of the blocks' bounds. Reported at the scale array
+    of the first block that passes."""
     smax = m.output_smax()
-    lay_params = lay["block_params_bytes"]
-    bound = 0
-    for b, blk in enumerate(blocks):
-        bound += int(np.max(np.abs(blk.scale.astype(np.int64)) * smax + np.abs(blk.offset.astype(np.int64))))
-        if bound > I32_MAX:
-            at = params_offset + b * lay_params + lay_params - 8 * sizes[-1]
+    bpb = lay["block_params_bytes"]
+    total = 0
+    for b, blk in enumerate(m.blocks):
+        bound = int(np.max(np.abs(blk.scale.astype(np.int64)) * smax + np.abs(blk.offset.astype(np.int64))))
+        at = lay["params_offset"] + b * bpb + bpb - 8 * m.sizes[-1]
+        if version >= 2 and bound > m.budget:
+            raise _fail("RANGE_BLOCK", at, i=b, want=m.budget)
+        total += bound
+        if version == 1 and total > I32_MAX:
             raise _fail("RANGE", at, i=b)
-    return m
