@@ -24,6 +24,7 @@ from rbnn.errors import CODES, NAMES, FormatError
 from rbnn.format import model, pack
 from rbnn.format.bits import words
 from rbnn.format.model import LIVE, pack_input
+from support.formatv1 import to_bytes_v1
 from support.randmodel import bound_model, random_model
 
 SRC = Path(__file__).resolve().parent.parent / "cmodules" / "rbnn"
@@ -82,12 +83,18 @@ def harness_scores(exe: Path, tmp: Path, data: bytes, x: np.ndarray, raw: bool =
     return rows[:, 0], rows[:, 1:]
 
 
-def harness_check(exe: Path, tmp: Path, bufs: list[bytes]) -> list[tuple[int, int]]:
-    """rbnn_model_init of the sanitized build on each buffer: [(code, err_offset)]."""
+def harness_check(exe: Path, tmp: Path, bufs: list[bytes], texts: list | None = None) -> list[tuple[int, int]]:
+    """rbnn_model_init of the sanitized build on each buffer: [(code, err_offset)]; the
+    messages (rbnn_error_text, "" when valid) are appended to ``texts`` if given."""
     path = tmp / "bufs.bin"
     path.write_bytes(b"".join(struct.pack("<I", len(b)) + b for b in bufs))
     out = run_harness(exe, "check", str(path))
-    got = [tuple(int(v) for v in line.split()) for line in out.splitlines()]
+    got = []
+    for line in out.splitlines():
+        code, off, *rest = line.split(" ", 2)
+        got.append((int(code), int(off)))
+        if texts is not None:
+            texts.append(rest[0] if rest else "")
     assert len(got) == len(bufs)
     return got
 
@@ -105,6 +112,7 @@ def arena_model(rng: np.random.Generator) -> model.Model:
     m.blocks[1].state = LIVE
     m.blocks[1].planes = [0, 3]
     m.blocks[1].flips = [np.zeros_like(f) for f in m.blocks[1].flips]  # a live block's are 0
+    m.max_blocks = 3  # one empty slot
     return m
 
 
@@ -189,12 +197,13 @@ def test_ties_go_to_the_lowest_class(rng):
 
 @pytest.mark.parametrize("n_blocks", [1, 3])
 def test_score_bound_reached_exactly_without_overflow(harness, tmp_path, n_blocks):
-    m = bound_model(n_blocks)  # scores reach +-(2^31 - 1): an overflow would be a UBSan report
+    m = bound_model(n_blocks)  # scores reach +-n * budget: an overflow would be a UBSan report
     data = pack.to_bytes(m)
     x = np.array([[255] * 5000, [0] * 5000, [128] * 5000], np.uint8)
     xb = pack_input(x, 0xFF)
     want = twin.scores(m, xb)
-    assert want[0, 0] == 2**31 - 1 and want[0, 1] == -(2**31 - 1) and want[0, 2] == -(2**31 - 1)
+    top = n_blocks * ((2**31 - 1) // n_blocks)  # 2^31 - 1 for one block
+    assert want[0, 0] == top and want[0, 1] == -top and want[0, 2] == -top
     np.testing.assert_array_equal(ccore.CModel(data).scores(xb), want)
     _, got = harness_scores(harness, tmp_path, data, x, raw=True)
     np.testing.assert_array_equal(got, want)
@@ -204,7 +213,7 @@ def test_score_bound_reached_exactly_without_overflow(harness, tmp_path, n_block
     at = lay["params_offset"] + n_blocks * lay["block_params_bytes"] - 4  # last block's offset[2]
     struct.pack_into("<i", over, at, -per_block_bound(m, n_blocks - 1) - 1)
     over = with_crc(over)
-    # reported at the scale array of the last block, where the sum passes 2^31 - 1
+    # reported at the scale array of the last block, which passes the block budget
     last_scale = lay["params_offset"] + n_blocks * lay["block_params_bytes"] - 8 * m.sizes[-1]
     assert py_check(over) == ccore.validate(over) == (NAMES["E_RANGE"], last_scale)
 
@@ -331,48 +340,65 @@ def test_crc32_equals_zlib(rng):
 
 # --- invalid files: every code, C == Python, sanitized ---------------------------------
 def crafted_cases(data: bytes) -> list[tuple[str, bytes, str, int]]:
-    """(what, buffer, expected code, expected offset) for the arena model's file."""
+    """(what, buffer, expected code, expected offset) for the arena model's file (version
+    2: 3 block slots, one empty), plus version 1 files."""
     m = pack.from_bytes(data)
-    lay = pack.layout(m.n_inputs, m.sizes, len(m.blocks), m.n_planes)
+    lay = pack.layout(m.n_inputs, m.sizes, len(m.blocks), m.n_planes, max_blocks=m.capacity)
     n = len(data)
-    bo, ao, po, pb, bpp = (lay[k] for k in ("blocks_offset", "arena_offset", "params_offset",
-                                            "plane_bytes", "block_params_bytes"))  # fmt: skip
+    bo, ao, po, pb, bpp, to = (lay[k] for k in ("blocks_offset", "arena_offset", "params_offset",
+                                                "plane_bytes", "block_params_bytes", "train_offset"))  # fmt: skip
+    hb = 64
     row0 = lambda p, r: ao + p * pb + 4 * (r * 3 + 2)  # noqa: E731  layer 0 row r, last word
     row1 = lambda p, r: ao + p * pb + 4 * (33 * 3 + r * 2 + 1)  # noqa: E731  layer 1
     flip0 = lambda b: po + b * bpp + 4 * 33 + 4  # noqa: E731  block b, layer 0 flips, word 1
     hidden = (4 * 33 + 8) + (4 * 20 + 4)
     scale = lambda b, k: po + b * bpp + hidden + 4 * k  # noqa: E731
     offset = lambda b, k: scale(b, k) + 4 * 5  # noqa: E731
+    budget = (2**31 - 1) // 3
     two_bad = bytearray(data)
     struct.pack_into("<I", two_bad, row1(0, 3), struct.unpack_from("<I", data, row1(0, 3))[0] | 1 << 9)
     struct.pack_into("<I", two_bad, row0(3, 7), struct.unpack_from("<I", data, row0(3, 7))[0] | 1 << 31)
     grown = with_crc(put(data[:-4] + b"\0" * 8, 8, "I", n + 4, crc=False))
+    # no live block: block 1 frozen on plane 0 (its magnitude plane 3 released)
+    frozen = bytearray(data)
+    frozen[bo + 20 : bo + 40] = bytes([0, 1, 0, 0, 0]) + b"\xff" * 15
+    frozen = with_crc(frozen)
+    v1 = to_bytes_v1(m)
+    lay1 = pack.layout(m.n_inputs, m.sizes, 2, m.n_planes, version=1)
+    scale1 = lambda b, k: lay1["params_offset"] + b * bpp + hidden + 4 * k  # noqa: E731
     return [
         ("31 bytes", data[:31], "E_TRUNCATED", 0),
         ("empty", b"", "E_TRUNCATED", 0),
-        ("header without layer table", data[:32], "E_TRUNCATED", 32),
-        ("half a layer table", data[:38], "E_TRUNCATED", 32),
+        ("version 2 header cut", data[:40], "E_TRUNCATED", 0),
+        ("header without layer table", data[:hb], "E_TRUNCATED", hb),
+        ("half a layer table", data[:hb + 6], "E_TRUNCATED", hb),
         ("no body", data[:bo], "E_TRUNCATED", 8),
         ("last byte cut", data[:-1], "E_TRUNCATED", 8),
         ("magic", b"RBNX" + data[4:], "E_MAGIC", 0),
         ("magic lower case", b"rbnn" + data[4:], "E_MAGIC", 0),
         ("version 0", put(data, 4, "H", 0), "E_VERSION", 4),
-        ("version 2", put(data, 4, "H", 2), "E_VERSION", 4),
+        ("version 3", put(data, 4, "H", 3), "E_VERSION", 4),
         ("flags", put(data, 6, "H", 0x8000), "E_FLAGS", 6),
         ("version before flags", put(put(data, 6, "H", 1), 4, "H", 9), "E_VERSION", 4),
-        ("layer table pad", put(data, 38, "B", 1), "E_FLAGS", 38),
-        ("layer table pad byte 2", put(data, 39, "B", 0x80), "E_FLAGS", 38),
+        ("layer table pad", put(data, hb + 6, "B", 1), "E_FLAGS", hb + 6),
+        ("layer table pad byte 2", put(data, hb + 7, "B", 0x80), "E_FLAGS", hb + 6),
         ("word_bits", put(data, 12, "B", 16), "E_HEADER", 12),
         ("n_layers 0", put(data, 13, "B", 0), "E_HEADER", 13),
         ("n_layers 9", put(data, 13, "B", 9), "E_HEADER", 13),
-        ("n_blocks 0", put(data, 14, "B", 0), "E_HEADER", 14),
         ("n_blocks 65", put(data, 14, "B", 65), "E_HEADER", 14),
         ("n_planes 0", put(data, 15, "B", 0), "E_HEADER", 15),
         ("n_inputs 0", put(data, 16, "H", 0), "E_HEADER", 16),
         ("input_mode 1", put(data, 18, "B", 1), "E_HEADER", 18),
         ("plane_mask 0", put(data, 19, "B", 0), "E_HEADER", 19),
-        ("size[1] 0", put(data, 34, "H", 0), "E_HEADER", 34),
-        ("header before pad", put(put(data, 38, "B", 1), 36, "H", 0), "E_HEADER", 36),
+        ("max_blocks below n_blocks", put(data, 32, "B", 1), "E_HEADER", 32),
+        ("max_blocks 65", put(data, 32, "B", 65), "E_HEADER", 32),
+        ("score_q 31", put(data, 33, "B", 31), "E_HEADER", 33),
+        ("header reserved 34", put(data, 34, "B", 1), "E_FLAGS", 34),
+        ("header reserved 40", put(data, 40, "B", 1), "E_FLAGS", 40),
+        ("header reserved 63", put(data, 63, "B", 0x80), "E_FLAGS", 63),
+        ("header range before reserved", put(put(data, 63, "B", 1), 33, "B", 99), "E_HEADER", 33),
+        ("size[1] 0", put(data, hb + 2, "H", 0), "E_HEADER", hb + 2),
+        ("header before pad", put(put(data, hb + 6, "B", 1), hb + 4, "H", 0), "E_HEADER", hb + 4),
         ("planes x plane_bytes overflow", header_only(65535, [65535], 255), "E_SIZE", 8),
         ("params sum overflow", header_only(65535, [65535] * 8, 1), "E_SIZE", 8),
         ("64 blocks overflow", header_only(65535, [65535] * 8, 1, 64), "E_SIZE", 8),
@@ -384,12 +410,14 @@ def crafted_cases(data: bytes) -> list[tuple[str, bytes, str, int]]:
         ("plane_bytes", put(data, 20, "I", pb + 4), "E_LAYOUT", 20),
         ("arena_offset", put(data, 24, "I", ao - 4), "E_LAYOUT", 24),
         ("params_offset", put(data, 28, "I", po + 1), "E_LAYOUT", 28),
+        ("train_offset", put(data, 36, "I", to + 4), "E_LAYOUT", 36),
         ("file_bytes = buffer != layout", grown, "E_LAYOUT", 8),
         ("layout before crc", put(data, 20, "I", 0, crc=False), "E_LAYOUT", 20),
         ("weight bit", put(data, ao + 5, "B", data[ao + 5] ^ 4, crc=False), "E_CRC", n - 4),
         ("crc field", put(data, n - 4, "I", zlib.crc32(data[:-4]) ^ 1, crc=False), "E_CRC", n - 4),
         ("crc before block", put(data, bo, "B", 7, crc=False), "E_CRC", n - 4),
         ("state 2", put(data, bo + 20, "B", 2), "E_BLOCK", bo + 20),
+        ("live but not the last block", put(data, bo, "B", 1), "E_BLOCK", bo),
         ("frozen with 2 planes", put(data, bo + 1, "B", 2), "E_BLOCK", bo + 1),
         ("live with 0 planes", put(data, bo + 21, "B", 0), "E_BLOCK", bo + 21),
         ("live with 17 planes", put(data, bo + 21, "B", 17), "E_BLOCK", bo + 21),
@@ -399,6 +427,7 @@ def crafted_cases(data: bytes) -> list[tuple[str, bytes, str, int]]:
         ("plane twice in a block", put(data, bo + 25, "B", 0), "E_BLOCK", bo + 25),
         ("unused entry not 0xFF", put(data, bo + 26, "B", 1), "E_BLOCK", bo + 26),
         ("last unused entry", put(data, bo + 19, "B", 0xFE), "E_BLOCK", bo + 19),
+        ("empty slot not empty", put(data, bo + 45, "B", 0), "E_BLOCK", bo + 45),
         ("block before padding", put(put(data, row0(0, 0), "I", 1 << 6), bo + 20, "B", 9), "E_BLOCK", bo + 20),
         ("row padding, layer 0", put(data, row0(0, 0), "I", struct.unpack_from("<I", data, row0(0, 0))[0] | 1 << 6), "E_PADDING", row0(0, 0)),
         ("row padding in a free plane", put(data, row0(1, 5), "I", struct.unpack_from("<I", data, row0(1, 5))[0] | 1 << 20), "E_PADDING", row0(1, 5)),
@@ -407,11 +436,48 @@ def crafted_cases(data: bytes) -> list[tuple[str, bytes, str, int]]:
         ("flip padding", put(data, flip0(1), "I", 1 << 1), "E_PADDING", flip0(1)),
         ("weight padding before flip padding", put(put(data, flip0(0), "I", 2), row1(2, 0), "I", 1 << 31), "E_PADDING", row1(2, 0)),
         ("padding before range", put(put(data, flip0(0), "I", 2), scale(0, 0), "i", 2**31 - 1), "E_PADDING", flip0(0)),
-        # E_RANGE: at the scale array of the block where the running bound passes 2^31 - 1
+        ("empty parameter slot", put(data, po + 2 * bpp + 7, "B", 1), "E_FLAGS", po + 2 * bpp + 7),
+        ("a live block's flip", put(data, po + bpp + 4 * 33, "I", 1), "E_TRAIN", po + bpp + 4 * 33),
+        # the training section, field by field
+        ("rule 2", put(data, to, "I", 2), "E_TRAIN", to),
+        ("block_steps > steps", put(data, to + 12, "I", 1), "E_TRAIN", to + 12),
+        ("block_steps without a live block", put(put(frozen, to + 8, "I", 5), to + 12, "I", 1), "E_TRAIN", to + 12),
+        ("hits > steps", put(data, to + 16, "I", 1), "E_TRAIN", to + 16),
+        ("active > steps", put(data, to + 20, "I", 1), "E_TRAIN", to + 20),
+        ("stream_base > steps", put(data, to + 32, "I", 1), "E_TRAIN", to + 32),
+        ("margin 0", put(data, to + 36, "I", 0), "E_TRAIN", to + 36),
+        ("margin over the budget", put(data, to + 36, "I", budget + 1), "E_TRAIN", to + 36),
+        ("bits 0", put(data, to + 40, "B", 0), "E_TRAIN", to + 40),
+        ("bits 17", put(data, to + 40, "B", 17), "E_TRAIN", to + 40),
+        ("grow_left beyond the empty slots", put(data, to + 41, "B", 2), "E_TRAIN", to + 41),
+        ("scale_shift too large", put(data, to + 42, "B", 40), "E_TRAIN", to + 42),
+        ("decay 32", put(data, to + 43, "B", 32), "E_TRAIN", to + 43),
+        ("init_bits 16", put(data, to + 44, "B", 16), "E_TRAIN", to + 44),
+        ("loss 2", put(data, to + 45, "B", 2), "E_TRAIN", to + 45),
+        ("off_shift -2", put(data, to + 46, "b", -2), "E_TRAIN", to + 46),
+        ("off_shift 24", put(data, to + 46, "b", 24), "E_TRAIN", to + 46),
+        ("train reserved 47", put(data, to + 47, "B", 1), "E_FLAGS", to + 47),
+        ("lr[0] 32", put(data, to + 48, "B", 32), "E_TRAIN", to + 48),
+        ("lr[3] beyond 3 layers", put(data, to + 51, "B", 1), "E_TRAIN", to + 51),
+        ("thr_shift[1] 25", put(data, to + 57, "b", 25), "E_TRAIN", to + 57),
+        ("thr_shift[0] -2", put(data, to + 56, "b", -2), "E_TRAIN", to + 56),
+        ("thr_shift[2] beyond 2 hidden layers", put(data, to + 58, "b", -1), "E_TRAIN", to + 58),
+        ("gate[0] over smax", put(data, to + 64, "I", 70 * 3 + 1), "E_TRAIN", to + 64),
+        ("gate[1] over smax", put(data, to + 68, "I", 34), "E_TRAIN", to + 68),
+        ("gate[2] beyond 2 hidden layers", put(data, to + 72, "I", 1), "E_TRAIN", to + 72),
+        ("train reserved 92", put(data, to + 92, "I", 1), "E_FLAGS", to + 92),
+        ("train before range", put(put(data, to + 43, "B", 99), scale(0, 0), "i", 2**31 - 1), "E_TRAIN", to + 43),
+        # E_RANGE: at the scale array of the first block whose bound passes the budget
         ("scale 2^31-1", put(data, scale(1, 2), "i", 2**31 - 1), "E_RANGE", scale(1, 0)),
         ("scale -2^31", put(data, scale(0, 4), "i", -(2**31)), "E_RANGE", scale(0, 0)),
         ("offset -2^31", put(data, offset(0, 0), "i", -(2**31)), "E_RANGE", scale(0, 0)),
-        ("sum over blocks", put(put(data, offset(0, 1), "i", 2**30), offset(1, 3), "i", -(2**30)), "E_RANGE", scale(1, 0)),
+        ("offset over the block budget", put(data, offset(1, 3), "i", budget), "E_RANGE", scale(1, 0)),
+        # version 1: still read, with its own layout and score bound
+        ("version 1", v1, "OK", 0),
+        ("version 1, n_blocks 0", put(v1, 14, "B", 0), "E_HEADER", 14),
+        ("version 1, sum over blocks", put(put(v1, scale1(0, 0) + 20, "i", 2**30), scale1(1, 3) + 20, "i", -(2**30)),
+         "E_RANGE", scale1(1, 0)),
+        ("version 1 with version 2 bytes", v1[:32] + data[32:], "E_HEADER", 32 + 2),
     ]  # fmt: skip
 
 
@@ -419,24 +485,28 @@ def test_crafted_files_reach_every_code_in_c_and_python(harness, tmp_path, arena
     cases = crafted_cases(arena_file)
     assert ccore.validate(arena_file) == py_check(arena_file) == (0, 0)
     reached = set()
-    got_san = harness_check(harness, tmp_path, [c[1] for c in cases])
-    for (what, buf, code, off), san in zip(cases, got_san, strict=True):
-        want = (NAMES[code], off)
+    texts: list[str] = []
+    got_san = harness_check(harness, tmp_path, [c[1] for c in cases], texts)
+    for (what, buf, code, off), san, text in zip(cases, got_san, texts, strict=True):
+        assert text == (ccore.error_text(buf) or ""), f"sanitized C message, {what}"
+        want = (NAMES.get(code, 0), off)
         assert py_check(buf) == want, f"python, {what}"
         assert ccore.validate(buf) == want, f"C, {what}"
         assert san == want, f"sanitized C, {what}"
         reached.add(code)
+        if code == "OK":
+            continue
         with pytest.raises(FormatError) as e:
             ccore.CModel(buf)
         assert (e.value.code, e.value.offset) == (code, off)
-    # the file-level codes all reached here; E_ALIGN, E_INPUT, E_ARG are run-time
-    # codes, each with its own test above
-    assert reached == set(NAMES) - {"E_ALIGN", "E_INPUT", "E_ARG"}
+    # the file-level codes all reached here; E_ALIGN, E_INPUT, E_ARG, E_FULL, E_LABEL
+    # are run-time codes, each with its own test
+    assert reached == set(NAMES) - {"E_ALIGN", "E_INPUT", "E_ARG", "E_FULL", "E_LABEL"} | {"OK"}
 
 
 def test_cmodel_error_names_the_field(arena_file):
-    with pytest.raises(FormatError, match=r"E_HEADER: n_blocks") as e:
-        ccore.CModel(put(arena_file, 14, "B", 0))
+    with pytest.raises(FormatError, match=r"E_HEADER: n_blocks: expected 0\.\.64, found 65") as e:
+        ccore.CModel(put(arena_file, 14, "B", 65))
     assert e.value.offset == 14
     with pytest.raises(FormatError, match=r"E_CRC: crc32"):
         ccore.CModel(arena_file[:-1] + b"\0")

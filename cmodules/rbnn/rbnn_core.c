@@ -77,6 +77,20 @@ static int mul_ok(uint32_t a, uint32_t b, uint32_t *r) {
     return add_ok(cross << 16, al * bl, r);
 }
 
+/* n / d (d > 0) by shift and subtract: a Cortex-M0+ has no divide instruction. */
+static uint32_t div_u32(uint32_t n, uint32_t d) {
+    uint32_t q = 0, r = 0;
+    int i;
+    for (i = 31; i >= 0; i--) {
+        r = (r << 1) | ((n >> i) & 1u);
+        if (r >= d) {
+            r -= d;
+            q |= 1u << i;
+        }
+    }
+    return q;
+}
+
 static uint32_t abs32(int32_t v) {
     return v < 0 ? 0u - (uint32_t)v : (uint32_t)v;
 }
@@ -174,6 +188,12 @@ static int check_blocks(rbnn_model_t *m, const uint8_t *b) {
         if (state > RBNN_LIVE) {
             return fail_at(m, RBNN_CHK_BLOCK_STATE, off, blk, 0, 0, 0, state);
         }
+        if (state == RBNN_LIVE && m->version >= 2u && blk + 1u != m->n_blocks) {
+            return fail_at(m, RBNN_CHK_BLOCK_LIVE_LAST, off, blk, 0, 0, 0, state);
+        }
+        if (state == RBNN_LIVE) {
+            m->live = (uint8_t)blk;
+        }
         if (state == RBNN_FROZEN && n_bits != 1u) {
             return fail_at(m, RBNN_CHK_BLOCK_BITS_FROZEN, off + 1, blk, 0, 0, 0, n_bits);
         }
@@ -198,6 +218,14 @@ static int check_blocks(rbnn_model_t *m, const uint8_t *b) {
                 return fail_at(m, RBNN_CHK_BLOCK_OWNED, at, blk, i, 0, owner_of(m, b, p), p);
             }
             owned[p >> 5] |= 1u << (p & 31u);
+        }
+    }
+    for (blk = m->n_blocks; blk < m->max_blocks; blk++) { /* empty slots: 0xFF */
+        uint32_t off = m->blocks_offset + BLOCK_ENTRY_BYTES * blk;
+        for (i = 0; i < BLOCK_ENTRY_BYTES; i++) {
+            if (b[off + i] != RBNN_UNUSED_PLANE) {
+                return fail_at(m, RBNN_CHK_BLOCK_EMPTY, off + i, blk, i, 0, 0, b[off + i]);
+            }
         }
     }
     return RBNN_OK;
@@ -239,11 +267,12 @@ static int check_padding(rbnn_model_t *m, const uint8_t *b) {
     return RBNN_OK;
 }
 
-/* Largest possible |s| of the output layer. Fits: n_inputs * 255 < 2^24. */
-static uint32_t output_smax(const rbnn_model_t *m) {
+/* Largest possible |s| of layer l (docs/FORMAT.md, Semantics). Fits: n_inputs * 255
+ * < 2^24. */
+static uint32_t layer_smax(const rbnn_model_t *m, uint32_t l) {
     uint32_t n, low = 0, sum = 0;
-    if (m->n_layers > 1u) {
-        return m->sizes[m->n_layers - 2u];
+    if (l > 0u) {
+        return m->sizes[l - 1u];
     }
     while (!(m->plane_mask >> low & 1u)) {
         low++;
@@ -256,7 +285,129 @@ static uint32_t output_smax(const rbnn_model_t *m) {
     return m->n_inputs * sum;
 }
 
-/* sum over blocks of max over classes of |scale| * smax + |offset| <= 2^31 - 1 */
+static uint32_t output_smax(const rbnn_model_t *m) {
+    return layer_smax(m, m->n_layers - 1u);
+}
+
+/* Version 2: empty parameter slots are 0, a live block's flips are 0. */
+static int check_slots(rbnn_model_t *m, const uint8_t *b) {
+    uint32_t slot, i, layer;
+    for (slot = m->n_blocks; slot < m->max_blocks; slot++) {
+        uint32_t at = m->params_offset + slot * m->block_params_bytes;
+        for (i = 0; i < m->block_params_bytes; i++) {
+            if (b[at + i] != 0u) {
+                return fail_at(m, RBNN_CHK_PARAMS_EMPTY, at + i, slot, 0, 0, i, b[at + i]);
+            }
+        }
+    }
+    if (m->live != 0xFFu) {
+        uint32_t at = m->params_offset + m->live * m->block_params_bytes;
+        for (layer = 0; layer + 1u < m->n_layers; layer++) {
+            uint32_t s = m->sizes[layer];
+            at += 4u * s;
+            for (i = 0; i < words_of(s); i++, at += 4u) {
+                if (rd32(b + at) != 0u) {
+                    return fail_at(m, RBNN_CHK_LIVE_FLIPS, at, m->live, layer, 0, 0, rd32(b + at));
+                }
+            }
+        }
+    }
+    return RBNN_OK;
+}
+
+/* The largest scale_shift with 2^shift * smax <= half, or -1 (as u32) when none. */
+static uint32_t max_scale_shift(const rbnn_model_t *m) {
+    uint32_t smax = output_smax(m), half = (m->budget + 1u) >> 1, sh = 0, v;
+    if (smax > half) {
+        return 0xFFFFFFFFu;
+    }
+    while (sh < 31u && mul_ok(1u << (sh + 1u), smax, &v) && v <= half) {
+        sh++;
+    }
+    return sh;
+}
+
+/* Version 2: the training section, field by field in docs/FORMAT.md's order. */
+static int check_train(rbnn_model_t *m, const uint8_t *b) {
+    const uint8_t *t = b + m->train_offset;
+    uint32_t at = m->train_offset, steps = rd32(t + 8), v, i, ms;
+    static const uint8_t le_steps[3][2] = {
+        {16, RBNN_CHK_TRAIN_HITS}, {20, RBNN_CHK_TRAIN_ACTIVE}, {32, RBNN_CHK_TRAIN_STREAM_BASE}};
+    static const uint8_t small[3][3] = {
+        {43, RBNN_CHK_TRAIN_DECAY, 31}, {44, RBNN_CHK_TRAIN_INIT_BITS, 15}, {45, RBNN_CHK_TRAIN_LOSS, 1}};
+    if (rd32(t) != 1u) {
+        return fail(m, RBNN_CHK_TRAIN_RULE, at, 0, rd32(t));
+    }
+    if (rd32(t + 12) > steps) {
+        return fail(m, RBNN_CHK_TRAIN_BLOCK_STEPS, at + 12, steps, rd32(t + 12));
+    }
+    if (m->live == 0xFFu && rd32(t + 12) != 0u) {
+        return fail(m, RBNN_CHK_TRAIN_NO_LIVE, at + 12, 0, rd32(t + 12));
+    }
+    for (i = 0; i < 3u; i++) {
+        if (rd32(t + le_steps[i][0]) > steps) {
+            return fail(m, le_steps[i][1], at + le_steps[i][0], steps, rd32(t + le_steps[i][0]));
+        }
+    }
+    v = rd32(t + 36);
+    if (v < 1u || v > m->budget) {
+        return fail(m, RBNN_CHK_TRAIN_MARGIN, at + 36, m->budget, v);
+    }
+    if (t[40] < 1u || t[40] > RBNN_MAX_BITS) {
+        return fail(m, RBNN_CHK_TRAIN_BITS, at + 40, 0, t[40]);
+    }
+    if (t[41] > (uint32_t)(m->max_blocks - m->n_blocks)) {
+        return fail(m, RBNN_CHK_TRAIN_GROW_LEFT, at + 41, (uint32_t)(m->max_blocks - m->n_blocks), t[41]);
+    }
+    ms = max_scale_shift(m);
+    if (ms == 0xFFFFFFFFu || t[42] > ms) {
+        return fail(m, RBNN_CHK_TRAIN_SCALE_SHIFT, at + 42, ms, t[42]);
+    }
+    for (i = 0; i < 3u; i++) {
+        if (t[small[i][0]] > small[i][2]) {
+            return fail(m, small[i][1], at + small[i][0], 0, t[small[i][0]]);
+        }
+    }
+    if ((int8_t)t[46] < -1 || (int8_t)t[46] > 23) {
+        return fail(m, RBNN_CHK_TRAIN_OFF_SHIFT, at + 46, 0, (uint32_t)(int32_t)(int8_t)t[46]);
+    }
+    if (t[47] != 0u) {
+        return fail_at(m, RBNN_CHK_TRAIN_RESERVED, at + 47, 47, 0, 0, 0, t[47]);
+    }
+    for (i = 0; i < RBNN_MAX_LAYERS; i++) {
+        if (i < m->n_layers && t[48 + i] > 31u) {
+            return fail_at(m, RBNN_CHK_TRAIN_LR, at + 48 + i, i, 0, 0, 0, t[48 + i]);
+        }
+        if (i >= m->n_layers && t[48 + i] != 0u) {
+            return fail_at(m, RBNN_CHK_TRAIN_LR_UNUSED, at + 48 + i, i, 0, 0, 0, t[48 + i]);
+        }
+    }
+    for (i = 0; i < RBNN_MAX_LAYERS; i++) {
+        int32_t ts = (int8_t)t[56 + i];
+        if (i + 1u < m->n_layers && (ts < -1 || ts > 24)) {
+            return fail_at(m, RBNN_CHK_TRAIN_THR, at + 56 + i, i, 0, 0, 0, (uint32_t)ts);
+        }
+        if (i + 1u >= m->n_layers && ts != 0) {
+            return fail_at(m, RBNN_CHK_TRAIN_THR_UNUSED, at + 56 + i, i, 0, 0, 0, (uint32_t)ts);
+        }
+    }
+    for (i = 0; i + 1u < RBNN_MAX_LAYERS; i++) {
+        v = rd32(t + 64 + 4u * i);
+        if (i + 1u < m->n_layers && v > layer_smax(m, i)) {
+            return fail_at(m, RBNN_CHK_TRAIN_GATE, at + 64 + 4u * i, i, 0, 0, layer_smax(m, i), v);
+        }
+        if (i + 1u >= m->n_layers && v != 0u) {
+            return fail_at(m, RBNN_CHK_TRAIN_GATE_UNUSED, at + 64 + 4u * i, i, 0, 0, 0, v);
+        }
+    }
+    if (rd32(t + 92) != 0u) {
+        return fail_at(m, RBNN_CHK_TRAIN_RESERVED, at + 92, 92, 0, 0, 0, rd32(t + 92));
+    }
+    return RBNN_OK;
+}
+
+/* Version 2: every block's max over classes of |scale| * smax + |offset| <= budget.
+ * Version 1: the sum over blocks of it <= 2^31 - 1. */
 static int check_range(rbnn_model_t *m, const uint8_t *b) {
     uint32_t smax = output_smax(m), total = 0, blk, k;
     uint32_t n_cls = m->sizes[m->n_layers - 1u];
@@ -269,8 +420,10 @@ static int check_range(rbnn_model_t *m, const uint8_t *b) {
         for (k = 0; k < n_cls; k++) {
             uint32_t v;
             if (!mul_ok(abs32((int32_t)rd32(scale + 4u * k)), smax, &v)
-                || !add_ok(v, abs32((int32_t)rd32(offset + 4u * k)), &v) || v > I32_MAX) {
-                return fail_at(m, RBNN_CHK_RANGE, at, blk, 0, 0, 0, 0);
+                || !add_ok(v, abs32((int32_t)rd32(offset + 4u * k)), &v) || v > I32_MAX
+                || (m->version >= 2u && v > m->budget)) {
+                return m->version >= 2u ? fail_at(m, RBNN_CHK_RANGE_BLOCK, at, blk, 0, 0, m->budget, 0)
+                                        : fail_at(m, RBNN_CHK_RANGE, at, blk, 0, 0, 0, 0);
             }
             if (v > worst) {
                 worst = v;
@@ -291,7 +444,7 @@ struct header_range {
 static const struct header_range header_ranges[] = {
     {12, 1, RBNN_CHK_WORD_BITS, RBNN_WORD_BITS, RBNN_WORD_BITS},
     {13, 1, RBNN_CHK_N_LAYERS, 1, RBNN_MAX_LAYERS},
-    {14, 1, RBNN_CHK_N_BLOCKS, 1, RBNN_MAX_BLOCKS},
+    {14, 1, RBNN_CHK_N_BLOCKS, 1, RBNN_MAX_BLOCKS}, /* version 2: N_BLOCKS_V2, from 0 */
     {15, 1, RBNN_CHK_N_PLANES, 1, RBNN_MAX_PLANES},
     {16, 2, RBNN_CHK_N_INPUTS, 1, 65535},
     {18, 1, RBNN_CHK_INPUT_MODE, 0, 0},
@@ -300,8 +453,8 @@ static const struct header_range header_ranges[] = {
 
 int rbnn_model_init(rbnn_model_t *m, const void *buf, size_t len) {
     const uint8_t *b = (const uint8_t *)buf;
-    uint32_t i, n_in, plane_words = 0, plane_bytes, arena_offset, params_offset;
-    uint32_t blocks_offset, block_params = 0, file_bytes, t;
+    uint32_t i, n_in, plane_words = 0, plane_bytes, arena_offset, params_offset, train_offset;
+    uint32_t blocks_offset, block_params = 0, file_bytes, t, hb, version, slots;
     int rc;
 
     if (m == NULL) {
@@ -318,6 +471,9 @@ int rbnn_model_init(rbnn_model_t *m, const void *buf, size_t len) {
     }
     m->plane_words = m->arena_offset = m->params_offset = 0;
     m->blocks_offset = m->block_params_bytes = 0;
+    m->version = m->max_blocks = m->score_q = 0;
+    m->live = 0xFFu;
+    m->train_offset = m->budget = 0;
     m->err_offset = 0;
     m->err_check = m->err_i = m->err_j = m->err_k = 0;
     m->err_want = m->err_found = 0;
@@ -328,7 +484,7 @@ int rbnn_model_init(rbnn_model_t *m, const void *buf, size_t len) {
         return RBNN_E_ALIGN;
     }
 
-    /* Header. */
+    /* Header: the fields of every version, then version 2's. */
     if (len < HEADER_BYTES) {
         return fail(m, RBNN_CHK_TRUNC_HEADER, 0, 0, (uint32_t)len);
     }
@@ -336,8 +492,9 @@ int rbnn_model_init(rbnn_model_t *m, const void *buf, size_t len) {
         || b[3] != RBNN_MAGIC[3]) {
         return fail(m, RBNN_CHK_MAGIC, 0, 0, rd32be(b));
     }
-    if (rd16(b + 4) < RBNN_MIN_READ_VERSION || rd16(b + 4) > RBNN_MAX_READ_VERSION) {
-        return fail(m, RBNN_CHK_VERSION, 4, 0, rd16(b + 4));
+    version = rd16(b + 4);
+    if (version < RBNN_MIN_READ_VERSION || version > RBNN_MAX_READ_VERSION) {
+        return fail(m, RBNN_CHK_VERSION, 4, 0, version);
     }
     if (rd16(b + 6) != 0u) {
         return fail(m, RBNN_CHK_FLAGS, 6, 0, rd16(b + 6));
@@ -345,10 +502,15 @@ int rbnn_model_init(rbnn_model_t *m, const void *buf, size_t len) {
     for (i = 0; i < sizeof header_ranges / sizeof header_ranges[0]; i++) {
         const struct header_range *h = &header_ranges[i];
         uint32_t v = h->bytes == 2u ? rd16(b + h->offset) : b[h->offset];
-        if (v < h->lo || v > h->hi) {
+        if (h->check == RBNN_CHK_N_BLOCKS && version >= 2u) {
+            if (v > RBNN_MAX_BLOCKS) { /* version 2: 0 blocks is an empty arena */
+                return fail(m, RBNN_CHK_N_BLOCKS_V2, h->offset, 0, v);
+            }
+        } else if (v < h->lo || v > h->hi) {
             return fail(m, h->check, h->offset, 0, v);
         }
     }
+    m->version = (uint8_t)version;
     m->n_layers = b[13];
     m->n_blocks = b[14];
     m->n_planes = b[15];
@@ -356,23 +518,48 @@ int rbnn_model_init(rbnn_model_t *m, const void *buf, size_t len) {
     m->input_mode = b[18];
     m->plane_mask = b[19];
     m->k_planes = (uint8_t)popcount8(m->plane_mask);
+    hb = HEADER_BYTES;
+    slots = m->n_blocks;
+    if (version >= 2u) {
+        uint32_t lo = m->n_blocks > 1u ? m->n_blocks : 1u;
+        hb = RBNN_HEADER_BYTES_V2;
+        if (len < hb) {
+            return fail(m, RBNN_CHK_TRUNC_HEADER_V2, 0, 0, (uint32_t)len);
+        }
+        if (b[32] < lo || b[32] > RBNN_MAX_BLOCKS) {
+            return fail(m, RBNN_CHK_MAX_BLOCKS, 32, lo, b[32]);
+        }
+        if (b[33] > RBNN_MAX_SCORE_Q) {
+            return fail(m, RBNN_CHK_SCORE_Q, 33, 0, b[33]);
+        }
+        for (i = 34; i < hb; i++) {
+            if ((i < 36u || i >= 40u) && b[i] != 0u) {
+                return fail_at(m, RBNN_CHK_HEADER_RESERVED, i, i, 0, 0, 0, b[i]);
+            }
+        }
+        slots = b[32];
+        m->max_blocks = b[32];
+        m->score_q = b[33];
+        m->budget = div_u32(I32_MAX, slots);
+    } else {
+        m->max_blocks = m->n_blocks;
+    }
 
     /* Layer table and its pad. */
-    blocks_offset = HEADER_BYTES + 4u * ((m->n_layers + 1u) / 2u);
+    blocks_offset = hb + 4u * ((m->n_layers + 1u) / 2u);
     if (len < blocks_offset) {
-        return fail(m, RBNN_CHK_TRUNC_LAYERS, HEADER_BYTES, blocks_offset, (uint32_t)len);
+        return fail(m, RBNN_CHK_TRUNC_LAYERS, hb, blocks_offset, (uint32_t)len);
     }
     for (i = 0; i < m->n_layers; i++) {
-        uint32_t s = rd16(b + HEADER_BYTES + 2u * i);
+        uint32_t s = rd16(b + hb + 2u * i);
         if (s == 0u) {
-            return fail_at(m, RBNN_CHK_LAYER_SIZE, HEADER_BYTES + 2u * i, i, 0, 0, 0, 0);
+            return fail_at(m, RBNN_CHK_LAYER_SIZE, hb + 2u * i, i, 0, 0, 0, 0);
         }
         m->sizes[i] = (uint16_t)s;
     }
-    if ((m->n_layers & 1u) && rd16(b + HEADER_BYTES + 2u * m->n_layers) != 0u) {
+    if ((m->n_layers & 1u) && rd16(b + hb + 2u * m->n_layers) != 0u) {
         /* one u16 of pad after an odd number of sizes */
-        return fail(m, RBNN_CHK_LAYER_PAD, HEADER_BYTES + 2u * m->n_layers, 0,
-            rd16(b + HEADER_BYTES + 2u * m->n_layers));
+        return fail(m, RBNN_CHK_LAYER_PAD, hb + 2u * m->n_layers, 0, rd16(b + hb + 2u * m->n_layers));
     }
 
     /* Computed layout. size * words(in) < 2^16 * 2^11, eight of them < 2^30: no
@@ -388,10 +575,11 @@ int rbnn_model_init(rbnn_model_t *m, const void *buf, size_t len) {
         }
         n_in = s;
     }
-    arena_offset = blocks_offset + BLOCK_ENTRY_BYTES * m->n_blocks;
+    arena_offset = blocks_offset + BLOCK_ENTRY_BYTES * slots;
     if (!mul_ok(plane_words, 4u, &plane_bytes) || !mul_ok(plane_bytes, m->n_planes, &t)
         || !add_ok(arena_offset, t, &params_offset)
-        || !add_ok(params_offset, block_params * m->n_blocks, &t) || !add_ok(t, 4u, &t)) {
+        || !add_ok(params_offset, block_params * slots, &train_offset)
+        || !add_ok(train_offset, version >= 2u ? RBNN_TRAIN_BYTES + 4u : 4u, &t)) {
         return fail(m, RBNN_CHK_SIZE_OVERFLOW, 8, 0, 0);
     }
 
@@ -412,6 +600,9 @@ int rbnn_model_init(rbnn_model_t *m, const void *buf, size_t len) {
     if (rd32(b + 28) != params_offset) {
         return fail(m, RBNN_CHK_PARAMS_OFFSET, 28, params_offset, rd32(b + 28));
     }
+    if (version >= 2u && rd32(b + 36) != train_offset) {
+        return fail(m, RBNN_CHK_TRAIN_OFFSET, 36, train_offset, rd32(b + 36));
+    }
     if (file_bytes != t) {
         return fail(m, RBNN_CHK_FILE_BYTES, 8, t, file_bytes);
     }
@@ -426,14 +617,22 @@ int rbnn_model_init(rbnn_model_t *m, const void *buf, size_t len) {
     m->params_offset = params_offset;
     m->blocks_offset = blocks_offset;
     m->block_params_bytes = block_params;
+    m->train_offset = version >= 2u ? train_offset : 0u;
     rc = check_blocks(m, b);
     if (rc == RBNN_OK) {
         rc = check_padding(m, b);
+    }
+    if (rc == RBNN_OK && version >= 2u) {
+        rc = check_slots(m, b);
+    }
+    if (rc == RBNN_OK && version >= 2u) {
+        rc = check_train(m, b);
     }
     if (rc == RBNN_OK) {
         rc = check_range(m, b);
     }
     if (rc != RBNN_OK) {
+        m->live = 0xFFu;
         return rc;
     }
     m->buf = b; /* only a fully valid model gets a buffer: rbnn_infer checks it */

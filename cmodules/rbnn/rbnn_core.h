@@ -20,13 +20,14 @@ extern "C" {
  * (host/rbnn/format/constants.py and checks.py). */
 #include "rbnn_spec.h"
 
-/* A validated model: pointers into the caller's buffer plus the parsed shape. */
+/* A validated model: pointers into the caller's buffer plus the parsed shape
+ * (docs/FORMAT.md, versions 1 and 2). */
 typedef struct {
     const uint8_t *buf;          /* the file, 4-byte aligned, used in place */
     uint32_t file_bytes;
     uint16_t n_inputs;
     uint8_t n_layers;            /* weight layers per block, 1..8 */
-    uint8_t n_blocks;
+    uint8_t n_blocks;            /* blocks in use (version 2: 0..max_blocks) */
     uint8_t n_planes;
     uint8_t plane_mask;
     uint8_t k_planes;            /* popcount(plane_mask) */
@@ -37,6 +38,12 @@ typedef struct {
     uint32_t params_offset;
     uint32_t blocks_offset;
     uint32_t block_params_bytes;
+    uint8_t version;             /* 1 or 2 */
+    uint8_t max_blocks;          /* slots of the block table (version 1: n_blocks) */
+    uint8_t score_q;             /* version 2: the shared score exponent */
+    uint8_t live;                /* index of the live block, or 0xFF */
+    uint32_t train_offset;       /* version 2: the training section (0 in version 1) */
+    uint32_t budget;             /* version 2: every block's score bound (docs/FORMAT.md) */
     /* On a validation error: the byte offset of the field at fault, the check that
      * failed (RBNN_CHK_*) and the integers its message is made of (rbnn_error_text). */
     uint32_t err_offset;

@@ -5,12 +5,15 @@
 #define RBNN_SPEC_H
 
 #define RBNN_VERSION "0.1.0"
-#define RBNN_FORMAT_VERSION 1
+#define RBNN_FORMAT_VERSION 2
 #define RBNN_MIN_READ_VERSION 1
-#define RBNN_MAX_READ_VERSION 1
+#define RBNN_MAX_READ_VERSION 2
 #define RBNN_MAGIC "RBNN"
 #define RBNN_WORD_BITS 32u
 #define RBNN_HEADER_BYTES 32u
+#define RBNN_HEADER_BYTES_V2 64u
+#define RBNN_TRAIN_BYTES 96u
+#define RBNN_MAX_SCORE_Q 30u
 #define RBNN_BLOCK_ENTRY_BYTES 20u
 #define RBNN_MAX_LAYERS 8
 #define RBNN_MAX_BLOCKS 64
@@ -37,8 +40,11 @@ enum {
     RBNN_E_ALIGN = -12,
     RBNN_E_INPUT = -13,
     RBNN_E_ARG = -14,
+    RBNN_E_TRAIN = -15,
+    RBNN_E_FULL = -16,
+    RBNN_E_LABEL = -17,
 };
-#define RBNN_N_CODES 15
+#define RBNN_N_CODES 18
 
 /* The checks a reader makes, in docs/FORMAT.md order (host/rbnn/format/checks.py). */
 enum {
@@ -50,33 +56,65 @@ enum {
     RBNN_CHK_WORD_BITS = 5,
     RBNN_CHK_N_LAYERS = 6,
     RBNN_CHK_N_BLOCKS = 7,
-    RBNN_CHK_N_PLANES = 8,
-    RBNN_CHK_N_INPUTS = 9,
-    RBNN_CHK_INPUT_MODE = 10,
-    RBNN_CHK_PLANE_MASK = 11,
-    RBNN_CHK_TRUNC_LAYERS = 12,
-    RBNN_CHK_LAYER_SIZE = 13,
-    RBNN_CHK_LAYER_PAD = 14,
-    RBNN_CHK_SIZE_OVERFLOW = 15,
-    RBNN_CHK_TRUNC_FILE = 16,
-    RBNN_CHK_FILE_LONGER = 17,
-    RBNN_CHK_PLANE_BYTES = 18,
-    RBNN_CHK_ARENA_OFFSET = 19,
-    RBNN_CHK_PARAMS_OFFSET = 20,
-    RBNN_CHK_FILE_BYTES = 21,
-    RBNN_CHK_CRC = 22,
-    RBNN_CHK_BLOCK_STATE = 23,
-    RBNN_CHK_BLOCK_BITS_FROZEN = 24,
-    RBNN_CHK_BLOCK_BITS = 25,
-    RBNN_CHK_BLOCK_RESERVED = 26,
-    RBNN_CHK_BLOCK_UNUSED = 27,
-    RBNN_CHK_BLOCK_PLANE = 28,
-    RBNN_CHK_BLOCK_OWNED = 29,
-    RBNN_CHK_WEIGHT_PADDING = 30,
-    RBNN_CHK_FLIP_PADDING = 31,
-    RBNN_CHK_RANGE = 32,
+    RBNN_CHK_N_BLOCKS_V2 = 8,
+    RBNN_CHK_N_PLANES = 9,
+    RBNN_CHK_N_INPUTS = 10,
+    RBNN_CHK_INPUT_MODE = 11,
+    RBNN_CHK_PLANE_MASK = 12,
+    RBNN_CHK_TRUNC_HEADER_V2 = 13,
+    RBNN_CHK_MAX_BLOCKS = 14,
+    RBNN_CHK_SCORE_Q = 15,
+    RBNN_CHK_HEADER_RESERVED = 16,
+    RBNN_CHK_TRUNC_LAYERS = 17,
+    RBNN_CHK_LAYER_SIZE = 18,
+    RBNN_CHK_LAYER_PAD = 19,
+    RBNN_CHK_SIZE_OVERFLOW = 20,
+    RBNN_CHK_TRUNC_FILE = 21,
+    RBNN_CHK_FILE_LONGER = 22,
+    RBNN_CHK_PLANE_BYTES = 23,
+    RBNN_CHK_ARENA_OFFSET = 24,
+    RBNN_CHK_PARAMS_OFFSET = 25,
+    RBNN_CHK_TRAIN_OFFSET = 26,
+    RBNN_CHK_FILE_BYTES = 27,
+    RBNN_CHK_CRC = 28,
+    RBNN_CHK_BLOCK_STATE = 29,
+    RBNN_CHK_BLOCK_LIVE_LAST = 30,
+    RBNN_CHK_BLOCK_BITS_FROZEN = 31,
+    RBNN_CHK_BLOCK_BITS = 32,
+    RBNN_CHK_BLOCK_RESERVED = 33,
+    RBNN_CHK_BLOCK_UNUSED = 34,
+    RBNN_CHK_BLOCK_PLANE = 35,
+    RBNN_CHK_BLOCK_OWNED = 36,
+    RBNN_CHK_BLOCK_EMPTY = 37,
+    RBNN_CHK_WEIGHT_PADDING = 38,
+    RBNN_CHK_FLIP_PADDING = 39,
+    RBNN_CHK_PARAMS_EMPTY = 40,
+    RBNN_CHK_LIVE_FLIPS = 41,
+    RBNN_CHK_TRAIN_RULE = 42,
+    RBNN_CHK_TRAIN_BLOCK_STEPS = 43,
+    RBNN_CHK_TRAIN_NO_LIVE = 44,
+    RBNN_CHK_TRAIN_HITS = 45,
+    RBNN_CHK_TRAIN_ACTIVE = 46,
+    RBNN_CHK_TRAIN_STREAM_BASE = 47,
+    RBNN_CHK_TRAIN_MARGIN = 48,
+    RBNN_CHK_TRAIN_BITS = 49,
+    RBNN_CHK_TRAIN_GROW_LEFT = 50,
+    RBNN_CHK_TRAIN_SCALE_SHIFT = 51,
+    RBNN_CHK_TRAIN_DECAY = 52,
+    RBNN_CHK_TRAIN_INIT_BITS = 53,
+    RBNN_CHK_TRAIN_LOSS = 54,
+    RBNN_CHK_TRAIN_OFF_SHIFT = 55,
+    RBNN_CHK_TRAIN_RESERVED = 56,
+    RBNN_CHK_TRAIN_LR = 57,
+    RBNN_CHK_TRAIN_LR_UNUSED = 58,
+    RBNN_CHK_TRAIN_THR = 59,
+    RBNN_CHK_TRAIN_THR_UNUSED = 60,
+    RBNN_CHK_TRAIN_GATE = 61,
+    RBNN_CHK_TRAIN_GATE_UNUSED = 62,
+    RBNN_CHK_RANGE = 63,
+    RBNN_CHK_RANGE_BLOCK = 64,
 };
-#define RBNN_N_CHECKS 33
+#define RBNN_N_CHECKS 65
 
 #ifdef RBNN_SPEC_TABLES /* defined by the one file that holds the tables */
 /* Code names and rbnn_strerror texts, index = -code. */
@@ -96,6 +134,9 @@ static const char *const rbnn_code_names[RBNN_N_CODES] = {
     "E_ALIGN",
     "E_INPUT",
     "E_ARG",
+    "E_TRAIN",
+    "E_FULL",
+    "E_LABEL",
 };
 static const char *const rbnn_code_texts[RBNN_N_CODES] = {
     "ok",
@@ -113,6 +154,9 @@ static const char *const rbnn_code_texts[RBNN_N_CODES] = {
     "buffer not 4-byte aligned",
     "bad packed input",
     "bad argument",
+    "bad training state",
+    "no room to train: no live block and none may open",
+    "label out of range",
 };
 /* The error code each check reports. */
 static const signed char rbnn_check_code[RBNN_N_CHECKS] = {
@@ -124,10 +168,15 @@ static const signed char rbnn_check_code[RBNN_N_CHECKS] = {
     RBNN_E_HEADER, /* WORD_BITS */
     RBNN_E_HEADER, /* N_LAYERS */
     RBNN_E_HEADER, /* N_BLOCKS */
+    RBNN_E_HEADER, /* N_BLOCKS_V2 */
     RBNN_E_HEADER, /* N_PLANES */
     RBNN_E_HEADER, /* N_INPUTS */
     RBNN_E_HEADER, /* INPUT_MODE */
     RBNN_E_HEADER, /* PLANE_MASK */
+    RBNN_E_TRUNCATED, /* TRUNC_HEADER_V2 */
+    RBNN_E_HEADER, /* MAX_BLOCKS */
+    RBNN_E_HEADER, /* SCORE_Q */
+    RBNN_E_FLAGS, /* HEADER_RESERVED */
     RBNN_E_TRUNCATED, /* TRUNC_LAYERS */
     RBNN_E_HEADER, /* LAYER_SIZE */
     RBNN_E_FLAGS, /* LAYER_PAD */
@@ -137,18 +186,45 @@ static const signed char rbnn_check_code[RBNN_N_CHECKS] = {
     RBNN_E_LAYOUT, /* PLANE_BYTES */
     RBNN_E_LAYOUT, /* ARENA_OFFSET */
     RBNN_E_LAYOUT, /* PARAMS_OFFSET */
+    RBNN_E_LAYOUT, /* TRAIN_OFFSET */
     RBNN_E_LAYOUT, /* FILE_BYTES */
     RBNN_E_CRC, /* CRC */
     RBNN_E_BLOCK, /* BLOCK_STATE */
+    RBNN_E_BLOCK, /* BLOCK_LIVE_LAST */
     RBNN_E_BLOCK, /* BLOCK_BITS_FROZEN */
     RBNN_E_BLOCK, /* BLOCK_BITS */
     RBNN_E_BLOCK, /* BLOCK_RESERVED */
     RBNN_E_BLOCK, /* BLOCK_UNUSED */
     RBNN_E_BLOCK, /* BLOCK_PLANE */
     RBNN_E_BLOCK, /* BLOCK_OWNED */
+    RBNN_E_BLOCK, /* BLOCK_EMPTY */
     RBNN_E_PADDING, /* WEIGHT_PADDING */
     RBNN_E_PADDING, /* FLIP_PADDING */
+    RBNN_E_FLAGS, /* PARAMS_EMPTY */
+    RBNN_E_TRAIN, /* LIVE_FLIPS */
+    RBNN_E_TRAIN, /* TRAIN_RULE */
+    RBNN_E_TRAIN, /* TRAIN_BLOCK_STEPS */
+    RBNN_E_TRAIN, /* TRAIN_NO_LIVE */
+    RBNN_E_TRAIN, /* TRAIN_HITS */
+    RBNN_E_TRAIN, /* TRAIN_ACTIVE */
+    RBNN_E_TRAIN, /* TRAIN_STREAM_BASE */
+    RBNN_E_TRAIN, /* TRAIN_MARGIN */
+    RBNN_E_TRAIN, /* TRAIN_BITS */
+    RBNN_E_TRAIN, /* TRAIN_GROW_LEFT */
+    RBNN_E_TRAIN, /* TRAIN_SCALE_SHIFT */
+    RBNN_E_TRAIN, /* TRAIN_DECAY */
+    RBNN_E_TRAIN, /* TRAIN_INIT_BITS */
+    RBNN_E_TRAIN, /* TRAIN_LOSS */
+    RBNN_E_TRAIN, /* TRAIN_OFF_SHIFT */
+    RBNN_E_FLAGS, /* TRAIN_RESERVED */
+    RBNN_E_TRAIN, /* TRAIN_LR */
+    RBNN_E_TRAIN, /* TRAIN_LR_UNUSED */
+    RBNN_E_TRAIN, /* TRAIN_THR */
+    RBNN_E_TRAIN, /* TRAIN_THR_UNUSED */
+    RBNN_E_TRAIN, /* TRAIN_GATE */
+    RBNN_E_TRAIN, /* TRAIN_GATE_UNUSED */
     RBNN_E_RANGE, /* RANGE */
+    RBNN_E_RANGE, /* RANGE_BLOCK */
 };
 #ifndef RBNN_NO_ERROR_TEXT
 /* field, expected, found: templates over i, j, k, want, found (checks.py). */
@@ -156,15 +232,20 @@ static const char *const rbnn_check_text[RBNN_N_CHECKS][3] = {
     {"", "", ""},
     {"header", ">= 32 bytes", "{found} bytes"},
     {"magic", "0x52424e4e", "{found:x}"},
-    {"version", "1", "{found}"},
+    {"version", "1..2", "{found}"},
     {"flags", "0", "{found:x4}"},
     {"word_bits", "32", "{found}"},
     {"n_layers", "1..8", "{found}"},
     {"n_blocks", "1..64", "{found}"},
+    {"n_blocks", "0..64", "{found}"},
     {"n_planes", "1..255", "{found}"},
     {"n_inputs", "1..65535", "{found}"},
     {"input_mode", "0", "{found}"},
     {"plane_mask", "not 0", "{found}"},
+    {"header", ">= 64 bytes (version 2)", "{found} bytes"},
+    {"max_blocks", "{want}..64 (n_blocks..)", "{found}"},
+    {"score_q", "0..30", "{found}"},
+    {"reserved header byte {i}", "0", "{found}"},
     {"layer table", ">= {want} bytes", "{found} bytes"},
     {"size[{i}]", "1..65535", "{found}"},
     {"layer table pad", "0", "{found:x4}"},
@@ -174,18 +255,45 @@ static const char *const rbnn_check_text[RBNN_N_CHECKS][3] = {
     {"plane_bytes", "{want}", "{found}"},
     {"arena_offset", "{want}", "{found}"},
     {"params_offset", "{want}", "{found}"},
+    {"train_offset", "{want}", "{found}"},
     {"file_bytes", "{want}", "{found}"},
     {"crc32", "{want:x}", "{found:x}"},
     {"block[{i}].state", "0 or 1", "{found}"},
+    {"block[{i}].state", "0 (only the last block may be live)", "{found}"},
     {"block[{i}].n_bits", "1 (frozen)", "{found}"},
     {"block[{i}].n_bits", "1..16", "{found}"},
     {"block[{i}].reserved", "0", "{found}"},
     {"block[{i}].planes[{j}] (unused)", "255", "{found}"},
     {"block[{i}].planes[{j}]", "< {want}", "{found}"},
     {"block[{i}].planes[{j}]", "a plane not owned by block {want}", "{found}"},
+    {"block slot[{i}] (empty) byte {j}", "255", "{found}"},
     {"plane {i} layer {j} row {k} padding", "0", "{found:x}"},
     {"block[{i}] layer {j} flip padding", "0", "{found:x}"},
+    {"parameter slot[{i}] (empty) byte {want}", "0", "{found}"},
+    {"block[{i}] layer {j} flips (a live block)", "0", "{found:x}"},
+    {"train.rule", "1", "{found}"},
+    {"train.block_steps", "<= steps ({want})", "{found}"},
+    {"train.block_steps", "0 (no live block)", "{found}"},
+    {"train.hits", "<= steps ({want})", "{found}"},
+    {"train.active", "<= steps ({want})", "{found}"},
+    {"train.stream_base", "<= steps ({want})", "{found}"},
+    {"train.margin", "1..{want} (the block budget)", "{found}"},
+    {"train.bits", "1..16", "{found}"},
+    {"train.grow_left", "0..{want} (empty slots)", "{found}"},
+    {"train.scale_shift", "0..{want:d} (2^scale_shift * smax <= half)", "{found}"},
+    {"train.decay", "0..31", "{found}"},
+    {"train.init_bits", "0..15", "{found}"},
+    {"train.loss", "0 or 1", "{found}"},
+    {"train.off_shift", "-1..23", "{found:d}"},
+    {"train reserved byte {i}", "0", "{found}"},
+    {"train.lr[{i}]", "0..31", "{found}"},
+    {"train.lr[{i}]", "0 (no layer {i})", "{found}"},
+    {"train.thr_shift[{i}]", "-1..24", "{found:d}"},
+    {"train.thr_shift[{i}]", "0 (no hidden layer {i})", "{found:d}"},
+    {"train.gate[{i}]", "0..{want} (smax of layer {i})", "{found}"},
+    {"train.gate[{i}]", "0 (no hidden layer {i})", "{found}"},
     {"block[{i}] output scale/offset", "score bound <= 2147483647", "> 2147483647"},
+    {"block[{i}] output scale/offset", "score bound <= {want} (the block budget)", "more"},
 };
 #endif
 #endif /* RBNN_SPEC_TABLES */

@@ -7,7 +7,7 @@
  *   rbnn_harness infer8 MODEL FEATURES  FEATURES: uint8 features, n * n_inputs (C packs)
  *       print one line per sample: "class score0 score1 ..."
  *   rbnn_harness check BUFFERS          BUFFERS: records of u32 length + that many bytes
- *       print one line per buffer: "code err_offset"
+ *       print one line per buffer: "code err_offset [message]"
  *   rbnn_harness corrupt MODEL DELTAS   every single-byte change (byte ^ d for DELTAS
  *       values of d, "all" = 1..255) and every truncation must be rejected
  */
@@ -120,7 +120,14 @@ static int cmd_check(const char *path) {
         buf = malloc(n ? n : 1u);
         memcpy(buf, all + at, n);
         rc = rbnn_model_init(&m, buf, n);
-        printf("%d %u\n", rc, (unsigned)m.err_offset);
+        if (rc == RBNN_OK) {
+            printf("%d %u\n", rc, (unsigned)m.err_offset);
+        } else { /* the message too, rendered under the sanitizers (a short buffer first) */
+            char small[8], text[256];
+            rbnn_error_text(&m, rc, small, sizeof small);
+            rbnn_error_text(&m, rc, text, sizeof text);
+            printf("%d %u %s\n", rc, (unsigned)m.err_offset, text);
+        }
         free(buf);
         at += n;
     }

@@ -50,20 +50,20 @@ def random_model(
 
 
 def bound_model(n_blocks: int, n_in: int = 5000) -> Model:
-    """One layer of all +1 weights, 8 input planes, and scale/offset that put the score
-    bound of docs/FORMAT.md (E_RANGE) at exactly 2^31 - 1: inputs of all 255 (or 0)
-    reach +-(2^31 - 1), so the file is valid and one more unit of any offset is not."""
+    """One layer of all +1 weights, 8 input planes, and scale/offset that put every
+    block's score bound (docs/FORMAT.md, E_RANGE) at exactly the block budget
+    floor((2^31 - 1) / n_blocks): inputs of all 255 (or 0) reach +-n_blocks * budget
+    (2^31 - 1 for one block), so the file is valid and one more unit of any offset is not."""
     cls = 3
     smax = n_in * 255
-    lim = 2**31 - 1
-    per = [lim // n_blocks + (1 if b < lim % n_blocks else 0) for b in range(n_blocks)]
+    per = (2**31 - 1) // n_blocks
     weights = [np.ones((cls, n_in), bool)]
     m = Model.plain(n_in, 0xFF, weights, [], [], np.zeros(cls, np.int32), np.zeros(cls, np.int32))
     blocks = []
     for b in range(n_blocks):
-        s = per[b] // smax
-        o = per[b] - s * smax
-        blocks.append(Block(FROZEN, [b], [], [], np.array([s, -s, 0], np.int32), np.array([o, -o, -per[b]], np.int32)))
+        s = per // smax
+        o = per - s * smax
+        blocks.append(Block(FROZEN, [b], [], [], np.array([s, -s, 0], np.int32), np.array([o, -o, -per], np.int32)))
     m.arena = np.repeat(m.arena, n_blocks, axis=0)
     m.blocks = blocks
     return m

@@ -77,7 +77,7 @@ CHECKS = (
     Check("BLOCK_EMPTY", "E_BLOCK", "block slot[{i}] (empty) byte {j}", str(K.UNUSED_PLANE), "{found}"),
     Check("WEIGHT_PADDING", "E_PADDING", "plane {i} layer {j} row {k} padding", "0", "{found:x}"),
     Check("FLIP_PADDING", "E_PADDING", "block[{i}] layer {j} flip padding", "0", "{found:x}"),
-    Check("PARAMS_EMPTY", "E_FLAGS", "parameter slot[{i}] (empty) byte {j}", "0", "{found}"),
+    Check("PARAMS_EMPTY", "E_FLAGS", "parameter slot[{i}] (empty) byte {want}", "0", "{found}"),
     Check("LIVE_FLIPS", "E_TRAIN", "block[{i}] layer {j} flips (a live block)", "0", "{found:x}"),
     Check("TRAIN_RULE", "E_TRAIN", "train.rule", "1", "{found}"),
     Check("TRAIN_BLOCK_STEPS", "E_TRAIN", "train.block_steps", "<= steps ({want})", "{found}"),

@@ -371,7 +371,7 @@ def _check_empty_params(buf: bytes, m: Model, lay: dict) -> None:
         chunk = buf[at : at + bpb]
         if any(chunk):
             j = next(i for i, v in enumerate(chunk) if v)
-            raise _fail("PARAMS_EMPTY", at + j, i=slot, j=j, found=chunk[j])
+            raise _fail("PARAMS_EMPTY", at + j, i=slot, want=j, found=chunk[j])
 
 
 def _check_live_flips(m: Model, lay: dict) -> None:
