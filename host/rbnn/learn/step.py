@@ -225,7 +225,6 @@ def step(m: Model, x: np.ndarray, label: int, frozen: np.ndarray | None = None) 
     blk = m.blocks[li]
     if frozen is None:
         frozen = frozen_scores(m, x[None])[0]
-    L = m.n_layers
     ss, hs, score = _forward(m, blk, x)  # 1. forward
     z = frozen.astype(I32) + score  # every block within its budget: |z| < 2^31
     pred = int(np.argmax(z))
