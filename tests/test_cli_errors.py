@@ -77,7 +77,7 @@ def files(tmp_path, rng) -> dict:
     (tmp_path / "empty.rbnn").write_bytes(b"")
     (tmp_path / "trunc.rbnn").write_bytes(raw[:100])
     bad = bytearray(raw)
-    bad[60] ^= 0x04
+    bad[len(bad) // 2] ^= 0x04  # a weight bit: only the CRC sees it
     (tmp_path / "corrupt.rbnn").write_bytes(bytes(bad))
     (tmp_path / "folder.rbnn").mkdir()
     return {"good": good, "small": small, "dir": tmp_path, "data": idx_folder(tmp_path / "data", rng)}

@@ -5,6 +5,7 @@ c` and `rbnn deploy --port virtual` work from it in a folder that is not the che
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -16,8 +17,12 @@ import pytest
 @pytest.fixture(scope="module")
 def wheel(repo, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out),
-                        str(repo / "host")], capture_output=True, text=True, timeout=600)  # fmt: skip
+    # built from a copy (the package data links followed), so the build leaves nothing in
+    # the checkout
+    src = out / "host"
+    shutil.copytree(repo / "host", src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(src)],
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
     if r.returncode != 0:
         pytest.fail(f"pip wheel host failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
     (whl,) = out.glob("rbnn-*.whl")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 from .argtypes import non_negative_int
+from .sidefiles import check_outputs
 
 # Defaults of the recipe (see TrainConfig for what each does; a test checks they agree).
 DEFAULTS = {"epochs": 20, "batch": 100, "lr": 0.01, "lr_final": 1e-4, "val": 5000,
@@ -28,6 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test", metavar="DATA",
                    help="test set to report (default: an IDX set's own test images; a .npz --data has none)")
     p.add_argument("--hidden", default="256,256", help="hidden layer widths, comma separated (default 256,256)")
+    p.add_argument("--arena", type=int, metavar="P",
+                   help="pack the trained block into an arena of P bit-planes (block 1 frozen on plane 0, "
+                        "the rest free), the recursive format a device keeps training in (rbnn grow, "
+                        "rbnn stream); bits per weight when full = P / blocks")  # fmt: skip
     planes = p.add_mutually_exclusive_group()
     planes.add_argument("--planes", metavar="K", help="keep the K most significant input bit-planes, 1..8 (default 1: pixel >= 128)")
     planes.add_argument("--plane-mask", metavar="MASK", help="keep the bit-planes of this mask, e.g. 0xC0")
@@ -99,36 +104,6 @@ def parse_planes(planes: str | None, mask: str | None) -> int:
     return (0xFF00 >> int(k)) & 0xFF
 
 
-def output_paths(model_path: str) -> tuple:
-    """(curves PNG, history JSON) beside the model file."""
-    from pathlib import Path
-
-    p = Path(model_path)
-    stem = p.with_suffix("") if p.suffix == ".rbnn" else p
-    return stem.with_name(stem.name + ".curves.png"), stem.with_name(stem.name + ".history.json")
-
-
-def check_outputs(model_path: str, inputs: tuple) -> tuple:
-    """(-o path, {what: path} of the files beside it to write, notes on what is not written),
-    every path checked writable and not one of ``inputs``, before the training."""
-    from ..files import check_output, is_stream
-    from ..train.plots import missing
-
-    out = check_output(model_path, "-o", inputs)
-    if is_stream(out):  # /dev/null, a FIFO: nothing beside it, ever
-        return out, {}, [f"curves, history: not written (-o {model_path} is not a regular file)"]
-    curves, history = output_paths(model_path)
-    sides, notes = {"history": history}, []
-    no_plots = missing()
-    if no_plots:
-        notes.append(f"curves: not written: {no_plots}")
-    else:
-        sides["curves"] = curves
-    for what, path in sides.items():
-        check_output(path, f"-o {model_path}: its {what} file", inputs)
-    return out, sides, notes
-
-
 def epoch_line(row: dict) -> str:
     """One line per epoch: loss and accuracy, on the validation split when there is one."""
     val = "" if row["val_acc"] is None else f"val_loss {row['val_loss']:.4f} val_acc {row['val_acc']:.4f}  "
@@ -183,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
     mask = parse_planes(args.planes, args.plane_mask)
     check_output(args.output, "-o")  # refused now, before the data is read
     ds, test = training_sets(args.data, args.test)
-    out, sides, notes = check_outputs(args.output, ds.files + test.files)  # and all of them before the training
+    # and all of them before the training
+    out, sides, notes = check_outputs(args.output, ds.files + test.files, {"curves": "curves.png", "history": "history.json"})
     augment = "off" if args.no_augment else args.augment
 
     def line(row: dict) -> None:
@@ -198,6 +174,10 @@ def run(args: argparse.Namespace) -> int:
         recalibrate=args.recalibrate, limit=args.limit, threads=args.threads,
     )  # fmt: skip
     m = res.model
+    if args.arena is not None:
+        from ..learn.arena import into_arena
+
+        m = into_arena(res.net, args.arena, m.meta)
     nbytes = pack.save(m, out)
     t0 = time.perf_counter()
     x_all = ds.x_train if args.limit is None else ds.x_train[: args.limit]
@@ -217,6 +197,9 @@ def run(args: argparse.Namespace) -> int:
     shape = "-".join(str(s) for s in [m.n_inputs] + m.sizes)
     weight_kb = m.arena.nbytes / 1024
     print(f"model: {out} ({shape}, plane mask {mask:#04x}, {weight_kb:.2f} kB packed weights, {nbytes} bytes file)")
+    if args.arena is not None:
+        print(f"arena: {m.n_planes} planes, {m.capacity} block slots, block 1 frozen on plane 0, "
+              f"{len(m.free_planes())} free; score_q {m.score_q}")  # fmt: skip
     print(f"training time: {res.seconds:.1f} s ({args.epochs} epochs, kept epoch {res.best_epoch})")
     print(augmentation_line(res.augmentation))
     if n_val:

@@ -151,6 +151,7 @@ def fold_output(
     smax: int,
     bias: np.ndarray | None = None,
     bound: int = OUTPUT_BOUND,
+    q_max: int = 1000,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Per-class integer ``scale`` and ``offset`` approximating ``bn_eval(s) * 2^q``.
 
@@ -163,6 +164,8 @@ def fold_output(
     bias : float array, shape (n_classes,), optional
     bound : int
         Upper limit of ``max_k |scale[k]| * smax + |offset[k]|`` (docs/FORMAT.md, E_RANGE).
+    q_max : int
+        The largest exponent to use (a file's ``score_q`` is at most 30).
 
     Returns
     -------
@@ -180,7 +183,7 @@ def fold_output(
     # Largest q with peak * 2^q (plus rounding) inside the bound; start there and step
     # down until the exact integer bound holds.
     q = 0 if peak == 0 else int(np.floor(np.log2(bound / peak)))
-    q = min(q, 1000)  # all-tiny parameters: any q works, keep ldexp finite
+    q = min(q, q_max, 1000)  # all-tiny parameters: any q works, keep ldexp finite
     while True:
         scale = np.rint(np.ldexp(k, q))
         offset = np.rint(np.ldexp(c, q))

@@ -97,15 +97,16 @@ class FloatNet:
         """Class per sample (ties to the lowest index): int64 (n,)."""
         return np.argmax(self.scores(x), axis=1)
 
-    def fold(self, meta: dict | None = None) -> Model:
-        """The integer model: thresholds and flips per hidden neuron, output scale/offset."""
+    def fold(self, meta: dict | None = None, bound: int = fold.OUTPUT_BOUND, q_max: int = 1000) -> Model:
+        """The integer model: thresholds and flips per hidden neuron, output scale/offset
+        whose score bound is at most ``bound`` (``meta["output_q"]``: the exponent used)."""
         thr, flips = [], []
         last = len(self.weights) - 1
         for lay in range(last):
             t, f = fold.fold_hidden(*self._bn(lay), smax=self.smax(lay))
             thr.append(t)
             flips.append(f)
-        scale, offset, q = fold.fold_output(*self._bn(last), smax=self.smax(last))
+        scale, offset, q = fold.fold_output(*self._bn(last), smax=self.smax(last), bound=bound, q_max=q_max)
         meta = dict(meta or {})
         meta["output_q"] = q
         return Model.plain(

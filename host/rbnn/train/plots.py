@@ -72,3 +72,41 @@ def plot_history(
         fig.savefig(path, dpi=100, format="png")
     finally:
         plt.close(fig)
+
+
+def plot_growth(rows: list, path: str | os.PathLike | BinaryIO, title: str = "") -> None:
+    """Test accuracy of a growth run (``rbnn grow``) against samples seen, each new block
+    marked, and against bits per weight of the arena; written as a PNG.
+
+    Parameters
+    ----------
+    rows : list of rbnn.learn.run.BlockRow (the start, then one per block)
+    path : path of the PNG to write, or a binary file open for writing
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rows[0].test)
+    fig, (ax_s, ax_b) = plt.subplots(1, 2, figsize=(10, 4))
+    try:
+        for name in names:
+            acc = [100 * r.test[name] for r in rows]
+            ax_s.plot([r.samples for r in rows], acc, "o-", label=name)
+            ax_b.plot([r.bits_per_weight for r in rows], acc, "o-", label=name)
+        for r in rows[1:]:
+            ax_s.axvline(r.samples, color="grey", alpha=0.2)  # a block ends (and the next opens) here
+        ax_s.set_xlabel("samples seen (grey: a block ends)")
+        ax_b.set_xlabel("bits per weight of the arena")
+        ax_b.invert_xaxis()  # growing lowers bits per weight: time runs left to right
+        for ax in (ax_s, ax_b):
+            ax.set_ylabel("test accuracy (%)")
+            ax.grid(True, alpha=0.3)
+            ax.legend()
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(path, format="png", dpi=110)
+    finally:
+        plt.close(fig)

@@ -1,0 +1,70 @@
+"""The hyper-parameters a growth run starts from (docs/TRAINING.md; chosen and measured
+in the research behind issue 7: rotated and same-data growth, ablations).
+
+Everything is relative to the model's shape and to ``score_q``, the shared score
+exponent (one float logit = 2^q score units), so the same rule holds for any width,
+input planes or capacity. Three kinds of run:
+
+- ``new``: an empty arena, every block trained by the step: the largest output scale the
+  budget allows, margin 2^6 units of it;
+- ``domain``: data unlike what the frozen blocks learnt (they get it mostly wrong): a
+  live scale of 2^(q-3), margin 2^(q+3);
+- ``same``: more data like the frozen blocks': a smaller live scale 2^(q-5) that keeps
+  what they know, margin 2^(q+2).
+
+``choose_kind`` picks ``domain`` or ``same`` from the frozen model's accuracy on the run's
+first samples, so a user streaming their own data need not know which it is.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..format.model import Model, plane_shifts
+from ..format.pack import layer_smax, max_scale_shift
+from ..format.trainstate import LOSS_TOP, TrainState
+
+KINDS = ("auto", "new", "domain", "same")
+SAME_ABOVE = 0.8  # frozen accuracy at or above which a run is "same" data (choose_kind)
+BITS = 8  # bits of every block, while the free planes allow (b = 6..9 measured equal)
+
+
+def choose_kind(frozen_accuracy: float | None) -> str:
+    """``new`` without frozen blocks (None); else ``same`` when the frozen blocks already
+    classify the run's first samples at ``SAME_ABOVE`` or better, ``domain`` otherwise."""
+    if frozen_accuracy is None:
+        return "new"
+    return "same" if frozen_accuracy >= SAME_ABOVE else "domain"
+
+
+def defaults(m: Model, kind: str, bits: int = BITS) -> TrainState:
+    """A training state for ``m`` (counters zero, no schedule): the rule's hyper-parameters.
+
+    Parameters
+    ----------
+    m : Model
+        Its shape, plane mask, capacity (block budget) and ``score_q`` decide the values.
+    kind : "new", "domain" or "same"
+    bits : planes of every new block
+    """
+    nh = m.n_layers - 1
+    shifts = plane_shifts(m.plane_mask)
+    pw = sum(1 << s for s in shifts)
+    gate = [math.isqrt(m.n_inputs * sum(4**s for s in shifts))] + [math.isqrt(n) for n in m.layer_inputs[1:nh]]
+    gate = [min(g, layer_smax(m, i)) for i, g in enumerate(gate[:nh])]
+    thr = ([2 + (pw - 1).bit_length()] + [0] * nh)[:nh]
+    top = max_scale_shift(m)
+    q = m.score_q
+    if kind == "new":
+        sigma = top
+        margin = 1 << (sigma + 6)
+    elif kind == "domain":
+        sigma, margin = q - 3, 1 << (q + 3)
+    elif kind == "same":
+        sigma, margin = q - 5, 1 << (q + 2)
+    else:
+        raise ValueError(f"kind: expected new, domain or same, found {kind!r}")
+    sigma = max(0, min(sigma, top))
+    margin = max(1, min(margin, m.budget))
+    return TrainState(lr=[1] * m.n_layers, thr_shift=thr, gate=gate, scale_shift=sigma, margin=margin, bits=bits,
+                      decay=12, init_bits=3, loss=LOSS_TOP, off_shift=max(-1, sigma - 8))  # fmt: skip
