@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..learn.defaults import BITS
 from .argtypes import non_negative_int, positive_int
 
 KINDS = ("auto", "new", "domain", "same")
@@ -30,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=positive_int, help="samples per epoch (default: all from --offset)")
     p.add_argument("--epochs", type=positive_int, default=1, help="passes over the samples (default 1)")
     p.add_argument("--shuffle", action="store_true", help="permute each epoch (seeded), else file order")
-    p.add_argument("--bits", type=int, default=8, help="planes of every new block, 1..16 (default 8)")
+    p.add_argument("--bits", type=int,
+                   help="planes of every new block, 1..16 (default 8, or all the free planes when fewer)")
     p.add_argument("--blocks", type=positive_int,
                    help="new blocks to grow (default: as many as the arena holds)")  # fmt: skip
     p.add_argument("--seed", type=non_negative_int, default=1, help="seed of the step's random numbers (default 1)")
@@ -91,10 +93,12 @@ def run(args: argparse.Namespace) -> int:
     from .sidefiles import check_outputs
     from .train import training_sets
 
-    if not 1 <= args.bits <= 16:
+    if args.bits is not None and not 1 <= args.bits <= 16:
         raise RbnnError(f"--bits: expected 1..16, found {args.bits}")
     ds, test = training_sets(args.data, args.test)
     source, m = _model(args, ds)
+    if args.bits is None:
+        args.bits = max(1, min(BITS, R.room_planes(m)))
     inputs = ds.files + test.files + ((source,) if source else ())
     out, sides, notes = check_outputs(args.output, inputs, {"growth": "growth.png", "history": "growth.json"})
     fits = R.room(m, args.bits)

@@ -65,14 +65,16 @@ def plan(n: int, offset: int, limit: int | None, epochs: int, shuffle: bool, see
     return Plan(order, blocks, math.ceil(len(order) / blocks), offset, count, epochs, shuffle)
 
 
+def room_planes(m: Model) -> int:
+    """Free planes once a live block is frozen."""
+    live = m.live_index()
+    return len(m.free_planes()) + (len(m.blocks[live].planes) - 1 if live is not None else 0)
+
+
 def room(m: Model, bits: int) -> int:
     """How many new blocks of ``bits`` planes the arena can open one after the other, once
     a live block is frozen (each frozen block keeps its sign plane and releases the rest)."""
-    free = len(m.free_planes())
-    live = m.live_index()
-    if live is not None:
-        free += len(m.blocks[live].planes) - 1
-    return max(0, min(m.capacity - len(m.blocks), free - bits + 1))
+    return max(0, min(m.capacity - len(m.blocks), room_planes(m) - bits + 1))
 
 
 def frozen_accuracy(m: Model, x: np.ndarray, y: np.ndarray) -> float | None:
