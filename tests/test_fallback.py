@@ -357,7 +357,8 @@ def version2_models(rng: np.random.Generator) -> list[Model]:
     """The crafted files' bases: three layers with a layer-table pad, the last block live,
     free planes and empty slots; all blocks frozen; no block at all."""
     live = grown_model(rng, 40, [37, 33, 6], 0xC1, n_blocks=2, n_planes=5, max_blocks=4, live_bits=2)
-    frozen = grown_model(rng, 21, [5, 3], 0x80, n_blocks=2, n_planes=3, max_blocks=3)
+    # smax 8 and max_blocks 4 (half 2^28): the largest scale_shift, 25, is exactly at the bound
+    frozen = grown_model(rng, 21, [8, 3], 0x80, n_blocks=2, n_planes=3, max_blocks=4)
     empty = grown_model(rng, 9, [4], 0x3C, n_blocks=0, n_planes=2, max_blocks=2)
     for m in (live, frozen, empty):
         st = m.state()
