@@ -17,7 +17,7 @@
 #   Model(buf)          buf: bytes, bytearray or memoryview holding the whole file, used
 #                       in place. Validates per docs/FORMAT.md; on a bad file raises
 #                       ValueError("rbnn: E_<CODE> at offset <N>: <field>: expected ...,
-#                       found ...") with the code names and offsets of rbnn.pack.
+#                       found ...") in the words of rbnn.format.pack (versions 1, 2).
 #   Model.n_inputs      int, features per sample
 #   Model.n_classes     int, length of the scores
 #   Model.predict(x)    -> int class, ties to the lowest index. x: a buffer of bytes,
@@ -27,8 +27,9 @@
 #                       padding bits set: ValueError naming the problem.
 #   Model.scores(x, out) fills out[0:n_classes] (an array('i') with at least n_classes
 #                       items, else ValueError) with the i32 scores; returns the class.
-#   Model.info()        -> dict: engine, inputs, plane_mask, layers, blocks, planes,
-#                       weight_bits, file_bytes, ram, input_bytes (DEVICE_API.md).
+#   Model.info()        -> dict: engine, inputs, plane_mask, layers, blocks, max_blocks,
+#                       live, planes, weight_bits, file_bytes, ram, input_bytes
+#                       (DEVICE_API.md).
 # predict and scores allocate nothing per call; the model's scratch is allocated once.
 
 __version__ = "0.1.0"

@@ -1,8 +1,9 @@
 # rbnn_py: the pure-MicroPython engine of rbnn (docs/DEVICE_API.md).
 #
-# Parses and validates a .rbnn file exactly as host/rbnn/pack.py does (docs/FORMAT.md:
-# same checks, same order, same error code names and byte offsets) and runs inference
-# with integer arithmetic only, bit-identical to the numpy twin (host/rbnn/twin.py).
+# Parses and validates a .rbnn file of version 1 or 2 exactly as
+# host/rbnn/format/pack.py does (docs/FORMAT.md: same checks, same order, same words in
+# every error) and runs inference with integer arithmetic only, bit-identical to the
+# numpy twin (host/rbnn/engines/twin.py).
 #
 # Hot loops come in two versions, chosen once at import:
 #   "viper"  - @micropython.viper code on 32-bit words (ptr32, uint); compiled from a
@@ -34,17 +35,23 @@ try:
 except (ImportError, AttributeError):
     _crc_builtin = None
 
-# The format's constants (host/rbnn/format/constants.py; tests/test_constants.py checks
-# that these copies are equal).
+# The format's constants (host/rbnn/format/constants.py and trainstate.py;
+# tests/test_constants.py checks that these copies are equal).
 MAGIC = b"RBNN"
-READ_VERSIONS = (1,)
-_VERSIONS = "1"  # READ_VERSIONS as the error message writes it
-HEADER_BYTES = 32
+READ_VERSIONS = (1, 2)
+_VERSIONS = "1..2"  # READ_VERSIONS as the error message writes it
+HEADER_BYTES = 32  # version 1; the fields of version 1 start every header
+HEADER_BYTES_V2 = 64
+TRAIN_BYTES = 96  # the training section of version 2
+TRAIN_RULE = 1  # the only training rule (trainstate.RULE)
 BLOCK_ENTRY_BYTES = 20
+MAX_SCORE_Q = 30
 MAX_LAYERS = 8
 MAX_BLOCKS = 64
 MAX_PLANES = 255
 MAX_BITS = 16
+MAX_INPUTS = 65535
+MAX_SIZE = 65535
 UNUSED_PLANE = 0xFF
 FROZEN = 0
 LIVE = 1
@@ -390,6 +397,13 @@ def use(name):
 
 
 # --- file format ------------------------------------------------------------------------
+# Each check below is one of host/rbnn/format/checks.py, in its order, with its words
+# spelled out (the error-corpus tests hold every message to the host's).
+_FF = b"\xff" * BLOCK_ENTRY_BYTES  # an empty block-table slot
+_ZERO = bytes(128)  # empty parameter slots, compared 128 bytes at a time
+_TRAIN = "<10I6BbB"  # the training section up to lr: rule .. off_shift, reserved byte 47
+
+
 def _words(n):
     return (n + 31) >> 5
 
@@ -407,11 +421,28 @@ def _u32(buf, o):
     return struct.unpack_from("<I", buf, o)[0]
 
 
-def _parse(buf):
-    """Validate a model in the order of docs/FORMAT.md (Errors), as rbnn.format.pack.from_bytes.
+def _first_not(mv, at, n, pat):
+    """Offset of the first byte of mv[at:at+n] that is not pat[0] (pat: _FF or _ZERO),
+    or -1. Compares len(pat)-byte views, so a large region is neither copied nor walked
+    byte by byte in Python (about 10x faster than a byte loop)."""
+    end = at + n
+    p = len(pat)
+    while at < end:
+        k = end - at
+        if k > p:
+            k = p
+        if mv[at : at + k] != pat[:k]:
+            v = pat[0]
+            while mv[at] == v:
+                at += 1
+            return at
+        at += k
+    return -1
 
-    Returns a dict of the shape; raises ValueError("rbnn: E_... at offset N: ...")."""
-    n = len(buf)
+
+def _head(buf, n):
+    """Header, layer table, sizes and stored offsets (pack.check_head); returns the
+    shape and layout as a dict."""
     if n < HEADER_BYTES:
         _fail("E_TRUNCATED", "header", 0, ">= %d bytes" % HEADER_BYTES, "%d bytes" % n)
     (magic, version, flags, file_bytes, word_bits, n_layers, n_blocks, n_planes, n_inputs,
@@ -422,39 +453,55 @@ def _parse(buf):
         _fail("E_VERSION", "version", 4, _VERSIONS, version)
     if flags != 0:
         _fail("E_FLAGS", "flags", 6, 0, "0x%04x" % flags)
-    for name, off, val, ok, want in (
-        ("word_bits", 12, word_bits, word_bits == 32, "32"),
-        ("n_layers", 13, n_layers, 1 <= n_layers <= MAX_LAYERS, "1..%d" % MAX_LAYERS),
-        ("n_blocks", 14, n_blocks, 1 <= n_blocks <= MAX_BLOCKS, "1..%d" % MAX_BLOCKS),
-        ("n_planes", 15, n_planes, 1 <= n_planes <= MAX_PLANES, "1..%d" % MAX_PLANES),
-        ("n_inputs", 16, n_inputs, n_inputs >= 1, "1..65535"),
-        ("input_mode", 18, input_mode, input_mode == 0, "0"),
-        ("plane_mask", 19, plane_mask, plane_mask != 0, "not 0"),
+    v2 = version >= 2
+    for name, off, val, lo, hi, want in (
+        ("word_bits", 12, word_bits, 32, 32, "32"),
+        ("n_layers", 13, n_layers, 1, MAX_LAYERS, "1..%d" % MAX_LAYERS),
+        ("n_blocks", 14, n_blocks, 0 if v2 else 1, MAX_BLOCKS, "%d..%d" % (0 if v2 else 1, MAX_BLOCKS)),
+        ("n_planes", 15, n_planes, 1, MAX_PLANES, "1..%d" % MAX_PLANES),
+        ("n_inputs", 16, n_inputs, 1, MAX_INPUTS, "1..%d" % MAX_INPUTS),
+        ("input_mode", 18, input_mode, 0, 0, "0"),
+        ("plane_mask", 19, plane_mask, 1, 0xFF, "not 0"),
     ):
-        if not ok:
+        if not lo <= val <= hi:
             _fail("E_HEADER", name, off, want, val)
-    blocks_offset = HEADER_BYTES + 4 * ((n_layers + 1) // 2)
+    hb = HEADER_BYTES
+    slots, score_q, train_offset = n_blocks, 0, 0  # version 1: no empty slots, no training
+    if v2:
+        hb = HEADER_BYTES_V2
+        if n < hb:
+            _fail("E_TRUNCATED", "header", 0, ">= %d bytes (version 2)" % hb, "%d bytes" % n)
+        slots, score_q, _, train_offset = struct.unpack_from("<BBHI", buf, HEADER_BYTES)
+        lo = n_blocks if n_blocks else 1
+        if not lo <= slots <= MAX_BLOCKS:
+            _fail("E_HEADER", "max_blocks", 32, "%d..%d (n_blocks..)" % (lo, MAX_BLOCKS), slots)
+        if score_q > MAX_SCORE_Q:
+            _fail("E_HEADER", "score_q", 33, "0..%d" % MAX_SCORE_Q, score_q)
+        for at in range(34, hb):
+            if (at < 36 or at >= 40) and buf[at]:  # 36..39: train_offset
+                _fail("E_FLAGS", "reserved header byte %d" % at, at, 0, buf[at])
+    blocks_offset = hb + 4 * ((n_layers + 1) // 2)
     if n < blocks_offset:
-        _fail("E_TRUNCATED", "layer table", HEADER_BYTES, ">= %d bytes" % blocks_offset, "%d bytes" % n)
-    sizes = list(struct.unpack_from("<%dH" % n_layers, buf, HEADER_BYTES))
+        _fail("E_TRUNCATED", "layer table", hb, ">= %d bytes" % blocks_offset, "%d bytes" % n)
+    sizes = list(struct.unpack_from("<%dH" % n_layers, buf, hb))
     for i in range(n_layers):
         if sizes[i] == 0:
-            _fail("E_HEADER", "size[%d]" % i, HEADER_BYTES + 2 * i, "1..65535", 0)
-    pad_at = HEADER_BYTES + 2 * n_layers
+            _fail("E_HEADER", "size[%d]" % i, hb + 2 * i, "1..%d" % MAX_SIZE, 0)
+    pad_at = hb + 2 * n_layers
     if pad_at < blocks_offset and (buf[pad_at] or buf[pad_at + 1]):
         _fail("E_FLAGS", "layer table pad", pad_at, 0, "0x%04x" % (buf[pad_at] | buf[pad_at + 1] << 8))
     inputs = [n_inputs] + sizes[:-1]
-    row_words = [_words(i) for i in inputs]
     layer_off = [0]  # word offset of each layer inside a plane
     for i in range(n_layers):
-        layer_off.append(layer_off[-1] + sizes[i] * row_words[i])
+        layer_off.append(layer_off[-1] + sizes[i] * _words(inputs[i]))
     lay_plane = 4 * layer_off[-1]
-    lay_arena = blocks_offset + BLOCK_ENTRY_BYTES * n_blocks
+    lay_arena = blocks_offset + BLOCK_ENTRY_BYTES * slots
     lay_params = lay_arena + n_planes * lay_plane
     bpb = 8 * sizes[-1]
     for s in sizes[:-1]:
         bpb += 4 * s + 4 * _words(s)
-    lay_file = lay_params + n_blocks * bpb + 4
+    lay_train = lay_params + slots * bpb
+    lay_file = lay_train + (TRAIN_BYTES if v2 else 0) + 4
     if lay_plane > U32_MAX or lay_file > U32_MAX:
         _fail("E_SIZE", "computed file size", 8, "<= %d bytes" % U32_MAX, "more")
     if n < file_bytes:
@@ -465,24 +512,50 @@ def _parse(buf):
         ("plane_bytes", 20, plane_bytes, lay_plane),
         ("arena_offset", 24, arena_offset, lay_arena),
         ("params_offset", 28, params_offset, lay_params),
+        ("train_offset", 36, train_offset, lay_train if v2 else 0),  # version 1: 0 == 0
         ("file_bytes", 8, file_bytes, lay_file),
     ):
         if stored != want:
             _fail("E_LAYOUT", name, off, want, stored)
-    crc_stored = _u32(buf, n - 4)
-    crc = crc32(buf, n - 4)
-    if crc != crc_stored:
-        _fail("E_CRC", "crc32", n - 4, "0x%08x" % crc, "0x%08x" % crc_stored)
+    return {
+        "version": version,
+        "n_inputs": n_inputs,
+        "plane_mask": plane_mask,
+        "sizes": sizes,
+        "inputs": inputs,
+        "n_blocks": n_blocks,
+        "max_blocks": slots,
+        "score_q": score_q,
+        "n_planes": n_planes,
+        "plane_bytes": plane_bytes,
+        "blocks_offset": blocks_offset,
+        "arena_offset": arena_offset,
+        "params_offset": params_offset,
+        "train_offset": train_offset,
+        "block_params_bytes": bpb,
+        "layer_off": layer_off,
+        "file_bytes": file_bytes,
+    }
 
-    owner = {}
-    sign_planes = []
+
+def _blocks(buf, mv, h):
+    """The block table (blocks in use, then the empty slots); returns the sign plane of
+    each block and the index of the first live block (-1: none)."""
+    n_blocks = h["n_blocks"]
+    n_planes = h["n_planes"]
+    v2 = h["version"] >= 2
+    owner = bytearray(b"\xff" * n_planes)  # owner[p]: the block owning plane p (0xFF: none)
+    sign_planes = bytearray(n_blocks)
+    live = -1
+    off = h["blocks_offset"]
     for b in range(n_blocks):
-        off = blocks_offset + BLOCK_ENTRY_BYTES * b
         state = buf[off]
         n_bits = buf[off + 1]
         reserved = buf[off + 2] | (buf[off + 3] << 8)
         if state != FROZEN and state != LIVE:
-            _fail("E_BLOCK", "block[%d].state" % b, off, "0 or 1", state)
+            _fail("E_BLOCK", "block[%d].state" % b, off, "%d or %d" % (FROZEN, LIVE), state)
+        if state == LIVE and v2 and b != n_blocks - 1:
+            _fail("E_BLOCK", "block[%d].state" % b, off, "%d (only the last block may be live)" % FROZEN, state)
         if state == FROZEN and n_bits != 1:
             _fail("E_BLOCK", "block[%d].n_bits" % b, off + 1, "1 (frozen)", n_bits)
         if not 1 <= n_bits <= MAX_BITS:
@@ -498,69 +571,194 @@ def _parse(buf):
                 continue
             if p >= n_planes:
                 _fail("E_BLOCK", "block[%d].planes[%d]" % (b, i), at, "< %d" % n_planes, p)
-            if p in owner:
+            if owner[p] != 0xFF:
                 _fail("E_BLOCK", "block[%d].planes[%d]" % (b, i), at, "a plane not owned by block %d" % owner[p], p)
             owner[p] = b
-        sign_planes.append(buf[off + 4])
+        if state == LIVE and live < 0:
+            live = b
+        sign_planes[b] = buf[off + 4]
+        off += BLOCK_ENTRY_BYTES
+    for slot in range(n_blocks, h["max_blocks"]):
+        at = _first_not(mv, off, BLOCK_ENTRY_BYTES, _FF)
+        if at >= 0:
+            _fail("E_BLOCK", "block slot[%d] (empty) byte %d" % (slot, at - off), at, UNUSED_PLANE, buf[at])
+        off += BLOCK_ENTRY_BYTES
+    return sign_planes, live
 
-    for layer in range(n_layers):
-        mask = _pad_mask(inputs[layer])
+
+def _weight_padding(buf, h):
+    """Padding bits of every weight row: layer by layer, each plane in order, row by row."""
+    sizes = h["sizes"]
+    for layer in range(len(sizes)):
+        mask = _pad_mask(h["inputs"][layer])
         if mask == U32_MAX:
             continue
         bad = U32_MAX ^ mask
-        w = row_words[layer]
-        for p in range(n_planes):
-            at = arena_offset + p * plane_bytes + 4 * (layer_off[layer] + w - 1)
+        w = _words(h["inputs"][layer])
+        for p in range(h["n_planes"]):
+            at = h["arena_offset"] + p * h["plane_bytes"] + 4 * (h["layer_off"][layer] + w - 1)
             for r in range(sizes[layer]):
                 v = _u32(buf, at) & bad
                 if v:
                     _fail("E_PADDING", "plane %d layer %d row %d padding" % (p, layer, r), at, 0, "0x%08x" % v)
                 at += 4 * w
 
-    at = params_offset
-    smax = inputs[-1]
-    if n_layers == 1:
-        low = 0
-        while not (plane_mask >> low) & 1:
-            low += 1
-        smax = n_inputs * sum(1 << (q - low) for q in range(8) if (plane_mask >> q) & 1)
-    bound = 0
-    for b in range(n_blocks):
-        for layer in range(n_layers - 1):
-            s = sizes[layer]
-            at += 4 * s
-            last = at + 4 * (_words(s) - 1)
-            v = _u32(buf, last)
+
+def _flips(buf, h, b, live):
+    """Padding of block b's flip vectors, and (live) that they are all 0."""
+    at = h["params_offset"] + b * h["block_params_bytes"]
+    sizes = h["sizes"]
+    for layer in range(len(sizes) - 1):
+        s = sizes[layer]
+        at += 4 * s
+        nw = _words(s)
+        if live:
+            for w in range(nw):
+                v = _u32(buf, at + 4 * w)
+                if v:
+                    _fail("E_TRAIN", "block[%d] layer %d flips (a live block)" % (b, layer), at + 4 * w, 0,
+                          "0x%08x" % v)
+        else:
+            v = _u32(buf, at + 4 * (nw - 1))
             if v & (U32_MAX ^ _pad_mask(s)):
-                _fail("E_PADDING", "block[%d] layer %d flip padding" % (b, layer), last, 0, "0x%08x" % v)
-            at += 4 * _words(s)
-        k = sizes[-1]
+                _fail("E_PADDING", "block[%d] layer %d flip padding" % (b, layer), at + 4 * (nw - 1), 0, "0x%08x" % v)
+        at += 4 * nw
+
+
+def _smax(h, layer):
+    """The largest |s| of a layer (docs/FORMAT.md, Semantics)."""
+    if layer:
+        return h["inputs"][layer]
+    mask = h["plane_mask"]
+    low = 0
+    while not (mask >> low) & 1:
+        low += 1
+    return h["n_inputs"] * sum([1 << (q - low) for q in range(low, 8) if (mask >> q) & 1])
+
+
+def _train(buf, h, live, budget):
+    """The training section, field by field in table order (pack._read_train)."""
+    base = h["train_offset"]
+    (rule, _, steps, block_steps, hits, active, _, _, stream_base, margin, bits, grow_left, scale_shift,
+     decay, init_bits, loss, off_shift, reserved) = struct.unpack_from(_TRAIN, buf, base)
+    L = len(h["sizes"])
+    if rule != TRAIN_RULE:
+        _fail("E_TRAIN", "train.rule", base, TRAIN_RULE, rule)
+    if block_steps > steps:
+        _fail("E_TRAIN", "train.block_steps", base + 12, "<= steps (%d)" % steps, block_steps)
+    if live < 0 and block_steps:
+        _fail("E_TRAIN", "train.block_steps", base + 12, "0 (no live block)", block_steps)
+    for name, off, v in (("hits", 16, hits), ("active", 20, active), ("stream_base", 32, stream_base)):
+        if v > steps:
+            _fail("E_TRAIN", "train." + name, base + off, "<= steps (%d)" % steps, v)
+    if not 1 <= margin <= budget:
+        _fail("E_TRAIN", "train.margin", base + 36, "1..%d (the block budget)" % budget, margin)
+    if not 1 <= bits <= MAX_BITS:
+        _fail("E_TRAIN", "train.bits", base + 40, "1..%d" % MAX_BITS, bits)
+    empty = h["max_blocks"] - h["n_blocks"]
+    if grow_left > empty:
+        _fail("E_TRAIN", "train.grow_left", base + 41, "0..%d (empty slots)" % empty, grow_left)
+    smax = _smax(h, L - 1)
+    half = (budget + 1) // 2
+    top = -1  # the largest scale_shift with 2^scale_shift * smax <= half
+    while (smax << (top + 1)) <= half:
+        top += 1
+    if scale_shift > top:
+        _fail("E_TRAIN", "train.scale_shift", base + 42, "0..%d (2^scale_shift * smax <= half)" % top, scale_shift)
+    for name, off, v, hi in (("decay", 43, decay, 31), ("init_bits", 44, init_bits, 15)):
+        if v > hi:
+            _fail("E_TRAIN", "train." + name, base + off, "0..%d" % hi, v)
+    if loss > 1:
+        _fail("E_TRAIN", "train.loss", base + 45, "0 or 1", loss)
+    if not -1 <= off_shift <= 23:
+        _fail("E_TRAIN", "train.off_shift", base + 46, "-1..23", off_shift)
+    if reserved:
+        _fail("E_FLAGS", "train reserved byte 47", base + 47, 0, reserved)
+    # lr: u8 per layer; thr_shift: i8 per hidden layer; unused entries 0
+    for i in range(MAX_LAYERS):
+        at = base + 48 + i
+        v = buf[at]
+        if i < L and v > 31:
+            _fail("E_TRAIN", "train.lr[%d]" % i, at, "0..31", v)
+        if i >= L and v:
+            _fail("E_TRAIN", "train.lr[%d]" % i, at, "0 (no layer %d)" % i, v)
+    for i in range(MAX_LAYERS):
+        at = base + 56 + i
+        v = (buf[at] ^ 0x80) - 0x80
+        if i < L - 1 and not -1 <= v <= 24:
+            _fail("E_TRAIN", "train.thr_shift[%d]" % i, at, "-1..24", v)
+        if i >= L - 1 and v:
+            _fail("E_TRAIN", "train.thr_shift[%d]" % i, at, "0 (no hidden layer %d)" % i, v)
+    for i in range(MAX_LAYERS - 1):
+        at = base + 64 + 4 * i
+        v = _u32(buf, at)
+        if i < L - 1 and v > _smax(h, i):
+            _fail("E_TRAIN", "train.gate[%d]" % i, at, "0..%d (smax of layer %d)" % (_smax(h, i), i), v)
+        if i >= L - 1 and v:
+            _fail("E_TRAIN", "train.gate[%d]" % i, at, "0 (no hidden layer %d)" % i, v)
+    v = _u32(buf, base + 92)
+    if v:
+        _fail("E_FLAGS", "train reserved byte 92", base + 92, 0, v)
+
+
+def _range(buf, h, budget):
+    """Scores fit i32: version 2, every block's bound within the block budget; version 1,
+    the running sum of the bounds. Reported at the scale array of the first block past."""
+    k = h["sizes"][-1]
+    smax = _smax(h, len(h["sizes"]) - 1)
+    bpb = h["block_params_bytes"]
+    at = h["params_offset"] + bpb - 8 * k
+    total = 0
+    for b in range(h["n_blocks"]):
         worst = 0
         for c in range(k):
-            sc = struct.unpack_from("<i", buf, at + 4 * c)[0]
-            of = struct.unpack_from("<i", buf, at + 4 * (k + c))[0]
-            v = abs(sc) * smax + abs(of)
+            v = abs(struct.unpack_from("<i", buf, at + 4 * c)[0]) * smax
+            v += abs(struct.unpack_from("<i", buf, at + 4 * (k + c))[0])
             if v > worst:
                 worst = v
-        bound += worst
-        if bound > I32_MAX:  # at the block whose scores first pass the i32 range
-            _fail("E_RANGE", "block[%d] output scale/offset" % b, at, "score bound <= %d" % I32_MAX, "> %d" % I32_MAX)
-        at += 8 * k
-    return {
-        "n_inputs": n_inputs,
-        "plane_mask": plane_mask,
-        "sizes": sizes,
-        "inputs": inputs,
-        "n_blocks": n_blocks,
-        "n_planes": n_planes,
-        "plane_bytes": plane_bytes,
-        "arena_offset": arena_offset,
-        "params_offset": params_offset,
-        "block_params_bytes": bpb,
-        "layer_off": layer_off,
-        "sign_planes": sign_planes,
-        "file_bytes": file_bytes,
-    }
+        if h["version"] >= 2:
+            if worst > budget:
+                _fail("E_RANGE", "block[%d] output scale/offset" % b, at,
+                      "score bound <= %d (the block budget)" % budget, "more")
+        else:
+            total += worst
+            if total > I32_MAX:
+                _fail("E_RANGE", "block[%d] output scale/offset" % b, at, "score bound <= %d" % I32_MAX,
+                      "> %d" % I32_MAX)
+        at += bpb
+
+
+def _parse(buf):
+    """Validate a model in the order of docs/FORMAT.md (Errors), as rbnn.format.pack.from_bytes.
+
+    Returns a dict of the shape; raises ValueError("rbnn: E_... at offset N: ...")."""
+    n = len(buf)
+    h = _head(buf, n)
+    crc_stored = _u32(buf, n - 4)
+    crc = crc32(buf, n - 4)
+    if crc != crc_stored:
+        _fail("E_CRC", "crc32", n - 4, "0x%08x" % crc, "0x%08x" % crc_stored)
+    mv = memoryview(buf)
+    sign_planes, live = _blocks(buf, mv, h)
+    _weight_padding(buf, h)
+    for b in range(h["n_blocks"]):
+        _flips(buf, h, b, False)
+    budget = I32_MAX // h["max_blocks"]
+    if h["version"] >= 2:
+        bpb = h["block_params_bytes"]
+        at0 = h["params_offset"] + h["n_blocks"] * bpb
+        at = _first_not(mv, at0, (h["max_blocks"] - h["n_blocks"]) * bpb, _ZERO)
+        if at >= 0:
+            slot = (at - at0) // bpb
+            _fail("E_FLAGS", "parameter slot[%d] (empty) byte %d" % (h["n_blocks"] + slot, at - at0 - slot * bpb),
+                  at, 0, buf[at])
+        if live >= 0:
+            _flips(buf, h, live, True)
+        _train(buf, h, live, budget)
+    _range(buf, h, budget)
+    h["sign_planes"] = sign_planes
+    h["live"] = live if live >= 0 else None
+    return h
 
 
 def _is_i32_array(a):
@@ -698,6 +896,8 @@ class Model:
             "plane_mask": i["plane_mask"],
             "layers": layers,
             "blocks": i["n_blocks"],
+            "max_blocks": i["max_blocks"],
+            "live": i["live"],
             "planes": i["n_planes"],
             "weight_bits": per_block * i["n_blocks"],
             "file_bytes": i["file_bytes"],

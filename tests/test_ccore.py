@@ -24,8 +24,8 @@ from rbnn.errors import CODES, NAMES, FormatError
 from rbnn.format import model, pack
 from rbnn.format.bits import words
 from rbnn.format.model import LIVE, pack_input
-from support.formatv1 import to_bytes_v1
 from support.randmodel import bound_model, random_model
+from support.v1file import to_bytes_v1
 
 SRC = Path(__file__).resolve().parent.parent / "cmodules" / "rbnn"
 HARNESS = Path(__file__).resolve().parent / "c" / "rbnn_harness.c"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import re
+import struct
 import subprocess
 
 import pytest
@@ -15,7 +16,7 @@ from test_fallback import error_corpus
 from rbnn import __version__
 from rbnn.engines import ccore
 from rbnn.errors import FormatError
-from rbnn.format import checks, pack
+from rbnn.format import checks, pack, trainstate
 from rbnn.format import constants as K
 
 
@@ -51,11 +52,28 @@ def test_no_hand_copied_constants_in_c(repo):
 
 def test_fallback_constants_equal_the_host(repo):
     fw = module_constants(repo / "firmware" / "rbnn_py.py")
-    for name in ("MAGIC", "HEADER_BYTES", "BLOCK_ENTRY_BYTES", "MAX_LAYERS", "MAX_BLOCKS",
-                 "MAX_PLANES", "MAX_BITS", "UNUSED_PLANE", "FROZEN", "LIVE", "I32_MAX",
-                 "U32_MAX", "READ_VERSIONS"):  # fmt: skip
+    for name in ("MAGIC", "HEADER_BYTES", "HEADER_BYTES_V2", "TRAIN_BYTES", "BLOCK_ENTRY_BYTES", "MAX_SCORE_Q",
+                 "MAX_LAYERS", "MAX_BLOCKS", "MAX_PLANES", "MAX_BITS", "MAX_INPUTS", "MAX_SIZE", "UNUSED_PLANE",
+                 "FROZEN", "LIVE", "I32_MAX", "U32_MAX", "READ_VERSIONS"):  # fmt: skip
         assert fw[name] == getattr(K, name), f"firmware/rbnn_py.py {name} = {fw[name]!r}, host {getattr(K, name)!r}"
     assert fw["_VERSIONS"] == checks.BY_NAME["VERSION"].expected
+    assert fw["TRAIN_RULE"] == trainstate.RULE and fw["TRAIN_BYTES"] == trainstate.TRAIN_BYTES
+
+
+def test_fallback_reads_the_training_fields_where_the_host_writes_them(repo):
+    # _TRAIN: rule .. off_shift and the reserved byte 47, the fields the fallback unpacks
+    # at once; every value distinct, so a field out of order or of the wrong size shows.
+    fmt = module_constants(repo / "firmware" / "rbnn_py.py")["_TRAIN"]
+    assert struct.calcsize(fmt) == trainstate.OFFSETS["lr"]
+    st = trainstate.TrainState(lr=[1, 2], thr_shift=[-1], gate=[9], scale_shift=3, margin=4, bits=5, decay=6,
+                               init_bits=7, loss=1, off_shift=-1, seed=10, steps=11, block_steps=12, hits=13,
+                               active=14, grow_every=15, grow_left=16, stream_id=17, stream_base=18)  # fmt: skip
+    data = bytearray(st.to_bytes())
+    data[trainstate.OFFSETS["reserved47"]] = 19
+    _, raw = trainstate.TrainState.unpack(bytes(data), 0, 2)
+    names = ("rule", "seed", "steps", "block_steps", "hits", "active", "grow_every", "stream_id", "stream_base",
+             "margin", "bits", "grow_left", "scale_shift", "decay", "init_bits", "loss", "off_shift", "reserved47")
+    assert struct.unpack_from(fmt, data) == tuple(raw[n] for n in names)
 
 
 def test_one_version_everywhere(repo):
@@ -138,7 +156,7 @@ def test_same_error_message_from_python_c_and_fallback(repo):
             got = str(e).removeprefix("rbnn: ")
         assert got == want, f"file {i}: fallback"
     assert seen >= {"E_TRUNCATED", "E_MAGIC", "E_VERSION", "E_FLAGS", "E_HEADER", "E_SIZE",
-                    "E_LAYOUT", "E_CRC", "E_BLOCK", "E_PADDING", "E_RANGE"}  # fmt: skip
+                    "E_LAYOUT", "E_CRC", "E_BLOCK", "E_PADDING", "E_RANGE", "E_TRAIN"}  # fmt: skip
 
 
 def test_every_check_is_reachable_and_rendered_alike():

@@ -20,10 +20,12 @@ from mpy_helpers import FIRMWARE, run_mpy_code
 
 from rbnn.engines import twin
 from rbnn.errors import FormatError
-from rbnn.format import pack
+from rbnn.format import checks, pack
 from rbnn.format.bits import words
 from rbnn.format.model import FROZEN, LIVE, Block, Model, pack_input
-from support.randmodel import bound_model, random_model, saturated_model, tie_model
+from rbnn.format.trainstate import OFFSETS, TRAIN_BYTES
+from support.randmodel import bound_model, grown_model, random_model, saturated_model, tie_model
+from support.v1file import file_bytes, to_bytes_v1
 
 ENGINES = ["viper", "python"]
 # Every engine's file errors (docs/FORMAT.md, Errors; rbnn.format.checks).
@@ -43,6 +45,23 @@ def multi_plane_model(
         Block(LIVE, [3, 1], b1.thresholds, [np.zeros_like(f) for f in b1.flips], b1.scale, b1.offset),
     ]
     return m
+
+
+def v1(m: Model) -> Model:
+    """``m``, to be written as a version 1 file (support.v1file.file_bytes)."""
+    m.version = 1
+    return m
+
+
+def v1_live_first(rng: np.random.Generator) -> Model:
+    """A version 1 model whose first block is live, on planes [3, 1], with flips set: a
+    version 1 reader accepts both (version 2: only the last block may be live, its flips 0)."""
+    m = random_model(rng, n_inputs=70, sizes=[37, 33, 6], plane_mask=0xA1, n_blocks=4)
+    b0, b1 = m.blocks[0], m.blocks[1]
+    b0.flips[0][:] = True
+    m.blocks = [Block(LIVE, [3, 1], b0.thresholds, b0.flips, b0.scale, b0.offset),
+                Block(FROZEN, [2], b1.thresholds, b1.flips, b1.scale, b1.offset)]  # fmt: skip
+    return v1(m)
 
 
 def random_models(rng: np.random.Generator, n: int) -> list[Model]:
@@ -69,9 +88,22 @@ def random_models(rng: np.random.Generator, n: int) -> list[Model]:
         saturated_model(2048, [3]),
         saturated_model(4100, [2], plane_mask=0x81),
         saturated_model(64, [2048, 3]),
-        # scores exactly at the E_RANGE bound, 2^31 - 1, reached by the all-0/255 inputs
+        # scores exactly at the E_RANGE bound, reached by the all-0/255 inputs: 2^31 - 1
+        # (one block), each block at the block budget (version 2), and version 1's sum of
+        # the blocks' bounds at 2^31 - 1 (its first block beyond the version 2 budget)
         bound_model(1, 3000),
         bound_model(3, 3000),
+        bound_model(3, 3000, version=1),
+        # version 2 arenas as a device grows them: no block yet (all scores 0, class 0),
+        # empty slots and free planes, a live block last on up to 16 planes, 64 slots
+        grown_model(rng, 70, [37, 33, 6], 0xA1, n_blocks=0, n_planes=3, max_blocks=4),
+        grown_model(rng, 33, [7], 0x0F, n_blocks=0, n_planes=1, max_blocks=1),
+        grown_model(rng, 70, [37, 33, 6], 0xA1, n_blocks=3, n_planes=8, max_blocks=6, live_bits=4),
+        grown_model(rng, 50, [12, 4], 0x81, n_blocks=20, n_planes=40, max_blocks=64, live_bits=16),
+        grown_model(rng, 45, [9], 0xFF, n_blocks=5, n_planes=5, max_blocks=64),
+        # version 1 files: a live block anywhere, with flips
+        v1_live_first(rng),
+        v1(random_model(rng, n_inputs=61, sizes=[29, 8], plane_mask=0x90, n_blocks=3)),
     ]
     out = corners[:n]
     while len(out) < n:
@@ -79,7 +111,8 @@ def random_models(rng: np.random.Generator, n: int) -> list[Model]:
         mask = int(np.bitwise_or.reduce([1 << int(b) for b in rng.choice(8, k, replace=False)]))
         if rng.random() < 0.2:
             mask = masks[int(rng.integers(len(masks)))]
-        out.append(random_model(rng, plane_mask=mask, n_blocks=int(rng.integers(1, 4))))
+        m = random_model(rng, plane_mask=mask, n_blocks=int(rng.integers(1, 4)))
+        out.append(v1(m) if rng.random() < 0.2 else m)
     return out
 
 
@@ -163,7 +196,7 @@ def check_parity(
     expect, names = {}, []
     for i, m in enumerate(models):
         name = f"m{i:03d}"
-        (tmp_path / f"{name}.rbnn").write_bytes(pack.to_bytes(m))
+        (tmp_path / f"{name}.rbnn").write_bytes(file_bytes(m))
         x = random_inputs(rng, m.n_inputs, n_samples)
         xb = pack_input(x, m.plane_mask)
         (tmp_path / f"{name}.raw").write_bytes(x.tobytes())
@@ -212,74 +245,143 @@ def patched(data: bytes, off: int, fmt: str, value) -> bytes:
     return fix_crc(b)
 
 
-def crafted_files(base: bytes, m: Model) -> list[bytes]:
-    """Files with a valid CRC that break one rule each (docs/FORMAT.md, Errors)."""
-    lay = pack.layout(m.n_inputs, m.sizes, len(m.blocks), m.n_planes)
-    bo, ao, po = lay["blocks_offset"], lay["arena_offset"], lay["params_offset"]
-    out = []
+def crafted_files(m: Model) -> list[bytes]:
+    """The version 2 file of ``m`` (valid) and files with a valid CRC that each break one
+    rule of docs/FORMAT.md (Errors), in every section, at offsets from pack.layout."""
+    base = pack.to_bytes(m)
+    lay = pack.model_layout(m)
+    hb, bo, ao, po, to = (lay[k] for k in ("header_bytes", "blocks_offset", "arena_offset", "params_offset",
+                                           "train_offset"))  # fmt: skip
+    bpb, L, nb, slots = lay["block_params_bytes"], m.n_layers, len(m.blocks), lay["slots"]
+    live = m.live_index()
+    st = m.state()
     b = bytearray(base)
     b[0:4] = b"RBNX"
-    out.append(fix_crc(b))
-    for off, fmt, v in [
-        (4, "<H", 2),
-        (6, "<H", 1),
-        (8, "<I", len(base) + 4),
-        (8, "<I", len(base) - 4),
-        (12, "B", 16),
-        (13, "B", 0),
-        (13, "B", 9),
-        (14, "B", 0),
-        (14, "B", 65),
-        (15, "B", 0),
-        (16, "<H", 0),
-        (16, "<H", m.n_inputs + 1),
-        (18, "B", 1),
-        (19, "B", 0),
-        (19, "B", 0x03),
-        (20, "<I", lay["plane_bytes"] + 4),
-        (24, "<I", ao + 4),
-        (28, "<I", po - 4),
-        (32, "<H", 0),
-        (34, "<H", 0),
-        (32, "<H", m.sizes[0] + 1),
-        (32 + 2 * m.n_layers, "B", 1),
-        (bo, "B", 2),
-        (bo + 1, "B", 0),
-        (bo + 1, "B", 2),
-        (bo + 2, "<H", 1),
-        (bo + 5, "B", 0),
-        (bo + 20, "B", 3),
-        (bo + 21, "B", 0),
-        (bo + 21, "B", 17),
-        (bo + 24, "B", 200),
-        (bo + 24, "B", m.blocks[0].planes[0]),
-        (bo + 26, "B", 0),
-        (ao + 4 * (words(m.n_inputs) - 1), "<I", 1 << 31),  # plane 0 (free), row 0 padding
-        (ao + 3 * lay["plane_bytes"] - 4, "<I", 1 << 31),  # plane 2, last row padding
-        (po + 4 * m.sizes[0] + 4 * (words(m.sizes[0]) - 1), "<I", 1 << 31),  # flip padding
-        (po + lay["block_params_bytes"] - 8 * m.sizes[-1], "<i", 2**31 - 1),  # E_RANGE
-        (po + lay["block_params_bytes"] - 4 * m.sizes[-1], "<i", -(2**31)),  # E_RANGE
-    ]:
-        out.append(patched(base, off, fmt, v))
+    out = [base, fix_crc(b)]
+    edits = [
+        # header: the fields of version 1, then those of version 2
+        (4, "<H", 0), (4, "<H", 3), (6, "<H", 1), (6, "<H", 0x8000),
+        (8, "<I", len(base) + 4), (8, "<I", len(base) - 4),
+        (12, "B", 16), (13, "B", 0), (13, "B", 9), (14, "B", 65), (14, "B", slots + 1), (14, "B", 0),
+        (15, "B", 0), (16, "<H", 0), (16, "<H", m.n_inputs + 1), (18, "B", 1), (19, "B", 0), (19, "B", 0x03),
+        (20, "<I", lay["plane_bytes"] + 4), (24, "<I", ao + 4), (28, "<I", po - 4),
+        (32, "B", 0), (32, "B", max(1, nb) - 1), (32, "B", 65), (32, "B", 64), (32, "B", slots + 1),
+        (33, "B", 31), (33, "B", 255), (33, "B", 30),
+        (34, "B", 1), (35, "B", 0x80), (36, "<I", to + 4), (36, "<I", to - bpb), (40, "B", 1), (63, "B", 0xFF),
+        # layer table and its pad
+        (hb, "<H", 0), (hb + 2 * (L - 1), "<H", 0), (hb, "<H", m.sizes[0] + 1), (hb + 2 * L, "B", 1),
+        # empty block slots, every byte of the first, and parameter slots (first and last byte)
+        *[(bo + 20 * s + j, "B", 0xFE) for s in range(nb, slots) for j in ((0, 19) if s > nb else range(20))],
+        *[(po + bpb * s + j, "B", 1) for s in range(nb, slots) for j in (0, bpb - 1)],
+        # weight padding: plane 0 row 0, last plane last row
+        (ao + 4 * (words(m.n_inputs) - 1), "<I", 1 << 31), (ao + m.n_planes * lay["plane_bytes"] - 4, "<I", 1 << 31),
+    ]  # fmt: skip
+    for i in range(nb):
+        e = bo + 20 * i
+        edits += [(e, "B", 2), (e, "B", LIVE), (e + 1, "B", 0), (e + 1, "B", 2), (e + 1, "B", 17),
+                  (e + 2, "<H", 1), (e + 3 + len(m.blocks[i].planes), "B", 0),
+                  (e + 4, "B", 200), (e + 4, "B", m.n_planes), (e + 4 + len(m.blocks[i].planes), "B", 0),
+                  (e + 19, "B", 0)]  # fmt: skip
+        if i:
+            edits.append((e + 4, "B", m.blocks[0].planes[0]))  # owned by block 0
+        p = po + bpb * i  # flip padding of the last word of each hidden layer, scale
+        for s in m.sizes[:-1]:
+            p += 4 * s
+            if s % 32:
+                edits.append((p + 4 * (words(s) - 1), "<I", 1 << 31))
+            if i == live:  # a live block's flips: the first word, the last bit
+                edits += [(p, "<I", 1), (p + 4 * (words(s) - 1), "<I", 1 << ((s - 1) % 32))]
+            p += 4 * words(s)
+        edits += [(p, "<i", 2**31 - 1), (p + 4 * m.n_classes, "<i", -(2**31)), (p, "<i", m.budget + 1),
+                  (p + 4 * m.n_classes, "<i", m.budget)]  # fmt: skip
+    # the training section, every field (docs/FORMAT.md, Training state)
+    t = {f: to + o for f, o in OFFSETS.items()}
+    smax = [pack.layer_smax(m, i) for i in range(L - 1)]
+    edits += [
+        (t["rule"], "<I", 0), (t["rule"], "<I", 2), (t["seed"], "<I", 2**32 - 1),
+        (t["steps"], "<I", 0), (t["block_steps"], "<I", st.steps + 1), (t["block_steps"], "<I", st.block_steps),
+        (t["block_steps"], "<I", 1), (t["hits"], "<I", st.steps + 1), (t["active"], "<I", 2**32 - 1),
+        (t["grow_every"], "<I", 2**32 - 1), (t["stream_id"], "<I", 7), (t["stream_base"], "<I", st.steps + 1),
+        (t["margin"], "<I", 0), (t["margin"], "<I", m.budget), (t["margin"], "<I", m.budget + 1),
+        (t["bits"], "B", 0), (t["bits"], "B", 16), (t["bits"], "B", 17),
+        (t["grow_left"], "B", slots - nb), (t["grow_left"], "B", slots - nb + 1),
+        (t["scale_shift"], "B", pack.max_scale_shift(m)), (t["scale_shift"], "B", pack.max_scale_shift(m) + 1),
+        (t["decay"], "B", 32), (t["init_bits"], "B", 16), (t["loss"], "B", 2),
+        (t["off_shift"], "b", -2), (t["off_shift"], "b", 24), (t["off_shift"], "b", 23), (t["reserved47"], "B", 1),
+        *[(t["lr"] + i, "B", 32 if i < L else 1) for i in range(8)], (t["lr"] + L - 1, "B", 31),
+        *[(t["thr_shift"] + i, "b", v) for i in range(8) for v in ((-2, 25) if i < L - 1 else (-1,))],
+        *[(t["gate"] + 4 * i, "<I", smax[i] + 1 if i < L - 1 else 1) for i in range(7)],
+        *[(t["gate"] + 4 * i, "<I", smax[i]) for i in range(L - 1)],
+        (t["reserved92"], "<I", 1), (t["reserved92"], "<I", 1 << 31),
+    ]  # fmt: skip
+    out += [patched(base, off, fmt, v) for off, fmt, v in edits]
     out.append(fix_crc(bytearray(base) + bytes(4)))  # longer than file_bytes
-    # computed sizes overflow 32 bits (E_SIZE) in a 48-byte header-only buffer
-    h = bytearray(48)
-    struct.pack_into("<4sHHIBBBBHBB", h, 0, b"RBNN", 1, 0, 48, 32, 8, 64, 255, 65535, 0, 0x80)
-    struct.pack_into("<8H", h, 32, *[65535] * 8)
-    out.append(bytes(h))
-    out.append(bytes(h[:33]))  # layer table cut
+    out.append(patched(base + bytes(4), 8, "<I", len(base) + 4))  # file_bytes = length, not the layout
+    out += [base[:40], base[:hb + 1], base[:hb + 2 * L]]  # the header, the layer table cut
     return out
 
 
-def fuzzed_files(rng: np.random.Generator, base: bytes, full: int, stride: int) -> list[bytes]:
+def header_only(version: int, n_blocks: int, sizes: list[int], n_planes: int = 255) -> bytes:
+    """A header and layer table whose computed sizes overflow 32 bits (E_SIZE)."""
+    hb = 32 if version == 1 else 64
+    h = bytearray(hb + 2 * len(sizes) + 2 * (len(sizes) % 2))
+    struct.pack_into("<4sHHIBBBBHBB", h, 0, b"RBNN", version, 0, len(h), 32, len(sizes), n_blocks, n_planes,
+                     65535, 0, 0x80)  # fmt: skip
+    if version == 2:
+        h[32] = max(1, n_blocks)
+    struct.pack_into(f"<{len(sizes)}H", h, hb, *sizes)
+    return bytes(h)
+
+
+def version1_files(rng: np.random.Generator) -> list[bytes]:
+    """Version 1 files, valid ones a version 2 reader would refuse (a live block first,
+    with flips; the sum of the block bounds at 2^31 - 1, over the version 2 budget), and
+    one per rule that differs from version 2."""
+    live = to_bytes_v1(v1_live_first(rng))
+    at = bound_model(2, 300, version=1)
+    data = to_bytes_v1(at)
+    lay = pack.layout(at.n_inputs, at.sizes, 2, 2, version=1)
+    offs = [lay["params_offset"] + b * lay["block_params_bytes"] + 20 for b in (0, 1)]  # offset[2]
+    h = header_only(1, 64, [65535] * 8)
+    return [
+        live, data,
+        patched(data, offs[0], "<i", int(at.blocks[0].offset[2]) - 1),  # the sum passes at block 1
+        patched(data, offs[1], "<i", int(at.blocks[1].offset[2]) - 1),
+        patched(live, 14, "B", 0),  # n_blocks 0: version 2 only
+        patched(live, 4, "<H", 2),  # read as version 2
+        h, h[:33], header_only(1, 1, [65535], 255),
+    ]  # fmt: skip
+
+
+def version2_models(rng: np.random.Generator) -> list[Model]:
+    """The crafted files' bases: three layers with a layer-table pad, the last block live,
+    free planes and empty slots; all blocks frozen; no block at all."""
+    live = grown_model(rng, 40, [37, 33, 6], 0xC1, n_blocks=2, n_planes=5, max_blocks=4, live_bits=2)
+    # smax 8 and max_blocks 4 (half 2^28): the largest scale_shift, 25, is exactly at the bound
+    frozen = grown_model(rng, 21, [8, 3], 0x80, n_blocks=2, n_planes=3, max_blocks=4)
+    empty = grown_model(rng, 9, [4], 0x3C, n_blocks=0, n_planes=2, max_blocks=2)
+    for m in (live, frozen, empty):
+        st = m.state()
+        st.steps, st.hits, st.active, st.stream_base = 1000, 500, 700, 900
+        st.block_steps = 600 if m.live_index() is not None else 0
+    return [live, frozen, empty]
+
+
+def fuzzed_files(rng: np.random.Generator, base: bytes, full: int, stride: int, train: int | None = None
+                 ) -> list[bytes]:  # fmt: skip
     """Truncations and single-byte corruptions at every offset below ``full`` (header and
-    tables) and every ``stride``-th one beyond, plus random edits with the CRC fixed."""
+    tables) and every ``stride``-th one beyond, plus random edits with the CRC fixed (and
+    every byte of the training section at ``train``, CRC fixed)."""
     at = [*range(min(full, len(base))), *range(full, len(base), stride), len(base) - 1]
     out = [base[:n] for n in at]
     for i in at:
         b = bytearray(base)
         b[i] ^= 0xFF if i % 2 else 1 << (i % 8)
         out.append(bytes(b))
+    for i in range(train, train + TRAIN_BYTES) if train is not None else ():
+        b = bytearray(base)
+        b[i] ^= 0x80 if i % 2 else 0x41
+        out.append(fix_crc(b))
     for _ in range(150):
         b = bytearray(base)
         for _ in range(int(rng.integers(1, 4))):
@@ -312,23 +414,59 @@ print("DONE", i)
 
 
 def error_corpus() -> list[bytes]:
-    """Broken files: one per rule (crafted, CRC fixed), plus truncations and corruptions
-    of every header and table byte and every 5th byte beyond, of three models."""
+    """Broken files: one per rule (crafted, CRC fixed) of three version 2 models and of
+    version 1, the E_RANGE bounds, plus truncations and corruptions of every header and
+    table byte (and of the training section) and every 5th byte beyond, of four models."""
     rng = np.random.default_rng(7)
-    m3 = multi_plane_model(rng, 40, [37, 33, 6], 0xC1)  # 3 layers: layer-table pad
-    m2 = random_model(rng, n_inputs=21, sizes=[5, 3], plane_mask=0x80, n_blocks=2)
-    m1 = random_model(rng, n_inputs=9, sizes=[4], plane_mask=0x3C)
-    files = crafted_files(pack.to_bytes(m3), m3)
-    # exactly at the E_RANGE bound (valid), and one unit of offset over it (E_RANGE)
+    bases = version2_models(rng)
+    files = [f for m in bases for f in crafted_files(m)]
+    files += version1_files(rng)
+    files += [header_only(2, 64, [65535] * 8), header_only(2, 0, [65535])]
+    # each block exactly at the block budget (valid), and one unit of offset over it at
+    # block 0 or 1 (E_RANGE at that block)
     at = bound_model(2, 300)
-    files.append(pack.to_bytes(at))
-    lay = pack.layout(at.n_inputs, at.sizes, 2, 2)
-    last_offset2 = lay["params_offset"] + 2 * lay["block_params_bytes"] - 4
-    files.append(patched(pack.to_bytes(at), last_offset2, "<i", int(at.blocks[1].offset[2]) - 1))
-    for m in (m3, m2, m1):
-        lay = pack.layout(m.n_inputs, m.sizes, len(m.blocks), m.n_planes)
-        files += fuzzed_files(rng, pack.to_bytes(m), lay["arena_offset"], 5)
+    data = pack.to_bytes(at)
+    files.append(data)
+    lay = pack.model_layout(at)
+    for b in (0, 1):
+        last_offset = lay["params_offset"] + (b + 1) * lay["block_params_bytes"] - 4
+        files.append(patched(data, last_offset, "<i", int(at.blocks[b].offset[2]) - 1))
+    m1 = random_model(rng, n_inputs=9, sizes=[4], plane_mask=0x3C, n_blocks=2)
+    for m in bases:
+        lay = pack.model_layout(m)
+        files += fuzzed_files(rng, pack.to_bytes(m), lay["arena_offset"], 5, lay["train_offset"])
+    files += fuzzed_files(rng, to_bytes_v1(m1), pack.layout(9, [4], 2, 2, version=1)["arena_offset"], 5)
     return files
+
+
+_PLACE = re.compile(r"\{(?:i|j|k|want|found)(?::(?:d|x|x4))?\}")
+
+
+def check_of(e: FormatError) -> str:
+    """The name of the check (rbnn.format.checks) that raised ``e``: the one whose code
+    and templates match its words (exactly one must)."""
+
+    def whole(template: str, text: str) -> bool:
+        parts = [re.escape(p) for p in _PLACE.split(template)]
+        return re.fullmatch(r"(?:-?\d+|0x[0-9a-f]+)".join(parts), text) is not None
+
+    names = [c.name for c in checks.CHECKS if c.code == e.code and whole(c.field, e.field)
+             and whole(c.expected, e.expected) and whole(c.found, e.found)]  # fmt: skip
+    assert len(names) == 1, (str(e), names)
+    return names[0]
+
+
+def test_error_corpus_reaches_every_check():
+    # Every check of rbnn.format.checks fails on some file of the corpus (so the parity
+    # tests below compare every message), and valid files of both versions are in it.
+    seen, versions = set(), set()
+    for data in error_corpus():
+        try:
+            versions.add(pack.from_bytes(data).version)
+        except FormatError as e:
+            seen.add(check_of(e))
+    assert seen == set(checks.BY_NAME)
+    assert versions == {1, 2}
 
 
 def check_error_parity(
@@ -346,7 +484,7 @@ def check_error_parity(
             expect.append((e.code, e.offset, e.field, e.expected, e.found)[:groups])
     assert {e[0] for e in expect} >= {"OK", "E_TRUNCATED", "E_MAGIC", "E_VERSION", "E_FLAGS",
                                       "E_HEADER", "E_SIZE", "E_LAYOUT", "E_CRC", "E_BLOCK",
-                                      "E_PADDING", "E_RANGE"}  # fmt: skip
+                                      "E_PADDING", "E_RANGE", "E_TRAIN"}  # fmt: skip
     blob = b"".join(struct.pack("<I", len(d)) + d for d in files)
     (tmp_path / "files.bin").write_bytes(blob)
     proc = run_mpy_code(micropython, ERRORS, tmp_path, args=[str(tmp_path / "files.bin"), crc],
@@ -448,6 +586,10 @@ except MemoryError:
 micropython.heap_unlock()
 print("NOALLOC", len(r), r == [c1] * 4)
 print("SCORES", " ".join([str(v) for v in out]))
+e = rbnn.load("empty.rbnn")
+eo = array("i", [7] * e.n_classes)
+print("EMPTY", e.info()["blocks"], e.info()["max_blocks"], e.info()["live"], e.info()["weight_bits"],
+      e.predict(raw), e.scores(packed, eo), " ".join([str(v) for v in eo]))
 """
 
 
@@ -455,8 +597,11 @@ print("SCORES", " ".join([str(v) for v in out]))
 def test_fallback_api_and_input_errors(micropython, tmp_path, engine):
     rng = np.random.default_rng(11)
     m = multi_plane_model(rng, 40, [37, 33, 6], 0xC1)  # K = 3 planes: 24 packed bytes
+    m.max_blocks = 3  # one empty slot
     data = pack.to_bytes(m)
     (tmp_path / "m.rbnn").write_bytes(data)
+    empty = grown_model(rng, 40, [37, 33, 6], 0xC1, n_blocks=0, n_planes=2, max_blocks=5)
+    (tmp_path / "empty.rbnn").write_bytes(pack.to_bytes(empty))
     (tmp_path / "bad.rbnn").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
     x = random_inputs(rng, 40, 3)[2]
     xb = pack_input(x, m.plane_mask)
@@ -469,7 +614,7 @@ def test_fallback_api_and_input_errors(micropython, tmp_path, engine):
     ram = m.ram_bytes()
     assert info == {
         "engine": engine, "inputs": 40, "plane_mask": 0xC1, "layers": [40, 37, 33, 6], "blocks": 2,
-        "planes": 4, "weight_bits": 2 * (40 * 37 + 37 * 33 + 33 * 6), "file_bytes": len(data),
+        "max_blocks": 3, "live": 1, "planes": 4, "weight_bits": 2 * (40 * 37 + 37 * 33 + 33 * 6), "file_bytes": len(data),
         "ram": sum(ram.values()), "input_bytes": ram["input"],
     }  # fmt: skip
     assert got["ATTR"] == "40 6"
@@ -495,6 +640,8 @@ def test_fallback_api_and_input_errors(micropython, tmp_path, engine):
     assert got["RESIZED"] == "ValueError: rbnn: the model's buffer was resized or moved after load"
     assert got["NOALLOC"] == "4 True"
     assert [int(v) for v in got["SCORES"].split()] == twin.scores(m, xb[None])[0].tolist()
+    # no block yet: every score 0, class 0
+    assert got["EMPTY"] == "0 5 None 0 0 0 0 0 0 0 0 0"
 
 
 MNIST_SIZE = r"""

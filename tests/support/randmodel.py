@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from rbnn.format.bits import pack_bits
-from rbnn.format.model import FROZEN, Block, Model, plane_shifts
+from rbnn.format.model import FROZEN, LIVE, Block, Model, plane_shifts
 
 
 def random_model(
@@ -49,23 +49,27 @@ def random_model(
     return m
 
 
-def bound_model(n_blocks: int, n_in: int = 5000) -> Model:
-    """One layer of all +1 weights, 8 input planes, and scale/offset that put every
-    block's score bound (docs/FORMAT.md, E_RANGE) at exactly the block budget
-    floor((2^31 - 1) / n_blocks): inputs of all 255 (or 0) reach +-n_blocks * budget
-    (2^31 - 1 for one block), so the file is valid and one more unit of any offset is not."""
+def bound_model(n_blocks: int, n_in: int = 5000, version: int = 2) -> Model:
+    """One layer of all +1 weights, 8 input planes, and scale/offset that put each block
+    at the score bound of docs/FORMAT.md (E_RANGE), so that the file is valid and one
+    more unit of any offset is not: version 2, every block's bound is the block budget
+    floor((2^31 - 1) / n_blocks) (``max_blocks = n_blocks``); version 1 (``m.version``
+    1: write it with support.v1file), the bounds sum to exactly 2^31 - 1. Inputs of all
+    255 (or 0) reach the bound."""
     cls = 3
     smax = n_in * 255
-    per = (2**31 - 1) // n_blocks
+    lim = 2**31 - 1
+    per = [lim // n_blocks + (1 if version == 1 and b < lim % n_blocks else 0) for b in range(n_blocks)]
     weights = [np.ones((cls, n_in), bool)]
     m = Model.plain(n_in, 0xFF, weights, [], [], np.zeros(cls, np.int32), np.zeros(cls, np.int32))
     blocks = []
     for b in range(n_blocks):
-        s = per // smax
-        o = per - s * smax
-        blocks.append(Block(FROZEN, [b], [], [], np.array([s, -s, 0], np.int32), np.array([o, -o, -per], np.int32)))
+        s = per[b] // smax
+        o = per[b] - s * smax
+        blocks.append(Block(FROZEN, [b], [], [], np.array([s, -s, 0], np.int32), np.array([o, -o, -per[b]], np.int32)))
     m.arena = np.repeat(m.arena, n_blocks, axis=0)
     m.blocks = blocks
+    m.version = version
     return m
 
 
@@ -88,3 +92,50 @@ def saturated_model(n_inputs: int, sizes: list[int], plane_mask: int = 0x80) -> 
     k = sizes[-1]
     return Model.plain(n_inputs, plane_mask, weights, thr, flips, np.arange(1, k + 1, dtype=np.int32),
                        np.zeros(k, np.int32))  # fmt: skip
+
+
+def grown_model(
+    rng: np.random.Generator,
+    n_inputs: int,
+    sizes: list[int],
+    plane_mask: int,
+    n_blocks: int,
+    n_planes: int,
+    max_blocks: int,
+    live_bits: int = 0,
+) -> Model:
+    """A version 2 model as a device grows it: ``n_blocks`` blocks in ``max_blocks`` slots
+    over ``n_planes`` planes (random ones owned, the rest free and random), the last block
+    live on ``live_bits`` planes (0: all frozen; its flips 0), output scale/offset within
+    the block budget, a random ``score_q`` and a random valid training state."""
+    from rbnn.format.pack import layer_smax, max_scale_shift
+
+    src = random_model(rng, n_inputs=n_inputs, sizes=sizes, plane_mask=plane_mask, n_blocks=max(1, n_planes))
+    m = Model(n_inputs, plane_mask, list(sizes), src.arena[rng.permutation(n_planes)], [], max_blocks=max_blocks,
+              score_q=int(rng.integers(0, 31)))  # fmt: skip
+    owned = [int(p) for p in rng.permutation(n_planes)]
+    smax = m.output_smax()
+    lim_scale = max(0, m.half // 2 // smax)
+    for b in range(n_blocks):
+        live = live_bits and b == n_blocks - 1
+        planes, owned = owned[: live_bits if live else 1], owned[live_bits if live else 1 :]
+        blk = src.blocks[b]
+        scale = np.clip(blk.scale, -lim_scale, lim_scale).astype(np.int32)
+        offset = np.clip(blk.offset, -(m.half // 2), m.half // 2).astype(np.int32)
+        flips = [np.zeros_like(f) for f in blk.flips] if live else blk.flips
+        m.blocks.append(Block(LIVE if live else FROZEN, planes, blk.thresholds, flips, scale, offset))
+    st = m.state()
+    u32 = lambda hi=2**32 - 1: int(rng.integers(0, hi + 1))  # noqa: E731
+    st.seed, st.steps, st.grow_every, st.stream_id = u32(), u32(), u32(), u32()
+    st.block_steps = u32(st.steps) if live_bits and n_blocks else 0
+    st.hits, st.active, st.stream_base = u32(st.steps), u32(st.steps), u32(st.steps)
+    st.margin = int(rng.integers(1, m.budget + 1))
+    st.bits = int(rng.integers(1, 17))
+    st.grow_left = int(rng.integers(0, max_blocks - n_blocks + 1))
+    st.scale_shift = int(rng.integers(0, max_scale_shift(m) + 1))
+    st.decay, st.init_bits, st.loss = int(rng.integers(0, 32)), int(rng.integers(0, 16)), int(rng.integers(0, 2))
+    st.off_shift = int(rng.integers(-1, 24))
+    st.lr = [int(v) for v in rng.integers(0, 32, len(sizes))]
+    st.thr_shift = [int(v) for v in rng.integers(-1, 25, len(sizes) - 1)]
+    st.gate = [int(rng.integers(0, layer_smax(m, i) + 1)) for i in range(len(sizes) - 1)]
+    return m

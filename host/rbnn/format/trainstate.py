@@ -7,9 +7,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from .constants import MAX_LAYERS
+from .constants import MAX_LAYERS, TRAIN_BYTES
 
-TRAIN_BYTES = 96
 RULE = 1  # the step of docs/TRAINING.md
 LOSS_TOP, LOSS_ALL = 0, 1
 # rule, seed, steps, block_steps, hits, active, grow_every, stream_id, stream_base, margin,

@@ -20,11 +20,16 @@ from __future__ import annotations
 
 import math
 
+from ..errors import RbnnError
 from ..format.model import Model, plane_shifts
 from ..format.pack import layer_smax, max_scale_shift
 from ..format.trainstate import LOSS_TOP, TrainState
 
 KINDS = ("auto", "new", "domain", "same")
+
+
+class GrowError(RbnnError):
+    """A growth run that cannot start: no room, bad range, bad option."""
 SAME_ABOVE = 0.8  # frozen accuracy at or above which a run is "same" data (choose_kind)
 BITS = 8  # bits of every block, while the free planes allow (b = 6..9 measured equal)
 
@@ -63,7 +68,7 @@ def defaults(m: Model, kind: str, bits: int = BITS) -> TrainState:
     elif kind == "same":
         sigma, margin = q - 5, 1 << (q + 2)
     else:
-        raise ValueError(f"kind: expected new, domain or same, found {kind!r}")
+        raise GrowError(f"kind: expected new, domain or same, found {kind!r}")
     sigma = max(0, min(sigma, top))
     margin = max(1, min(margin, m.budget))
     return TrainState(lr=[1] * m.n_layers, thr_shift=thr, gate=gate, scale_shift=sigma, margin=margin, bits=bits,

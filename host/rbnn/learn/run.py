@@ -16,17 +16,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..engines import twin
-from ..errors import RbnnError
 from ..format import pack
 from ..format.model import Model, pack_input
 from . import step as S
-from .defaults import choose_kind, defaults
+from .defaults import GrowError, choose_kind, defaults
 
 ENGINES = ("c", "twin")
-
-
-class GrowError(RbnnError):
-    """A growth run that cannot start: no room, bad range, bad option."""
 
 
 @dataclass
