@@ -28,6 +28,7 @@ from mpy_helpers import run_mpy_code
 from test_fallback import (
     API,
     ERR_RE,
+    check_api,
     check_error_parity,
     check_parity,
     error_corpus,
@@ -103,51 +104,11 @@ def test_c_engine_rejects_what_pack_rejects(unix_c, tmp_path):
 
 
 def test_c_engine_api_and_input_errors(unix_c, tmp_path):
-    # The fallback's API script with `rbnn_py.Model` swapped for `_rbnn.Model`; the C
-    # engine's file errors name the code, offset and a description (not expected/found).
-    script = API.replace("import rbnn, rbnn_py", "import rbnn, _rbnn").replace(
-        "rbnn_py.Model", "_rbnn.Model"
-    )
+    # The fallback's API script with `rbnn_py.Model` swapped for `_rbnn.Model`: the same
+    # answers, errors word for word.
+    script = API.replace("import rbnn, rbnn_py", "import rbnn, _rbnn").replace("rbnn_py.Model", "_rbnn.Model")
     assert script != API and "rbnn_py" not in script
-    rng = np.random.default_rng(11)
-    m = multi_plane_model(rng, 40, [37, 33, 6], 0xC1)
-    data = pack.to_bytes(m)
-    (tmp_path / "m.rbnn").write_bytes(data)
-    (tmp_path / "bad.rbnn").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
-    x = random_inputs(rng, 40, 3)[2]
-    xb = pack_input(x, m.plane_mask)
-    (tmp_path / "x.raw").write_bytes(x.tobytes())
-    (tmp_path / "x.packed").write_bytes(le_bytes(xb))
-    proc = run_mpy_code(unix_c, script, tmp_path, env={"RBNN_ENGINE": "c"})
-    got = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
-    assert got["ENGINE"] == f"c {__version__}"
-    ram = m.ram_bytes()
-    assert eval(got["INFO"], {}) == {
-        "engine": "c", "inputs": 40, "plane_mask": 0xC1, "layers": [40, 37, 33, 6], "blocks": 2,
-        "planes": 4, "weight_bits": 2 * (40 * 37 + 37 * 33 + 33 * 6), "file_bytes": len(data),
-        "ram": sum(ram.values()), "input_bytes": ram["input"],
-    }  # fmt: skip
-    assert got["ATTR"] == "40 6"
-    assert got["LEN"] == (
-        "ValueError: rbnn: input has 39 bytes; expected 40 raw features or 24 bytes of packed bits"
-    )
-    assert got["LEN0"].startswith("ValueError: rbnn: input has 0 bytes")
-    assert got["PAD"] == (
-        "ValueError: rbnn: E_INPUT: packed input plane 2 has padding bits set (n_inputs 40)"
-    )
-    for key in ("OUTLIST", "OUTI", "OUTB", "OUTBYTES"):
-        assert got[key] == "ValueError: rbnn: out must be an array('i') of at least 6 items", key
-    assert got["OUTSHORT"] == "ValueError: rbnn: out has 5 items, needs at least 6 (n_classes)"
-    assert got["NOFILE"].startswith("OSError")
-    with pytest.raises(FormatError) as e:
-        pack.from_bytes((tmp_path / "bad.rbnn").read_bytes())
-    v = e.value
-    assert got["BADFILE"] == (  # the same words from every engine (rbnn.format.checks)
-        f"ValueError: rbnn: bad.rbnn: E_CRC at offset {v.offset}: crc32: expected {v.expected}, found {v.found}"
-    )
-    assert got["MODELSTR"].startswith("TypeError: rbnn: Model() takes the file's bytes")
-    assert got["NOALLOC"] == "4 True"
-    assert [int(v) for v in got["SCORES"].split()] == twin.scores(m, xb[None])[0].tolist()
+    check_api(unix_c, tmp_path, "c", script)
 
 
 BUFFERS = r"""
