@@ -60,6 +60,36 @@ def summary(m: Model, name: str = "model", file_bytes: int | None = None) -> str
         f"inference RAM: {sum(ram.values()):,} bytes (input {ram['input']}, "
         f"activations {ram['activations']}, scores {ram['scores']}); weights read in place",
     ]  # fmt: skip
+    lines += arena_lines(m)
     if file_bytes is not None:
-        lines.append(f"file: {file_bytes:,} bytes ({file_bytes / 1024:.2f} kB)")
+        lines.append(f"file: {file_bytes:,} bytes ({file_bytes / 1024:.2f} kB), format version {m.version}")
     return "\n".join(lines)
+
+
+def _planes(p: list[int]) -> str:
+    return f"plane {p[0]}" if len(p) == 1 else f"planes {','.join(map(str, p))}"
+
+
+def arena_lines(m: Model) -> list[str]:
+    """The recursive arena: planes per block, free planes, bits per weight, the live
+    block, and the training state (docs/FORMAT.md, docs/TRAINING.md)."""
+    free = sorted(set(range(m.n_planes)) - {p for b in m.blocks for p in b.planes})
+    live = [i for i, b in enumerate(m.blocks) if b.state == 1]
+    lines = [
+        f"arena: {m.n_planes} planes of {4 * m.plane_words / 1024:.2f} kB, {len(m.blocks)} of {m.capacity} "
+        f"block slots used, {len(free)} free planes; {m.bits_per_weight:.2f} bits per weight "
+        f"({m.n_planes} planes / {max(1, len(m.blocks))} blocks), score_q {m.score_q}",
+        "blocks: " + (" | ".join(f"#{i} {'LIVE ' + str(len(b.planes)) + '-bit' if b.state == 1 else 'frozen'} "
+                                 f"{_planes(b.planes)}" for i, b in enumerate(m.blocks)) or "none (an empty arena)"),
+    ]  # fmt: skip
+    st = m.train
+    if st is not None and m.version >= 2:
+        acc = f" ({100 * st.hits / st.steps:.1f} % right before the update)" if st.steps else ""
+        lines.append(f"training: rule {st.rule}, seed {st.seed}, {st.steps:,} steps{acc}"
+                     + (f", live block {live[0]} at {st.block_steps:,} steps" if live else "")
+                     + f"; schedule: {st.grow_left} more block(s) of {st.bits} bits"
+                     + (f", {st.grow_every:,} steps each" if st.grow_every else ", opened by hand"))  # fmt: skip
+        lines.append(f"step: live scale 2^{st.scale_shift}, margin {st.margin:,}, lr {st.lr}, decay {st.decay}, "
+                     f"gate {st.gate}, thr_shift {st.thr_shift}, off_shift {st.off_shift}, loss "
+                     f"{'every violator' if st.loss else 'top violator'}")  # fmt: skip
+    return lines
