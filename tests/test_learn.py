@@ -218,6 +218,12 @@ def test_grow_cli(grow_files, capsys):
     g = pack.load(out)
     assert [b.state for b in g.blocks] == [FROZEN] * 4 and g.state().steps == 600
     assert (d / "g.growth.json").exists() and (d / "g.growth.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    assert main(["summary", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "arena: 8 planes of 0.14 kB, 4 of 8 block slots used, 4 free planes; 2.00 bits per weight (8 planes / 4 blocks)" in text
+    assert "blocks: #0 frozen plane 0 | #1 frozen plane 1 | #2 frozen plane 2 | #3 frozen plane 3" in text
+    assert "600 steps" in text and "schedule: 0 more block(s) of 4 bits, 200 steps each" in text
     # twice the same: the same bytes
     assert main(["grow", str(d / "m.rbnn"), "--data", str(d / "d.npz"), "--test", str(d / "t.npz"), "--offset", "300",
                  "--limit", "600", "--bits", "4", "--blocks", "3", "--engine", "twin", "-o", str(d / "g2.rbnn")]) == 0  # fmt: skip
