@@ -410,31 +410,37 @@ static void signal_below(const rbnn_model_t *m, uint8_t *b, uint32_t l, const in
     }
 }
 
-/* +1 on the bits of inc, then -1 on the bits of dec, of the counters of word `at` of
- * the live block's nb planes (pl[0] the sign plane, the most significant), bit-sliced
- * with a ripple carry from the lowest plane, saturating at 0 and 2^nb - 1. */
-static void bump(uint32_t *const *pl, uint32_t nb, uint32_t at, uint32_t inc, uint32_t dec) {
-    uint32_t p, c = inc;
-    for (p = nb; c != 0u && p-- > 0u;) {
+/* +1 on the bits of c of the counters at word `at` of the live block's nb planes (pl[0]
+ * the sign plane, the most significant): bit-sliced, a ripple carry from the lowest
+ * plane that stops once no bit carries, saturating at 2^nb - 1. */
+static void count_up(uint32_t *const *pl, uint32_t nb, uint32_t at, uint32_t c) {
+    uint32_t p = nb;
+    while (p-- > 0u) {
         uint32_t old = pl[p][at];
         pl[p][at] = old ^ c;
         c &= old;
-    }
-    if (c != 0u) { /* a carry out of the top: the counter was 2^nb - 1, it stays */
-        for (p = 0; p < nb; p++) {
-            pl[p][at] |= c;
+        if (c == 0u) {
+            return;
         }
     }
-    c = dec;
-    for (p = nb; c != 0u && p-- > 0u;) {
+    for (p = 0; p < nb; p++) { /* a carry out of the top: the counter was 2^nb - 1, it stays */
+        pl[p][at] |= c;
+    }
+}
+
+/* -1 on the bits of c, saturating at 0 (a borrow out of the top: the counter was 0). */
+static void count_down(uint32_t *const *pl, uint32_t nb, uint32_t at, uint32_t c) {
+    uint32_t p = nb;
+    while (p-- > 0u) {
         uint32_t old = pl[p][at];
         pl[p][at] = old ^ c;
         c &= ~old;
-    }
-    if (c != 0u) { /* a borrow out of the top: the counter was 0, it stays */
-        for (p = 0; p < nb; p++) {
-            pl[p][at] &= ~c;
+        if (c == 0u) {
+            return;
         }
+    }
+    for (p = 0; p < nb; p++) {
+        pl[p][at] &= ~c;
     }
 }
 
@@ -476,17 +482,16 @@ static void update_layer(const rbnn_model_t *m, uint8_t *b, uint32_t l, const in
             continue;
         }
         up = e[j] > 0;
-        for (w = 0; w < nw; w++) {
-            uint32_t xv = x[w], inc, dec;
-            if (l == 0u) {
-                inc = up ? xv : 0u;
-                dec = up ? 0u : xv;
-            } else {
-                uint32_t nx = ~xv & (w + 1u == nw ? last : 0xFFFFFFFFu);
-                inc = up ? xv : nx;
-                dec = up ? nx : xv;
+        for (w = 0; w < nw; w++) { /* +1 on inc, then -1 on dec (disjoint bits) */
+            uint32_t xv = x[w], at_w = j * nw + w;
+            uint32_t nx = l == 0u ? 0u : ~xv & (w + 1u == nw ? last : 0xFFFFFFFFu);
+            uint32_t inc = up ? xv : nx, dec = up ? nx : xv; /* l = 0: only 1 bits move */
+            if (inc != 0u) {
+                count_up(pl, nb, at_w, inc);
             }
-            bump(pl, nb, j * nw + w, inc, dec);
+            if (dec != 0u) {
+                count_down(pl, nb, at_w, dec);
+            }
         }
         if (thr_shift >= 0) {
             uint32_t d = 1u << thr_shift;
