@@ -1,8 +1,8 @@
 """The integer training step (docs/TRAINING.md): host speed, Cortex-M0+ cycles, memory.
 
 The block of issue 7: 784-64-64-10 on the MSB input plane, an arena of 16 planes holding
-block 1 (host-trained on MNIST for one epoch, frozen, its output fitted to the block
-budget of 16 blocks) and a live block of 8-bit counters opened by the step; its
+block 1 (host-trained on MNIST for one epoch, frozen, folded to the block budget as
+``rbnn train --arena 16`` does) and a live block of 8-bit counters opened by the step; its
 hyper-parameters those of a growth run on data unlike the frozen block's ("domain",
 rbnn.learn.defaults), its samples MNIST training digits rotated by 45 degrees (a sensor
 mounted at an angle, the device's own data in issue 7).
@@ -39,7 +39,6 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import ctypes  # noqa: E402
-import math  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -47,11 +46,11 @@ import numpy as np  # noqa: E402
 from rbnn import data as rdata  # noqa: E402
 from rbnn.engines import ccore  # noqa: E402
 from rbnn.format import pack  # noqa: E402
-from rbnn.format.constants import I32_MAX  # noqa: E402
 from rbnn.format.model import Model, pack_input  # noqa: E402
-from rbnn.format.pack import layer_smax, max_scale_shift  # noqa: E402
-from rbnn.format.trainstate import TrainState  # noqa: E402
+from rbnn.format.pack import layer_smax  # noqa: E402
 from rbnn.learn import step as S  # noqa: E402
+from rbnn.learn.arena import into_arena  # noqa: E402
+from rbnn.learn.defaults import defaults  # noqa: E402
 from rbnn.train import QUICK_RECIPE, train  # noqa: E402
 from rbnn.train.augment import rotate  # noqa: E402
 from support import m0build  # noqa: E402
@@ -74,44 +73,18 @@ PHASES = {  # functions of rbnn_core.c / rbnn_train.c / rbnn_kernel.c in each ph
 
 
 # --- the model --------------------------------------------------------------------------
-def _domain_defaults(m: Model) -> TrainState:
-    """rbnn.learn.defaults.defaults(m, "domain") where that module is missing (a branch
-    without it): the same formulas."""
-    nh = m.n_layers - 1
-    gate = [math.isqrt(m.n_inputs)] + [math.isqrt(n) for n in m.layer_inputs[1:nh]]  # MSB plane only
-    gate = [min(g, layer_smax(m, i)) for i, g in enumerate(gate[:nh])]
-    sigma = max(0, min(m.score_q - 3, max_scale_shift(m)))
-    return TrainState(lr=[1] * m.n_layers, thr_shift=([2] + [0] * nh)[:nh], gate=gate, scale_shift=sigma,
-                      margin=max(1, min(1 << (m.score_q + 3), m.budget)), bits=BITS, decay=12, init_bits=3,
-                      loss=0, off_shift=max(-1, sigma - 8))  # fmt: skip
-
-
 def growth_model(ds, seed: int) -> tuple[Model, float]:
-    """Block 1 trained on MNIST (one epoch), frozen on plane 0 of 16, its output shifted
-    right until it fits the block budget of 16 blocks; an 8-bit live block opened.
-    Returns the model and block 1's accuracy on unrotated test digits."""
+    """Block 1 trained on MNIST (one epoch) and folded into an arena of 16 planes
+    (rbnn.learn.arena.into_arena, as ``rbnn train --arena 16``), the hyper-parameters of
+    a run on data unlike its own (rbnn.learn.defaults, "domain"), an 8-bit live block
+    opened. Returns the model and block 1's accuracy on unrotated test digits."""
     res = train(ds, progress=False, **{**QUICK_RECIPE, "hidden": HIDDEN, "seed": seed})
-    m = res.model
+    m = into_arena(res.net, N_PLANES)
     acc = float(np.mean(np.argmax(ccore.CModel(pack.to_bytes(m)).scores(pack_input(ds.x_test, PLANE_MASK)), 1)
                         == ds.y_test))  # fmt: skip
-    blk, smax = m.blocks[0], m.output_smax()
-    budget = I32_MAX // N_PLANES
-    k = 0
-    while int(np.max(np.abs(blk.scale.astype(np.int64) >> k) * smax + np.abs(blk.offset.astype(np.int64) >> k))) > budget:
-        k += 1
-    blk.scale, blk.offset = (blk.scale >> k).astype(np.int32), (blk.offset >> k).astype(np.int32)
-    arena = np.zeros((N_PLANES, m.plane_words), np.uint32)
-    arena[0] = m.arena[0]
-    m.arena, m.max_blocks, m.score_q = arena, N_PLANES, max(0, int(m.meta.get("output_q", k)) - k)
-    try:
-        from rbnn.learn.defaults import defaults
-
-        m.train = defaults(m, "domain")
-    except ImportError:
-        m.train = _domain_defaults(m)
-    m.train.seed, m.train.grow_left = seed, 1
+    m.train = defaults(m, "domain", BITS)
+    m.train.seed = seed
     S.new_block(m)
-    m.train.grow_left = 0
     pack.to_bytes(m)  # a file the readers accept
     return m, acc
 
@@ -269,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
     print(f"Cortex-M0+ (emulator, zero wait states, -O2), rbnn_train_step on {k} samples each; every "
           f"prediction and the file after the steps equal the twin's")  # fmt: skip
-    print(f"  {'run':34}{'mean':>10}{'max':>10}{'ms@125MHz':>11}{'steps/s':>9}  forward/backward/update/other")
+    print(f"  {'run':34}{'mean':>10}{'max':>10}{'max ms':>11}{'steps/s':>9}  forward/backward/update/other")
     res = {}
     for name, (e, mm, xs, ys) in runs.items():
         r = res[name] = m0_steps(e, mm, xs, ys)

@@ -523,3 +523,36 @@ def test_training_constants_equal_the_twin(repo):
     defs = {k: int(v, 0) for k, v in re.findall(r"^#define RBNN_(\w+) (0x[0-9A-F]+|\d+)u", src, re.M)}
     assert defs == {"PROB_BITS": S.PROB_BITS, "MAX_DECAY": S.MAX_DECAY, "NEW_BLOCK_KEY": S.NEW_BLOCK_KEY,
                     "PHI": prng.PHI}  # fmt: skip
+
+
+# --- rbnn grow: both engines, one file ----------------------------------------------------
+@pytest.mark.parametrize("how", ["arena", "new"])
+def test_grow_engines_write_identical_files(tmp_path, rng, how):
+    """`rbnn grow --engine c` and `--engine twin` write the same bytes: from a host-trained
+    block in an arena of 8 planes (3 blocks of 4 bits, shuffled, 2 epochs), and from an
+    empty arena (every block trained by the step, the last one kept live)."""
+    from rbnn.cli import main
+    from rbnn.data.plain import write_npz
+
+    y = rng.integers(0, 4, 900).astype(np.uint8)
+    proto = rng.random((4, 50)) < 0.5
+    x = ((proto[y] ^ (rng.random((900, 50)) < 0.15)) * 255).astype(np.uint8)
+    write_npz(tmp_path / "d.npz", x[:800], y[:800], 4)
+    write_npz(tmp_path / "t.npz", x[800:], y[800:], 4)
+    if how == "arena":
+        assert main(["train", "--data", str(tmp_path / "d.npz"), "--hidden", "13", "--epochs", "1", "--val", "100",
+                     "--limit", "300", "--augment", "off", "--arena", "8", "-o", str(tmp_path / "m.rbnn")]) == 0  # fmt: skip
+        args = [str(tmp_path / "m.rbnn"), "--offset", "300", "--limit", "300", "--bits", "4", "--blocks", "3",
+                "--shuffle", "--epochs", "2"]  # fmt: skip
+    else:
+        args = ["--new", "--hidden", "21,9", "--arena", "9", "--bits", "3", "--blocks", "3", "--keep-live"]
+    files = {}
+    for engine in ("c", "twin"):
+        out = tmp_path / f"g-{engine}.rbnn"
+        assert main(["grow", *args, "--data", str(tmp_path / "d.npz"), "--test", str(tmp_path / "t.npz"),
+                     "--engine", engine, "-q", "-o", str(out)]) == 0  # fmt: skip
+        files[engine] = out.read_bytes()
+    assert files["c"] == files["twin"]
+    g = pack.from_bytes(files["c"])
+    assert (len(g.blocks), g.state().steps) == ((4, 600) if how == "arena" else (3, 800))
+    assert (g.live_index() is not None) == (how == "new")
