@@ -376,6 +376,31 @@ def test_refused_operations_change_nothing(harness, tmp_path, rng):
             assert got_bytes == data, what
 
 
+def _apply_twin(m, op: tuple):
+    return {OP_STEP: lambda: S.step(m, op[1], op[2]), OP_NEW: lambda: S.new_block(m),
+            OP_FREEZE: lambda: S.freeze(m)}[op[0]]()  # fmt: skip
+
+
+def _apply_c(t: ccore.CTrainer, op: tuple):
+    return {OP_STEP: lambda: t.step(op[1], op[2]), OP_NEW: t.new_block, OP_FREEZE: t.freeze}[op[0]]()
+
+
+def test_refusals_are_worded_as_the_twin_words_them(rng):
+    for what, data, ops, code in _refusals(rng):
+        if ops[-1][0] == OP_BATCH:
+            continue
+        m, t = pack.from_bytes(data), ccore.CTrainer(data)
+        for op in ops[:-1]:
+            _apply_twin(m, op)
+            _apply_c(t, op)
+        with pytest.raises(S.StepError) as want:
+            _apply_twin(m, ops[-1])
+        with pytest.raises(S.StepError) as got:
+            _apply_c(t, ops[-1])
+        assert want.value.code == code, what
+        assert (got.value.code, str(got.value)) == (want.value.code, str(want.value)), what
+
+
 def test_batch_stops_at_the_first_refused_sample(rng):
     m = trainable_model(rng, n_inputs=60, sizes=[30, 4], plane_mask=0xC0, n_frozen=1, bits=6, lr=[1, 0])
     data = pack.to_bytes(m)

@@ -448,14 +448,18 @@ class CTrainer:
             return FormatError(name, f"{at}packed input padding bits")
         return ModelError(f"{at}training step: {name} ({strerror(rc)})")
 
-    def _full_reason(self) -> str:
-        """Why no block may open, from the file's bytes (as the twin words it)."""
+    def _room(self) -> tuple[int, int, int, int]:
+        """(grow_left, free planes, bits, empty slots) from the file's bytes."""
         m, b = self._m, self._buf()
         owned = {b[m.blocks_offset + 20 * i + 4 + j] for i in range(m.n_blocks)
                  for j in range(b[m.blocks_offset + 20 * i + 1])}  # fmt: skip
         t = m.train_offset
-        return (f"no live block, and none may open (grow_left {b[t + 41]}, {m.n_planes - len(owned)} free planes, "
-                f"bits {b[t + 40]}, {m.max_blocks - m.n_blocks} empty slots)")  # fmt: skip
+        return b[t + 41], m.n_planes - len(owned), b[t + 40], m.max_blocks - m.n_blocks
+
+    def _full_reason(self) -> str:
+        """Why the step may open no block, in the twin's words (rbnn.learn.step.step)."""
+        g, free, bits, slots = self._room()
+        return f"no live block, and none may open (grow_left {g}, {free} free planes, bits {bits}, {slots} empty slots)"
 
     def _buf(self) -> memoryview:
         return memoryview(self._store.view(np.uint8))[: int(self._m.file_bytes)]
@@ -527,9 +531,10 @@ class CTrainer:
         if rc == CODE_FULL:
             from ..learn.step import StepError
 
-            if self.live is not None:
+            if self.live is not None:  # the twin's words (rbnn.learn.step.new_block)
                 raise StepError("E_FULL", "a live block exists; freeze it before opening another")
-            raise StepError("E_FULL", self._full_reason().replace("no live block, and none may open", "no room"))
+            _, free, bits, slots = self._room()
+            raise StepError("E_FULL", f"no room for a {bits}-bit block: {free} free planes, {slots} empty block slots")
         if rc < 0:
             raise self._fail(rc, 0)
         return int(rc)
