@@ -31,8 +31,8 @@ help:
 	@echo "make test    set up and run the whole test suite"
 	@echo "make shell   a shell with .venv/bin (the rbnn command) first on PATH; exit to leave"
 	@echo "make accuracy  train and evaluate the two MNIST accuracy models of issue 2 (~9 min idle)"
-	@echo "make size    cross-build the C core for Cortex-M0+ and print text/data/bss"
-	@echo "make bench   host and Cortex-M0+ inference benchmarks"
+	@echo "make size    cross-build the C core (with and without the training step) for Cortex-M0+: text/data/bss"
+	@echo "make bench   host and Cortex-M0+ inference and training benchmarks"
 	@echo "make lint    ruff (host, tests, bench, firmware)"
 	@echo "make firmware PORT=unix|qemu|rp2|esp32 [BOARD=...] MICROPY_DIR=...   MicroPython with the C module"
 	@echo "make flash PORT=rp2|esp32 [DEVICE=...] [IMAGE=...]   write the image to a board"
@@ -123,7 +123,10 @@ size: deps-arm
 	@mkdir -p build/m0plus
 	$(ARM_CC) $(M0_FLAGS) -c $(CORE_SRC) -o build/m0plus/rbnn_core.o
 	$(ARM_CC) $(M0_FLAGS) -c cmodules/rbnn/rbnn_kernel.c -o build/m0plus/rbnn_kernel.o
+	$(ARM_CC) $(M0_FLAGS) -c cmodules/rbnn/rbnn_train.c -o build/m0plus/rbnn_train.o
+	@# inference (core + kernel), then with the training step
 	$(ARM_SIZE) -t build/m0plus/rbnn_core.o build/m0plus/rbnn_kernel.o
+	$(ARM_SIZE) -t build/m0plus/rbnn_core.o build/m0plus/rbnn_kernel.o build/m0plus/rbnn_train.o
 	@# without the error texts (-DRBNN_NO_ERROR_TEXT: messages keep code, offset and check id)
 	$(ARM_CC) $(M0_FLAGS) -DRBNN_NO_ERROR_TEXT -c $(CORE_SRC) -o build/m0plus/rbnn_core_notext.o
 	$(ARM_SIZE) build/m0plus/rbnn_core_notext.o
@@ -132,6 +135,7 @@ size: deps-arm
 bench: setup deps-arm
 	$(PY) bench/host.py
 	$(PY) bench/m0plus.py
+	$(PY) bench/train.py
 	$(PY) bench/fallback.py
 	$(PY) bench/device.py
 

@@ -8,7 +8,6 @@ its exact length, so any read past it is a sanitizer report (and a failed test).
 from __future__ import annotations
 
 import ctypes
-import os
 import shutil
 import struct
 import subprocess
@@ -24,21 +23,14 @@ from rbnn.errors import CODES, NAMES, FormatError
 from rbnn.format import model, pack
 from rbnn.format.bits import words
 from rbnn.format.model import LIVE, pack_input
+from support import charness
+from support.charness import SRC
 from support.randmodel import bound_model, random_model
 from support.v1file import to_bytes_v1
 
-SRC = Path(__file__).resolve().parent.parent / "cmodules" / "rbnn"
-HARNESS = Path(__file__).resolve().parent / "c" / "rbnn_harness.c"
 STRICT = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-Wconversion",
           "-Wsign-conversion", "-Wshadow", "-Wcast-qual", "-Wstrict-prototypes",
           "-Wmissing-prototypes", "-Wvla"]  # fmt: skip
-SAN = ["-std=c99", "-O2", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
-       "-fno-omit-frame-pointer", "-Wall", "-Wextra", "-Werror", "-pedantic"]  # fmt: skip
-SAN_ENV = {
-    # quarantine off: the truncation sweep mallocs tens of thousands of buffers
-    "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1:quarantine_size_mb=1",
-    "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
-}
 M0_FLAGS = ["-mcpu=cortex-m0plus", "-mthumb", "-Os", "-std=c99", "-ffreestanding",
             "-Wall", "-Wextra", "-Werror", "-pedantic"]  # fmt: skip
 
@@ -67,11 +59,7 @@ def put(data: bytes, off: int, fmt: str, value, crc: bool = True) -> bytes:
 
 def run_harness(exe: Path, *args: str, timeout: float = 30) -> str:
     # timeout: a hang guard only; check and infer runs take under 0.1 s under the sanitizers
-    r = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout,
-                       env={**os.environ, **SAN_ENV})  # fmt: skip
-    assert "Sanitizer" not in r.stderr and "runtime error" not in r.stderr, r.stderr[-3000:]
-    assert r.returncode == 0, f"harness exit {r.returncode}: {r.stderr[-3000:]}"
-    return r.stdout
+    return charness.run(exe, *args, timeout=timeout)
 
 
 def harness_scores(exe: Path, tmp: Path, data: bytes, x: np.ndarray, raw: bool = False):
@@ -127,13 +115,8 @@ def header_only(n_inputs: int, sizes: list[int], n_planes: int, n_blocks: int = 
 # --- fixtures -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory) -> Path:
-    """tests/c/rbnn_harness.c + the core + the kernel, with ASan and UBSan."""
-    exe = tmp_path_factory.mktemp("harness") / "rbnn_harness"
-    cmd = [ccore.compiler(), *SAN, "-I", str(SRC), str(HARNESS), str(SRC / "rbnn_core.c"),
-           str(SRC / "rbnn_kernel.c"), "-o", str(exe)]  # fmt: skip
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stderr}"
-    return exe
+    """tests/c/rbnn_harness.c + the whole core, with ASan and UBSan."""
+    return charness.build(tmp_path_factory.mktemp("harness") / "rbnn_harness")
 
 
 @pytest.fixture(scope="module")
@@ -600,10 +583,11 @@ def test_every_corruption_and_truncation_rejected_sanitized(harness, tmp_path, s
 
 # --- builds -----------------------------------------------------------------------------
 @pytest.mark.parametrize("cc", ["gcc", "clang"])
-def test_core_compiles_warning_free_on_host(cc, tmp_path):
+@pytest.mark.parametrize("source", ["rbnn_core.c", "rbnn_train.c"])
+def test_core_compiles_warning_free_on_host(cc, source, tmp_path):
     if not shutil.which(cc):
         pytest.skip(f"{cc} not installed")
-    r = subprocess.run([cc, *STRICT, "-O2", "-c", str(SRC / "rbnn_core.c"), "-o", str(tmp_path / "c.o")],
+    r = subprocess.run([cc, *STRICT, "-O2", "-c", str(SRC / source), "-o", str(tmp_path / "c.o")],
                        capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 0 and not r.stderr, r.stderr
 
@@ -612,18 +596,27 @@ def test_m0plus_cross_build_warning_free_and_libc_free(tmp_path):
     arm = shutil.which("arm-none-eabi-gcc")
     if not arm:
         pytest.skip("arm-none-eabi-gcc not installed (`make deps-arm` installs gcc-arm-none-eabi)")
-    for name in ("rbnn_core", "rbnn_kernel"):
+    for name in ("rbnn_core", "rbnn_kernel", "rbnn_train"):
         obj = tmp_path / f"{name}.o"
         r = subprocess.run([arm, *M0_FLAGS, "-c", str(SRC / f"{name}.c"), "-o", str(obj)],
                            capture_output=True, text=True)  # fmt: skip
         assert r.returncode == 0 and not r.stderr, r.stderr
     nm = shutil.which("arm-none-eabi-nm")
-    if nm:  # the core calls nothing but the kernel: no libc, no libgcc helpers
-        und = subprocess.run([nm, "-u", str(tmp_path / "rbnn_core.o")], capture_output=True, text=True).stdout
-        assert {line.split()[-1] for line in und.splitlines()} <= {"rbnn_xorpop", "rbnn_xorpop_rows"}
-        syms = subprocess.run([nm, str(tmp_path / "rbnn_core.o")], capture_output=True, text=True).stdout
-        kinds = {line.split()[-2] for line in syms.splitlines() if len(line.split()) >= 2}
-        assert not kinds & set("bBdD"), syms  # no writable globals
+    if nm:  # the core calls nothing but the kernel, training nothing but the core: no
+        # libc, no libgcc helpers (division, 64-bit arithmetic)
+        def undefined(name: str) -> set[str]:
+            out = subprocess.run([nm, "-u", str(tmp_path / f"{name}.o")], capture_output=True, text=True).stdout
+            return {line.split()[-1] for line in out.splitlines()}
+
+        core_defs = subprocess.run([nm, "--defined-only", "-g", str(tmp_path / "rbnn_core.o")],
+                                   capture_output=True, text=True).stdout  # fmt: skip
+        assert undefined("rbnn_core") <= {"rbnn_xorpop", "rbnn_xorpop_rows"}
+        assert undefined("rbnn_train") <= {line.split()[-1] for line in core_defs.splitlines()}
+        assert "rbnn_group_sums" in undefined("rbnn_train")  # the check above would see a helper
+        for name in ("rbnn_core", "rbnn_train"):
+            syms = subprocess.run([nm, str(tmp_path / f"{name}.o")], capture_output=True, text=True).stdout
+            kinds = {line.split()[-2] for line in syms.splitlines() if len(line.split()) >= 2}
+            assert not kinds & set("bBdD"), syms  # no writable globals
 
 
 def test_library_cache_rebuilds_on_change_and_is_race_safe(tmp_path, monkeypatch):

@@ -14,10 +14,11 @@ import pytest
 
 from rbnn.engines import twin
 from rbnn.format import pack
-from rbnn.format.model import pack_input
+from rbnn.format.model import FROZEN, pack_input
+from rbnn.learn import step as S
 from support import m0build
 from support.m0sim import FLASH_BASE, M0Error, M0Plus
-from support.randmodel import random_model
+from support.randmodel import random_model, trainable_model
 
 pytestmark = pytest.mark.skipif(
     shutil.which(m0build.CC) is None, reason="arm-none-eabi-gcc missing (`make deps-arm`)"
@@ -197,9 +198,10 @@ def test_rejects_what_an_m0plus_cannot_run(seq):
 # --- the kernel --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def m0(repo, tmp_path_factory) -> M0Plus:
-    """The kernel and the core cross-built as `make bench` builds them (-O2)."""
+    """The kernel and the core (inference and training) cross-built as `make bench` builds
+    them (-O2)."""
     src = repo / "cmodules" / "rbnn"
-    elf = m0build.build([src / "rbnn_core.c", src / "rbnn_kernel.c"],
+    elf = m0build.build([src / "rbnn_core.c", src / "rbnn_kernel.c", src / "rbnn_train.c"],
                         tmp_path_factory.mktemp("m0core") / "core.elf", include_dirs=[src])  # fmt: skip
     return M0Plus(elf)
 
@@ -267,3 +269,38 @@ def test_core_matches_twin(m0, rng):
             got = np.frombuffer(m0.read(scores, 4 * model.n_classes), "<i4")
             assert (got == want[i]).all()
             assert r.signed == int(np.argmax(want[i]))
+
+
+def test_training_step_matches_twin(m0, rng):
+    """rbnn_train_step cross-built: the twin's predictions, scores and file bytes, on
+    models with 1-3 layers, several input planes, widths off multiples of 32, frozen
+    blocks, and a schedule that freezes the live block and opens the next (the file in
+    SRAM: the step writes it)."""
+    models = [
+        trainable_model(rng, n_inputs=70, sizes=[33, 5], plane_mask=0xE0, n_frozen=2, bits=5, lr=[1, 0], decay=2,
+                        grow_every=0),
+        trainable_model(rng, n_inputs=40, sizes=[7], plane_mask=0x81, n_frozen=1, bits=16, lr=[0], loss=1,
+                        grow_every=0),
+        trainable_model(rng, n_inputs=50, sizes=[40, 31, 4], plane_mask=0x80, n_frozen=0, bits=3, live=False,
+                        spare_slots=3, spare_planes=6, grow_every=3, grow_left=3, lr=[0, 1, 0], off_shift=4),
+    ]  # fmt: skip
+    for model in models:
+        data = pack.to_bytes(model)
+        x = pack_input(rng.integers(0, 256, (7, model.n_inputs), dtype=np.uint8), model.plane_mask)
+        y = rng.integers(0, model.n_classes, 7)
+        m0.free_all()
+        mdl = m0.alloc(data)
+        st = m0.alloc(256)
+        assert m0.call("rbnn_model_init", st, mdl, len(data)).signed == 0
+        scratch = m0.alloc(m0.call("rbnn_train_scratch_bytes", st).result)
+        z = m0.alloc(4 * model.n_classes)
+        for i in range(len(x)):
+            inp = m0.alloc(x[i].tobytes())
+            want_z = twin.scores(model, x[i][None])[0] if model.live_index() is not None else None
+            r = m0.call("rbnn_train_step", st, mdl, inp, int(y[i]), scratch, z)
+            assert r.signed == S.step(model, x[i], int(y[i]))
+            if want_z is not None:
+                assert (np.frombuffer(m0.read(z, 4 * model.n_classes), "<i4") == want_z).all()
+        m0.call("rbnn_reseal", st, mdl)
+        assert m0.read(mdl, len(data)) == pack.to_bytes(model)
+    assert [b.state for b in models[2].blocks] == [FROZEN, FROZEN, 1]  # the schedule ran on the M0+

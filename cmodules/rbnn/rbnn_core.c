@@ -9,6 +9,7 @@
  */
 #define RBNN_SPEC_TABLES /* this file holds the code names and check texts */
 #include "rbnn_core.h"
+#include "rbnn_internal.h"
 #include "rbnn_kernel.h"
 
 /* Weight rows, thresholds and scales are read in place as 32-bit words. */
@@ -36,16 +37,6 @@ static uint32_t rd32(const uint8_t *p) {
 /* The first four bytes as one number, first byte highest (how a magic reads in hex). */
 static uint32_t rd32be(const uint8_t *p) {
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-}
-
-static uint32_t words_of(uint32_t n_bits) {
-    return (n_bits + 31u) >> 5;
-}
-
-/* Valid bits of the last word of an n-bit vector. */
-static uint32_t pad_mask(uint32_t n_bits) {
-    uint32_t r = n_bits & 31u;
-    return r ? ((1u << r) - 1u) : 0xFFFFFFFFu;
 }
 
 static uint32_t popcount8(uint32_t v) {
@@ -269,7 +260,7 @@ static int check_padding(rbnn_model_t *m, const uint8_t *b) {
 
 /* Largest possible |s| of layer l (docs/FORMAT.md, Semantics). Fits: n_inputs * 255
  * < 2^24. */
-static uint32_t layer_smax(const rbnn_model_t *m, uint32_t l) {
+uint32_t rbnn_layer_smax(const rbnn_model_t *m, uint32_t l) {
     uint32_t n, low = 0, sum = 0;
     if (l > 0u) {
         return m->sizes[l - 1u];
@@ -286,7 +277,7 @@ static uint32_t layer_smax(const rbnn_model_t *m, uint32_t l) {
 }
 
 static uint32_t output_smax(const rbnn_model_t *m) {
-    return layer_smax(m, m->n_layers - 1u);
+    return rbnn_layer_smax(m, m->n_layers - 1u);
 }
 
 /* Version 2: empty parameter slots are 0, a live block's flips are 0. */
@@ -393,8 +384,8 @@ static int check_train(rbnn_model_t *m, const uint8_t *b) {
     }
     for (i = 0; i + 1u < RBNN_MAX_LAYERS; i++) {
         v = rd32(t + 64 + 4u * i);
-        if (i + 1u < m->n_layers && v > layer_smax(m, i)) {
-            return fail_at(m, RBNN_CHK_TRAIN_GATE, at + 64 + 4u * i, i, 0, 0, layer_smax(m, i), v);
+        if (i + 1u < m->n_layers && v > rbnn_layer_smax(m, i)) {
+            return fail_at(m, RBNN_CHK_TRAIN_GATE, at + 64 + 4u * i, i, 0, 0, rbnn_layer_smax(m, i), v);
         }
         if (i + 1u >= m->n_layers && v != 0u) {
             return fail_at(m, RBNN_CHK_TRAIN_GATE_UNUSED, at + 64 + 4u * i, i, 0, 0, 0, v);
@@ -689,14 +680,12 @@ int rbnn_pack_u8(const rbnn_model_t *m, const uint8_t *features, uint32_t *in_bi
     return RBNN_OK;
 }
 
-/* Neurons are computed 32 at a time (one output word of a hidden layer): the kernel
- * takes a run of rows in one call, which saves its per-call set-up on the M0+. */
-#define GROUP 32u
+#define GROUP RBNN_GROUP
 
 /* Sums s of `cnt` consecutive neurons (rows w, nw words each) into s[0..cnt). The first
  * layer sums the kept input planes with weights 2^(n - low) (n_k planes of nw words in
  * `in`); with a single plane, as in every other layer, the weight is 1. */
-static void group_sums(const uint32_t *w, const uint32_t *in, uint32_t nw, uint32_t cnt,
+void rbnn_group_sums(const uint32_t *w, const uint32_t *in, uint32_t nw, uint32_t cnt,
     int32_t n, const int32_t *weight, uint32_t n_k, int32_t *s) {
     uint32_t pc[GROUP], r, k;
     rbnn_xorpop_rows(w, in, nw, cnt, pc);
@@ -717,6 +706,19 @@ static void group_sums(const uint32_t *w, const uint32_t *in, uint32_t nw, uint3
     }
 }
 
+/* 2^(n - low) of each kept plane, highest plane first (packed-input order). */
+void rbnn_plane_weights(const rbnn_model_t *m, int32_t weight[8]) {
+    uint32_t low = 0, j, k = 0;
+    while (!(m->plane_mask >> low & 1u)) {
+        low++;
+    }
+    for (j = 8u; j-- > 0u;) {
+        if (m->plane_mask >> j & 1u) {
+            weight[k++] = (int32_t)(1u << (j - low));
+        }
+    }
+}
+
 /* Scores of one block added to `scores`, in eBNN order: hidden sums are thresholded into
  * bits as soon as a group of 32 is known (never a full-precision feature map); layers
  * ping-pong between the two halves of `scratch`. */
@@ -729,20 +731,11 @@ static void run_block(const rbnn_model_t *m, uint32_t blk, const uint32_t *x,
                         + sign * m->plane_words;
     const uint8_t *params = b + m->params_offset + blk * m->block_params_bytes;
     uint32_t half = rbnn_scratch_words(m) / 2u;
-    uint32_t n_in = m->n_inputs, layer, j, k, r;
+    uint32_t n_in = m->n_inputs, layer, j, r;
     int32_t weight[8], s[GROUP];
     const uint32_t *in = x;
-    uint32_t low = 0;
 
-    /* 2^(n - low) of each kept plane, highest plane first (packed-input order). */
-    while (!(m->plane_mask >> low & 1u)) {
-        low++;
-    }
-    for (j = 8u, k = 0; j-- > 0u;) {
-        if (m->plane_mask >> j & 1u) {
-            weight[k++] = (int32_t)(1u << (j - low));
-        }
-    }
+    rbnn_plane_weights(m, weight);
 
     for (layer = 0; layer < m->n_layers; layer++) {
         uint32_t n_out = m->sizes[layer], nw = words_of(n_in);
@@ -755,7 +748,7 @@ static void run_block(const rbnn_model_t *m, uint32_t blk, const uint32_t *x,
             uint32_t *out = scratch + ((layer & 1u) ? half : 0u);
             for (j = 0; j < n_out; j += GROUP) {
                 uint32_t cnt = n_out - j < GROUP ? n_out - j : GROUP, word = 0;
-                group_sums(w, in, nw, cnt, n, wt, n_k, s);
+                rbnn_group_sums(w, in, nw, cnt, n, wt, n_k, s);
                 w += cnt * nw;
                 for (r = 0; r < cnt; r++) {
                     word |= (uint32_t)(s[r] >= thr[j + r]) << r;
@@ -769,7 +762,7 @@ static void run_block(const rbnn_model_t *m, uint32_t blk, const uint32_t *x,
             const int32_t *offset = scale + n_out;
             for (j = 0; j < n_out; j += GROUP) {
                 uint32_t cnt = n_out - j < GROUP ? n_out - j : GROUP;
-                group_sums(w, in, nw, cnt, n, wt, n_k, s);
+                rbnn_group_sums(w, in, nw, cnt, n, wt, n_k, s);
                 w += cnt * nw;
                 for (r = 0; r < cnt; r++) {
                     /* E_RANGE at load guarantees neither step leaves int32. */
@@ -792,8 +785,13 @@ static int check_args(const rbnn_model_t *m, const uint32_t *in_bits, const uint
     return RBNN_OK;
 }
 
+void rbnn_block_scores(const rbnn_model_t *m, uint32_t blk, const uint32_t *x,
+    uint32_t *scratch, int32_t *scores) {
+    run_block(m, blk, x, scratch, scores);
+}
+
 /* Padding bits of each plane's last word must be 0 (they would add to popcounts). */
-static int check_input(const rbnn_model_t *m, const uint32_t *in_bits) {
+int rbnn_check_input(const rbnn_model_t *m, const uint32_t *in_bits) {
     uint32_t nw = words_of(m->n_inputs), bad = ~pad_mask(m->n_inputs), k;
     if (bad != 0u) {
         for (k = 0; k < m->k_planes; k++) {
@@ -808,7 +806,7 @@ static int check_input(const rbnn_model_t *m, const uint32_t *in_bits) {
 static int infer_one(const rbnn_model_t *m, const uint32_t *in_bits, uint32_t *scratch,
     int32_t *scores) {
     uint32_t n_cls = rbnn_n_classes(m), j, blk, best = 0;
-    int rc = check_input(m, in_bits);
+    int rc = rbnn_check_input(m, in_bits);
     if (rc != RBNN_OK) {
         return rc;
     }

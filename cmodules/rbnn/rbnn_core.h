@@ -1,5 +1,6 @@
 /*
- * rbnn core: portable C99 inference for .rbnn models (docs/FORMAT.md, version 1).
+ * rbnn core: portable C99 inference and training for .rbnn models (docs/FORMAT.md,
+ * docs/TRAINING.md).
  *
  * No MicroPython headers, no malloc, no globals that change: the caller owns every
  * buffer. A model is validated once (rbnn_model_init) and then used in place, so the
@@ -87,6 +88,55 @@ int rbnn_infer(const rbnn_model_t *m, const uint32_t *in_bits, uint32_t *scratch
  * error of the first bad input (RBNN_E_INPUT), leaving the samples after it unrun. */
 int rbnn_infer_batch(const rbnn_model_t *m, const uint32_t *in_bits, uint32_t n,
     uint32_t *scratch, int32_t *scores, int32_t *classes);
+
+/* ---- training (rbnn_train.c): the integer step of docs/TRAINING.md, rule 1 ----------
+ * Version 2 models only (RBNN_E_VERSION otherwise). `buf` is the buffer `m` was
+ * validated on (m->buf; RBNN_E_ARG otherwise): it must be writable, and the core changes
+ * the live block's planes and parameters, the block table, the header's n_blocks and the
+ * training state in place, inside the file's bytes, and keeps `m` in step (n_blocks,
+ * live). Frozen planes are only read. The CRC is stale after any of these calls until
+ * rbnn_reseal. An error changes nothing. */
+
+/* Bytes of the caller-owned scratch of one training step (4-byte aligned; RBNN_E_ALIGN
+ * otherwise), 0 for a model that failed to load. It holds, in 32-bit words: the hidden
+ * bits of every hidden layer of the live block and their gate bits (sum over hidden
+ * layers of 2 * words(size)), and two signal buffers of max(sizes) int32 each: the
+ * summed scores z (frozen blocks, then the live block), turned into the output signal g
+ * in place, and the signal of each layer and the one below it in turn during the
+ * backward pass; the forward's group sums use the second one. The frozen blocks' forward
+ * borrows the bit buffers. 784-64-64-10: 544 bytes. Stack: about 0.5 kB more on a
+ * Cortex-M0+ (the kernel's group of 32 counts, 17 column counters of the backward). */
+uint32_t rbnn_train_scratch_bytes(const rbnn_model_t *m);
+
+/* One training step on the packed input in_bits (rbnn_input_words words) with `label`,
+ * the growth schedule included: when no block is live, the step opens one if grow_left
+ * allows (and decrements it); after the update it freezes the live block when
+ * block_steps reaches grow_every. Returns the class predicted before the update (>= 0,
+ * ties to the lowest index) or RBNN_E_ARG / RBNN_E_ALIGN / RBNN_E_VERSION, then
+ * RBNN_E_LABEL (label >= n_classes), RBNN_E_INPUT (padding bits set), RBNN_E_FULL (no
+ * live block and none may open), checked in that order. z_out (n_classes int32, or
+ * NULL) receives the summed scores before the update. */
+int rbnn_train_step(rbnn_model_t *m, void *buf, const uint32_t *in_bits, uint32_t label,
+    void *scratch, int32_t *z_out);
+
+/* n steps back to back (in_bits: n packed inputs; labels: n labels). preds (n int32, or
+ * NULL) receives each step's return value: the class, and for the sample that stopped
+ * the batch its error code (the samples after it are left untouched and unrun). Returns
+ * RBNN_OK or that error; the steps before it stay taken. */
+int rbnn_train_batch(rbnn_model_t *m, void *buf, const uint32_t *in_bits,
+    const uint32_t *labels, uint32_t n, void *scratch, int32_t *preds);
+
+/* Open a live block (docs/TRAINING.md, Opening a block; grow_left is not changed):
+ * returns its index, or RBNN_E_FULL when a block is live or there is no room (fewer free
+ * planes than `bits`, no empty slot). */
+int rbnn_new_block(rbnn_model_t *m, void *buf);
+
+/* Freeze the live block (its sign plane, thresholds, scale and offsets kept, its other
+ * planes released and zeroed): RBNN_OK, or RBNN_E_FULL without a live block. */
+int rbnn_freeze(rbnn_model_t *m, void *buf);
+
+/* Recompute the CRC of a file changed in place (nothing when buf is not m->buf). */
+void rbnn_reseal(const rbnn_model_t *m, void *buf);
 
 /* Short English name of an error code ("bad CRC", ...). */
 const char *rbnn_strerror(int code);

@@ -10,6 +10,11 @@
  *       print one line per buffer: "code err_offset [message]"
  *   rbnn_harness corrupt MODEL DELTAS   every single-byte change (byte ^ d for DELTAS
  *       values of d, "all" = 1..255) and every truncation must be rejected
+ *   rbnn_harness train MODEL OPS OUT    OPS: u32 records [op, arg, payload]: 0 step
+ *       (arg label, payload one packed input), 1 new block, 2 freeze, 3 batch (arg n,
+ *       payload n labels then n packed inputs), 4 step with z_out NULL; print one line
+ *       per op ("rc [z... | preds...]"), check that a refused op changed nothing, then
+ *       reseal, check the file loads again and write it to OUT
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -204,6 +209,111 @@ static int cmd_corrupt(const char *path, const char *deltas) {
     return 0;
 }
 
+/* One u32 of the ops file at word i (bounds-checked). */
+static uint32_t op_word(const unsigned char *ops, size_t len, size_t i) {
+    if (4u * i + 4u > len) {
+        fprintf(stderr, "harness: ops file cut at word %u\n", (unsigned)i);
+        exit(2);
+    }
+    ops += 4u * i;
+    return (uint32_t)ops[0] | (uint32_t)ops[1] << 8 | (uint32_t)ops[2] << 16 | (uint32_t)ops[3] << 24;
+}
+
+/* n words of the ops file from word i into a malloc'ed buffer of exactly that size. */
+static uint32_t *op_words(const unsigned char *ops, size_t len, size_t i, size_t n) {
+    uint32_t *out = malloc(4u * (n ? n : 1u));
+    size_t k;
+    for (k = 0; k < n; k++) {
+        out[k] = op_word(ops, len, i + k);
+    }
+    return out;
+}
+
+static int cmd_train(const char *model_path, const char *ops_path, const char *out_path) {
+    size_t len, ops_len, at = 0, k;
+    unsigned char *buf = read_file(model_path, &len), *ops = read_file(ops_path, &ops_len);
+    unsigned char *before = malloc(len);
+    rbnn_model_t m, m0;
+    uint32_t in_w, cls, sb;
+    void *scratch;
+    FILE *f;
+    load(&m, buf, len);
+    in_w = rbnn_input_words(&m);
+    cls = rbnn_n_classes(&m);
+    sb = rbnn_train_scratch_bytes(&m);
+    scratch = malloc(sb); /* exactly the bytes asked for: a step that uses more is an ASan report */
+    while (4u * at < ops_len) {
+        uint32_t op = op_word(ops, ops_len, at), arg = op_word(ops, ops_len, at + 1);
+        int rc;
+        at += 2;
+        memcpy(before, buf, len);
+        m0 = m;
+        if (op == 0u || op == 4u) {
+            uint32_t *x = op_words(ops, ops_len, at, in_w);
+            int32_t *z = op == 0u ? malloc(4u * cls) : NULL;
+            at += in_w;
+            rc = rbnn_train_step(&m, buf, x, arg, scratch, z);
+            printf("%d", rc);
+            for (k = 0; z != NULL && rc >= 0 && k < cls; k++) {
+                printf(" %ld", (long)z[k]);
+            }
+            free(x);
+            free(z);
+        } else if (op == 1u) {
+            printf("%d", rc = rbnn_new_block(&m, buf));
+        } else if (op == 2u) {
+            printf("%d", rc = rbnn_freeze(&m, buf));
+        } else if (op == 3u) {
+            uint32_t *labels = op_words(ops, ops_len, at, arg);
+            uint32_t *x = op_words(ops, ops_len, at + arg, (size_t)arg * in_w);
+            int32_t *preds = malloc(4u * (arg ? arg : 1u));
+            at += arg + (size_t)arg * in_w;
+            for (k = 0; k < arg; k++) {
+                preds[k] = 99; /* untouched after a refused sample */
+            }
+            rc = rbnn_train_batch(&m, buf, x, labels, arg, scratch, preds);
+            printf("%d", rc);
+            for (k = 0; k < arg; k++) {
+                printf(" %ld", (long)preds[k]);
+            }
+            free(labels);
+            free(x);
+            free(preds);
+            rc = 0; /* the steps before a refused one stay taken */
+        } else {
+            fprintf(stderr, "harness: unknown op %u\n", (unsigned)op);
+            return 2;
+        }
+        printf("\n");
+        if (rc < 0 && (memcmp(before, buf, len) != 0 || memcmp(&m0, &m, sizeof m) != 0)) {
+            fprintf(stderr, "harness: op %u refused with %d but changed the model\n", (unsigned)op, rc);
+            return 1;
+        }
+    }
+    rbnn_reseal(&m, buf);
+    memcpy(before, buf, len); /* a fresh copy must load: every check of the reader passes */
+    {
+        rbnn_model_t again;
+        int rc = rbnn_model_init(&again, before, len);
+        if (rc != RBNN_OK) {
+            char text[256];
+            rbnn_error_text(&again, rc, text, sizeof text);
+            fprintf(stderr, "harness: the trained file is refused: %s\n", text);
+            return 1;
+        }
+    }
+    f = fopen(out_path, "wb");
+    if (f == NULL || fwrite(buf, 1, len, f) != len || fclose(f) != 0) {
+        fprintf(stderr, "harness: cannot write %s\n", out_path);
+        return 2;
+    }
+    free(scratch);
+    free(before);
+    free(ops);
+    free(buf);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 4 && strcmp(argv[1], "infer") == 0) {
         return cmd_infer(argv[2], argv[3], 0);
@@ -217,7 +327,10 @@ int main(int argc, char **argv) {
     if (argc == 4 && strcmp(argv[1], "corrupt") == 0) {
         return cmd_corrupt(argv[2], argv[3]);
     }
+    if (argc == 5 && strcmp(argv[1], "train") == 0) {
+        return cmd_train(argv[2], argv[3], argv[4]);
+    }
     fprintf(stderr, "usage: rbnn_harness infer|infer8 MODEL INPUTS | check BUFFERS | "
-                    "corrupt MODEL all|N\n");
+                    "corrupt MODEL all|N | train MODEL OPS OUT\n");
     return 2;
 }

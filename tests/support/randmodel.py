@@ -139,3 +139,104 @@ def grown_model(
     st.thr_shift = [int(v) for v in rng.integers(-1, 25, len(sizes) - 1)]
     st.gate = [int(rng.integers(0, layer_smax(m, i) + 1)) for i in range(len(sizes) - 1)]
     return m
+
+
+def trainable_model(
+    rng: np.random.Generator,
+    n_inputs: int | None = None,
+    sizes: list[int] | None = None,
+    plane_mask: int | None = None,
+    n_frozen: int | None = None,
+    bits: int | None = None,
+    live: bool = True,
+    spare_slots: int | None = None,
+    spare_planes: int | None = None,
+    **train: int | list[int],
+) -> Model:
+    """A random valid version 2 model ready for the training step (docs/TRAINING.md):
+    ``n_frozen`` frozen blocks (0: an empty arena) on planes in random order, free planes
+    of random bits (padding 0), a live block opened by :func:`rbnn.learn.step.new_block`
+    when ``live``, and a random training state; ``train`` overrides its fields.
+
+    Shapes are random when not given: 1-3 weight layers of widths that are mostly not
+    multiples of 32, 1-4 input planes, 0-8 frozen blocks, 2-16 bits. The frozen blocks'
+    scales and offsets are drawn within the block budget near the live block's scale
+    (2^scale_shift) so that steps with and without a hinge violation both happen; the
+    arena has ``spare_planes`` free planes beyond those the open block takes (default:
+    enough for one or two more blocks, sometimes a few short) and the block table
+    ``spare_slots`` empty slots after it.
+    """
+    from rbnn.format.pack import layer_smax, max_scale_shift
+    from rbnn.format.trainstate import TrainState
+    from rbnn.learn import step
+
+    if sizes is None:
+        sizes = [int(rng.integers(1, 80)) for _ in range(int(rng.integers(0, 3)))] + [int(rng.integers(2, 12))]
+    if n_inputs is None:
+        n_inputs = int(rng.integers(1, 200))
+    if n_frozen is None:
+        n_frozen = int(rng.integers(0, 9))
+    if bits is None:
+        bits = int(rng.integers(2, 17))
+    if spare_slots is None:
+        spare_slots = int(rng.integers(0, 4))
+    if spare_planes is None:
+        spare_planes = int(rng.integers(0, 2 * bits + 2))
+    base = random_model(rng, n_inputs=n_inputs, sizes=sizes, plane_mask=plane_mask, n_blocks=max(1, n_frozen))
+    n_planes = n_frozen + (bits if live else 0) + spare_planes
+    if n_planes == 0:
+        n_planes = 1
+    m = Model(base.n_inputs, base.plane_mask, list(sizes), np.zeros((n_planes, base.plane_words), np.uint32), [])
+    m.max_blocks = max(1, n_frozen + int(live) + spare_slots)
+    m.score_q = int(rng.integers(0, 31))
+    # free planes: random bits, row padding 0 (docs/FORMAT.md); frozen ones on random planes
+    m.arena[:] = rng.integers(0, 2**32, m.arena.shape, dtype=np.uint32)
+    offs = m.layer_word_offsets()
+    for layer, n_in in enumerate(m.layer_inputs):
+        view = m.arena[:, offs[layer] : offs[layer + 1]].reshape(n_planes, m.sizes[layer], -1)
+        view[:, :, -1] &= np.uint32((1 << (n_in % 32)) - 1 if n_in % 32 else 0xFFFFFFFF)
+    where = rng.permutation(n_planes)[:n_frozen]
+    smax = m.output_smax()
+    st = TrainState(lr=[0] * m.n_layers, thr_shift=[0] * (m.n_layers - 1), gate=[0] * (m.n_layers - 1))
+    m.train = st
+    sigma = int(rng.integers(0, max_scale_shift(m) + 1))
+    for b in range(n_frozen):
+        blk = base.blocks[b]
+        m.arena[where[b]] = base.arena[b]
+        s_lim = max(0, min(m.budget // (2 * smax), 1 << (sigma + 2)))
+        scale = rng.integers(-s_lim, s_lim + 1, m.n_classes)
+        o_lim = np.minimum(m.budget - np.abs(scale) * smax, (1 << sigma) * smax)
+        offset = rng.integers(-o_lim, o_lim + 1)
+        m.blocks.append(Block(FROZEN, [int(where[b])], blk.thresholds, blk.flips,
+                              scale.astype(np.int32), offset.astype(np.int32)))  # fmt: skip
+    nh = m.n_layers - 1
+    st.seed = int(rng.integers(0, 2**32))
+    st.bits = bits
+    st.scale_shift = sigma
+    st.lr = [int(v) for v in rng.choice([0, 1, 2, 3, 4, 6, 9, 16, 31], m.n_layers)]
+    st.thr_shift = [int(v) for v in rng.choice([-1, 0, 1, 3, 8, 24], nh)]
+    st.gate = [int(rng.choice([0, max(1, int(np.sqrt(layer_smax(m, i)))), layer_smax(m, i)])) for i in range(nh)]
+    st.margin = int(rng.choice([1, (1 << sigma) * max(1, smax // 4), m.budget]))
+    st.decay = int(rng.choice([0, 1, 3, 8, 31]))
+    st.init_bits = int(rng.integers(0, 16))
+    st.loss = int(rng.integers(0, 2))
+    st.off_shift = int(rng.choice([-1, 0, min(sigma, 23), 23]))
+    st.steps = int(rng.integers(0, 2**31))
+    st.hits = int(rng.integers(0, st.steps + 1))
+    st.active = int(rng.integers(0, st.steps + 1))
+    st.stream_id = int(rng.integers(0, 2**32))
+    st.stream_base = int(rng.integers(0, st.steps + 1))
+    st.grow_every = int(rng.choice([0, 0, int(rng.integers(1, 12))]))
+    for name, value in train.items():
+        if not hasattr(st, name):
+            raise AttributeError(f"TrainState has no field {name!r}")
+        setattr(st, name, value)
+    if live:
+        step.new_block(m)
+        cap = st.steps if not st.grow_every and rng.random() < 0.3 else min(st.steps, 4 * max(1, st.grow_every))
+        st.block_steps = int(train.get("block_steps", rng.integers(0, cap + 1)))  # large: the decay's cap
+        if st.grow_every and st.block_steps >= st.grow_every:
+            st.block_steps = int(rng.integers(0, st.grow_every))
+    if "grow_left" not in train:
+        st.grow_left = int(rng.integers(0, m.capacity - len(m.blocks) + 1))
+    return m

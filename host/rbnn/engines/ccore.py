@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from .. import resources
-from ..errors import CODES, FormatError, ModelError, RbnnError
+from ..errors import CODES, NAMES, FormatError, ModelError, RbnnError
 from ..format.bits import pad_mask, words
 
-SOURCES = ("rbnn_core.c", "rbnn_kernel.c")
-HEADERS = ("rbnn_core.h", "rbnn_kernel.h", "rbnn_spec.h")
+SOURCES = ("rbnn_core.c", "rbnn_kernel.c", "rbnn_train.c")
+HEADERS = ("rbnn_core.h", "rbnn_internal.h", "rbnn_kernel.h", "rbnn_spec.h")
 BASE_FLAGS = ("-std=c99", "-O3", "-fPIC", "-shared", "-Wall", "-Wextra")
 MAX_LAYERS = 8
+CODE_FULL = NAMES["E_FULL"]
 
 class CBuildError(RbnnError):
     """The C core could not be found or compiled."""
@@ -160,6 +161,12 @@ def lib() -> ctypes.CDLL:
         "rbnn_code_name": (ctypes.c_char_p, [INT]),
         "rbnn_error_text": (U32, [M, INT, P, U32]),
         "rbnn_crc32": (U32, [U32, P, ctypes.c_size_t]),
+        "rbnn_train_scratch_bytes": (U32, [M]),
+        "rbnn_train_step": (INT, [M, P, P, U32, P, P]),
+        "rbnn_train_batch": (INT, [M, P, P, P, U32, P, P]),
+        "rbnn_new_block": (INT, [M, P]),
+        "rbnn_freeze": (INT, [M, P]),
+        "rbnn_reseal": (None, [M, P]),
     }
     for fn, (res, args) in sigs.items():
         f = getattr(so, fn)
@@ -372,3 +379,177 @@ class CModel:
         rc = self._lib.rbnn_infer(ctypes.byref(self._m), x.ctypes.data, scratch.ctypes.data,
                                   scores.ctypes.data)  # fmt: skip
         return int(rc), scores
+
+
+class CTrainer:
+    """A version 2 model trained in place by the C core (docs/TRAINING.md, rule 1): the
+    same bytes as :func:`rbnn.learn.step.step` on the same samples.
+
+    Parameters
+    ----------
+    data : bytes-like
+        A version 2 .rbnn file; an aligned private copy is trained.
+
+    Raises
+    ------
+    FormatError
+        The file is refused (the C core's code, field and offset).
+    ModelError
+        A version 1 file (it has no training state).
+
+    Refused requests raise :class:`rbnn.learn.step.StepError` (``E_LABEL``, ``E_FULL``)
+    as the twin does, and change nothing.
+    """
+
+    def __init__(self, data: bytes | bytearray | memoryview):
+        self._lib = lib()
+        raw = bytes(data)
+        self._store, self._addr = _aligned(raw)
+        self._m = _Model()
+        rc = self._lib.rbnn_model_init(ctypes.byref(self._m), self._addr, len(raw))
+        if rc != 0:
+            raise format_error(self._m, rc)
+        if self._m.version < 2:
+            raise ModelError(f"a version {self._m.version} file has no training state; "
+                             "write it as version 2 (rbnn.format.pack.to_bytes) to train it")  # fmt: skip
+        self.n_classes = int(self._lib.rbnn_n_classes(ctypes.byref(self._m)))
+        self.input_words = int(self._lib.rbnn_input_words(ctypes.byref(self._m)))
+        self.scratch_bytes = int(self._lib.rbnn_train_scratch_bytes(ctypes.byref(self._m)))
+        self._shape = (int(self._m.k_planes), words(int(self._m.n_inputs)))
+        self._scratch = np.zeros(max(1, self.scratch_bytes // 4), np.uint32)
+
+    @property
+    def n_blocks(self) -> int:
+        return int(self._m.n_blocks)
+
+    @property
+    def live(self) -> int | None:
+        """Index of the live block, or None."""
+        return None if self._m.live == 0xFF else int(self._m.live)
+
+    def _inputs(self, xbits: np.ndarray, batch: bool) -> np.ndarray:
+        x = np.ascontiguousarray(xbits, dtype=np.uint32)
+        want = ((x.shape[0],) if batch and x.ndim else ()) + self._shape
+        if x.shape != want:
+            what = "(n, K, W)" if batch else "(K, W)"
+            raise ModelError(f"packed input must have shape {what} = {want}, got {x.shape}")
+        return x
+
+    def _fail(self, rc: int, label: int, sample: int | None = None) -> Exception:
+        from ..learn.step import StepError
+
+        at = "" if sample is None else f"sample {sample}: "
+        name = CODES.get(rc, f"E_{rc}")
+        if name == "E_LABEL":
+            return StepError(name, f"{at}label {label}: expected 0..{self.n_classes - 1}")
+        if name == "E_FULL":
+            return StepError(name, at + self._full_reason())
+        if name == "E_INPUT":
+            return FormatError(name, f"{at}packed input padding bits")
+        return ModelError(f"{at}training step: {name} ({strerror(rc)})")
+
+    def _room(self) -> tuple[int, int, int, int]:
+        """(grow_left, free planes, bits, empty slots) from the file's bytes."""
+        m, b = self._m, self._buf()
+        owned = {b[m.blocks_offset + 20 * i + 4 + j] for i in range(m.n_blocks)
+                 for j in range(b[m.blocks_offset + 20 * i + 1])}  # fmt: skip
+        t = m.train_offset
+        return b[t + 41], m.n_planes - len(owned), b[t + 40], m.max_blocks - m.n_blocks
+
+    def _full_reason(self) -> str:
+        """Why the step may open no block, in the twin's words (rbnn.learn.step.step)."""
+        g, free, bits, slots = self._room()
+        return f"no live block, and none may open (grow_left {g}, {free} free planes, bits {bits}, {slots} empty slots)"
+
+    def _buf(self) -> memoryview:
+        return memoryview(self._store.view(np.uint8))[: int(self._m.file_bytes)]
+
+    def step(self, xbits: np.ndarray, label: int, z: np.ndarray | None = None) -> int:
+        """One training step (rbnn_train_step).
+
+        Parameters
+        ----------
+        xbits : ndarray of uint32, shape (K, words(n_inputs))
+            The packed input, padding bits 0.
+        label : int
+        z : ndarray of int32, shape (n_classes,), optional
+            Receives the summed scores before the update.
+
+        Returns
+        -------
+        int : the class predicted before the update.
+        """
+        x = self._inputs(xbits, batch=False)
+        zp = None
+        if z is not None:
+            if z.dtype != np.int32 or z.shape != (self.n_classes,) or not z.flags.c_contiguous:
+                raise ModelError(f"z must be a contiguous int32 array of shape ({self.n_classes},)")
+            zp = z.ctypes.data
+        rc = self._lib.rbnn_train_step(ctypes.byref(self._m), self._addr, x.ctypes.data, int(label) & 0xFFFFFFFF,
+                                       self._scratch.ctypes.data, zp)  # fmt: skip
+        if rc < 0:
+            raise self._fail(rc, label)
+        return int(rc)
+
+    def steps(self, xbits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Many steps in one call (rbnn_train_batch); stops at the first refused sample.
+
+        Parameters
+        ----------
+        xbits : ndarray of uint32, shape (n, K, words(n_inputs))
+        labels : array_like of int, shape (n,)
+
+        Returns
+        -------
+        ndarray of int32, shape (n,): the class predicted at each step, before its update.
+
+        Raises
+        ------
+        StepError, FormatError
+            At the first refused sample; ``sample`` is its index and ``preds`` the
+            classes of the steps before it, which stay taken.
+        """
+        x = self._inputs(xbits, batch=True)
+        y = np.asarray(labels)
+        if y.shape != (len(x),):
+            raise ModelError(f"labels must have shape ({len(x)},), got {y.shape}")
+        yu = np.ascontiguousarray(y.astype(np.int64) & 0xFFFFFFFF, dtype=np.uint32)
+        preds = np.zeros(len(x), np.int32)
+        if len(x):
+            rc = self._lib.rbnn_train_batch(ctypes.byref(self._m), self._addr, x.ctypes.data, yu.ctypes.data,
+                                            len(x), self._scratch.ctypes.data, preds.ctypes.data)  # fmt: skip
+            if rc < 0:
+                i = int(np.flatnonzero(preds < 0)[0])
+                err = self._fail(rc, int(y[i]), sample=i)
+                err.sample, err.preds = i, preds[:i]
+                raise err
+        return preds
+
+    def new_block(self) -> int:
+        """Open a live block (rbnn_new_block); returns its index."""
+        rc = self._lib.rbnn_new_block(ctypes.byref(self._m), self._addr)
+        if rc == CODE_FULL:
+            from ..learn.step import StepError
+
+            if self.live is not None:  # the twin's words (rbnn.learn.step.new_block)
+                raise StepError("E_FULL", "a live block exists; freeze it before opening another")
+            _, free, bits, slots = self._room()
+            raise StepError("E_FULL", f"no room for a {bits}-bit block: {free} free planes, {slots} empty block slots")
+        if rc < 0:
+            raise self._fail(rc, 0)
+        return int(rc)
+
+    def freeze(self) -> None:
+        """Freeze the live block (rbnn_freeze)."""
+        rc = self._lib.rbnn_freeze(ctypes.byref(self._m), self._addr)
+        if rc == CODE_FULL:
+            from ..learn.step import StepError
+
+            raise StepError("E_FULL", "no live block to freeze")
+        if rc < 0:
+            raise self._fail(rc, 0)
+
+    def data(self) -> bytes:
+        """The file as trained so far, its CRC recomputed (rbnn_reseal)."""
+        self._lib.rbnn_reseal(ctypes.byref(self._m), self._addr)
+        return bytes(self._buf())
