@@ -625,6 +625,24 @@ def _flips(buf, h, b, live):
         at += 4 * nw
 
 
+def _live_output(buf, h, b, budget):
+    """A live block's output stays within half of the budget (pack._check_live_flips)."""
+    k = h["sizes"][-1]
+    at = h["params_offset"] + (b + 1) * h["block_params_bytes"] - 8 * k
+    half = (budget + 1) // 2
+    top = half // _smax(h, len(h["sizes"]) - 1)
+    for j in range(k):
+        v = struct.unpack_from("<i", buf, at + 4 * j)[0]
+        if abs(v) > top:
+            _fail("E_TRAIN", "block[%d] scale[%d] (a live block)" % (b, j), at + 4 * j,
+                  "|scale| <= %d (half / smax)" % top, v)
+    for j in range(k):
+        v = struct.unpack_from("<i", buf, at + 4 * (k + j))[0]
+        if abs(v) > half - 1:
+            _fail("E_TRAIN", "block[%d] offset[%d] (a live block)" % (b, j), at + 4 * (k + j),
+                  "|offset| <= %d (half - 1)" % (half - 1), v)
+
+
 def _smax(h, layer):
     """The largest |s| of a layer (docs/FORMAT.md, Semantics)."""
     if layer:
@@ -754,6 +772,7 @@ def _parse(buf):
                   at, 0, buf[at])
         if live >= 0:
             _flips(buf, h, live, True)
+            _live_output(buf, h, live, budget)
         _train(buf, h, live, budget)
     _range(buf, h, budget)
     h["sign_planes"] = sign_planes

@@ -451,10 +451,13 @@ def crafted_cases(data: bytes) -> list[tuple[str, bytes, str, int]]:
         ("train reserved 92", put(data, to + 92, "I", 1), "E_FLAGS", to + 92),
         ("train before range", put(put(data, to + 43, "B", 99), scale(0, 0), "i", 2**31 - 1), "E_TRAIN", to + 43),
         # E_RANGE: at the scale array of the first block whose bound passes the budget
-        ("scale 2^31-1", put(data, scale(1, 2), "i", 2**31 - 1), "E_RANGE", scale(1, 0)),
+        ("scale 2^31-1", put(data, scale(0, 2), "i", 2**31 - 1), "E_RANGE", scale(0, 0)),
+        # a live block's output within half of the budget (the training state's check)
+        ("live scale over half / smax", put(data, scale(1, 2), "i", -(2**31 - 1)), "E_TRAIN", scale(1, 2)),
+        ("live offset over half - 1", put(data, offset(1, 4), "i", (budget + 1) // 2), "E_TRAIN", offset(1, 4)),
         ("scale -2^31", put(data, scale(0, 4), "i", -(2**31)), "E_RANGE", scale(0, 0)),
         ("offset -2^31", put(data, offset(0, 0), "i", -(2**31)), "E_RANGE", scale(0, 0)),
-        ("offset over the block budget", put(data, offset(1, 3), "i", budget), "E_RANGE", scale(1, 0)),
+        ("offset over the block budget", put(data, offset(0, 3), "i", budget), "E_RANGE", scale(0, 0)),
         # version 1: still read, with its own layout and score bound
         ("version 1", v1, "OK", 0),
         ("version 1, n_blocks 0", put(v1, 14, "B", 0), "E_HEADER", 14),

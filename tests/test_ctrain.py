@@ -581,3 +581,10 @@ def test_grow_engines_write_identical_files(tmp_path, rng, how):
     g = pack.from_bytes(files["c"])
     assert (len(g.blocks), g.state().steps) == ((4, 600) if how == "arena" else (3, 800))
     assert (g.live_index() is not None) == (how == "new")
+
+
+def test_scratch_bytes_equal_the_models_formula(rng):
+    # rbnn summary prints Model.train_ram_bytes; the C core allocates rbnn_train_scratch_bytes
+    for _ in range(20):
+        m = trainable_model(rng)
+        assert ccore.CTrainer(pack.to_bytes(m)).scratch_bytes == m.train_ram_bytes()

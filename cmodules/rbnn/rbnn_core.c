@@ -293,6 +293,8 @@ static int check_slots(rbnn_model_t *m, const uint8_t *b) {
     }
     if (m->live != 0xFFu) {
         uint32_t at = m->params_offset + m->live * m->block_params_bytes;
+        uint32_t n_cls = m->sizes[m->n_layers - 1u], half = (m->budget + 1u) >> 1;
+        uint32_t top = div_u32(half, output_smax(m));
         for (layer = 0; layer + 1u < m->n_layers; layer++) {
             uint32_t s = m->sizes[layer];
             at += 4u * s;
@@ -300,6 +302,18 @@ static int check_slots(rbnn_model_t *m, const uint8_t *b) {
                 if (rd32(b + at) != 0u) {
                     return fail_at(m, RBNN_CHK_LIVE_FLIPS, at, m->live, layer, 0, 0, rd32(b + at));
                 }
+            }
+        }
+        /* its output within half of the budget, as the step keeps it (docs/TRAINING.md) */
+        for (i = 0; i < n_cls; i++) {
+            if (abs32((int32_t)rd32(b + at + 4u * i)) > top) {
+                return fail_at(m, RBNN_CHK_LIVE_SCALE, at + 4u * i, m->live, i, 0, top, rd32(b + at + 4u * i));
+            }
+        }
+        for (i = 0; i < n_cls; i++) {
+            uint32_t o = at + 4u * (n_cls + i);
+            if (abs32((int32_t)rd32(b + o)) > half - 1u) {
+                return fail_at(m, RBNN_CHK_LIVE_OFFSET, o, m->live, i, 0, half - 1u, rd32(b + o));
             }
         }
     }

@@ -90,31 +90,33 @@ enum {
     RBNN_CHK_FLIP_PADDING = 39,
     RBNN_CHK_PARAMS_EMPTY = 40,
     RBNN_CHK_LIVE_FLIPS = 41,
-    RBNN_CHK_TRAIN_RULE = 42,
-    RBNN_CHK_TRAIN_BLOCK_STEPS = 43,
-    RBNN_CHK_TRAIN_NO_LIVE = 44,
-    RBNN_CHK_TRAIN_HITS = 45,
-    RBNN_CHK_TRAIN_ACTIVE = 46,
-    RBNN_CHK_TRAIN_STREAM_BASE = 47,
-    RBNN_CHK_TRAIN_MARGIN = 48,
-    RBNN_CHK_TRAIN_BITS = 49,
-    RBNN_CHK_TRAIN_GROW_LEFT = 50,
-    RBNN_CHK_TRAIN_SCALE_SHIFT = 51,
-    RBNN_CHK_TRAIN_DECAY = 52,
-    RBNN_CHK_TRAIN_INIT_BITS = 53,
-    RBNN_CHK_TRAIN_LOSS = 54,
-    RBNN_CHK_TRAIN_OFF_SHIFT = 55,
-    RBNN_CHK_TRAIN_RESERVED = 56,
-    RBNN_CHK_TRAIN_LR = 57,
-    RBNN_CHK_TRAIN_LR_UNUSED = 58,
-    RBNN_CHK_TRAIN_THR = 59,
-    RBNN_CHK_TRAIN_THR_UNUSED = 60,
-    RBNN_CHK_TRAIN_GATE = 61,
-    RBNN_CHK_TRAIN_GATE_UNUSED = 62,
-    RBNN_CHK_RANGE = 63,
-    RBNN_CHK_RANGE_BLOCK = 64,
+    RBNN_CHK_LIVE_SCALE = 42,
+    RBNN_CHK_LIVE_OFFSET = 43,
+    RBNN_CHK_TRAIN_RULE = 44,
+    RBNN_CHK_TRAIN_BLOCK_STEPS = 45,
+    RBNN_CHK_TRAIN_NO_LIVE = 46,
+    RBNN_CHK_TRAIN_HITS = 47,
+    RBNN_CHK_TRAIN_ACTIVE = 48,
+    RBNN_CHK_TRAIN_STREAM_BASE = 49,
+    RBNN_CHK_TRAIN_MARGIN = 50,
+    RBNN_CHK_TRAIN_BITS = 51,
+    RBNN_CHK_TRAIN_GROW_LEFT = 52,
+    RBNN_CHK_TRAIN_SCALE_SHIFT = 53,
+    RBNN_CHK_TRAIN_DECAY = 54,
+    RBNN_CHK_TRAIN_INIT_BITS = 55,
+    RBNN_CHK_TRAIN_LOSS = 56,
+    RBNN_CHK_TRAIN_OFF_SHIFT = 57,
+    RBNN_CHK_TRAIN_RESERVED = 58,
+    RBNN_CHK_TRAIN_LR = 59,
+    RBNN_CHK_TRAIN_LR_UNUSED = 60,
+    RBNN_CHK_TRAIN_THR = 61,
+    RBNN_CHK_TRAIN_THR_UNUSED = 62,
+    RBNN_CHK_TRAIN_GATE = 63,
+    RBNN_CHK_TRAIN_GATE_UNUSED = 64,
+    RBNN_CHK_RANGE = 65,
+    RBNN_CHK_RANGE_BLOCK = 66,
 };
-#define RBNN_N_CHECKS 65
+#define RBNN_N_CHECKS 67
 
 #ifdef RBNN_SPEC_TABLES /* defined by the one file that holds the tables */
 /* Code names and rbnn_strerror texts, index = -code. */
@@ -202,6 +204,8 @@ static const signed char rbnn_check_code[RBNN_N_CHECKS] = {
     RBNN_E_PADDING, /* FLIP_PADDING */
     RBNN_E_FLAGS, /* PARAMS_EMPTY */
     RBNN_E_TRAIN, /* LIVE_FLIPS */
+    RBNN_E_TRAIN, /* LIVE_SCALE */
+    RBNN_E_TRAIN, /* LIVE_OFFSET */
     RBNN_E_TRAIN, /* TRAIN_RULE */
     RBNN_E_TRAIN, /* TRAIN_BLOCK_STEPS */
     RBNN_E_TRAIN, /* TRAIN_NO_LIVE */
@@ -271,6 +275,8 @@ static const char *const rbnn_check_text[RBNN_N_CHECKS][3] = {
     {"block[{i}] layer {j} flip padding", "0", "{found:x}"},
     {"parameter slot[{i}] (empty) byte {want}", "0", "{found}"},
     {"block[{i}] layer {j} flips (a live block)", "0", "{found:x}"},
+    {"block[{i}] scale[{j}] (a live block)", "|scale| <= {want} (half / smax)", "{found:d}"},
+    {"block[{i}] offset[{j}] (a live block)", "|offset| <= {want} (half - 1)", "{found:d}"},
     {"train.rule", "1", "{found}"},
     {"train.block_steps", "<= steps ({want})", "{found}"},
     {"train.block_steps", "0 (no live block)", "{found}"},

@@ -235,6 +235,9 @@ static uint32_t open_block(rbnn_model_t *m, uint8_t *b) {
     }
     b[14] = (uint8_t)(blk + 1u); /* header: n_blocks */
     wr32(ts + T_BLOCK_STEPS, 0);
+    if (ts[T_GROW_LEFT] > m->max_blocks - (blk + 1u)) { /* a slot fewer to grow into */
+        ts[T_GROW_LEFT] = (uint8_t)(m->max_blocks - (blk + 1u));
+    }
     m->n_blocks = (uint8_t)(blk + 1u);
     m->live = (uint8_t)blk;
     return blk;
@@ -470,11 +473,8 @@ static void update_layer(const rbnn_model_t *m, uint8_t *b, uint32_t l, const in
             continue;
         }
         mag = !by_mag ? 1u : e[j] < 0 ? 0u - (uint32_t)e[j] : (uint32_t)e[j];
-        if (q <= RBNN_PROB_BITS) { /* wraps as the twin's uint32 */
-            num = mag << (RBNN_PROB_BITS - q);
-            if (num > (1u << RBNN_PROB_BITS)) {
-                num = 1u << RBNN_PROB_BITS;
-            }
+        if (q <= RBNN_PROB_BITS) { /* min(mag << (16 - q), 2^16), never wrapping */
+            num = mag >= (1u << q) ? 1u << RBNN_PROB_BITS : mag << (RBNN_PROB_BITS - q);
         } else {
             num = mag >> (q - RBNN_PROB_BITS);
         }
@@ -573,8 +573,8 @@ static int step(rbnn_model_t *m, uint8_t *b, const uint32_t *x, uint32_t label,
         if (ts[T_GROW_LEFT] == 0u || !can_open(m, b)) {
             return RBNN_E_FULL;
         }
-        open_block(m, b);
         ts[T_GROW_LEFT]--;
+        open_block(m, b);
     }
     /* 1. forward: the frozen blocks as in inference (their scratch: the bit buffers,
      * filled by the live block only after), then the live block */

@@ -156,7 +156,7 @@ class Engine:
                 if ej == 0:
                     continue
                 mag = abs(ej) if (l == L - 1 or l == 0) else 1
-                num = min(65536, (mag << (16 - kshift)) & M32) if kshift <= 16 else mag >> (kshift - 16)
+                num = (65536 if mag >= (1 << kshift) else mag << (16 - kshift)) if kshift <= 16 else mag >> (kshift - 16)
                 r = rnd(key, base + j)
                 if (r >> 16) >= num:
                     continue
@@ -232,6 +232,7 @@ def new_block(m) -> None:
                           [np.zeros(s, bool) for s in m.sizes[:nh]],
                           np.full(m.n_classes, 1 << hp.scale_shift, np.int32), np.zeros(m.n_classes, np.int32)))
     hp.block_steps = 0
+    hp.grow_left = min(hp.grow_left, m.capacity - len(m.blocks))
 
 
 def freeze(m) -> None:
@@ -248,8 +249,8 @@ def train(m, xbits, label: int, frozen_of) -> int:
     blocks' scores for this sample."""
     st = m.state()
     if not any(b.state == 1 for b in m.blocks):
-        new_block(m)
         st.grow_left -= 1
+        new_block(m)
     pred = Engine(m).step(xbits, label, frozen_of(m))
     if st.grow_every and st.block_steps == st.grow_every:
         freeze(m)

@@ -79,6 +79,8 @@ CHECKS = (
     Check("FLIP_PADDING", "E_PADDING", "block[{i}] layer {j} flip padding", "0", "{found:x}"),
     Check("PARAMS_EMPTY", "E_FLAGS", "parameter slot[{i}] (empty) byte {want}", "0", "{found}"),
     Check("LIVE_FLIPS", "E_TRAIN", "block[{i}] layer {j} flips (a live block)", "0", "{found:x}"),
+    Check("LIVE_SCALE", "E_TRAIN", "block[{i}] scale[{j}] (a live block)", "|scale| <= {want} (half / smax)", "{found:d}"),
+    Check("LIVE_OFFSET", "E_TRAIN", "block[{i}] offset[{j}] (a live block)", "|offset| <= {want} (half - 1)", "{found:d}"),
     Check("TRAIN_RULE", "E_TRAIN", "train.rule", "1", "{found}"),
     Check("TRAIN_BLOCK_STEPS", "E_TRAIN", "train.block_steps", "<= steps ({want})", "{found}"),
     Check("TRAIN_NO_LIVE", "E_TRAIN", "train.block_steps", "0 (no live block)", "{found}"),

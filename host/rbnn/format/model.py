@@ -175,6 +175,14 @@ class Model:
             "scores": 4 * self.n_classes,
         }
 
+    def train_ram_bytes(self) -> int:
+        """Scratch of one training step (docs/TRAINING.md, Memory; the C core's
+        rbnn_train_scratch_bytes): the hidden and gate bits of every hidden layer, and two
+        rows of int32 as wide as the widest layer (the signal of a layer and the one
+        below; the scores)."""
+        hidden = sum(words(s) for s in self.sizes[:-1])
+        return 4 * (2 * hidden + 2 * max(self.sizes))
+
     # --- weights ----------------------------------------------------------------
     def layer_words(self, plane: int, layer: int) -> np.ndarray:
         """Packed rows of one layer in one plane: uint32 (size[layer], words(in[layer]))."""

@@ -375,6 +375,8 @@ def _check_empty_params(buf: bytes, m: Model, lay: dict) -> None:
 
 
 def _check_live_flips(m: Model, lay: dict) -> None:
+    """A live block's flips are 0, and its output stays within half of the block budget
+    (|scale| * smax <= half, |offset| < half: docs/TRAINING.md), as the step keeps it."""
     live = m.live_index()
     if live is None:
         return
@@ -386,6 +388,14 @@ def _check_live_flips(m: Model, lay: dict) -> None:
             if v:
                 raise _fail("LIVE_FLIPS", at + 4 * w, i=live, j=layer, found=int(v))
         at += 4 * words(s)
+    blk, k = m.blocks[live], m.n_classes
+    top = m.half // m.output_smax()
+    for j, v in enumerate(blk.scale.tolist()):
+        if abs(v) > top:
+            raise _fail("LIVE_SCALE", at + 4 * j, i=live, j=j, want=top, found=v & U32_MAX)
+    for j, v in enumerate(blk.offset.tolist()):
+        if abs(v) > m.half - 1:
+            raise _fail("LIVE_OFFSET", at + 4 * (k + j), i=live, j=j, want=m.half - 1, found=v & U32_MAX)
 
 
 def layer_smax(m: Model, layer: int) -> int:

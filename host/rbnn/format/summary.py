@@ -89,6 +89,8 @@ def arena_lines(m: Model) -> list[str]:
                      + (f", live block {live[0]} at {st.block_steps:,} steps" if live else "")
                      + f"; schedule: {st.grow_left} more block(s) of {st.bits} bits"
                      + (f", {st.grow_every:,} steps each" if st.grow_every else ", opened by hand"))  # fmt: skip
+        lines.append(f"training step RAM: {m.train_ram_bytes():,} bytes of scratch beside the {sum(m.ram_bytes().values()):,} "
+                     "of inference (the live block's counters are in the arena)")  # fmt: skip
         lines.append(f"step: live scale 2^{st.scale_shift}, margin {st.margin:,}, lr {st.lr}, decay {st.decay}, "
                      f"gate {st.gate}, thr_shift {st.thr_shift}, off_shift {st.off_shift}, loss "
                      f"{'every violator' if st.loss else 'top violator'}")  # fmt: skip

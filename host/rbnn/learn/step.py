@@ -174,6 +174,7 @@ def new_block(m: Model) -> int:
         scale=np.full(m.n_classes, 1 << st.scale_shift, I32), offset=np.zeros(m.n_classes, I32),
     ))  # fmt: skip
     st.block_steps = 0
+    st.grow_left = min(st.grow_left, m.capacity - len(m.blocks))  # a slot fewer to grow into
     return idx
 
 
@@ -218,8 +219,8 @@ def step(m: Model, x: np.ndarray, label: int, frozen: np.ndarray | None = None) 
             raise StepError("E_FULL", "no live block, and none may open "
                                       f"(grow_left {st.grow_left}, {len(m.free_planes())} free planes, "
                                       f"bits {st.bits}, {m.capacity - len(m.blocks)} empty slots)")  # fmt: skip
-        new_block(m)
         st.grow_left -= 1
+        new_block(m)
         frozen = None  # the blocks changed
     li = m.live_index()
     blk = m.blocks[li]
@@ -281,8 +282,8 @@ def _update(m: Model, blk: Block, x: np.ndarray, ss: list, hs: list, g: np.ndarr
         ej = e[layer][rows]
         mag = np.abs(ej).astype(U32) if layer in (0, L - 1) else np.ones(rows.size, U32)
         q = st.lr[layer] + min(MAX_DECAY, n >> st.decay)
-        if q <= PROB_BITS:
-            num = np.minimum(mag << U32(PROB_BITS - q), U32(1 << PROB_BITS))
+        if q <= PROB_BITS:  # min(mag << (16 - q), 2^16), never wrapping (|e| < 2^17)
+            num = np.where(mag >= U32(1 << q), U32(1 << PROB_BITS), mag << U32(PROB_BITS - q))
         else:
             num = mag >> U32(q - PROB_BITS)
         r = prng.rand(k, U32(base[layer]) + rows.astype(U32))
