@@ -31,6 +31,17 @@
 #                       live, planes, weight_bits, file_bytes, ram, input_bytes
 #                       (DEVICE_API.md).
 # predict and scores allocate nothing per call; the model's scratch is allocated once.
+#   Training (docs/DEVICE_API.md, Training; docs/TRAINING.md): the model's buffer must be
+#   writable (bytearray); every method ends in the twin's bytes for the same calls.
+#   Model.train(x, label)       one step -> the class predicted before the update
+#   Model.train_batch(xs, labels, preds=None) -> right predictions (n = len(labels))
+#   Model.grow(), Model.freeze()  open / freeze the live block (E_FULL when not possible)
+#   Model.stats()               -> dict (DEVICE_API.md: steps, hits, active, block_steps,
+#                               live, blocks, max_blocks, free_planes, bits, grow_left,
+#                               grow_every, stream_id, stream_base)
+#   Model.reseal()              -> int: writes the file CRC into the buffer, returns it
+#   Model.save(path)            reseal, then rbnn_store.write_file(path, buffer) (atomic)
+#   Errors as the twin words them: ValueError("rbnn: E_<CODE>: ...").
 
 __version__ = "0.1.0"
 

@@ -111,6 +111,31 @@ def _replace(src, dst):
     os.rename(src, dst)
 
 
+def write_file(path, data):
+    """Write ``data`` (a bytes-like) to ``path`` atomically: ``path.new`` first, synced,
+    then renamed over ``path`` (the start-up recovery finishes a ``NAME.rbnn.new`` whose
+    rename a power loss cut short), so ``path`` is the old file or the new one. Used by
+    ``Model.save`` of every engine. OSError (ENOSPC, EIO) leaves ``path`` as it was."""
+    tmp = path + NEW
+    mv = memoryview(data)
+    try:
+        with open(tmp, "wb") as f:
+            done = 0
+            while done < len(mv):
+                n = f.write(mv[done : done + _CHUNK])
+                if not n:
+                    raise OSError(28)  # ENOSPC: a full file system can write nothing
+                done += n
+    except BaseException:
+        _remove(tmp)  # a partial temp file; path untouched
+        raise
+    _point("write_file:written")
+    _sync()
+    # From here tmp is complete: never remove it (on FAT, _replace removes path first).
+    _replace(tmp, path)
+    _sync()
+
+
 class Store:
     """Models and the upload in progress, in the current directory."""
 
