@@ -70,7 +70,7 @@ class FakePort:
         pass
 
 
-HELLO_REPLY = {"protocol": 1, "max_payload": 4096, "firmware": "test", "rbnn": None,
+HELLO_REPLY = {"protocol": 2, "max_payload": 4096, "firmware": "test", "rbnn": None,
                "engine": None, "micropython": "-", "platform": "fake", "mpy": None}  # fmt: skip
 
 
@@ -197,8 +197,8 @@ def test_reboot_banner_fails_fast():
 
 
 def test_hello_checks_the_protocol_version():
-    link, _ = make_link(lambda f, p: reply(f, json.dumps(dict(HELLO_REPLY, protocol=2)).encode()))
-    with pytest.raises(LinkError, match="protocol 2"):
+    link, _ = make_link(lambda f, p: reply(f, json.dumps(dict(HELLO_REPLY, protocol=1)).encode()))
+    with pytest.raises(LinkError, match="protocol 1"):
         link.hello()
     link, _ = make_link(lambda f, p: reply(f, json.dumps(dict(HELLO_REPLY, max_payload=300)).encode()))
     link.hello()
