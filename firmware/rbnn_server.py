@@ -417,6 +417,7 @@ class Server:
 
     # --- requests: one handler each, payload in, reply payload out (HANDLERS) ---------
     def do_hello(self, p):
+        self.stream = None  # a new session begins its stream again (TRAIN_BEGIN)
         return self._json(self.hello())
 
     def do_info(self, p):

@@ -245,6 +245,7 @@ class Link:
         self.timeout = timeout
         self.op_timeout = op_timeout
         self.chunk = chunk
+        self.train_chunk: int | None = None  # most samples per TRAIN frame (None: as many as fit)
         self.max_payload = fr.BOOT_PAYLOAD
         self.seq = 0
         self.decoder = fr.Decoder()
@@ -710,7 +711,7 @@ class Link:
         while confirmed < stop:
             while len(out) < window and nxt < stop:
                 n = fit if per_sample <= 0 else max(1, min(fit, int(TRAIN_FRAME_SECONDS / per_sample)))
-                n = min(n, stop - nxt)
+                n = min(n, stop - nxt, self.train_chunk or n)
                 x, y = samples(nxt, nxt + n)
                 payload = struct.pack("<IHH", nxt, n, width) + np.asarray(y, "<u2").tobytes() + x.tobytes()
                 seq, frame, _ = self._next_seq(fr.TRAIN, payload, b"")
