@@ -196,17 +196,18 @@ def test_frame_faults_every_kind(vdev, files, direction):
 
 # --- the device loses power --------------------------------------------------------------------------
 def test_device_killed_at_seeded_points(vdev, files):
-    """One 5,000-sample stream, the device killed 24 times at seeded frames (mid-frame,
+    """One 5,000-sample stream, the device killed at least 20 times at seeded frames (mid-frame,
     while training or checkpointing) and twice inside a checkpoint's write (the temp file
     written, and staged as NAME.new): every time it comes back with the last checkpoint
     and the run goes on; the end is the clean run's bytes."""
     rng = np.random.default_rng(1234)
-    kills = sorted(int(k) for k in rng.choice(np.arange(12, 260), 24, replace=False))
+    # 12..16 frames apart: a checkpoint (every 8 TRAIN frames) gets through between two
+    kills = np.cumsum(rng.integers(12, 17, 30)) + 8
     link, fs = _link(vdev)
     link.deploy_model(files["model"], "m.rbnn")
-    link.train_chunk = 40
-    fs.plan = {fs.sent + k: "kill" for k in kills}
-    res = _stream(link, files, LONG, checkpoint=400)
+    link.train_chunk = 25
+    fs.plan = {fs.sent + int(k): "kill" for k in kills}
+    res = _stream(link, files, LONG, checkpoint=200)
     assert vdev.kills >= 20 and res.reconnects >= 20, (vdev.kills, res.reconnects)
     assert res.data == files["grown"]["long", "c"] and _applied(res.data) == 5000
     # inside CHECKPOINT's write_file: the device dies at the kill point, comes back

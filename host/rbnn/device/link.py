@@ -713,7 +713,11 @@ class Link:
                 n = fit if per_sample <= 0 else max(1, min(fit, int(TRAIN_FRAME_SECONDS / per_sample)))
                 n = min(n, stop - nxt, self.train_chunk or n)
                 x, y = samples(nxt, nxt + n)
-                payload = struct.pack("<IHH", nxt, n, width) + np.asarray(y, "<u2").tobytes() + x.tobytes()
+                x = np.ascontiguousarray(x, np.uint8)  # L is the frame's: each frame says it
+                payload = struct.pack("<IHH", nxt, n, x.shape[1]) + np.asarray(y, "<u2").tobytes() + x.tobytes()
+                if len(payload) > self.max_payload:
+                    raise LinkError(f"TRAIN: {n} samples of {x.shape[1]} bytes exceed the device's "
+                                    f"{self.max_payload}-byte frames")  # fmt: skip
                 seq, frame, _ = self._next_seq(fr.TRAIN, payload, b"")
                 self._write(frame)
                 self.stats.requests += 1
