@@ -128,7 +128,9 @@ def _i32(b, o):
 
 def _dense_py(buf, x, y, cfg):
     """One layer on bytes: buf the model, x the packed input bits, y the next
-    activation bits (hidden layer) or the array('i') scores to add to (output layer)."""
+    activation bits (hidden layer) or the array('i') scores to add to (output layer).
+    cfg[6] == 2: a hidden layer of the live block in a training step, which also
+    writes its gate bits at word cfg[8 + K] of y (gate cfg[7 + K])."""
     pop = _POP
     nb = 4 * cfg[1]
     n_in = cfg[2]
@@ -138,8 +140,11 @@ def _dense_py(buf, x, y, cfg):
     last = cfg[6]
     wb = 4 * cfg[0]
     acc = 0
+    gacc = 0
     bit = 1
     yo = 0
+    gate = cfg[_CFG_SHIFTS + nk] if last == 2 else 0
+    gb = 4 * cfg[_CFG_SHIFTS + nk + 1] if last == 2 else 0
     for j in range(n_out):
         s = 0
         xb = 0
@@ -153,30 +158,43 @@ def _dense_py(buf, x, y, cfg):
             s += (n_in - 2 * pc) << cfg[_CFG_SHIFTS + k]
             xb += nb
         wb += nb
-        if last:
+        if last == 1:
             y[j] += _i32(buf, pb + 4 * j) * s + _i32(buf, pb + 4 * (n_out + j))
         else:
+            t = _i32(buf, pb + 4 * j)
             fb = pb + 4 * n_out + (j >> 3)  # flip bit j: byte j // 8 of the flip vector
-            if (s >= _i32(buf, pb + 4 * j)) ^ ((buf[fb] >> (j & 7)) & 1):
+            if (s >= t) ^ ((buf[fb] >> (j & 7)) & 1):
                 acc |= bit
+            if last == 2:  # the live block: gate bit |s - t| <= gate (i32 as the twin's)
+                d = (s - t) & 0xFFFFFFFF
+                if d >> 31:
+                    d = -d & 0xFFFFFFFF
+                if (d >> 31) or d <= gate:
+                    gacc |= bit
             bit <<= 1
             if bit == 256 or j == n_out - 1:
                 y[yo] = acc
+                if last == 2:
+                    y[gb + yo] = gacc
+                    gacc = 0
                 yo += 1
                 acc = 0
                 bit = 1
-    if not last:
+    if last != 1:
         # Clear the rest of the last word: a wider layer may have used these bytes.
         for i in range(yo, 4 * ((n_out + 31) >> 5)):
             y[i] = 0
+            if last == 2:
+                y[gb + i] = 0
 
 
 def _slice_py(x, xp, cfg):
-    """Bit-slice raw 8-bit features x into the packed input xp (bytes)."""
+    """Bit-slice raw 8-bit features x[cfg[3]:] into the packed input xp (bytes)."""
     n = cfg[0]
     nb = 4 * cfg[1]
+    x0 = cfg[3]
     for k in range(cfg[2]):
-        sh = cfg[3 + k]
+        sh = cfg[4 + k]
         o = k * nb
         i = 0
         while i < n:
@@ -186,7 +204,7 @@ def _slice_py(x, xp, cfg):
             if top > n:
                 top = n
             while i < top:
-                if (x[i] >> sh) & 1:
+                if (x[x0 + i] >> sh) & 1:
                     acc |= bit
                 bit <<= 1
                 i += 1
@@ -194,9 +212,9 @@ def _slice_py(x, xp, cfg):
             o += 1
 
 
-def _copy_py(x, xp, n):
+def _copy_py(x, xp, n, off):
     for i in range(n):
-        xp[i] = x[i]
+        xp[i] = x[off + i]
 
 
 def _zero_py(y, n):
@@ -245,6 +263,13 @@ def _dense_v(buf: ptr32, x: ptr32, y: ptr32, cfg: ptr32):
     sgn = int(1) << 31
     row = uint(buf) + (uint(cfg[0]) << 2)
     acc = uint(0)
+    gacc = uint(0)
+    m32 = (uint(1) << 16 << 16) - 1  # 2^32 - 1 on 32- and 64-bit ports alike
+    gate = uint(0)
+    goff = 0
+    if last == 2:
+        gate = uint(cfg[7 + nk])
+        goff = cfg[8 + nk]
     for j in range(n_out):
         s = 0
         for k in range(nk):
@@ -279,7 +304,7 @@ def _dense_v(buf: ptr32, x: ptr32, y: ptr32, cfg: ptr32):
                 pc += int((c + (c >> 16)) & 0xFFFF)
             s += (n_in - 2 * pc) << cfg[7 + k]
         row += nb
-        if last:
+        if last == 1:
             out[j] = int(out[j]) + int(prm[j]) * s + int(prm[n_out + j])
         else:
             t = (int(prm[j]) ^ sgn) - sgn
@@ -287,16 +312,28 @@ def _dense_v(buf: ptr32, x: ptr32, y: ptr32, cfg: ptr32):
             if s >= t:
                 f ^= 1
             acc |= f << uint(j & 31)
+            if last == 2:
+                # the live block in a training step: gate bit |s - t| <= gate, in i32
+                # as the twin computes it (wrapped; |-2^31| = -2^31 passes)
+                d = uint(s - t) & m32
+                if d >> 31:
+                    d = uint(0 - d) & m32
+                if (d >> 31) or d <= gate:
+                    gacc |= uint(1) << uint(j & 31)
             if (j & 31) == 31 or j == n_out - 1:
                 out[j >> 5] = acc
                 acc = uint(0)
+                if last == 2:
+                    out[goff + (j >> 5)] = gacc
+                    gacc = uint(0)
 
 @micropython.viper
 def _slice_v(x: ptr8, xp: ptr32, cfg: ptr32):
     n = cfg[0]
     nw = cfg[1]
+    x = ptr8(uint(x) + uint(cfg[3]))
     for k in range(cfg[2]):
-        sh = cfg[3 + k]
+        sh = cfg[4 + k]
         o = k * nw
         for w in range(nw):
             i0 = w << 5
@@ -309,9 +346,9 @@ def _slice_v(x: ptr8, xp: ptr32, cfg: ptr32):
             xp[o + w] = acc
 
 @micropython.viper
-def _copy_v(x: ptr8, xp: ptr8, n: int):
+def _copy_v(x: ptr8, xp: ptr8, n: int, off: int):
     for i in range(n):
-        xp[i] = x[i]
+        xp[i] = x[off + i]
 
 @micropython.viper
 def _zero_v(y: ptr32, n: int):
@@ -334,6 +371,7 @@ def _argmax_v(sc: ptr32, n: int) -> int:
 def _addr_v(buf: ptr8) -> int:
     return int(buf)
 """
+
 
 _PY = {
     "dense": _dense_py,
@@ -786,13 +824,32 @@ def _is_i32_array(a):
 
 
 # --- the model ------------------------------------------------------------------------
+# Training errors, in the twin's words (rbnn.learn.step; docs/DEVICE_API.md, Training).
+_RO = "rbnn: the model's buffer is read-only: load it from a path or a bytearray to train"
+_V1 = "rbnn: E_VERSION: a version 1 file has no training state; write it as version 2 to train it"
+_RESIZED = "rbnn: the model's buffer was resized or moved after load"
+def _writable(buf):
+    # bytes and memoryviews of bytes refuse item assignment (TypeError); writing a
+    # byte's own value changes nothing
+    if not len(buf):
+        return True  # nothing to write (and not a model: the parse refuses it)
+    try:
+        buf[0] = buf[0]
+    except TypeError:
+        return False
+    return True
+
+
 class Model:
-    """A validated .rbnn model (docs/DEVICE_API.md): predict, scores, info.
+    """A validated .rbnn model (docs/DEVICE_API.md): predict, scores, info, and the
+    training step of docs/TRAINING.md (train, train_batch, grow, freeze, stats, reseal,
+    save) when the buffer is writable.
 
     Parameters
     ----------
     buf : bytes, bytearray or memoryview
-        The whole file; kept and read in place (not copied).
+        The whole file; kept and read in place (not copied), and changed in place by
+        training.
     """
 
     def __init__(self, buf):
@@ -800,11 +857,13 @@ class Model:
             raise TypeError("rbnn: Model() takes the file's bytes; use rbnn.load(path) for a path")
         k = _KERNELS[engine]
         self.engine = engine
+        self._ro = not _writable(buf)  # before any copy: bytes never train, on any engine
         if engine == "viper" and k["addr"](buf) & 3:
             buf = bytearray(buf)  # ptr32 loads need 4-byte alignment (Xtensa, Cortex-M0 fault)
         info = _parse(buf)
         self._buf = buf
         self._info = info
+        self._k = k
         self._dense = k["dense"]
         self._slicef = k["slice"]
         self._copyf = k["copy"]
@@ -813,7 +872,6 @@ class Model:
         n_in = info["n_inputs"]
         mask = info["plane_mask"]
         sizes = info["sizes"]
-        inputs = info["inputs"]
         self.n_inputs = n_in
         self.n_classes = sizes[-1]
         kept = [q for q in range(7, -1, -1) if (mask >> q) & 1]
@@ -822,12 +880,13 @@ class Model:
         W = _words(n_in)
         self._nk = nk
         self._w = W
+        self._shifts = [q - low for q in kept]
         self._input_bytes = 4 * nk * W
         # Packed-input padding: per kept plane, the byte index and forbidden bits of the
         # last word's bytes (only bytes that hold padding).
         pad = U32_MAX ^ _pad_mask(n_in)
         self._pad = [(4 * (W - 1) + i, (pad >> (8 * i)) & 0xFF) for i in range(4) if (pad >> (8 * i)) & 0xFF]
-        self._slice_cfg = array("i", [n_in, W, nk] + kept)
+        self._slice_cfg = array("i", [n_in, W, nk, 0] + kept)  # [3]: offset of the sample in x
         # Scratch, allocated once (eBNN order: input, two ping-pong buffers, scores).
         self._x = bytearray(4 * nk * W)
         hidden = sizes[:-1]
@@ -837,30 +896,55 @@ class Model:
         self._scores = array("i", [0] * self.n_classes)
         self._ram = 4 * nk * W + 8 * aw + 4 * self.n_classes
         self._out_ok = None
+        self._tr = None  # the Trainer (rbnn_pytrain), made at the first training call
+        self._plans()
+
+    def _layer_cfgs(self, b, live=0):
+        """Block b's dense cfg of each layer. live (a training step's live block: the
+        word offset of the gate bits from the hidden bits): hidden layers also write
+        gate bits (cfg[6] == 2; the gate value cfg[7 + K] is set at each step)."""
+        info = self._info
+        sizes = info["sizes"]
+        inputs = info["inputs"]
+        pbase = info["arena_offset"] + info["sign_planes"][b] * info["plane_bytes"]
+        par = info["params_offset"] + b * info["block_params_bytes"]
+        out = []
+        for layer in range(len(sizes)):
+            last = layer == len(sizes) - 1
+            first = layer == 0
+            s = sizes[layer]
+            cfg = [(pbase >> 2) + info["layer_off"][layer], _words(inputs[layer]), inputs[layer], s,
+                   self._nk if first else 1, par >> 2, 1 if last else (2 if live else 0)]
+            cfg += self._shifts if first else [0]
+            if live and not last:
+                cfg += [0, live]
+            out.append(array("i", cfg))
+            if not last:
+                par += 4 * s + 4 * _words(s)
+        return out
+
+    def _plans(self):
+        """The plans of inference and of the training step, for the blocks as they are
+        now (again after a block opens or freezes)."""
+        info = self._info
+        L = len(info["sizes"])
         # One plan entry per (block, layer): cfg, input buffer, output buffer (None:
         # the scores array of the call).
         plan = []
-        shifts = [q - low for q in kept]
         for b in range(info["n_blocks"]):
-            pbase = info["arena_offset"] + info["sign_planes"][b] * info["plane_bytes"]
-            par = info["params_offset"] + b * info["block_params_bytes"]
             src = self._x
-            for layer in range(len(sizes)):
-                last = layer == len(sizes) - 1
-                first = layer == 0
-                s = sizes[layer]
-                cfg = [(pbase >> 2) + info["layer_off"][layer], _words(inputs[layer]), inputs[layer], s,
-                       nk if first else 1, par >> 2, 1 if last else 0] + (shifts if first else [0])
-                dst = None if last else (self._a if layer % 2 == 0 else self._b)
-                plan.append((array("i", cfg), src, dst))
+            for layer, cfg in enumerate(self._layer_cfgs(b)):
+                dst = None if layer == L - 1 else (self._a if layer % 2 == 0 else self._b)
+                plan.append((cfg, src, dst))
                 src = dst
-                if not last:
-                    par += 4 * s + 4 * _words(s)
         self._plan = plan
+        if self._tr is not None:
+            self._tr.plans()
 
-    def _load_input(self, x):
-        n = len(x)
+    def _load_input(self, x, off, n, at):
+        """Sample x[off:off + n] into the packed input; at: its index in a batch (-1: none)."""
         if n == self.n_inputs:  # raw features win when both lengths agree
+            self._slice_cfg[3] = off
             self._slicef(x, self._x, self._slice_cfg)
             return
         if n != self._input_bytes:
@@ -869,16 +953,16 @@ class Model:
         nb = 4 * self._w
         for k in range(self._nk):
             for i, bad in self._pad:
-                if x[k * nb + i] & bad:
-                    raise ValueError("rbnn: E_INPUT: packed input plane %d has padding bits set (n_inputs %d)"
-                                     % (k, self.n_inputs))
-        self._copyf(x, self._x, n)
+                if x[off + k * nb + i] & bad:
+                    raise ValueError("rbnn: E_INPUT: %spacked input plane %d has padding bits set (n_inputs %d)"
+                                     % (_sample(at), k, self.n_inputs))
+        self._copyf(x, self._x, n, off)
 
     def _run(self, x, out):
         if len(self._buf) != self._info["file_bytes"]:
             # viper reads the buffer through raw pointers: never past a shrunk bytearray
-            raise ValueError("rbnn: the model's buffer was resized or moved after load")
-        self._load_input(x)
+            raise ValueError(_RESIZED)
+        self._load_input(x, 0, len(x), -1)
         self._zerof(out, self.n_classes)
         buf = self._buf
         dense = self._dense
@@ -923,3 +1007,67 @@ class Model:
             "ram": self._ram,
             "input_bytes": self._input_bytes,
         }
+
+    # --- training (docs/TRAINING.md): rbnn_pytrain, imported at the first use ---------
+    def _trainer(self, write=True):
+        """The model's Trainer (rbnn_pytrain), after refusing what cannot train: a
+        read-only buffer (write), a version 1 file, a resized buffer."""
+        if write and self._ro:
+            raise ValueError(_RO)
+        if self._info["version"] < 2:
+            raise ValueError(_V1)
+        if len(self._buf) != self._info["file_bytes"]:
+            raise ValueError(_RESIZED)
+        t = self._tr
+        if t is None:
+            import rbnn_pytrain
+
+            t = self._tr = rbnn_pytrain.Trainer(self)
+        return t
+
+    def train(self, x, label):
+        """One training step on sample x (raw features or packed bits) with its label;
+        returns the class predicted before the update."""
+        return self._trainer().train(x, label)
+
+    def train_batch(self, xs, labels, preds=None):
+        """len(labels) steps over the samples of xs (one after another, equal lengths);
+        preds (writable, at least n bytes) receives each prediction. Returns the number
+        of right predictions. An error stops at the sample at fault, the samples before
+        it applied."""
+        return self._trainer().train_batch(xs, labels, preds)
+
+    def grow(self):
+        """Open a live block now (the training state's bits); returns its index."""
+        return self._trainer().grow()
+
+    def freeze(self):
+        """Freeze the live block."""
+        self._trainer().freeze()
+
+    def stats(self):
+        """The training state (docs/DEVICE_API.md, stats())."""
+        return self._trainer(False).stats()
+
+    def reseal(self):
+        """Write the file's CRC-32 (of every byte before it) into its last 4 bytes; returns it."""
+        if self._ro:
+            raise ValueError(_RO)
+        n = self._info["file_bytes"]
+        if len(self._buf) != n:
+            raise ValueError(_RESIZED)
+        c = crc32(self._buf, n - 4)
+        struct.pack_into("<I", self._buf, n - 4, c)
+        return c
+
+    def save(self, path):
+        """Reseal the CRC and write the file atomically (rbnn_store.write_file: path.new,
+        synced, renamed over path)."""
+        self.reseal()
+        import rbnn_store
+
+        rbnn_store.write_file(path, self._buf)
+
+
+def _sample(at):
+    return "" if at < 0 else "sample %d: " % at
