@@ -403,3 +403,49 @@ def test_train_frames_apply_by_position(vdev, files):
     assert m.state().steps - m.state().stream_base == 14 and m.live_index() is not None
     assert link.device_stats()["trained"] >= 4
     link.leave()
+
+
+def test_checkpoint_cut_mid_write_leaves_no_new_file(vdev, files):
+    """The device dies inside CHECKPOINT with the file written but not yet renamed: the
+    flash holds the old model, the complete temp file, and no NAME.new (the start-up
+    recovery renames a NAME.new over NAME, so one must never be partial); the server's
+    start-up then removes the temp file. A partial temp file is removed likewise."""
+    link, _ = _link(vdev)
+    link.deploy_model(files["model"], "m.rbnn")
+    link.leave()
+    link.ser.close()
+    vdev.restart(env={"RBNN_KILL_AT": "write_file:written"})
+    starts = vdev.starts
+    link, _ = _link(vdev)
+    link.load("m.rbnn")
+    with pytest.raises(Exception):  # noqa: B017 -- the device dies: a LinkError of some kind
+        link.checkpoint("m.rbnn")
+    vdev.wait_started(starts + 1)
+    assert (vdev.fs / "m.rbnn").read_bytes() == files["model"]
+    assert (vdev.fs / "m.rbnn.tmp").read_bytes() == files["model"] and not (vdev.fs / "m.rbnn.new").exists()
+    (vdev.fs / "x.rbnn.tmp").write_bytes(files["model"][:100])  # as a power loss mid-write leaves it
+    link.reconnect()
+    assert not list(vdev.fs.glob("*.tmp")) and not list(vdev.fs.glob("*.new"))
+    assert link.info()["models"] == [{"name": "m.rbnn", "bytes": len(files["model"]),
+                                      "file_crc": int.from_bytes(files["model"][-4:], "little")}]  # fmt: skip
+    link.leave()
+
+
+def test_stream_id_is_the_same_all_along_the_run(files):
+    """The id a run stamps at its start is what the model at its end (or at any point of
+    it) gives again, so a host can tell its own stream from the device's model; another
+    run (options, seed, data) or another starting model gives another id."""
+    from rbnn.cli.grow import prepare_run, run_key
+    from rbnn.learn import run as R
+
+    args = _args(files, LONG)
+    key = run_key(args, files["ds"])
+    g = pack.from_bytes(files["grown"]["long", "c"])
+    sid = g.state().stream_id
+    assert sid != 0 and R.stream_id(g, key) == sid
+    m = pack.from_bytes(files["model"])
+    assert prepare_run(args, m, files["ds"], "m").stream_id == sid
+    assert R.stream_id(g, run_key(_args(files, [*LONG[:-1], "10"]), files["ds"])) != sid  # --seed 10
+    other = pack.from_bytes(files["model"])
+    other.blocks[0].thresholds[0][0] += 1
+    assert prepare_run(args, other, files["ds"], "m").stream_id != sid

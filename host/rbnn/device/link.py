@@ -62,6 +62,9 @@ class LinkStats:
     reconnects: int = 0
     bytes_out: int = 0
     bytes_in: int = 0
+    train_out: int = 0  # bytes of TRAIN frames sent (resends included)
+    train_in: int = 0  # bytes read while streaming TRAIN frames
+    train_sent: int = 0  # samples sent in TRAIN frames (resends included)
 
 
 def _text(b: bytes) -> str:
@@ -701,6 +704,7 @@ class Link:
         self._flush_stale()
         quiet_since = time.monotonic()
         stalls = 0
+        in0 = self.stats.bytes_in
 
         def rewind() -> None:
             nonlocal nxt
@@ -721,6 +725,8 @@ class Link:
                 seq, frame, _ = self._next_seq(fr.TRAIN, payload, b"")
                 self._write(frame)
                 self.stats.requests += 1
+                self.stats.train_out += len(frame)
+                self.stats.train_sent += n
                 out.append((seq, nxt, nxt + n))
                 session[seq] = (nxt, nxt + n)
                 nxt += n
@@ -772,6 +778,7 @@ class Link:
                         self.decoder.drop_partial()
                     rewind()
                     quiet_since = time.monotonic()
+        self.stats.train_in += self.stats.bytes_in - in0
         return last
 
 
