@@ -334,7 +334,8 @@ _KERNELS = {"python": {"count": _count_py, "hinge": _hinge_py, "signal": _signal
 # 2^32 - 1 on both word sizes, and every sum the twin wraps is masked with it (a 64-bit
 # port's viper ints do not wrap at 32 bits); i32 loads are sign-extended explicitly
 # (a ptr32 load is zero-extended on 64-bit ports). Each kernel takes at most 4 arguments.
-_VIPER_SRC = """
+_VIPER_SRC = (  # one function per string: each compiles in its own, smaller parse
+    """
 @micropython.viper
 def _count_v(buf: ptr32, e: ptr32, cfg: ptr32) -> int:
     m32 = (uint(1) << 16 << 16) - 1
@@ -369,7 +370,8 @@ def _count_v(buf: ptr32, e: ptr32, cfg: ptr32) -> int:
     if ge != uint(0) and n == ge:
         return 1
     return 0
-
+""",
+    """
 @micropython.viper
 def _hinge_v(buf: ptr32, e: ptr32, cfg: ptr32) -> int:
     m32 = (uint(1) << 16 << 16) - 1
@@ -409,7 +411,8 @@ def _hinge_v(buf: ptr32, e: ptr32, cfg: ptr32) -> int:
             e[y] = nv
         buf[tw + 5] = uint(buf[tw + 5]) + 1
     return nv
-
+""",
+    """
 @micropython.viper
 def _signal_v(buf: ptr32, e: ptr32, bits: ptr32, cfg: ptr32):
     sgn = int(1) << 31
@@ -449,7 +452,8 @@ def _signal_v(buf: ptr32, e: ptr32, bits: ptr32, cfg: ptr32):
             e[bel + j] = 2 * ((int(e[bel + j]) ^ sgn) - sgn) - total
         else:
             e[bel + j] = 0
-
+""",
+    """
 @micropython.viper
 def _update_v(buf: ptr32, x: ptr32, e: ptr32, cfg: ptr32):
     m32 = (uint(1) << 16 << 16) - 1
@@ -552,7 +556,8 @@ def _update_v(buf: ptr32, x: ptr32, e: ptr32, cfg: ptr32):
             elif t > lim:
                 t = lim
             buf[toff + j] = t
-
+""",
+    """
 @micropython.viper
 def _offsets_v(buf: ptr32, e: ptr32, cfg: ptr32):
     m32 = (uint(1) << 16 << 16) - 1
@@ -567,7 +572,8 @@ def _offsets_v(buf: ptr32, e: ptr32, cfg: ptr32):
         elif v > lim:
             v = lim
         buf[off + c] = v
-
+""",
+    """
 @micropython.viper
 def _fill_v(buf: ptr32, cfg: ptr32):
     m32 = (uint(1) << 16 << 16) - 1
@@ -601,17 +607,25 @@ def _fill_v(buf: ptr32, cfg: ptr32):
         r ^= r >> 15
         r = (r * c2) & m32
         buf[dst + w] = r ^ (r >> 16)
-"""
+""",
+)
 
 
 def _compile_viper():
     if micropython is None:
         return None
+    import gc
+
     g = {"micropython": micropython}
-    try:
-        exec(_VIPER_SRC, g)  # noqa: F821 (deleted below once compiled)
-    except Exception:  # no viper on this port: rbnn_py runs the plain engine there
-        return None
+    for src in _VIPER_SRC:  # noqa: F821 (deleted below once compiled)
+        gc.collect()  # the compiler's parse tree needs room next to the model's bytes
+        try:
+            exec(src, g)
+        except MemoryError:
+            raise MemoryError("rbnn: no heap left to compile the training step's viper code "
+                              "(RBNN_ENGINE=python trains with less)") from None
+        except Exception:  # no viper on this port: rbnn_py runs the plain engine there
+            return None
     return {name: g["_%s_v" % name] for name in ("count", "hinge", "signal", "update", "offsets", "fill")}
 
 
