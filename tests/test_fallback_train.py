@@ -19,6 +19,7 @@ from mpy_helpers import FIRMWARE, run_mpy_code
 
 from rbnn.format import pack
 from rbnn.format.model import FROZEN, pack_input
+from rbnn.format.trainstate import OFFSETS
 from rbnn.learn import step as S
 from support.randmodel import host_like_model, random_model, trainable_model
 from support.v1file import to_bytes_v1
@@ -261,6 +262,76 @@ def test_device_training_ends_in_the_twins_bytes(micropython, tmp_path, engine):
     counts = check_device(micropython, tmp_path, engine, random_cases(rng, 24, (5, 25)))
     assert counts["changed"] >= 18 and counts["active"] >= 60, counts
     assert counts["opened"] >= 4 and counts["frozen"] >= 4 and counts["errors"] >= 4, counts
+
+
+def _saturating(rng: np.random.Generator, bits: int, loss: int, **kw):
+    """Every row with a signal fires (lr 0, no decay), a margin no score meets (every step
+    updates), one sample over and over: counters run into 0 and 2^b - 1 (test_ctrain)."""
+    m = trainable_model(rng, n_inputs=45, sizes=[37, 6], plane_mask=0xC0, n_frozen=2, bits=bits, spare_slots=0,
+                        lr=[0, 0], decay=31, init_bits=bits - 1, loss=loss, thr_shift=[0], off_shift=-1,
+                        grow_every=0, block_steps=0, **kw)  # fmt: skip
+    st = m.state()
+    st.margin = m.budget
+    st.gate = [pack.layer_smax(m, 0)]  # every unit passes its gate
+    return m
+
+
+def _repeat_ops(rng: np.random.Generator, m, n: int, labels: list[int]) -> tuple[list, np.ndarray]:
+    x = rng.integers(0, 256, (2, m.n_inputs), dtype=np.uint8)
+    ops = [("s", 1 if i % 10 == 9 else 0, labels[i % len(labels)], bool(i % 2)) for i in range(n)]
+    return ops, x
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_saturation_clamps_and_wrapping_as_in_the_twin(micropython, tmp_path, engine):
+    """Counters pinned at 0 and 2^b - 1 (b = 2, 3, 16); thresholds and offsets at their
+    clamps (thr_shift 24, off_shift 23); a live block whose thresholds sit at the ends of
+    int32, where |s - t| and t -+ 2^thr_shift wrap in the twin's int32 arithmetic (the
+    viper code on a 64-bit port must mask them); and a larger model that grows three
+    blocks from an empty arena by its schedule."""
+    rng = np.random.default_rng(31)
+    cases = []
+    for bits, loss in [(2, 0), (3, 1), (16, 0)]:
+        m = _saturating(rng, bits, loss)
+        ops, x = _repeat_ops(rng, m, 40, [1])
+        cases.append((pack.to_bytes(m), ops, x))
+    cm = _saturating(rng, 4, 1)
+    cm.state().thr_shift, cm.state().off_shift = [24], 23
+    ops, x = _repeat_ops(rng, cm, 30, [0, 1])
+    cases.append((pack.to_bytes(cm), ops, x))
+    m = trainable_model(rng, n_inputs=50, sizes=[40, 33, 4], plane_mask=0x90, n_frozen=1, bits=5, lr=[0, 0, 0],
+                        decay=31, thr_shift=[24, 20], grow_every=0, block_steps=0)  # fmt: skip
+    st = m.state()
+    st.margin, st.gate = m.budget, [pack.layer_smax(m, 0) // 2, 3]
+    ends = np.array([-(2**31), -(2**31) + 1, 2**31 - 1, 2**31 - 2, -(2**31) + (1 << 20), 0], np.int32)
+    for t in m.blocks[-1].thresholds:
+        t[:] = rng.choice(ends, t.shape)
+    ops, x = _repeat_ops(rng, m, 30, [0, 1, 2, 3])
+    cases.append((pack.to_bytes(m), ops, x))
+    grow = trainable_model(rng, n_inputs=300, sizes=[70, 40, 10], plane_mask=0xC0, n_frozen=0, bits=6, live=False,
+                           spare_slots=3, spare_planes=18, grow_every=9, lr=[1, 1, 1], decay=3)  # fmt: skip
+    grow.state().grow_left = 3
+    ops, x = random_ops(rng, grow, 30, bad_labels=0)
+    ops = [op for op in ops if op[0] in ("s", "b")]
+    cases.append((pack.to_bytes(grow), ops, x))
+    check_device(micropython, tmp_path, engine, cases)
+    top = {b: (1 << b) - 1 for b in (2, 3, 16)}
+    for (data, ops, x), bits in zip(cases[:3], (2, 3, 16), strict=True):
+        before, after = pack.from_bytes(data), pack.from_bytes(run_twin(data, ops, x)[0])
+        li = after.live_index()
+        for layer in range(2):
+            u0, u1 = S.counters(before, layer, li), S.counters(after, layer, li)
+            assert (u0 != u1).any()
+            if bits < 16:  # pinned at both ends, more than before
+                assert (u1 == 0).sum() > (u0 == 0).sum() and (u1 == top[bits]).sum() > (u0 == top[bits]).sum()
+    clamp = pack.from_bytes(run_twin(*cases[3])[0]).blocks[-1]
+    assert np.abs(clamp.offset).max() == cm.half - 1
+    lim = pack.layer_smax(cm, 0) + 1
+    assert np.abs(clamp.thresholds[0]).max() == lim and {-lim, lim} <= set(clamp.thresholds[0].tolist())
+    wrapped = pack.from_bytes(run_twin(*cases[4])[0]).blocks[-1]
+    assert any((np.abs(t.astype(np.int64)) < 2**30).sum() > 0 for t in wrapped.thresholds)
+    grown = pack.from_bytes(run_twin(*cases[5])[0])
+    assert len(grown.blocks) == 3 and grown.state().grow_left == 0
 
 
 # --- under CPython: the plain code, for volume ------------------------------------------
@@ -565,3 +636,68 @@ def test_refusals_are_the_twins_words_and_change_nothing(micropython, tmp_path, 
                                "(n_inputs 40)")  # fmt: skip
     assert one["RESIZED"] == "ValueError: rbnn: the model's buffer was resized or moved after load"
     assert one["NOALLOC"] == f"9 {models['live'].state().steps + 13}"
+
+
+# --- one source of truth ----------------------------------------------------------------------
+def test_training_constants_equal_the_twin(repo):
+    import re
+
+    from rbnn.learn import prng
+
+    _, tr = _fallback_modules()
+    offs = {k[3:].lower(): getattr(tr, k) for k in dir(tr) if k.startswith("_T_")}
+    assert offs and offs == {k: v for k, v in OFFSETS.items() if k in offs}
+    assert set(OFFSETS) - set(offs) == {"rule", "reserved47", "reserved92"}
+    assert (tr.PROB_BITS, tr.MAX_DECAY, tr.NEW_BLOCK_KEY, tr.PHI) == (S.PROB_BITS, S.MAX_DECAY, S.NEW_BLOCK_KEY,
+                                                                      prng.PHI)  # fmt: skip
+    for x in (0, 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 123456789):
+        assert tr._lowbias(x) == int(prng.lowbias32(x))
+    # the viper code builds the generator's constants from 16-bit halves
+    src = (repo / "firmware" / "rbnn_pytrain.py").read_text()
+    halves = {int(a, 16) << 16 | int(b, 16) for a, b in re.findall(r"\(uint\((0x[0-9A-F]{4})\) << 16\) \| uint\((0x[0-9A-F]{4})\)", src)}
+    assert halves == {0x7FEB352D, 0x846CA68B, prng.PHI}
+
+
+COMPILE = r"""
+import gc, sys
+import rbnn
+m = rbnn.load(bytearray(open("m.rbnn", "rb").read()))
+gc.collect()
+filler = [None] * 1024
+n = 0
+try:  # fill the heap in 1 kB pieces, then free the last `left` of them (adjacent: one hole)
+    while n < len(filler):
+        filler[n] = bytearray(1000)
+        n += 1
+except MemoryError:
+    pass
+for i in range(max(0, n - int(sys.argv[1])), n):
+    filler[i] = None
+gc.collect()
+try:
+    m.train(bytes(40), 1)
+    print("TRAINED", rbnn.engine)
+except MemoryError as e:
+    print("MEMORY", e)
+"""
+
+
+def test_viper_compile_out_of_heap_is_named(micropython, tmp_path):
+    """Too little heap left to compile the training step's viper code (the first train
+    of a model): a MemoryError that says so and names the way out, not a KeyError or a
+    silent switch of engine; with room, the step trains."""
+    m = trainable_model(np.random.default_rng(4), n_inputs=40, sizes=[9, 5], plane_mask=0x80, n_frozen=1, bits=3)
+    (tmp_path / "m.rbnn").write_bytes(pack.to_bytes(m))
+    lib = mpy_compiled(tmp_path, ("rbnn", "rbnn_py", "rbnn_pytrain"))
+    seen = set()
+    for left in [*range(16, 64, 3), 200]:  # kB left to the first train
+        proc = run_mpy_code(micropython, COMPILE, tmp_path, args=[str(left)], env={"RBNN_ENGINE": "viper"},
+                            heapsize="400k", path=[lib])  # fmt: skip
+        out = proc.stdout.strip()
+        if out.startswith("MEMORY"):
+            assert out.startswith("MEMORY rbnn: no heap left to compile") or "allocation failed" in out, out
+            seen.add("compile" if "rbnn:" in out else "load")
+        else:
+            assert out == "TRAINED viper", out
+            seen.add("trained")
+    assert {"compile", "trained"} <= seen, seen
