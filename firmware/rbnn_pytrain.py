@@ -8,8 +8,8 @@
 # counters bit-sliced, 32 (viper) or 8 (plain code) weights per operation.
 #
 # Hot loops come in the two versions of rbnn_py ("viper": @micropython.viper on
-# 32-bit words, compiled from a string at import; "python": plain code on bytes), chosen
-# by the model's engine. Viper ints are machine words (32 or 64 bits): every value the
+# 32-bit words, compiled from strings at the first viper model's first training call;
+# "python": plain code on bytes), chosen by the model's engine. Viper ints are machine words (32 or 64 bits): every value the
 # twin computes in wrapping int32/uint32 is masked to 32 bits here, so both word sizes
 # give the twin's bytes.
 #
@@ -611,29 +611,25 @@ def _fill_v(buf: ptr32, cfg: ptr32):
 )
 
 
-def _compile_viper():
-    if micropython is None:
-        return None
-    import gc
+def _kernels(engine):
+    """The kernels of an engine; viper's compiled at the first viper model's first training
+    call (a plain-engine model never pays for it)."""
+    global _VIPER_SRC
+    if engine == "viper" and "viper" not in _KERNELS:
+        import gc
 
-    g = {"micropython": micropython}
-    for src in _VIPER_SRC:  # noqa: F821 (deleted below once compiled)
-        gc.collect()  # the compiler's parse tree needs room next to the model's bytes
-        try:
-            exec(src, g)
-        except MemoryError:
-            raise MemoryError("rbnn: no heap left to compile the training step's viper code "
-                              "(RBNN_ENGINE=python trains with less)") from None
-        except Exception:  # no viper on this port: rbnn_py runs the plain engine there
-            return None
-    return {name: g["_%s_v" % name] for name in ("count", "hinge", "signal", "update", "offsets", "fill")}
-
-
-_v = _compile_viper()
-del _VIPER_SRC  # drop the module's reference to the source text once compiled
-if _v is not None:
-    _KERNELS["viper"] = _v
-del _v
+        g = {"micropython": micropython}
+        for src in _VIPER_SRC:
+            gc.collect()  # the compiler's parse tree needs room next to the model's bytes
+            try:
+                exec(src, g)
+            except MemoryError:
+                raise MemoryError("rbnn: no heap left to compile the training step's viper code "
+                                  "(RBNN_ENGINE=python trains with less)") from None  # fmt: skip
+        _KERNELS["viper"] = {name: g["_%s_v" % name] for name in ("count", "hinge", "signal", "update", "offsets",
+                                                                  "fill")}  # fmt: skip
+        _VIPER_SRC = None  # drop the source text once compiled
+    return _KERNELS[engine]
 
 
 class Trainer:
@@ -642,7 +638,7 @@ class Trainer:
 
     def __init__(self, m):
         self.m = m
-        k = _KERNELS[m.engine]
+        k = _kernels(m.engine)
         self._countf = k["count"]
         self._hingef = k["hinge"]
         self._signalf = k["signal"]
