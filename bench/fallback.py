@@ -1,8 +1,11 @@
 """Per-sample inference time of the pure-MicroPython engine (firmware/rbnn_py.py) on the
-MicroPython unix port, viper and plain code side by side, with the numpy twin for scale.
+MicroPython unix port, viper and plain code side by side, with the numpy twin for scale;
+then training samples/s of its integer step (rbnn_pytrain.py) on a 784-64-64-10 model in a
+16-plane arena, viper against plain code.
 
 Every engine's scores are checked against the twin on the same samples before a time is
-printed. Usage: python bench/fallback.py [--samples N] [--repeats R]
+printed, and every engine's trained file against the twin's bytes.
+Usage: python bench/fallback.py [--samples N] [--repeats R] [--train-samples N]
 ($RBNN_MICROPYTHON picks another micropython binary, e.g. a 32-bit or C-module build.)
 """
 
@@ -24,7 +27,8 @@ import numpy as np  # noqa: E402
 from rbnn.engines import twin  # noqa: E402
 from rbnn.format import pack  # noqa: E402
 from rbnn.format.model import pack_input  # noqa: E402
-from support.randmodel import random_model  # noqa: E402
+from rbnn.learn import step as learn_step  # noqa: E402
+from support.randmodel import host_like_model, random_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FIRMWARE = REPO / "firmware"
@@ -53,6 +57,30 @@ for r in range(int(sys.argv[4])):
     if best is None or dt < best:
         best = dt
 print("US", best / timed)
+print("ENGINE", rbnn.engine)
+"""
+
+
+# Runs inside micropython: argv = model, raw samples, labels, samples to check, samples
+# to time, output file. Trains on the first samples (checked: the file is saved), then
+# times train() over the rest.
+DEVICE_TRAIN = r"""
+import sys, time  # noqa: E402
+import rbnn  # noqa: E402
+m = rbnn.load(sys.argv[1])
+n_in = m.n_inputs
+raw = open(sys.argv[2], "rb").read()
+labels = open(sys.argv[3], "rb").read()
+n_check, n_time = int(sys.argv[4]), int(sys.argv[5])
+xs = [raw[i * n_in:(i + 1) * n_in] for i in range(len(labels))]
+for i in range(n_check):
+    m.train(xs[i], labels[i])
+m.save(sys.argv[6])
+t = time.ticks_us()
+for i in range(n_check, n_check + n_time):
+    m.train(xs[i], labels[i])
+dt = time.ticks_diff(time.ticks_us(), t)
+print("US", dt / n_time)
 print("ENGINE", rbnn.engine)
 """
 
@@ -108,12 +136,65 @@ def twin_us(m, xb: np.ndarray, repeats: int) -> float:
     return best * 1e6
 
 
+def run_train(mp: str, engine: str, model: Path, raw: Path, labels: Path, n_check: int, n_time: int, work: Path):
+    """Train on the device: (the file after n_check steps, microseconds per step)."""
+    script = work / "bench_train.py"
+    script.write_text(DEVICE_TRAIN)
+    out = work / f"trained-{engine}.rbnn"
+    env = dict(os.environ, MICROPYPATH=str(FIRMWARE), RBNN_ENGINE=engine)
+    cmd = [mp, str(script), str(model), str(raw), str(labels), str(n_check), str(n_time), str(out)]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
+    if p.returncode:
+        sys.exit(f"micropython failed (training, {engine}):\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+    lines = p.stdout.splitlines()
+    got = next(ln.split()[1] for ln in lines if ln.startswith("ENGINE "))
+    if got != engine:
+        sys.exit(f"asked for engine {engine}, micropython ran {got}")
+    return out.read_bytes(), float(next(ln.split()[1] for ln in lines if ln.startswith("US ")))
+
+
+def bench_train(mp: str, n_samples: int, work: Path) -> None:
+    """Training samples/s of the fallback, viper against plain code, every step updating
+    (margin = the block budget): the slowest case of the rule."""
+    rng = np.random.default_rng(2)
+    m = host_like_model(rng)
+    data = pack.to_bytes(m)
+    model = work / "train.rbnn"
+    model.write_bytes(data)
+    n_check = 20
+    counts = {"viper": n_samples, "python": max(4, n_samples // 20)}
+    total = n_check + max(counts.values())
+    x = rng.integers(0, 256, (total, 784), dtype=np.uint8)
+    x[rng.random(x.shape) < 0.8] = 0  # sparse, as MNIST digits
+    y = rng.integers(0, 10, total).astype(np.uint8)
+    (work / "train.raw").write_bytes(x.tobytes())
+    (work / "train.labels").write_bytes(y.tobytes())
+    xb = pack_input(x[:n_check], m.plane_mask)
+    for i in range(n_check):
+        learn_step.step(m, xb[i], int(y[i]))
+    want = pack.to_bytes(m)
+    us = {}
+    for engine, n in counts.items():
+        got, us[engine] = run_train(mp, engine, model, work / "train.raw", work / "train.labels", n_check, n, work)
+        if got != want:
+            sys.exit(f"{engine}: the trained file differs from the twin's")
+    print()
+    print(f"training step, 784-64-64-10 in a 16-plane arena ({len(data):,} bytes), one frozen block and a live "
+          "8-bit block, every step updating; train(raw 784 bytes)")  # fmt: skip
+    print(f"the file after {n_check} steps equals the twin's on both engines")
+    print(f"{'engine':<10}{'us/step':>10}{'samples/s':>11}")
+    for engine in counts:
+        print(f"{engine:<10}{us[engine]:>10.0f}{1e6 / us[engine]:>11.1f}")
+    print(f"python/viper: {us['python'] / us['viper']:.1f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--samples", type=int, default=16, help="distinct samples checked against the twin"
     )
     ap.add_argument("--repeats", type=int, default=3, help="timing repeats; the best is reported")
+    ap.add_argument("--train-samples", type=int, default=200, help="training steps timed (viper; plain: 1/20)")
     args = ap.parse_args(argv)
     mp = micropython_binary()
     mp_c = c_module_binary(mp)
@@ -160,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         if mp_c:
             line += f"{t['c']:>8.1f}{t['viper'] / t['c']:>9.1f}"
         print(line)
+    with tempfile.TemporaryDirectory() as tmp:
+        bench_train(mp, args.train_samples, Path(tmp))
     return 0
 
 

@@ -41,7 +41,9 @@
 #                               grow_every, stream_id, stream_base)
 #   Model.reseal()              -> int: writes the file CRC into the buffer, returns it
 #   Model.save(path)            reseal, then rbnn_store.write_file(path, buffer) (atomic)
-#   Errors as the twin words them: ValueError("rbnn: E_<CODE>: ...").
+#   Errors as the twin words them: ValueError("rbnn: E_<CODE>: ..."); in a batch the
+#   sample at fault follows the code ("rbnn: E_LABEL: sample 3: label 12: ...").
+#   rbnn_py keeps its training step in rbnn_pytrain, imported at the first training call.
 
 __version__ = "0.1.0"
 

@@ -8,8 +8,8 @@
 # counters bit-sliced, 32 (viper) or 8 (plain code) weights per operation.
 #
 # Hot loops come in the two versions of rbnn_py ("viper": @micropython.viper on
-# 32-bit words, compiled from a string at import; "python": plain code on bytes), chosen
-# by the model's engine. Viper ints are machine words (32 or 64 bits): every value the
+# 32-bit words, compiled from strings at the first viper model's first training call;
+# "python": plain code on bytes), chosen by the model's engine. Viper ints are machine words (32 or 64 bits): every value the
 # twin computes in wrapping int32/uint32 is masked to 32 bits here, so both word sizes
 # give the twin's bytes.
 #
@@ -328,13 +328,317 @@ _KERNELS = {"python": {"count": _count_py, "hinge": _hinge_py, "signal": _signal
                        "offsets": _offsets_py, "fill": _fill_py}}  # fmt: skip
 
 
+# --- viper ------------------------------------------------------------------------------
+# The same kernels on 32-bit words. Literals above 2^30 would be Python objects in viper
+# code on a 32-bit port, so the generator's constants are built from halves; m32 is
+# 2^32 - 1 on both word sizes, and every sum the twin wraps is masked with it (a 64-bit
+# port's viper ints do not wrap at 32 bits); i32 loads are sign-extended explicitly
+# (a ptr32 load is zero-extended on 64-bit ports). Each kernel takes at most 4 arguments.
+_VIPER_SRC = (  # one function per string: each compiles in its own, smaller parse
+    """
+@micropython.viper
+def _count_v(buf: ptr32, e: ptr32, cfg: ptr32) -> int:
+    m32 = (uint(1) << 16 << 16) - 1
+    c1 = (uint(0x7FEB) << 16) | uint(0x352D)
+    c2 = (uint(0x846C) << 16) | uint(0xA68B)
+    tw = cfg[0]
+    steps = uint(buf[tw + 2])
+    x = steps
+    x ^= x >> 16
+    x = (x * c1) & m32
+    x ^= x >> 15
+    x = (x * c2) & m32
+    x ^= x >> 16
+    x ^= uint(buf[tw + 1])
+    x ^= x >> 16
+    x = (x * c1) & m32
+    x ^= x >> 15
+    x = (x * c2) & m32
+    x ^= x >> 16
+    kc = cfg[3]
+    e[kc] = x
+    n = uint(buf[tw + 3])
+    d = n >> uint(cfg[2])
+    if d > uint(15):
+        d = uint(15)
+    e[kc + 1] = d
+    n = (n + 1) & m32
+    buf[tw + 2] = steps + 1
+    buf[tw + 3] = n
+    buf[tw + 4] = uint(buf[tw + 4]) + uint(cfg[1])
+    ge = uint(buf[tw + 6])
+    if ge != uint(0) and n == ge:
+        return 1
+    return 0
+""",
+    """
+@micropython.viper
+def _hinge_v(buf: ptr32, e: ptr32, cfg: ptr32) -> int:
+    m32 = (uint(1) << 16 << 16) - 1
+    sgn = int(1) << 31
+    n = cfg[0]
+    y = cfg[1]
+    tw = cfg[2]
+    margin = uint(buf[tw + 9])
+    zy = (int(e[y]) ^ sgn) - sgn
+    nv = 0
+    top = 0
+    best = 0
+    for c in range(n):
+        zc = (int(e[c]) ^ sgn) - sgn
+        viol = 0
+        if c != y:
+            if zc >= zy or (uint(zy - zc) & m32) < margin:
+                viol = 1
+        v = 0 - sgn
+        if viol:
+            v = zc
+        if c == 0 or v > best:
+            best = v
+            top = c
+        if viol:
+            nv += 1
+            e[c] = -1
+        else:
+            e[c] = 0
+    if nv:
+        if cfg[3] == 0:
+            for c in range(n):
+                e[c] = 0
+            e[top] = -1
+            e[y] = 1
+        else:
+            e[y] = nv
+        buf[tw + 5] = uint(buf[tw + 5]) + 1
+    return nv
+""",
+    """
+@micropython.viper
+def _signal_v(buf: ptr32, e: ptr32, bits: ptr32, cfg: ptr32):
+    sgn = int(1) << 31
+    rows = cfg[0]
+    n_in = cfg[1]
+    nw = cfg[2]
+    row = cfg[3]
+    top = cfg[4]
+    cur = cfg[5]
+    bel = cfg[6]
+    goff = cfg[7]
+    for j in range(bel, bel + n_in):
+        e[j] = 0
+    total = 0
+    for i in range(rows):
+        p = (int(e[cur + i]) ^ sgn) - sgn
+        if p != 0:
+            if top == 0:
+                if p > 0:
+                    p = 1
+                else:
+                    p = -1
+            total += p
+            j0 = bel
+            for c in range(row, row + nw):  # count p at every 1 bit; a = 2 * count - total
+                w = uint(buf[c])
+                j = j0
+                while w != uint(0):
+                    if w & 1:
+                        e[j] = int(e[j]) + p
+                    w >>= 1
+                    j += 1
+                j0 += 32
+        row += nw
+    for j in range(n_in):
+        if (uint(bits[goff + (j >> 5)]) >> uint(j & 31)) & 1:
+            e[bel + j] = 2 * ((int(e[bel + j]) ^ sgn) - sgn) - total
+        else:
+            e[bel + j] = 0
+""",
+    """
+@micropython.viper
+def _update_v(buf: ptr32, x: ptr32, e: ptr32, cfg: ptr32):
+    m32 = (uint(1) << 16 << 16) - 1
+    sgn = int(1) << 31
+    c1 = (uint(0x7FEB) << 16) | uint(0x352D)
+    c2 = (uint(0x846C) << 16) | uint(0xA68B)
+    phi = (uint(0x9E37) << 16) | uint(0x79B9)
+    rows = cfg[0]
+    nw = cfg[1]
+    last = uint(cfg[2]) & m32
+    first = cfg[3]
+    bymag = cfg[4]
+    q = cfg[5]
+    base = cfg[6]
+    cur = cfg[7]
+    toff = cfg[8]
+    tsh = (cfg[9] ^ sgn) - sgn  # -1: no threshold update
+    lim = cfg[10]
+    k = uint(e[cfg[11]])
+    nb = cfg[12]
+    for j in range(rows):
+        ej = (int(e[cur + j]) ^ sgn) - sgn
+        if ej == 0:
+            continue
+        mag = uint(1)
+        if bymag:
+            if ej > 0:
+                mag = uint(ej)
+            else:
+                mag = uint(0 - ej)
+        if q <= 16:  # min(mag << (16 - q), 2^16), never wrapping
+            if mag >= (uint(1) << uint(q)):
+                num = uint(1) << 16
+            else:
+                num = mag << uint(16 - q)
+        else:
+            num = mag >> uint(q - 16)
+        r = (k + uint(base + j) * phi) & m32
+        r ^= r >> 16
+        r = (r * c1) & m32
+        r ^= r >> 15
+        r = (r * c2) & m32
+        r ^= r >> 16
+        if (r >> 16) >= num:
+            continue
+        up = ej > 0
+        at = j * nw
+        for w in range(nw):
+            xv = uint(x[w])
+            nx = uint(0)
+            if first == 0:
+                nx = xv ^ m32
+                if w == nw - 1:
+                    nx &= last
+            if up:
+                c = xv
+                dec = nx
+            else:
+                c = nx
+                dec = xv
+            if c != uint(0):  # +1, a ripple carry from the lowest plane; saturate at 2^nb - 1
+                p = nb
+                while p > 0:
+                    p -= 1
+                    a = cfg[13 + p] + at
+                    old = uint(buf[a])
+                    buf[a] = old ^ c
+                    c &= old
+                    if c == uint(0):
+                        break
+                if c != uint(0):
+                    for p in range(nb):
+                        a = cfg[13 + p] + at
+                        buf[a] = uint(buf[a]) | c
+            c = dec
+            if c != uint(0):  # -1, a ripple borrow; saturate at 0
+                p = nb
+                while p > 0:
+                    p -= 1
+                    a = cfg[13 + p] + at
+                    old = uint(buf[a])
+                    buf[a] = old ^ c
+                    c &= old ^ m32
+                    if c == uint(0):
+                        break
+                if c != uint(0):
+                    for p in range(nb):
+                        a = cfg[13 + p] + at
+                        buf[a] = uint(buf[a]) & (c ^ m32)
+            at += 1
+        if tsh >= 0:
+            t = (int(buf[toff + j]) ^ sgn) - sgn
+            if up:
+                t -= int(1) << tsh
+            else:
+                t += int(1) << tsh
+            t = (int(uint(t) & m32) ^ sgn) - sgn
+            if t < 0 - lim:
+                t = 0 - lim
+            elif t > lim:
+                t = lim
+            buf[toff + j] = t
+""",
+    """
+@micropython.viper
+def _offsets_v(buf: ptr32, e: ptr32, cfg: ptr32):
+    m32 = (uint(1) << 16 << 16) - 1
+    sgn = int(1) << 31
+    sh = uint(cfg[1])
+    lim = cfg[2]
+    off = cfg[3]
+    for c in range(cfg[0]):
+        v = (int((uint(buf[off + c]) + (uint(e[c]) << sh)) & m32) ^ sgn) - sgn
+        if v < 0 - lim:
+            v = 0 - lim
+        elif v > lim:
+            v = lim
+        buf[off + c] = v
+""",
+    """
+@micropython.viper
+def _fill_v(buf: ptr32, cfg: ptr32):
+    m32 = (uint(1) << 16 << 16) - 1
+    c1 = (uint(0x7FEB) << 16) | uint(0x352D)
+    c2 = (uint(0x846C) << 16) | uint(0xA68B)
+    phi = (uint(0x9E37) << 16) | uint(0x79B9)
+    dst = cfg[0]
+    pw = cfg[1]
+    if cfg[2]:
+        src = cfg[3]
+        for w in range(pw):
+            buf[dst + w] = uint(buf[src + w]) ^ m32
+        return
+    x = (m32 - uint(cfg[6])) & m32
+    x ^= x >> 16
+    x = (x * c1) & m32
+    x ^= x >> 15
+    x = (x * c2) & m32
+    x ^= x >> 16
+    x ^= uint(buf[cfg[5] + 1])
+    x ^= x >> 16
+    x = (x * c1) & m32
+    x ^= x >> 15
+    x = (x * c2) & m32
+    k = x ^ (x >> 16)
+    base = uint(cfg[4])
+    for w in range(pw):
+        r = (k + (base + uint(w)) * phi) & m32
+        r ^= r >> 16
+        r = (r * c1) & m32
+        r ^= r >> 15
+        r = (r * c2) & m32
+        buf[dst + w] = r ^ (r >> 16)
+""",
+)
+
+
+def _kernels(engine):
+    """The kernels of an engine; viper's compiled at the first viper model's first training
+    call (a plain-engine model never pays for it)."""
+    global _VIPER_SRC
+    if engine == "viper" and "viper" not in _KERNELS:
+        import gc
+
+        g = {"micropython": micropython}
+        for src in _VIPER_SRC:
+            gc.collect()  # the compiler's parse tree needs room next to the model's bytes
+            try:
+                exec(src, g)
+            except MemoryError:
+                raise MemoryError("rbnn: no heap left to compile the training step's viper code "
+                                  "(RBNN_ENGINE=python trains with less)") from None  # fmt: skip
+        _KERNELS["viper"] = {name: g["_%s_v" % name] for name in ("count", "hinge", "signal", "update", "offsets",
+                                                                  "fill")}  # fmt: skip
+        _VIPER_SRC = None  # drop the source text once compiled
+    return _KERNELS[engine]
+
+
 class Trainer:
     """The training step on a rbnn_py.Model's buffer (made by Model._trainer, which
     refuses read-only buffers and version 1 files first)."""
 
     def __init__(self, m):
         self.m = m
-        k = _KERNELS.get(m.engine, _KERNELS["python"])
+        k = _kernels(m.engine)
         self._countf = k["count"]
         self._hingef = k["hinge"]
         self._signalf = k["signal"]

@@ -9,6 +9,7 @@ volume."""
 from __future__ import annotations
 
 import importlib
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,8 +19,10 @@ from mpy_helpers import FIRMWARE, run_mpy_code
 
 from rbnn.format import pack
 from rbnn.format.model import FROZEN, pack_input
+from rbnn.format.trainstate import OFFSETS
 from rbnn.learn import step as S
-from support.randmodel import trainable_model
+from support.randmodel import host_like_model, random_model, trainable_model
+from support.v1file import to_bytes_v1
 
 ENGINES = ["viper", "python"]
 
@@ -261,6 +264,76 @@ def test_device_training_ends_in_the_twins_bytes(micropython, tmp_path, engine):
     assert counts["opened"] >= 4 and counts["frozen"] >= 4 and counts["errors"] >= 4, counts
 
 
+def _saturating(rng: np.random.Generator, bits: int, loss: int, **kw):
+    """Every row with a signal fires (lr 0, no decay), a margin no score meets (every step
+    updates), one sample over and over: counters run into 0 and 2^b - 1 (test_ctrain)."""
+    m = trainable_model(rng, n_inputs=45, sizes=[37, 6], plane_mask=0xC0, n_frozen=2, bits=bits, spare_slots=0,
+                        lr=[0, 0], decay=31, init_bits=bits - 1, loss=loss, thr_shift=[0], off_shift=-1,
+                        grow_every=0, block_steps=0, **kw)  # fmt: skip
+    st = m.state()
+    st.margin = m.budget
+    st.gate = [pack.layer_smax(m, 0)]  # every unit passes its gate
+    return m
+
+
+def _repeat_ops(rng: np.random.Generator, m, n: int, labels: list[int]) -> tuple[list, np.ndarray]:
+    x = rng.integers(0, 256, (2, m.n_inputs), dtype=np.uint8)
+    ops = [("s", 1 if i % 10 == 9 else 0, labels[i % len(labels)], bool(i % 2)) for i in range(n)]
+    return ops, x
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_saturation_clamps_and_wrapping_as_in_the_twin(micropython, tmp_path, engine):
+    """Counters pinned at 0 and 2^b - 1 (b = 2, 3, 16); thresholds and offsets at their
+    clamps (thr_shift 24, off_shift 23); a live block whose thresholds sit at the ends of
+    int32, where |s - t| and t -+ 2^thr_shift wrap in the twin's int32 arithmetic (the
+    viper code on a 64-bit port must mask them); and a larger model that grows three
+    blocks from an empty arena by its schedule."""
+    rng = np.random.default_rng(31)
+    cases = []
+    for bits, loss in [(2, 0), (3, 1), (16, 0)]:
+        m = _saturating(rng, bits, loss)
+        ops, x = _repeat_ops(rng, m, 40, [1])
+        cases.append((pack.to_bytes(m), ops, x))
+    cm = _saturating(rng, 4, 1)
+    cm.state().thr_shift, cm.state().off_shift = [24], 23
+    ops, x = _repeat_ops(rng, cm, 30, [0, 1])
+    cases.append((pack.to_bytes(cm), ops, x))
+    m = trainable_model(rng, n_inputs=50, sizes=[40, 33, 4], plane_mask=0x90, n_frozen=1, bits=5, lr=[0, 0, 0],
+                        decay=31, thr_shift=[24, 20], grow_every=0, block_steps=0)  # fmt: skip
+    st = m.state()
+    st.margin, st.gate = m.budget, [pack.layer_smax(m, 0) // 2, 3]
+    ends = np.array([-(2**31), -(2**31) + 1, 2**31 - 1, 2**31 - 2, -(2**31) + (1 << 20), 0], np.int32)
+    for t in m.blocks[-1].thresholds:
+        t[:] = rng.choice(ends, t.shape)
+    ops, x = _repeat_ops(rng, m, 30, [0, 1, 2, 3])
+    cases.append((pack.to_bytes(m), ops, x))
+    grow = trainable_model(rng, n_inputs=300, sizes=[70, 40, 10], plane_mask=0xC0, n_frozen=0, bits=6, live=False,
+                           spare_slots=3, spare_planes=18, grow_every=9, lr=[1, 1, 1], decay=3)  # fmt: skip
+    grow.state().grow_left = 3
+    ops, x = random_ops(rng, grow, 30, bad_labels=0)
+    ops = [op for op in ops if op[0] in ("s", "b")]
+    cases.append((pack.to_bytes(grow), ops, x))
+    check_device(micropython, tmp_path, engine, cases)
+    top = {b: (1 << b) - 1 for b in (2, 3, 16)}
+    for (data, ops, x), bits in zip(cases[:3], (2, 3, 16), strict=True):
+        before, after = pack.from_bytes(data), pack.from_bytes(run_twin(data, ops, x)[0])
+        li = after.live_index()
+        for layer in range(2):
+            u0, u1 = S.counters(before, layer, li), S.counters(after, layer, li)
+            assert (u0 != u1).any()
+            if bits < 16:  # pinned at both ends, more than before
+                assert (u1 == 0).sum() > (u0 == 0).sum() and (u1 == top[bits]).sum() > (u0 == top[bits]).sum()
+    clamp = pack.from_bytes(run_twin(*cases[3])[0]).blocks[-1]
+    assert np.abs(clamp.offset).max() == cm.half - 1
+    lim = pack.layer_smax(cm, 0) + 1
+    assert np.abs(clamp.thresholds[0]).max() == lim and {-lim, lim} <= set(clamp.thresholds[0].tolist())
+    wrapped = pack.from_bytes(run_twin(*cases[4])[0]).blocks[-1]
+    assert any((np.abs(t.astype(np.int64)) < 2**30).sum() > 0 for t in wrapped.thresholds)
+    grown = pack.from_bytes(run_twin(*cases[5])[0])
+    assert len(grown.blocks) == 3 and grown.state().grow_left == 0
+
+
 # --- under CPython: the plain code, for volume ------------------------------------------
 def _fallback_modules():
     """rbnn_py and rbnn_pytrain imported from firmware/ under CPython (firmware/ last on
@@ -318,3 +391,313 @@ def test_plain_code_under_cpython_matches_the_twin(rng):
         counts["errors"] += sum("rbnn: E_" in w for w in want)
     assert counts["changed"] >= 80 and counts["active"] >= 500, counts
     assert counts["opened"] >= 15 and counts["frozen"] >= 15 and counts["errors"] >= 15, counts
+
+
+# --- memory ------------------------------------------------------------------------------
+CODE = r"""
+import gc
+gc.collect()
+free0 = gc.mem_free()
+import rbnn
+gc.collect()
+free1 = gc.mem_free()
+import rbnn_pytrain, rbnn_store
+gc.collect()
+print(free0 - free1, free1 - gc.mem_free())
+"""
+
+HEAP = r"""
+import gc, sys
+import rbnn
+raw = open("x.raw", "rb").read()
+labels = open("y.bin", "rb").read()
+n_in = 784
+gc.collect()
+free0 = gc.mem_free()
+m = rbnn.load("big.rbnn")
+m.train(raw[:n_in], labels[0])  # the first step imports rbnn_pytrain and allocates the scratch
+import rbnn_pytrain, rbnn_store
+gc.collect()
+free1 = gc.mem_free()
+hits = m.train_batch(memoryview(raw)[n_in:], labels[1:])
+m.save("out.rbnn")
+gc.collect()
+print("HEAP", free0 - free1, free1, free1 - gc.mem_free())
+print("STATS", m.stats()["steps"], m.stats()["hits"])
+"""
+
+
+def mpy_compiled(tmp_path: Path, names: tuple[str, ...]) -> Path:
+    """The firmware modules compiled with mpy-cross into tmp_path/lib, as deploy installs them."""
+    from test_fallback import mpy_cross
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in names:
+        subprocess.run([mpy_cross(), "-o", str(lib / f"{name}.mpy"), str(FIRMWARE / f"{name}.py")], check=True)
+    return lib
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_784_64_64_10_in_16_planes_trains_in_file_size_plus_32k(micropython, tmp_path, engine):
+    """The host-like growth model (784-64-64-10, 16 planes: 122 kB) trains and saves in a
+    GC heap of the file's size + 32 kB beyond the firmware's code (rbnn, rbnn_py,
+    rbnn_pytrain, rbnn_store as .mpy, as rbnn deploy installs them; on a board frozen into
+    flash, except viper's native code), the file equal to the twin's; the model, the
+    step's scratch and plans take the file's bytes + less than 8 kB, and a step
+    allocates nothing that outlives it."""
+    lib = mpy_compiled(tmp_path, ("rbnn", "rbnn_py", "rbnn_pytrain", "rbnn_store"))
+    env = {"RBNN_ENGINE": engine}
+    proc = run_mpy_code(micropython, CODE, tmp_path, name="code.py", env=env, path=[lib], check=False)
+    if "incompatible .mpy" in proc.stdout + proc.stderr:
+        pytest.skip(f"{micropython} does not load these .mpy files")
+    code_infer, code_train = (int(v) for v in proc.stdout.split())
+    code = code_infer + code_train
+    rng = np.random.default_rng(16)
+    m = host_like_model(rng)
+    data = pack.to_bytes(m)
+    (tmp_path / "big.rbnn").write_bytes(data)
+    n = 12
+    x = rng.integers(0, 256, (n, 784), dtype=np.uint8)
+    x[rng.random(x.shape) < 0.8] = 0
+    y = rng.integers(0, 10, n).astype(np.uint8)
+    (tmp_path / "x.raw").write_bytes(x.tobytes())
+    (tmp_path / "y.bin").write_bytes(y.tobytes())
+    heap = len(data) + 32 * 1024 + code
+    proc = run_mpy_code(micropython, HEAP, tmp_path, env=env, heapsize=str(heap), path=[lib])
+    got = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
+    xb = pack_input(x, 0x80)
+    hits = m.state().hits
+    for i in range(n):
+        S.step(m, xb[i], int(y[i]))
+    assert (tmp_path / "out.rbnn").read_bytes() == pack.to_bytes(m)
+    assert got["STATS"] == f"{m.state().steps} {m.state().hits}" and m.state().hits - hits <= n
+    model, _, kept = (int(v) for v in got["HEAP"].split())
+    assert len(data) <= model - code_train < len(data) + 8 * 1024, (model, code_train)
+    assert kept <= 0, "the steps and the save left allocations behind"
+
+
+# --- refusals: the twin's words, nothing changed ------------------------------------------
+REFUSE = r"""
+import sys, binascii
+import micropython
+import rbnn
+
+def err(f, *a):
+    try:
+        r = f(*a)
+    except (ValueError, TypeError) as e:
+        return "%s: %s" % (type(e).__name__, e)
+    return "ok %s" % (r,)
+
+def check(tag, name, f, *a):
+    buf = bytearray(open(name + ".rbnn", "rb").read())
+    orig = bytes(buf)
+    m = rbnn.load(buf)
+    print(tag, err(f(m), *a), "SAME" if buf == orig else "CHANGED")
+
+raw = open("x.raw", "rb").read()
+packed = open("x.packed", "rb").read()
+n_in = 40
+x = raw[:n_in]
+xp = packed[:len(packed) // 4]
+bad = bytearray(xp)
+bad[len(bad) - 1] |= 0x80
+check("LABEL", "live", lambda m: m.train, x, 5)
+check("LABELNEG", "live", lambda m: m.train, x, -1)
+check("SHORT", "live", lambda m: m.train, x[:-1], 0)
+check("PAD", "live", lambda m: m.train, bad, 0)
+check("FULL", "idle", lambda m: m.train, x, 1)
+check("FULLPLANES", "noplanes", lambda m: m.train, x, 1)
+check("FREEZE", "idle", lambda m: m.freeze)
+check("GROWLIVE", "live", lambda m: m.grow)
+check("GROWPLANES", "noplanes", lambda m: m.grow)
+check("GROWSLOT", "noslot", lambda m: m.grow)
+check("V1", "v1", lambda m: m.train, x, 1)
+check("V1STATS", "v1", lambda m: m.stats)
+check("XS", "live", lambda m: m.train_batch, raw[:-1], b"\x01\x02\x03\x04")
+check("PREDS", "live", lambda m: m.train_batch, raw, b"\x01\x02\x03\x04", bytearray(3))
+check("PREDSRO", "live", lambda m: m.train_batch, raw, b"\x01\x02\x03\x04", bytes(4))
+check("EMPTY", "live", lambda m: m.train_batch, b"", b"")
+# a read-only buffer: bytes, aligned or not (viper copies an unaligned buffer)
+data = open("live.rbnn", "rb").read()
+for tag, src in (("RO", data), ("ROVIEW", memoryview(b"x" + data)[1:])):
+    m = rbnn.load(src)
+    for f, a in ((m.train, (x, 1)), (m.train_batch, (raw, b"\x01\x02\x03\x04")), (m.grow, ()), (m.freeze, ()),
+                 (m.reseal, ()), (m.save, ("ro.rbnn",))):
+        print(tag, err(f, *a))
+    print(tag + "STATS", m.stats()["steps"])
+# a batch stops at the sample at fault; the samples before it are applied
+buf = bytearray(data)
+m = rbnn.load(buf)
+preds = bytearray(4)
+print("BATCH", err(m.train_batch, packed, b"\x01\x02\x07\x00", preds), preds[0], preds[1], m.stats()["steps"])
+m.save("batch.rbnn")
+buf = bytearray(data)
+m = rbnn.load(buf)
+pad = bytearray(packed)
+pad[3 * len(xp) - 1] |= 0x80
+print("BATCHPAD", err(m.train_batch, pad, b"\x01\x02\x03\x00"))
+m = rbnn.load(bytearray(data))
+buf = m._buf if hasattr(m, "_buf") else None
+grown = bytearray(data)
+mg = rbnn.load(grown)
+grown.extend(bytes(8))
+print("RESIZED", err(mg.train, x, 1))
+# no allocation per step: the heap locked around steps and a batch (the first step
+# allocates the scratch)
+m = rbnn.load(bytearray(data))
+m.train(x, 1)
+rs = [raw[i * n_in:(i + 1) * n_in] for i in range(4)]
+ps = [packed[i * len(xp):(i + 1) * len(xp)] for i in range(4)]
+r = [-1] * 9  # (a list that grows would allocate)
+micropython.heap_lock()
+try:
+    for i in range(4):
+        r[2 * i] = m.train(rs[i], i)
+        r[2 * i + 1] = m.train(ps[i], i)
+    r[8] = m.train_batch(packed, b"\x00\x01\x02\x03", preds)
+except MemoryError:
+    pass
+micropython.heap_unlock()
+print("NOALLOC", len([v for v in r if v >= 0]), m.stats()["steps"])
+"""
+
+
+def _refusal_models(rng: np.random.Generator) -> dict:
+    kw = dict(n_inputs=40, sizes=[9, 5], plane_mask=0x88, n_frozen=2, bits=4, grow_every=0)
+    return {
+        "live": trainable_model(rng, spare_planes=0, lr=[0, 0], **kw),
+        "idle": trainable_model(rng, live=False, spare_slots=1, spare_planes=4, grow_left=0, **kw),
+        "noplanes": trainable_model(rng, live=False, spare_slots=1, spare_planes=3, grow_left=1, **kw),  # 3 for 4 bits
+        "noslot": trainable_model(rng, live=False, spare_slots=0, spare_planes=8, grow_left=0, **kw),
+    }
+
+
+def _twin_words(f) -> str:
+    try:
+        f()
+    except S.StepError as e:
+        return "ValueError: " + _err(e)
+    raise AssertionError("the twin did not refuse")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_refusals_are_the_twins_words_and_change_nothing(micropython, tmp_path, engine):
+    rng = np.random.default_rng(5)
+    models = _refusal_models(rng)
+    for name, m in models.items():
+        (tmp_path / f"{name}.rbnn").write_bytes(pack.to_bytes(m))
+    (tmp_path / "v1.rbnn").write_bytes(to_bytes_v1(random_model(rng, n_inputs=40, sizes=[9, 5], plane_mask=0x88)))
+    x = rng.integers(0, 256, (4, 40), dtype=np.uint8)
+    xb = pack_input(x, 0x88)
+    (tmp_path / "x.raw").write_bytes(x.tobytes())
+    (tmp_path / "x.packed").write_bytes(np.ascontiguousarray(xb, "<u4").tobytes())
+    proc = run_mpy_code(micropython, REFUSE, tmp_path, env={"RBNN_ENGINE": engine})
+    got: dict[str, list[str]] = {}
+    for line in proc.stdout.splitlines():
+        k, v = line.split(" ", 1)
+        got.setdefault(k, []).append(v)
+    one = {k: v[0] for k, v in got.items()}
+    cp = lambda name: pack.from_bytes(pack.to_bytes(models[name]))  # noqa: E731
+    # the twin's refusals, word for word, and the buffer left as it was
+    assert one["LABEL"] == _twin_words(lambda: S.step(cp("live"), xb[0], 5)) + " SAME"
+    assert one["LABELNEG"] == _twin_words(lambda: S.step(cp("live"), xb[0], -1)) + " SAME"
+    assert one["FULL"] == _twin_words(lambda: S.step(cp("idle"), xb[0], 1)) + " SAME"
+    assert one["FULLPLANES"] == _twin_words(lambda: S.step(cp("noplanes"), xb[0], 1)) + " SAME"
+    assert one["FREEZE"] == _twin_words(lambda: S.freeze(cp("idle"))) + " SAME"
+    assert one["GROWLIVE"] == _twin_words(lambda: S.new_block(cp("live"))) + " SAME"
+    assert one["GROWPLANES"] == _twin_words(lambda: S.new_block(cp("noplanes"))) + " SAME"
+    assert one["GROWSLOT"] == _twin_words(lambda: S.new_block(cp("noslot"))) + " SAME"
+    assert "E_FULL: no live block, and none may open (grow_left 0, 4 free planes" in one["FULL"]
+    # the input errors of predict
+    assert one["SHORT"] == ("ValueError: rbnn: input has 39 bytes; expected 40 raw features or 16 bytes of packed "
+                            "bits SAME")  # fmt: skip
+    assert one["PAD"] == "ValueError: rbnn: E_INPUT: packed input plane 1 has padding bits set (n_inputs 40) SAME"
+    v1 = "ValueError: rbnn: E_VERSION: a version 1 file has no training state; write it as version 2 to train it"
+    assert one["V1"] == one["V1STATS"] == v1 + " SAME"
+    assert one["XS"] == ("ValueError: rbnn: xs has 159 bytes for 4 labels; expected 4 samples of 40 raw features or "
+                         "16 bytes of packed bits SAME")  # fmt: skip
+    preds_err = "ValueError: rbnn: preds must be a writable buffer of at least 4 bytes (one per label) SAME"
+    assert one["PREDS"] == one["PREDSRO"] == preds_err
+    assert one["EMPTY"] == "ok 0 SAME"
+    # read-only: every writing method refuses, in DEVICE_API.md's words; stats reads
+    ro = "ValueError: rbnn: the model's buffer is read-only: load it from a path or a bytearray to train"
+    assert got["RO"] == got["ROVIEW"] == [ro] * 6
+    assert one["ROSTATS"] == one["ROVIEWSTATS"] == str(models["live"].state().steps)
+    assert not (tmp_path / "ro.rbnn").exists() and not (tmp_path / "ro.rbnn.new").exists()
+    # a batch: the label at fault named with its sample, the steps before it taken
+    m = cp("live")
+    want = [S.step(m, xb[i], y) for i, y in enumerate([1, 2])]
+    assert one["BATCH"] == (f"ValueError: rbnn: E_LABEL: sample 2: label 7: expected 0..4 {want[0]} {want[1]} "
+                            f"{m.state().steps}")  # fmt: skip
+    assert (tmp_path / "batch.rbnn").read_bytes() == pack.to_bytes(m)
+    assert one["BATCHPAD"] == ("ValueError: rbnn: E_INPUT: sample 2: packed input plane 1 has padding bits set "
+                               "(n_inputs 40)")  # fmt: skip
+    assert one["RESIZED"] == "ValueError: rbnn: the model's buffer was resized or moved after load"
+    assert one["NOALLOC"] == f"9 {models['live'].state().steps + 13}"
+
+
+# --- one source of truth ----------------------------------------------------------------------
+def test_training_constants_equal_the_twin(repo):
+    import re
+
+    from rbnn.learn import prng
+
+    _, tr = _fallback_modules()
+    offs = {k[3:].lower(): getattr(tr, k) for k in dir(tr) if k.startswith("_T_")}
+    assert offs and offs == {k: v for k, v in OFFSETS.items() if k in offs}
+    assert set(OFFSETS) - set(offs) == {"rule", "reserved47", "reserved92"}
+    assert (tr.PROB_BITS, tr.MAX_DECAY, tr.NEW_BLOCK_KEY, tr.PHI) == (S.PROB_BITS, S.MAX_DECAY, S.NEW_BLOCK_KEY,
+                                                                      prng.PHI)  # fmt: skip
+    for x in (0, 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 123456789):
+        assert tr._lowbias(x) == int(prng.lowbias32(x))
+    # the viper code builds the generator's constants from 16-bit halves
+    src = (repo / "firmware" / "rbnn_pytrain.py").read_text()
+    halves = {int(a, 16) << 16 | int(b, 16) for a, b in re.findall(r"\(uint\((0x[0-9A-F]{4})\) << 16\) \| uint\((0x[0-9A-F]{4})\)", src)}
+    assert halves == {0x7FEB352D, 0x846CA68B, prng.PHI}
+
+
+COMPILE = r"""
+import gc, sys
+import rbnn
+m = rbnn.load(bytearray(open("m.rbnn", "rb").read()))
+gc.collect()
+filler = [None] * 1024
+n = 0
+try:  # fill the heap in 1 kB pieces, then free the last `left` of them (adjacent: one hole)
+    while n < len(filler):
+        filler[n] = bytearray(1000)
+        n += 1
+except MemoryError:
+    pass
+for i in range(max(0, n - int(sys.argv[1])), n):
+    filler[i] = None
+gc.collect()
+try:
+    m.train(bytes(40), 1)
+    print("TRAINED", rbnn.engine)
+except MemoryError as e:
+    print("MEMORY", e)
+"""
+
+
+def test_viper_compile_out_of_heap_is_named(micropython, tmp_path):
+    """Too little heap left to compile the training step's viper code (the first train
+    of a model): a MemoryError that says so and names the way out, not a KeyError or a
+    silent switch of engine; with room, the step trains."""
+    m = trainable_model(np.random.default_rng(4), n_inputs=40, sizes=[9, 5], plane_mask=0x80, n_frozen=1, bits=3)
+    (tmp_path / "m.rbnn").write_bytes(pack.to_bytes(m))
+    lib = mpy_compiled(tmp_path, ("rbnn", "rbnn_py", "rbnn_pytrain"))
+    seen = set()
+    for left in [*range(16, 64, 3), 200]:  # kB left to the first train
+        proc = run_mpy_code(micropython, COMPILE, tmp_path, args=[str(left)], env={"RBNN_ENGINE": "viper"},
+                            heapsize="400k", path=[lib])  # fmt: skip
+        out = proc.stdout.strip()
+        if out.startswith("MEMORY"):
+            assert out.startswith("MEMORY rbnn: no heap left to compile") or "allocation failed" in out, out
+            seen.add("compile" if "rbnn:" in out else "load")
+        else:
+            assert out == "TRAINED viper", out
+            seen.add("trained")
+    assert {"compile", "trained"} <= seen, seen

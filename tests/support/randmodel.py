@@ -240,3 +240,22 @@ def trainable_model(
     if "grow_left" not in train:
         st.grow_left = int(rng.integers(0, m.capacity - len(m.blocks) + 1))
     return m
+
+
+def host_like_model(rng: np.random.Generator, n_planes: int = 16, bits: int = 8, margin: int | None = None) -> Model:
+    """784-64-64-10 on the MSB input plane in an arena of ``n_planes``, as a growth run on
+    a device sees it: one frozen (random) block, a live ``bits``-bit block, the rest of
+    the planes free, the hyper-parameters of rbnn.learn.defaults ("domain"); ``margin``
+    (default: the block budget) makes every step a violation, so every step updates
+    (the slowest case)."""
+    from rbnn.learn.defaults import defaults
+
+    m = trainable_model(rng, n_inputs=784, sizes=[64, 64, 10], plane_mask=0x80, n_frozen=1, bits=bits,
+                        spare_planes=n_planes - 1 - bits, spare_slots=n_planes - 2, grow_every=0,
+                        block_steps=0)  # fmt: skip
+    st = m.state()
+    d = defaults(m, "domain", bits)
+    for f in ("lr", "thr_shift", "gate", "decay", "init_bits", "loss", "off_shift"):
+        setattr(st, f, getattr(d, f))
+    st.margin = m.budget if margin is None else margin
+    return m
