@@ -327,7 +327,13 @@ def test_full_arena_is_refused_before_anything_changes(vdev, files, tmp_path, ca
     link.ser.close()
     rc = main(["stream", "--port", vdev.port, "--data", str(files["data"]), "--bits", "8", "-q"])
     err = capsys.readouterr().err
-    assert rc == 2 and "no room left to grow" in err and err.count("\n") == 1
+    assert rc == 2 and "the board's model m.rbnn: no room left to grow" in err and err.count("\n") == 1
+    # data that does not fit the model: refused by name, nothing sent
+    x = np.zeros((50, 65), np.uint8)
+    write_npz(tmp_path / "wide.npz", x, np.zeros(50, np.uint8), 4)
+    rc = main(["stream", "--port", vdev.port, "--data", str(tmp_path / "wide.npz"), "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "the board's model m.rbnn has 64 inputs, --data has 65" in err
     assert (vdev.fs / "m.rbnn").read_bytes() == data
 
 
