@@ -120,7 +120,15 @@ def run_stream(
     from ..cli.grow import prepare_run
     from ..learn import run as R
 
-    name, m, key, resume = _resume_point(link, ds, args, name, log)
+    for attempt in range(RECONNECTS + 1):
+        try:
+            name, m, key, resume = _resume_point(link, ds, args, name, log)
+            break
+        except LinkError as e:  # a reboot while pulling: enter the server again
+            if attempt == RECONNECTS:
+                raise StreamError(f"{e} (after {RECONNECTS} reconnects)") from None
+            log(f"stream: {e}; reconnecting")
+            _reconnect(link)
     p = R.plan(len(ds.y_train), args.offset, args.limit, args.epochs, args.shuffle, args.seed, 1)
     kind = ""
     if resume:
