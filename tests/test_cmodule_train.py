@@ -412,3 +412,53 @@ def test_qemu_training_replays_the_twin(board, rng):
         changed += want_bytes != data
         refused += sum(w[0] == "ERR" for w in want)
     assert changed >= 3 and refused >= 2, (changed, refused)  # learned, and refused some
+
+
+SAVE = r"""
+import os
+import rbnn, _rbnn
+x = open("x.raw", "rb").read()
+m = rbnn.load("m.rbnn")                      # the wrapper, engine c: a bytearray of the file
+print(repr(("ENGINE", rbnn.engine)))
+preds = [m.train(x, 1), m.train(x, 2)]
+m.save("m.rbnn")                              # over the file it came from
+print(repr(("SAVED", preds, os.listdir())))
+try:
+    m.save("no-such-dir/m.rbnn")
+except OSError as e:
+    print(repr(("NODIR", type(e).__name__)))
+src = bytearray(open("orig.rbnn", "rb").read())
+u = bytearray(len(src) + 1)
+u[1:] = src
+mu = _rbnn.Model(memoryview(u)[1:])           # unaligned: trained in the model's own copy
+preds = [mu.train(x, 1), mu.train(x, 2)]
+mu.save("copy.rbnn")
+print(repr(("COPY", preds, bytes(u[1:]) == bytes(src))))
+ro = _rbnn.Model(bytes(src))
+ro.save("ro.rbnn")                            # nothing to reseal: written as loaded
+print(repr(("RO", ro.reseal())))
+"""
+
+
+def test_unix_save_writes_the_twins_file(unix_c, tmp_path, rng):
+    """save() through rbnn.load (engine c) over the file it came from, from a copied
+    (unaligned) buffer, and from a read-only one; a save that fails raises OSError and
+    leaves no temporary file."""
+    m = trainable_model(rng, n_inputs=50, sizes=[24, 7], plane_mask=0xA0, n_frozen=1, bits=3, grow_every=0)
+    data = pack.to_bytes(m)
+    raw = rng.integers(0, 256, 50, dtype=np.uint8)
+    for name in ("m.rbnn", "orig.rbnn"):
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "x.raw").write_bytes(raw.tobytes())
+    proc = run_mpy_code(unix_c, SAVE, tmp_path, env={"RBNN_ENGINE": "c"})
+    got = {r[0]: r[1:] for r in map(ast.literal_eval, proc.stdout.splitlines())}
+    x = pack_input(raw[None], 0xA0)[0]
+    preds = [S.step(m, x, 1), S.step(m, x, 2)]
+    want = pack.to_bytes(m)
+    assert got["ENGINE"] == ("c",)
+    assert got["SAVED"][0] == preds and "m.rbnn.new" not in got["SAVED"][1]
+    assert (tmp_path / "m.rbnn").read_bytes() == want
+    assert got["NODIR"] == ("OSError",) and not (tmp_path / "no-such-dir").exists()
+    assert got["COPY"] == (preds, True)  # the caller's unaligned buffer is left as it was
+    assert (tmp_path / "copy.rbnn").read_bytes() == want
+    assert (tmp_path / "ro.rbnn").read_bytes() == data and got["RO"] == (zlib.crc32(data[:-4]),)
