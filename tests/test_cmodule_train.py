@@ -198,10 +198,10 @@ UNIX_TAIL = 'm.save("saved.rbnn")\nopen("buf.rbnn", "wb").write(buf)\n'
 
 
 def test_unix_random_models_end_in_the_twins_bytes(unix_c, tmp_path, rng):
-    """40 random models, ~25 samples each: every outcome and refusal text as the twin's,
+    """80 random models, ~25 samples each: every outcome and refusal text as the twin's,
     the buffer, the saved file and the twin's file equal, stats() as the twin's state."""
     seen = dict(err=0, full=0, label=0, opened=0, frozen=0, preds=0)
-    for i in range(40):
+    for i in range(80):
         m = random_trainable(rng, i)
         data = pack.to_bytes(m)
         ops = make_ops(rng, m, int(rng.integers(5, 40)))
@@ -412,6 +412,35 @@ def test_qemu_training_replays_the_twin(board, rng):
         changed += want_bytes != data
         refused += sum(w[0] == "ERR" for w in want)
     assert changed >= 3 and refused >= 2, (changed, refused)  # learned, and refused some
+    # no allocation after the first step, on the board's own heap
+    m = trainable_model(rng, n_inputs=40, sizes=[16, 4], plane_mask=0x80, n_frozen=1, bits=3, grow_every=0)
+    raw = rng.integers(0, 256, (3, 40), dtype=np.uint8)
+    board.put("buf", pack.to_bytes(m))
+    board.put("data", raw.tobytes())
+    out = board.exec(NOALLOC_ON_BOARD)
+    xb = pack_input(raw, 0x80)
+    S.step(m, xb[0], 0)
+    want = [S.step(m, xb[1], 1)]
+    b = [S.step(m, xb[i], i) for i in range(3)]
+    want.append(sum(int(p == i) for i, p in enumerate(b)))
+    assert out.split() == [repr(want).replace(" ", ""), str(zlib.crc32(pack.to_bytes(m)[:-4]))]
+
+
+NOALLOC_ON_BOARD = """
+import micropython, _rbnn
+m = _rbnn.Model(buf)
+m.train(data[:40], 0)  # the first step allocates the step's scratch
+x1 = data[40:80]  # a slice allocates: made before the lock
+r = []
+micropython.heap_lock()
+try:
+    r.append(m.train(x1, 1))
+    r.append(m.train_batch(data, b"\\x00\\x01\\x02"))
+except MemoryError:
+    r.append("MemoryError")
+micropython.heap_unlock()
+print(repr(r).replace(" ", ""), m.reseal())
+"""
 
 
 SAVE = r"""
