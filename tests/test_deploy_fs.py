@@ -27,6 +27,8 @@ from rbnn.device.virtual import VirtualDevice
 from rbnn.format import pack
 from support.randmodel import random_model
 
+N_FILES = len(firmware_files())  # the firmware's modules, installed all or none
+
 BAUD = 921600
 
 
@@ -76,7 +78,7 @@ def test_full_fs_is_refused_before_anything_is_written(template, model, micropyt
     fs = _old_firmware(template, tmp_path / "fs")
     before = _files(fs)
     with VirtualDevice(fs, micropython=micropython, env={"RBNN_FS_BYTES": str(_used(fs) + 8192)}) as dev:
-        _deploy_fails(dev, model, r"^E_NOSPACE: the firmware needs [\d,]+ bytes for 4 files, the device's "
+        _deploy_fails(dev, model, rf"^E_NOSPACE: the firmware needs [\d,]+ bytes for {N_FILES} files, the device's "
                                   r"file system has [\d,]+ free; the firmware on the device is unchanged$")  # fmt: skip
         assert _files(fs) == before
         _works(dev)
@@ -89,7 +91,7 @@ def test_full_fs_without_statvfs_fails_while_staging_and_keeps_the_old_set(templ
     env = {"RBNN_FS_BYTES": str(_used(fs) + room), "RBNN_FS_STATVFS": "0"}
     with VirtualDevice(fs, micropython=micropython, env=env) as dev:
         _deploy_fails(dev, model, r"^E_NOSPACE: the device's file system is full \(writing rbnn_py.mpy.tmp, "
-                                  r"file 2 of 4\); the firmware on the device is unchanged$")  # fmt: skip
+                                  rf"file 2 of {N_FILES}\); the firmware on the device is unchanged$")  # fmt: skip
         assert _files(fs) == before  # no .tmp left, no module replaced
         _works(dev)
 
@@ -99,7 +101,7 @@ def test_read_only_fs(template, model, micropython, tmp_path):
     before = _files(fs)
     with VirtualDevice(fs, micropython=micropython, env={"RBNN_FS_READONLY": "1"}) as dev:
         _deploy_fails(dev, model, r"^E_IO: the device's file system is read-only \(writing rbnn.mpy.tmp, file 1 "
-                                  r"of 4\); the firmware on the device is unchanged$")  # fmt: skip
+                                  rf"of {N_FILES}\); the firmware on the device is unchanged$")  # fmt: skip
         # the model upload is refused by the server in the same words
         with pytest.raises(DeviceError, match=r"E_IO: read-only filesystem"):
             deploy(dev.port, model, "m.rbnn", baudrate=BAUD, progress=False, firmware=False)
@@ -192,5 +194,5 @@ def test_cli_deploy_onto_a_read_only_device(template, model, micropython, tmp_pa
     # (progress bars aside, which another change keeps off a stderr that is no terminal)
     assert main(["deploy", str(path), "--port", "virtual", "--fs", str(fs)]) == 2
     err = capsys.readouterr().err.replace("\r", "\n").splitlines()
-    assert [ln for ln in err if ln.startswith("rbnn")] == ["rbnn: error: E_IO: the device's file system is read-only (writing rbnn.mpy.tmp, file 1 of 4); "
+    assert [ln for ln in err if ln.startswith("rbnn")] == [f"rbnn: error: E_IO: the device's file system is read-only (writing rbnn.mpy.tmp, file 1 of {N_FILES}); "
                    "the firmware on the device is unchanged"]  # fmt: skip
