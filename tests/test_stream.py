@@ -455,3 +455,23 @@ def test_stream_id_is_the_same_all_along_the_run(files):
     other = pack.from_bytes(files["model"])
     other.blocks[0].thresholds[0][0] += 1
     assert prepare_run(args, other, files["ds"], "m").stream_id != sid
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["stream", "--bits", "0"], "--bits: expected 1..16, found 0"),
+        (["stream", "--model", "x.bin"], "E_NAME: bad model name 'x.bin'"),
+        (["stream", "-o", "{tmp}"], "expected a file name, found a folder"),
+        (["pull", "-o", "{tmp}"], "expected a file name, found a folder"),
+        (["pull", "-o", "{tmp}/m.rbnn", "--model", ".m.rbnn"], "E_NAME"),
+    ],
+)
+def test_refusals_before_the_board_is_touched(files, tmp_path, capsys, argv, message):
+    """Options the host can check are refused by name before the port is opened (the
+    port named here does not exist)."""
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    data = ["--data", str(files["data"])] if argv[0] == "stream" else []
+    rc = main([*argv, "--port", str(tmp_path / "no-such-port"), *data])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "no-such-port" not in err and err.count("\n") == 1, err
