@@ -442,6 +442,7 @@ def test_stream_id_is_the_same_all_along_the_run(files):
     it) gives again, so a host can tell its own stream from the device's model; another
     run (options, seed, data) or another starting model gives another id."""
     from rbnn.cli.grow import prepare_run, run_key
+    from rbnn.format.summary import arena_lines
     from rbnn.learn import run as R
 
     args = _args(files, LONG)
@@ -455,6 +456,8 @@ def test_stream_id_is_the_same_all_along_the_run(files):
     other = pack.from_bytes(files["model"])
     other.blocks[0].thresholds[0][0] += 1
     assert prepare_run(args, other, files["ds"], "m").stream_id != sid
+    assert any(line == f"stream: 0x{sid:08x}, 5,000 samples applied since step 0 (rbnn grow and rbnn stream stamp "
+               "their run; docs/PROTOCOL.md)" for line in arena_lines(g))  # fmt: skip
 
 
 @pytest.mark.parametrize(
