@@ -123,6 +123,16 @@ def open_serial(port: str, baudrate: int = DEFAULT_BAUD, error: type[RbnnError] 
         raise error(f"cannot open {port}: {e}") from None
 
 
+def device_error(request: str, payload: bytes) -> DeviceError:
+    """The DeviceError of an ERR frame's payload (JSON code and message)."""
+    try:
+        err = json.loads(payload)
+        code, msg = err.get("code", "E_?"), err.get("message", "")
+    except ValueError:
+        code, msg = "E_?", _text(payload)
+    return DeviceError(request, code, msg)
+
+
 # What Waiting.on_frame asks of the reader.
 WAIT, EXTEND, RESEND, DONE = "wait", "extend", "resend", "done"
 
@@ -202,12 +212,7 @@ class Waiting:
         return EXTEND, b""
 
     def _err(self, f: fr.Frame) -> tuple[str, bytes]:
-        try:
-            err = json.loads(f.payload)
-            code, msg = err.get("code", "E_?"), err.get("message", "")
-        except ValueError:
-            code, msg = "E_?", _text(f.payload)
-        raise DeviceError(self.name, code, msg)
+        raise device_error(self.name, f.payload)
 
     def _reply(self, f: fr.Frame) -> tuple[str, bytes]:
         return DONE, f.payload
@@ -739,7 +744,7 @@ class Link:
                     self.stats.stale += 1
                     continue
                 if f.type == fr.ERR:
-                    Waiting("TRAIN", fr.TRAIN, f.seq, 0, 0, 0, self.stats, self.port_name)._err(f)
+                    raise device_error("TRAIN", f.payload)
                 if f.type != fr.TRAIN | fr.REPLY or len(f.payload) < 17:
                     self.stats.stale += 1
                     continue
