@@ -398,3 +398,16 @@ def test_train_with_no_answer_is_a_bounded_error():
     # bounded: 4 silences of the reply timeout plus the device time 45 unmeasured samples
     # may take (2 x 10 ms each), and a margin for a loaded machine
     assert time.monotonic() - t0 < 4 * (0.05 + 2 * 45 * 0.01) + 3
+
+
+def test_train_on_a_line_that_damages_every_frame_is_a_bounded_error():
+    def nak_all(f, p):
+        if f.type == fr.HELLO:
+            return reply(f, json.dumps(dict(HELLO_REPLY, window=2)).encode())
+        return fr.encode(fr.NAK, 0, bytes([fr.NAK_CRC]))
+
+    link, port = make_link(nak_all)
+    link.hello()
+    with pytest.raises(LinkError, match=r"TRAIN to fake: no progress from sample 0 after 16 resends \(the last for a NAK"):
+        link.train(_samples, 0, 50)
+    assert len(port.frames) < 40  # HELLO and a bounded number of TRAIN frames

@@ -708,11 +708,16 @@ class Link:
         session: dict[int, tuple[int, int]] = {}  # every TRAIN seq of this call
         self._flush_stale()
         quiet_since = time.monotonic()
-        stalls = 0
+        stalls = 0  # silences in a row without progress
+        fruitless = 0  # resends in a row without progress (NAKs, gaps, silences)
         in0 = self.stats.bytes_in
 
-        def rewind() -> None:
-            nonlocal nxt
+        def rewind(why: str) -> None:
+            nonlocal nxt, fruitless
+            fruitless += 1
+            if fruitless > 4 * (self.retries + 1):  # a line that damages every frame
+                raise LinkError(f"TRAIN to {self.port_name}: no progress from sample {confirmed} after "
+                                f"{fruitless - 1} resends (the last for a {why}; {self.stats.naks} NAKs so far)")  # fmt: skip
             nxt = confirmed
             out.clear()
             self.stats.retries += 1
@@ -738,7 +743,7 @@ class Link:
             for f in self._read(time.monotonic() + 0.05):
                 if f.type == fr.NAK:  # a frame was damaged: go on from where the device is
                     self.stats.naks += 1
-                    rewind()
+                    rewind("NAK")
                     continue
                 if f.seq not in session:
                     self.stats.stale += 1
@@ -756,7 +761,7 @@ class Link:
                         per_sample = last.compute_us / 1e6 / got
                 if last.applied > confirmed:
                     confirmed = last.applied
-                    stalls = 0
+                    stalls = fruitless = 0
                 quiet_since = time.monotonic()
                 if on_reply:
                     on_reply(last)
@@ -764,7 +769,7 @@ class Link:
                 if mine:
                     del out[: mine[0] + 1]  # replies come in order: older ones are lost
                     if last.status == fr.TRAIN_GAP:
-                        rewind()
+                        rewind("gap")
             if out:
                 pending = sum(e - a for _, a, e in out)
                 wire = len(out) * (self.max_payload + fr.OVERHEAD + 29) * 10 / baud
@@ -781,7 +786,7 @@ class Link:
                     if self.decoder.pending:
                         self.stats.truncated += 1
                         self.decoder.drop_partial()
-                    rewind()
+                    rewind("silence")
                     quiet_since = time.monotonic()
         self.stats.train_in += self.stats.bytes_in - in0
         return last
