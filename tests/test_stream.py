@@ -17,6 +17,7 @@ model it holds on samples streamed by the host.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -38,7 +39,7 @@ from rbnn.data import load
 from rbnn.data.plain import write_npz
 from rbnn.device import frames as fr
 from rbnn.device.link import DeviceError, Link
-from rbnn.device.stream import StreamError, run_stream
+from rbnn.device.stream import StreamError, pull_model, run_stream
 from rbnn.device.virtual import VirtualDevice
 from rbnn.format import pack
 
@@ -478,3 +479,31 @@ def test_refusals_before_the_board_is_touched(files, tmp_path, capsys, argv, mes
     rc = main([*argv, "--port", str(tmp_path / "no-such-port"), *data])
     err = capsys.readouterr().err
     assert rc == 2 and message in err and "no-such-port" not in err and err.count("\n") == 1, err
+
+
+def test_pull_is_checked_on_arrival(files):
+    """PULL in frames until a short one; a file that fails its check (a byte changed on
+    the way inside valid frames, or a model changing between frames) is pulled again,
+    then refused by name: `rbnn pull` writes nothing it has not checked."""
+    from test_link import HELLO_REPLY, make_link, reply
+
+    good = files["model"]
+    served = []
+
+    def device(f, port):
+        if f.type == fr.HELLO:
+            return reply(f, json.dumps(dict(HELLO_REPLY, max_payload=300)).encode())
+        off, want = struct.unpack("<IH", f.payload)
+        data = served[-1] if off else served.append(next(versions)) or served[-1]
+        return reply(f, struct.pack("<I", off) + data[off : off + min(want, 296)])
+
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 1  # a weight bit: only the CRC tells
+    versions = iter([bytes(bad), good])
+    link, port = make_link(device)
+    link.hello()
+    data, m = pull_model(link)  # the first pull fails its CRC, the second is good
+    assert data == good and len(served) == 2 and len(good) > 296
+    versions = iter([bytes(bad)] * 2)
+    with pytest.raises(StreamError, match="the model pulled from fake fails its check: .*E_CRC"):
+        pull_model(link)
