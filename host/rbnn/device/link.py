@@ -455,7 +455,8 @@ class Link:
         Ctrl-C byte: the server may not have turned the keyboard interrupt off yet."""
         info = self._json(fr.HELLO, avoid=CTRL_C)
         if info.get("protocol") != fr.PROTOCOL:
-            raise LinkError(f"device speaks protocol {info.get('protocol')}, this host {fr.PROTOCOL}")
+            raise LinkError(f"device speaks protocol {info.get('protocol')}, this host {fr.PROTOCOL}: put this "
+                            f"version's firmware on it (`rbnn deploy MODEL --port {self.port_name}`)")  # fmt: skip
         self.max_payload = int(info["max_payload"])
         self.decoder.max_payload = max(self.max_payload, fr.BOOT_PAYLOAD)
         self.hello_info = info
