@@ -161,6 +161,13 @@ def test_cli_stream_and_pull_on_the_virtual_port(files, micropython, template_fs
     text = capsys.readouterr().out
     assert "stream: 2,000 samples on virtual (2,000 streamed now, from 0)" in text and "running accuracy" in text
     assert out.read_bytes() == files["grown"]["replay", "twin"]
+    # beside -o: the device's counters after every reply, and their running accuracy as a PNG
+    hist = json.loads((tmp_path / "s.stream.json").read_text())
+    pts = hist["points"]
+    assert [p[0] for p in pts] == sorted({p[0] for p in pts}) and pts[-1][0] == 2000
+    final = pack.from_bytes(out.read_bytes()).state()
+    assert pts[-1][1:] == [final.steps, final.hits] and hist["grow_every"] == final.grow_every
+    assert (tmp_path / "s.stream.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["pull", "--port", "virtual", "--fs", str(fs), "-o", str(tmp_path / "p.rbnn")]) == 0
     assert (tmp_path / "p.rbnn").read_bytes() == out.read_bytes()
     assert "pulled m.rbnn from virtual: 2,280 bytes" in capsys.readouterr().out
@@ -507,3 +514,14 @@ def test_pull_is_checked_on_arrival(files):
     versions = iter([bytes(bad)] * 2)
     with pytest.raises(StreamError, match="the model pulled from fake fails its check: .*E_CRC"):
         pull_model(link)
+
+
+def test_running_accuracy_windows():
+    """The running accuracy of `rbnn stream`'s PNG: hits over steps since the latest point at
+    least a window back; points without a full window behind them are left out."""
+    from rbnn.train.plots import running_accuracy
+
+    pts = [(0, 100, 50), (10, 110, 55), (20, 120, 65), (30, 130, 70), (40, 140, 80)]
+    assert running_accuracy(pts, 20) == ([20, 30, 40], [75.0, 75.0, 75.0])
+    assert running_accuracy(pts, 10) == ([10, 20, 30, 40], [50.0, 100.0, 50.0, 100.0])
+    assert running_accuracy(pts, 50) == ([], [])

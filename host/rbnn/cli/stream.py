@@ -7,7 +7,9 @@ The run is resumable: run the same command again after the board reset or the ho
 stopped, and it goes on from the sample the board stands at (its last checkpoint after
 a reset). Every ``--checkpoint`` samples the board saves the model atomically. At the
 end the last block is frozen (unless ``--keep-live``), the model saved, pulled and
-checked; ``-o`` writes it on the host too.
+checked; ``-o`` writes it on the host too, with ``OUT.stream.png`` (running accuracy on
+the device against samples streamed, each block's end marked) and ``OUT.stream.json``
+(the device's counters after every reply: samples streamed, steps, hits).
 """
 
 from __future__ import annotations
@@ -40,17 +42,20 @@ def run(args: argparse.Namespace) -> int:
     from ..device.link import Link, check_model_name
     from ..device.stream import run_stream
     from ..device.virtual import port_session
-    from ..files import check_output, write_atomic
+    from ..files import write_atomic
     from ..progress import bar, write
     from .grow import check_bits
+    from .sidefiles import check_outputs
     from .train import training_sets
 
     check_bits(args)
     if args.model is not None:
         check_model_name(args.model)
     ds, _ = training_sets(args.data, None)
+    sides, notes = {}, []
     if args.output:
-        check_output(args.output, "-o", inputs=[*ds.files])
+        _, sides, notes = check_outputs(args.output, tuple(ds.files), {"stream": "stream.png", "history": "stream.json"})
+    points: dict[int, tuple[int, int]] = {}  # samples streamed -> (steps, hits); a replay rewrites the same values
     with port_session(args.port, args.fs) as port:
         link = Link.open(port, args.baud, name=args.port)
         try:
@@ -61,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
                     if b.total != total:
                         b.reset(total=total)
                     b.update(applied - b.n)
+                    if reply is not None:
+                        points[reply.applied] = (reply.steps, reply.hits)
                     if reply is None:
                         state.update(t=time.perf_counter(), a0=None)
                         return
@@ -85,4 +92,29 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         write_atomic(args.output, lambda f: f.write(res.data))
         print(f"model: {args.output}")
+        _side_files(sides, res, sorted((a, s, h) for a, (s, h) in points.items()))
+    for note in notes:
+        print(note)
     return 0
+
+
+def _side_files(sides: dict, res, points: list[tuple[int, int, int]]) -> None:
+    import json
+
+    from ..files import write_atomic
+    from ..format import pack
+
+    st = pack.from_bytes(res.data).state()
+    if "history" in sides:
+        doc = {"model": res.name, "stream_id": res.stream_id, "samples": res.samples, "resumed_from": res.resumed_from,
+               "grow_every": st.grow_every, "points": [list(p) for p in points]}  # fmt: skip
+        text = json.dumps(doc) + "\n"
+        write_atomic(sides["history"], lambda f: f.write(text.encode()))
+    if "stream" in sides and points:
+        from ..train.plots import plot_stream
+
+        title = f"on the device: {res.samples:,} samples, a block every {st.grow_every:,}"
+        write_atomic(sides["stream"], lambda f: plot_stream(points, st.grow_every, f, title))
+    for what, path in sides.items():
+        if what != "stream" or points:
+            print(f"{what}: {path}")

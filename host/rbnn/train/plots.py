@@ -110,3 +110,58 @@ def plot_growth(rows: list, path: str | os.PathLike | BinaryIO, title: str = "")
         fig.savefig(path, format="png", dpi=110)
     finally:
         plt.close(fig)
+
+
+def running_accuracy(points: list[tuple[int, int, int]], window: int) -> tuple[list[int], list[float]]:
+    """Accuracy over the last ``window`` samples (at least) before each point.
+
+    Parameters
+    ----------
+    points : (samples streamed, the model's steps, its hits) from the device's replies,
+        ascending in samples; hits count right predictions made before each update.
+    window : samples per average
+
+    Returns
+    -------
+    (samples streamed, accuracy in %) at every point with a full window behind it.
+    """
+    xs, ys, j = [], [], 0
+    for i, (a, s, h) in enumerate(points):
+        while j + 1 < i and points[j + 1][0] <= a - window:
+            j += 1
+        a0, s0, h0 = points[j]
+        if a - a0 >= window and s > s0:
+            xs.append(a)
+            ys.append(100 * (h - h0) / (s - s0))
+    return xs, ys
+
+
+def plot_stream(points: list[tuple[int, int, int]], block_every: int, path: str | os.PathLike | BinaryIO,
+                title: str = "") -> None:  # fmt: skip
+    """Running accuracy of a training stream (``rbnn stream``) against samples streamed,
+    each block's end marked; written as a PNG. ``points`` as for :func:`running_accuracy`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    total = points[-1][0] if points else 0
+    window = max(50, total // 50)
+    xs, ys = running_accuracy(points, window)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    try:
+        ax.plot(xs, ys, "-", label=f"running accuracy (last {window:,} samples, before each update)")
+        if block_every > 0:
+            for b in range(block_every, total, block_every):
+                ax.axvline(b, color="grey", alpha=0.2)
+        ax.set_xlabel("samples streamed (grey: a block ends, the next opens)")
+        ax.set_ylabel("accuracy on the device (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="lower right")
+        if title:
+            ax.set_title(title)
+        fig.tight_layout()
+        fig.savefig(path, format="png", dpi=110)
+    finally:
+        plt.close(fig)
