@@ -26,8 +26,9 @@ CORE_SRC := cmodules/rbnn/rbnn_core.c
 all: help
 
 help:
-	@echo "make demo    set up, train a model on MNIST, pack it, summary, eval (twin and C), then deploy"
-	@echo "             and infer on the virtual device (DEVICE=/dev/ttyACM0: on a board)"
+	@echo "make demo    set up, train a model on MNIST into a 16-plane arena, eval (twin and C), deploy and infer"
+	@echo "             on the virtual device (DEVICE=/dev/ttyACM0: on a board), then stream rotated digits to it:"
+	@echo "             it learns them; pull its model back, byte-identical to rbnn grow on the host"
 	@echo "make test    set up and run the whole test suite"
 	@echo "make shell   a shell with .venv/bin (the rbnn command) first on PATH; exit to leave"
 	@echo "make accuracy  train and evaluate the two MNIST accuracy models of issue 2 (~9 min idle)"
@@ -77,23 +78,43 @@ $(addprefix $(RBNN_DATA)/,$(MNIST_FILES)) &: | venv
 	$(RBNN) data fetch --dir $(RBNN_DATA)
 
 # --- the main job -------------------------------------------------------------------
-DEMO_HIDDEN ?= 256,256
-DEMO_PLANES ?= 1
+# A 784-64-64-10 binary MLP trained on MNIST, packed as block 1 of a 16-plane arena (the
+# recursive format a device keeps training in), run by the twin, the C core and the
+# (virtual) device with identical scores; then the device learns what the host never
+# saw: the same digits seen through a sensor mounted at 45 degrees, streamed to it.
+DEMO_HIDDEN ?= 64,64
 DEMO_EPOCHS ?= 10
+DEMO_ARENA ?= 16
+DEMO_STREAM ?= 12000
+DEMO_DEVICE = --port $(or $(DEVICE),virtual)
 demo: setup
 	@mkdir -p $(OUT)
-	$(RBNN) train --data mnist --hidden $(DEMO_HIDDEN) --planes $(DEMO_PLANES) --epochs $(DEMO_EPOCHS) --seed 1 -o $(OUT)/demo.rbnn
+	$(RBNN) train --data mnist --hidden $(DEMO_HIDDEN) --epochs $(DEMO_EPOCHS) --arena $(DEMO_ARENA) --seed 1 -o $(OUT)/demo.rbnn
 	$(RBNN) summary $(OUT)/demo.rbnn
 	$(RBNN) eval $(OUT)/demo.rbnn --data mnist --engine twin --scores $(OUT)/demo.twin.npy
 	$(RBNN) eval $(OUT)/demo.rbnn --data mnist --engine c --scores $(OUT)/demo.c.npy
 	@# on the device: the virtual one (MicroPython unix port on a pty) unless DEVICE=/dev/ttyACM0 names a board
-	$(RBNN) deploy $(OUT)/demo.rbnn --port $(or $(DEVICE),virtual)
-	$(RBNN) infer --port $(or $(DEVICE),virtual) --data mnist --scores $(OUT)/demo.device.npy
+	$(RBNN) deploy $(OUT)/demo.rbnn $(DEMO_DEVICE)
+	$(RBNN) infer $(DEMO_DEVICE) --data mnist --scores $(OUT)/demo.device.npy
 	@$(PY) -c 'import numpy as np, sys; o = sys.argv[1]; t = np.load(o + ".twin.npy"); \
 	  bad = [e for e in ("c", "device") if not np.array_equal(np.load(o + "." + e + ".npy"), t)]; \
 	  print("FAILED: scores differ from the twin:", *bad) if bad else \
 	  print(f"twin, C core and device: identical int32 scores on all {len(t):,} test images"); \
 	  sys.exit(1 if bad else 0)' $(OUT)/demo
+	@echo "--- learning on the device: digits it never saw, rotated by 45 degrees, streamed over serial"
+	$(RBNN) data export --data mnist --rotate 45 --limit $(DEMO_STREAM) -o $(OUT)/rot45.npz
+	$(RBNN) data export --data mnist --part test --rotate 45 -o $(OUT)/rot45-test.npz
+	$(RBNN) stream $(DEMO_DEVICE) --data $(OUT)/rot45.npz -o $(OUT)/demo.streamed.rbnn
+	$(RBNN) pull $(DEMO_DEVICE) -o $(OUT)/demo.pulled.rbnn
+	@# the host replays the same stream: rbnn grow must end in the device's bytes
+	$(RBNN) grow $(OUT)/demo.rbnn --data $(OUT)/rot45.npz --test $(OUT)/rot45-test.npz -q -o $(OUT)/demo.grown.rbnn
+	@cmp -s $(OUT)/demo.pulled.rbnn $(OUT)/demo.grown.rbnn && \
+	  echo "device and host (rbnn grow): byte-identical models after $(DEMO_STREAM) streamed samples" || \
+	  { echo "FAILED: the device's model differs from rbnn grow's"; exit 1; }
+	$(RBNN) summary $(OUT)/demo.pulled.rbnn
+	@echo "--- accuracy before (the host's model) and after learning on the device"
+	$(RBNN) eval $(OUT)/demo.rbnn $(OUT)/demo.pulled.rbnn --data $(OUT)/rot45-test.npz --data mnist --engine c
+	@echo "running accuracy on the device: $(OUT)/demo.streamed.stream.png"
 
 # --- accuracy (issue 2 acceptance): (a) a fully binary model of <= 64 kB packed weights,
 # (b) 784-256-256-10 on the MSB plane. Each: train, then eval with the twin and the C core.

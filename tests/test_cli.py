@@ -46,6 +46,31 @@ def test_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and "absent.rbnn: no such file" in r.stderr
 
 
+def test_eval_table_of_models_and_test_sets(tmp_path, mnist):
+    # Two models x two test sets (MNIST and a .npz): every cell is the twin's accuracy.
+    from rbnn.data.plain import write_npz
+    from rbnn.engines import twin
+
+    rng = np.random.default_rng(6)
+    ms = [random_model(rng, 784, [24, 10], 0x80), random_model(rng, 784, [40, 10], 0xC0)]
+    paths = [tmp_path / "a.rbnn", tmp_path / "b.rbnn"]
+    for m, p in zip(ms, paths, strict=True):
+        pack.save(m, p)
+    x, y = mnist.x_test[:200][:, ::-1].copy(), mnist.y_test[:200]  # mirrored digits
+    write_npz(tmp_path / "mirror.npz", x, y, n_classes=10)
+    r = rbnn("eval", *map(str, paths), "--data", "mnist", "--data", str(tmp_path / "mirror.npz"), "--limit", "300")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["accuracy", "(twin)", "mnist", str(tmp_path / "mirror.npz")]
+    for m, p, line in zip(ms, paths, lines[1:], strict=True):
+        want = [100 * np.mean(twin.predict(m, model.pack_input(xs, m.plane_mask)) == ys)
+                for xs, ys in ((mnist.x_test[:300], mnist.y_test[:300]), (x, y))]  # fmt: skip
+        assert line.split() == [str(p), f"{want[0]:.2f}", "%", "of", "300", f"{want[1]:.2f}", "%", "of", "200"]
+    r = rbnn("eval", *map(str, paths), "--scores", str(tmp_path / "s.npy"))
+    assert r.returncode == 2 and "--scores goes with one model and one --data" in r.stderr
+    assert not (tmp_path / "s.npy").exists()
+
+
 def test_eval_twin_prints_accuracy_line(tmp_path, mnist):
     # A random 784-input model: the line's numbers must be what the twin computes.
     from rbnn.engines import twin

@@ -1,4 +1,8 @@
-"""`rbnn eval m.rbnn --data mnist --engine twin|c`: test-set accuracy of a model file."""
+"""`rbnn eval m.rbnn --data mnist --engine twin|c`: test-set accuracy of a model file.
+
+Several models and several ``--data`` give a table, one row per model, one column per
+test set (e.g. a model before and after `rbnn grow`, on the plain and the rotated digits).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,9 @@ from .argtypes import positive_int
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="accuracy of a model file on a test set")
-    p.add_argument("model", help=".rbnn file")
-    p.add_argument("--data", default="mnist", help="'mnist' or a folder of IDX files (only the t10k files are read)")
+    p.add_argument("model", nargs="+", help=".rbnn file(s)")
+    p.add_argument("--data", action="append", help="'mnist' (default), a folder of IDX files (only the t10k files "
+                   "are read) or a .npz file; repeat for a table over several test sets")  # fmt: skip
     p.add_argument("--engine", choices=ENGINES, default="twin")
     p.add_argument("--limit", type=positive_int, help="only the first N test images")
     p.add_argument("--scores", metavar="OUT.npy", help="write the int32 scores here")
@@ -19,6 +24,44 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import RbnnError
+
+    args.data = args.data or ["mnist"]
+    if len(args.model) == 1 and len(args.data) == 1:
+        args.model, args.data = args.model[0], args.data[0]
+        return _one(args)
+    if args.scores:
+        raise RbnnError("--scores goes with one model and one --data")
+    return _table(args)
+
+
+def _table(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..engines import scorer
+    from ..files import read_model
+    from ..format.model import pack_input
+    from .testset import fit_test_set, load_test_set
+
+    models = [(path, *read_model(path)) for path in args.model]  # every file checked before any work
+    sets = [load_test_set(d) for d in args.data]
+    rows = []
+    for path, raw, m in models:
+        score, cells = scorer(args.engine, raw), []
+        for ds in sets:
+            x, y = fit_test_set(ds, args.limit, m.n_inputs, m.n_classes, f"{path}: model")
+            right = sum(int(np.sum(np.argmax(score(pack_input(x[lo : lo + 1000], m.plane_mask)), axis=1)
+                                   == y[lo : lo + 1000])) for lo in range(0, len(y), 1000))  # fmt: skip
+            cells.append(f"{100 * right / max(1, len(y)):.2f} % of {len(y):,}")
+        rows.append([path, *cells])
+    head = [f"accuracy ({args.engine})", *(ds.name for ds in sets)]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    for r in [head, *rows]:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip())
+    return 0
+
+
+def _one(args: argparse.Namespace) -> int:
     import time
 
     import numpy as np
