@@ -890,6 +890,8 @@ class Trainer:
     # --- the engine interface ------------------------------------------------------------
     def train(self, x, label):
         C = self.m.n_classes
+        if not isinstance(label, int):  # (a float would stop the step half way)
+            raise TypeError("rbnn: label must be an int, not %s" % type(label).__name__)
         if not 0 <= label < C:  # before the input: the C core's order
             raise ValueError("rbnn: E_LABEL: label %d: expected 0..%d" % (label, C - 1))
         self.m._load_input(x, 0, len(x), -1)
@@ -911,6 +913,8 @@ class Trainer:
         C = m.n_classes
         for i in range(n):
             y = labels[i]
+            if not isinstance(y, int):
+                raise TypeError("rbnn: sample %d: label must be an int, not %s" % (i, type(y).__name__))
             if not 0 <= y < C:
                 raise ValueError("rbnn: E_LABEL: sample %d: label %d: expected 0..%d" % (i, y, C - 1))
             m._load_input(xs, off, size, i)

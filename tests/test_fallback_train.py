@@ -9,6 +9,7 @@ volume."""
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -371,7 +372,16 @@ def run_cpython(data: bytes, ops: list, x: np.ndarray) -> tuple[bytes, list[str]
         except ValueError as e:
             out.append(str(e))
     m.reseal()
+    if len(x):  # inference sees what training made (the plans follow new blocks)
+        from array import array
+
+        out.append(" ".join(str(m.scores(x[i].tobytes(), array("i", [0] * m.n_classes))) for i in range(len(x))))
+        out.append(" ".join(str(m.predict(x[i].tobytes())) for i in range(len(x))))
     return bytes(m._buf), out
+
+
+def before_mask(data: bytes) -> int:
+    return pack.from_bytes(data).plane_mask
 
 
 def test_plain_code_under_cpython_matches_the_twin(rng):
@@ -379,6 +389,11 @@ def test_plain_code_under_cpython_matches_the_twin(rng):
     counts = dict(changed=0, active=0, opened=0, frozen=0, errors=0)
     for i, (data, ops, x) in enumerate(random_cases(rng, 100, (5, 40))):
         want_bytes, want = run_twin(data, ops, x)
+        if len(x):
+            from rbnn.engines import twin
+
+            classes = " ".join(str(v) for v in twin.predict(pack.from_bytes(want_bytes), pack_input(x, before_mask(data))))
+            want = want + [classes, classes]
         got_bytes, got = run_cpython(data, ops, x)
         for j, (g, w) in enumerate(zip(got, want, strict=True)):
             assert g == w, f"model {i} op {j}: fallback {g!r}, twin {w!r}"
@@ -505,6 +520,8 @@ bad = bytearray(xp)
 bad[len(bad) - 1] |= 0x80
 check("LABEL", "live", lambda m: m.train, x, 5)
 check("LABELNEG", "live", lambda m: m.train, x, -1)
+check("LABELFLOAT", "live", lambda m: m.train, x, 1.0)
+check("LABELSLIST", "live", lambda m: m.train_batch, raw[:n_in], [0.5])
 check("SHORT", "live", lambda m: m.train, x[:-1], 0)
 check("PAD", "live", lambda m: m.train, bad, 0)
 check("FULL", "idle", lambda m: m.train, x, 1)
@@ -610,6 +627,8 @@ def test_refusals_are_the_twins_words_and_change_nothing(micropython, tmp_path, 
     assert one["GROWPLANES"] == _twin_words(lambda: S.new_block(cp("noplanes"))) + " SAME"
     assert one["GROWSLOT"] == _twin_words(lambda: S.new_block(cp("noslot"))) + " SAME"
     assert "E_FULL: no live block, and none may open (grow_left 0, 4 free planes" in one["FULL"]
+    assert one["LABELFLOAT"] == "TypeError: rbnn: label must be an int, not float SAME"
+    assert one["LABELSLIST"] == "TypeError: rbnn: sample 0: label must be an int, not float SAME"
     # the input errors of predict
     assert one["SHORT"] == ("ValueError: rbnn: input has 39 bytes; expected 40 raw features or 16 bytes of packed "
                             "bits SAME")  # fmt: skip
@@ -701,3 +720,127 @@ def test_viper_compile_out_of_heap_is_named(micropython, tmp_path):
             assert out == "TRAINED viper", out
             seen.add("trained")
     assert {"compile", "trained"} <= seen, seen
+
+
+# --- 32-bit ports: qemu (needs $MICROPY_DIR, as tests/test_cmodule.py) ------------------------
+# The fallback's modules (.mpy, bytecode only) put in RAM and imported through a VFS
+# written in Python: the qemu boards have no file system.
+RAMFS = r"""
+import vfs, io, sys
+class _RamFS:
+    def __init__(self, files):
+        self.files = files
+    def mount(self, readonly, mkfs):
+        pass
+    def umount(self):
+        pass
+    def chdir(self, path):
+        pass
+    def getcwd(self):
+        return ""
+    def ilistdir(self, path):
+        return iter([(n, 0x8000, 0, len(b)) for n, b in self.files.items()])
+    def stat(self, path):
+        p = path.lstrip("/")
+        if not p:
+            return (0x4000, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        if p in self.files:
+            return (0x8000, 0, 0, 0, 0, 0, len(self.files[p]), 0, 0, 0)
+        raise OSError(2)
+    def open(self, path, mode):
+        return io.BytesIO(self.files[path.lstrip("/")])
+_fw = {}
+"""
+
+# One case on the board: the model, samples and ops are globals put there (bytearrays).
+BOARD_CASE = r"""
+import rbnn_py
+from binascii import b2a_base64
+rbnn_py.use(ENGINE)
+m = rbnn_py.Model(model)
+n_in = m.n_inputs
+pb = m.info()["input_bytes"]
+for line in ops.decode().split("\n"):
+    op = line.split()
+    if not op:
+        continue
+    k = op[0]
+    try:
+        if k == "s":
+            i, y, p = int(op[1]), int(op[2]), op[3] == "1"
+            x = packed[i * pb:(i + 1) * pb] if p else raw[i * n_in:(i + 1) * n_in]
+            print(m.train(x, y))
+        elif k == "b":
+            i, p, ys = int(op[1]), op[2] == "1", bytes([int(v) for v in op[3:]])
+            n = len(ys)
+            xs = packed[i * pb:(i + n) * pb] if p else raw[i * n_in:(i + n) * n_in]
+            preds = bytearray(n)
+            try:
+                hits = m.train_batch(xs, ys, preds)
+                print(" ".join([str(v) for v in preds] + [str(hits)]))
+            except ValueError as e:
+                s = str(e)
+                j = int(s.split("sample ")[1].split(":")[0])
+                print(" ".join([str(v) for v in preds[:j]] + [s]))
+        elif k == "g":
+            print(m.grow())
+        else:
+            print(m.freeze())
+    except ValueError as e:
+        print(e)
+m.reseal()
+for o in range(0, len(model), 600):
+    print("B64", b2a_base64(model[o:o + 600]).decode().strip())
+"""
+
+
+@pytest.mark.skipif(not os.environ.get("MICROPY_DIR"), reason="MICROPY_DIR is not set: the qemu firmware is "
+                    "built from a MicroPython checkout (docs/FIRMWARE.md)")  # fmt: skip
+@pytest.mark.parametrize("name", ["VIRT_RV32", "MICROBIT"])
+def test_32bit_boards_train_as_the_twin(tmp_path, name):
+    """On 32-bit MicroPython (qemu: rv32imac, and the Cortex-M0 of MICROBIT, each with
+    its viper emitter), where viper ints wrap at 32 bits and small ints stop at 2^30:
+    random models, steps, batches, grows, freezes, schedules and the saturating,
+    clamping and wrapping cases end in the twin's bytes, viper and plain code."""
+    import base64
+
+    from test_cmodule import QEMU_BOARDS, RawRepl, qemu_image
+
+    qemu, _, _, args = QEMU_BOARDS[name]
+    image = qemu_image(name)
+    lib = mpy_compiled(tmp_path, ("rbnn_py", "rbnn_pytrain"))
+    board = RawRepl([qemu, *args, "-serial", "stdio", "-kernel", str(image)], timeout=120)
+    try:
+        board.exec(RAMFS)
+        for mod in ("rbnn_py", "rbnn_pytrain"):
+            board.put("_b_", (lib / f"{mod}.mpy").read_bytes())
+            board.exec(f"_fw['{mod}.mpy'] = bytes(_b_)\ndel _b_")
+        board.exec("vfs.mount(_RamFS(_fw), '/fw')\nsys.path.append('/fw')\nimport rbnn_py, rbnn_pytrain\n"
+                   "_fw.clear()")  # fmt: skip
+        assert board.exec("print(rbnn_py.engine)").strip() == "viper"
+        rng = np.random.default_rng(32)
+        cases = random_cases(rng, 12, (5, 20))
+        m = _saturating(rng, 3, 1)
+        m.state().thr_shift, m.state().off_shift = [24], 23
+        cases.append((pack.to_bytes(m), *_repeat_ops(rng, m, 30, [0, 1])))
+        m = trainable_model(rng, n_inputs=50, sizes=[40, 33, 4], plane_mask=0x90, n_frozen=1, bits=16,
+                            lr=[0, 0, 0], decay=31, thr_shift=[24, 20], grow_every=0, block_steps=0)  # fmt: skip
+        m.state().margin, m.state().gate = m.budget, [pack.layer_smax(m, 0) // 2, 3]
+        for t in m.blocks[-1].thresholds:
+            t[:] = rng.choice(np.array([-(2**31), 2**31 - 1, -(2**31) + (1 << 20), 0], np.int32), t.shape)
+        cases.append((pack.to_bytes(m), *_repeat_ops(rng, m, 30, [0, 1, 2, 3])))
+        cases = [c for c in cases if len(c[0]) <= 16000]  # the boards' heap: 140 kB for all
+        for engine in ENGINES:
+            for i, (data, ops, x) in enumerate(cases):
+                board.exec("model = raw = packed = ops = m = None\nimport gc\ngc.collect()")
+                write_case(tmp_path, "c", data, ops, x, pack.from_bytes(data).plane_mask)
+                for glob, ext in (("model", "rbnn"), ("raw", "raw"), ("packed", "packed"), ("ops", "ops")):
+                    board.put(glob, (tmp_path / f"c.{ext}").read_bytes())
+                out = board.exec(f"ENGINE = {engine!r}\n" + BOARD_CASE).splitlines()
+                want_bytes, want = run_twin(data, ops, x)
+                got = [ln for ln in out if not ln.startswith("B64 ")]
+                assert got == want, f"{name} {engine} case {i}: answers differ"
+                trained = b"".join(base64.b64decode(ln[4:]) for ln in out if ln.startswith("B64 "))
+                assert trained == want_bytes, f"{name} {engine} case {i}: files differ"
+    finally:
+        board.close()
