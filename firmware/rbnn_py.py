@@ -828,6 +828,8 @@ def _is_i32_array(a):
 _RO = "rbnn: the model's buffer is read-only: load it from a path or a bytearray to train"
 _V1 = "rbnn: E_VERSION: a version 1 file has no training state; write it as version 2 to train it"
 _RESIZED = "rbnn: the model's buffer was resized or moved after load"
+
+
 def _writable(buf):
     # bytes and memoryviews of bytes refuse item assignment (TypeError); writing a
     # byte's own value changes nothing
@@ -863,7 +865,6 @@ class Model:
         info = _parse(buf)
         self._buf = buf
         self._info = info
-        self._k = k
         self._dense = k["dense"]
         self._slicef = k["slice"]
         self._copyf = k["copy"]
