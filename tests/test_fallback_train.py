@@ -459,8 +459,8 @@ def test_784_64_64_10_in_16_planes_trains_in_file_size_plus_32k(micropython, tmp
     GC heap of the file's size + 32 kB beyond the firmware's code (rbnn, rbnn_py,
     rbnn_pytrain, rbnn_store as .mpy, as rbnn deploy installs them; on a board frozen into
     flash, except viper's native code), the file equal to the twin's; the model, the
-    step's scratch and plans take the file's bytes + less than 8 kB, and a step
-    allocates nothing that outlives it."""
+    step's scratch and plans (and viper's native code) take the file's bytes + less than
+    12 kB, and the steps and the save leave nothing allocated behind."""
     lib = mpy_compiled(tmp_path, ("rbnn", "rbnn_py", "rbnn_pytrain", "rbnn_store"))
     env = {"RBNN_ENGINE": engine}
     proc = run_mpy_code(micropython, CODE, tmp_path, name="code.py", env=env, path=[lib], check=False)
@@ -488,7 +488,8 @@ def test_784_64_64_10_in_16_planes_trains_in_file_size_plus_32k(micropython, tmp
     assert (tmp_path / "out.rbnn").read_bytes() == pack.to_bytes(m)
     assert got["STATS"] == f"{m.state().steps} {m.state().hits}" and m.state().hits - hits <= n
     model, _, kept = (int(v) for v in got["HEAP"].split())
-    assert len(data) <= model - code_train < len(data) + 8 * 1024, (model, code_train)
+    # measured on the 64-bit unix port: 7.7 kB (viper: its native code counts here), 6.5 kB (plain)
+    assert len(data) <= model - code_train < len(data) + 12 * 1024, (model, code_train)
     assert kept <= 0, "the steps and the save left allocations behind"
 
 
