@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import importlib
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -371,7 +373,8 @@ def run_cpython(data: bytes, ops: list, x: np.ndarray) -> tuple[bytes, list[str]
                 out.append(str(m.freeze()))
         except ValueError as e:
             out.append(str(e))
-    m.reseal()
+    crc = m.reseal()
+    assert crc == zlib.crc32(bytes(m._buf[:-4])) == struct.unpack("<I", bytes(m._buf[-4:]))[0]
     if len(x):  # inference sees what training made (the plans follow new blocks)
         from array import array
 
