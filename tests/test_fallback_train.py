@@ -3,8 +3,10 @@ against the numpy twin (rbnn.learn.step): the same operations on the same file e
 same bytes, with the same answers and the same error words (docs/DEVICE_API.md, Training).
 
 On the real MicroPython unix port, viper and plain code (RBNN_ENGINE=python), one
-micropython process per engine over many models; and under CPython (the plain code), for
-volume."""
+micropython process per engine over many models; under CPython (the plain code), for
+volume; and, where $MICROPY_DIR names a MicroPython checkout, on the 32-bit qemu boards
+of tests/test_cmodule.py. Also: refusals, memory (no allocation per step; the 16-plane
+784-64-64-10 model in the file's size + 32 kB) and the constants shared with the twin."""
 
 from __future__ import annotations
 
