@@ -1051,19 +1051,19 @@ class Model:
         return self._trainer(False).stats()
 
     def reseal(self):
-        """Write the file's CRC-32 (of every byte before it) into its last 4 bytes; returns it."""
-        if self._ro:
-            raise ValueError(_RO)
+        """Write the file's CRC-32 (of every byte before it) into its last 4 bytes; returns
+        it. A read-only buffer never trained: its CRC is returned, nothing written."""
         n = self._info["file_bytes"]
         if len(self._buf) != n:
             raise ValueError(_RESIZED)
         c = crc32(self._buf, n - 4)
-        struct.pack_into("<I", self._buf, n - 4, c)
+        if not self._ro:
+            struct.pack_into("<I", self._buf, n - 4, c)
         return c
 
     def save(self, path):
         """Reseal the CRC and write the file atomically (rbnn_store.write_file: path.new,
-        synced, renamed over path)."""
+        synced, renamed over path); a read-only model is written as it is."""
         self.reseal()
         import rbnn_store
 
