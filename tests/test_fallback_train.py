@@ -607,6 +607,12 @@ def _twin_words(f) -> str:
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_refusals_are_the_twins_words_and_change_nothing(micropython, tmp_path, engine):
+    check_refusals(micropython, tmp_path, engine)
+
+
+def check_refusals(micropython: str, tmp_path: Path, engine: str) -> None:
+    """Run REFUSE with ``engine`` and check every answer: the same words from every
+    engine (the fallback's two, and the C module's)."""
     rng = np.random.default_rng(5)
     models = _refusal_models(rng)
     for name, m in models.items():
