@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from mpy_helpers import FIRMWARE, run_mpy_code
 
+from rbnn.engines import twin
 from rbnn.format import pack
 from rbnn.format.model import FROZEN, pack_input
 from rbnn.format.trainstate import OFFSETS
@@ -862,3 +863,76 @@ def test_32bit_boards_train_as_the_twin(tmp_path, name):
                 assert trained == want_bytes, f"{name} {engine} case {i}: files differ"
     finally:
         board.close()
+
+
+# On the virtual device's board (its console running; the firmware put there as rbnn
+# deploy puts it): the model from its file system, inferred, or trained and saved.
+VBOARD_LOAD = """
+import rbnn
+m = rbnn.load("big.rbnn")
+print("ok")
+"""  # (first, as a board's boot would: its bytes take the largest free block)
+
+VBOARD_TRAIN = """
+labels = open("y.bin", "rb").read()
+x = bytearray(784)
+hits = 0
+with open("x.raw", "rb") as f:
+    for y in labels:
+        f.readinto(x)
+        hits += m.train(x, y) == y
+m.save("big.rbnn")
+print(rbnn.engine, m.stats()["steps"], hits)
+"""
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_784_64_64_10_in_16_planes_trains_on_the_virtual_device(micropython, tmp_path, engine):
+    """The virtual device (rbnn.device.virtual: a unix-port board, its GC heap set with
+    -X heapsize) with the firmware deployed as .mpy: in the least heap (4 kB steps) in
+    which the board loads the 16-plane 784-64-64-10 model (122 kB) and predicts, + 32 kB,
+    it also trains (sample by sample, as a stream brings them) and saves, the twin's bytes. (Measured: the model loads
+    from 210 kB of heap, its console and modules holding the rest, and trains from 224
+    kB, viper and plain alike.)"""
+    import serial
+    from mpy_helpers import firmware_fs
+
+    from rbnn.device.rawrepl import RawRepl
+    from rbnn.device.virtual import VirtualDevice
+
+    fs = firmware_fs(tmp_path / "fs", micropython)
+    rng = np.random.default_rng(17)
+    m = host_like_model(rng)
+    data = pack.to_bytes(m)
+    (fs / "big.rbnn").write_bytes(data)
+    n = 10
+    x = rng.integers(0, 256, (n, 784), dtype=np.uint8)
+    x[rng.random(x.shape) < 0.8] = 0
+    y = rng.integers(0, 10, n).astype(np.uint8)
+    (fs / "x.raw").write_bytes(x.tobytes())
+    (fs / "y.bin").write_bytes(y.tobytes())
+
+    def run(kb: int, *codes: str) -> str:
+        with VirtualDevice(fs, micropython=micropython, heap=f"{kb}K", env={"RBNN_ENGINE": engine}) as dev:
+            with serial.Serial(dev.port, 921600, timeout=0.05) as ser:
+                repl = RawRepl(ser)
+                assert repl.enter(timeout=10), "the virtual board's raw REPL did not answer"
+                try:
+                    out = "".join(repl.exec(code, timeout=120).decode() for code in codes)
+                except Exception as e:  # noqa: BLE001 (a MemoryError on the board)
+                    out = f"failed: {e}"
+                repl.exit()
+        return out
+
+    lo, hi = len(data) // 1024, 4 * len(data) // 1024  # kB: the least heap that loads the model
+    assert run(hi, VBOARD_LOAD).startswith("ok") and not run(lo, VBOARD_LOAD).startswith("ok")
+    while hi - lo > 4:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if run(mid, VBOARD_LOAD).startswith("ok") else (mid, hi)
+    out = run(hi + 32, VBOARD_LOAD, "print(m.predict(bytes(784)))", VBOARD_TRAIN).split()
+    assert out[0] == "ok" and int(out[1]) == int(twin.predict(m, pack_input(np.zeros((1, 784), np.uint8), 0x80))[0])
+    out = out[2:]
+    xb = pack_input(x, 0x80)
+    hits = sum(int(S.step(m, xb[i], int(y[i])) == y[i]) for i in range(n))
+    assert out == [engine, str(m.state().steps), str(hits)], out
+    assert (fs / "big.rbnn").read_bytes() == pack.to_bytes(m)
