@@ -64,7 +64,9 @@ _T_OFF_SHIFT = 46
 _T_LR = 48
 _T_THR_SHIFT = 56
 _T_GATE = 64
-# The constants of the rule (rbnn.learn.step and prng).
+# The constants of the rule (rbnn.learn.step and prng; tests/test_fallback_train.py
+# holds them equal). The kernels write them as literals (16, 15, 0xFFFFFFFF, PHI from
+# halves in viper), which viper needs.
 PROB_BITS = 16
 MAX_DECAY = 15
 NEW_BLOCK_KEY = 0xFFFFFFFF
