@@ -24,7 +24,7 @@ import rbnn_store
 from rbnn_store import StoreError, crc
 
 __version__ = "0.1.0"
-PROTOCOL = 1
+PROTOCOL = 2
 MAX_PAYLOAD = 4096
 MIN_PAYLOAD = 256
 FRAME_TIMEOUT_MS = 200
@@ -43,6 +43,12 @@ UP_DATA = 0x11
 SAVE = 0x12
 LOAD = 0x13
 INFER = 0x20
+TRAIN_BEGIN = 0x30
+TRAIN = 0x31
+CHECKPOINT = 0x32
+GROW = 0x33
+FREEZE = 0x34
+PULL = 0x35
 REPLY = 0x80
 ACK = 0x7D
 NAK = 0x7E
@@ -50,13 +56,20 @@ ERR = 0x7F
 NAK_CRC = 1
 NAK_TRUNCATED = 2
 NAK_TOO_LONG = 3
+TRAIN_APPLIED = 0
+TRAIN_GAP = 1
+TRAIN_OLD = 2
+# TRAIN frames a host may keep unanswered (HELLO "window"): one being applied, the next
+# one arriving; its bytes wait in the port's buffer (USB CDC and the virtual device's
+# pipe hold them; a board module may say otherwise with rbnn_board.WINDOW).
+WINDOW = 2
 # Handler modes (HANDLERS): SLOW requests are ACKed as soon as they arrive, their result
 # follows; FRESH ones are applied even when they repeat the last seq (HELLO).
 MODE_SLOW = 1
 MODE_FRESH = 2
 
 _COUNTERS = ("frames", "duplicates", "retries", "bad_crc", "truncated", "too_long", "garbage",
-             "naks", "errors", "inferences", "uploaded", "saves", "loads")  # fmt: skip
+             "naks", "errors", "inferences", "uploaded", "saves", "loads", "trained", "checkpoints")  # fmt: skip
 
 
 class Refused(Exception):
@@ -146,6 +159,32 @@ def _kbd_intr(c):
         micropython.kbd_intr(c)
 
 
+def _window():
+    try:
+        import rbnn_board
+
+        return getattr(rbnn_board, "WINDOW", WINDOW)
+    except ImportError:
+        return WINDOW
+
+
+def _read_file(path):
+    # the whole file in one bytearray of its size (the only copy of a model)
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        n = f.tell()
+        f.seek(0)
+        buf = bytearray(n)
+        mv = memoryview(buf)
+        got = 0
+        while got < n:
+            r = f.readinto(mv[got:])
+            if not r:
+                break
+            got += r
+    return buf if got == n else buf[:got]
+
+
 def _engine():
     try:
         import rbnn
@@ -233,7 +272,9 @@ class Server:
         self.n = 0  # bytes held in rx
         self.store = rbnn_store.Store()
         self.model = None
+        self.buf = None  # the loaded model's bytes (bytearray), trained in place
         self.active = None
+        self.stream = None  # stream_id accepted by TRAIN_BEGIN for the loaded model
         self.last_seq = -1
         self.last_type = -1
         self.last_reply = None
@@ -376,6 +417,7 @@ class Server:
 
     # --- requests: one handler each, payload in, reply payload out (HANDLERS) ---------
     def do_hello(self, p):
+        self.stream = None  # a new session begins its stream again (TRAIN_BEGIN)
         return self._json(self.hello())
 
     def do_info(self, p):
@@ -392,7 +434,9 @@ class Server:
         if mode not in (0, 1):
             raise Refused("E_PROTO", "RESET mode must be 0 or 1, got %d" % mode)
         self.model = None
+        self.buf = None
         self.active = None
+        self.stream = None
         self.reset_stats()
         gc.collect()
         self.reboot = mode == 1  # run() reboots after sending the reply
@@ -422,6 +466,130 @@ class Server:
     def do_infer(self, p):
         return self.infer(p)
 
+    # --- the training stream (docs/PROTOCOL.md, The training stream) -------------------
+    def _trainable(self):
+        m = self._loaded()
+        if not hasattr(m, "train_batch"):
+            raise Refused("E_NOENGINE", "the device's rbnn engine cannot train: update the firmware")
+        return m
+
+    def _state(self, m):
+        # the model's training state (stats()) and applied = steps - stream_base
+        st = m.stats()
+        st["applied"] = st["steps"] - st["stream_base"]
+        return st
+
+    def do_train_begin(self, p):
+        (sid,) = struct.unpack_from("<I", p, 0)
+        m = self._trainable()
+        st = self._state(m)
+        if st["stream_id"] != sid:
+            self.stream = None
+            raise Refused("E_STREAM", "the loaded model %s belongs to stream 0x%08x, not 0x%08x"
+                          % (self.active, st["stream_id"], sid))  # fmt: skip
+        self.stream = sid
+        return self._json(st)
+
+    def do_train(self, p):
+        pos, n, size = struct.unpack_from("<IHH", p, 0)
+        if n == 0 or len(p) != 8 + n * (2 + size):
+            raise Refused("E_PROTO", "TRAIN of %d bytes: expected 8 + n * (2 + L) = %d for n %d, L %d"
+                          % (len(p), 8 + n * (2 + size), n, size))  # fmt: skip
+        m = self.model
+        if m is None or self.stream is None:
+            raise Refused("E_STREAM", "no stream begun on the loaded model: TRAIN_BEGIN first")
+        st = m.stats()
+        base = st["stream_base"]
+        applied = st["steps"] - base
+        us = 0
+        if pos > applied:
+            status = TRAIN_GAP  # a frame before this one was lost: nothing applied
+        elif pos + n <= applied:
+            status = TRAIN_OLD  # every sample applied before (a resend or a duplicate)
+        else:
+            status = TRAIN_APPLIED
+            skip = applied - pos
+            k = n - skip
+            labels = bytearray(k)
+            at = 8 + 2 * skip
+            bad = -1
+            for i in range(k):
+                v = p[at + 2 * i] | p[at + 2 * i + 1] << 8
+                if v > 255:  # beyond a u8 label: no model has that many classes here
+                    bad = i
+                    k = i
+                    break
+                labels[i] = v
+            xs = p[8 + 2 * n + skip * size : 8 + 2 * n + (skip + k) * size]
+            t = time.ticks_us()
+            try:
+                if k:
+                    m.train_batch(xs, memoryview(labels)[:k])
+                if bad >= 0:
+                    raise ValueError("rbnn: E_LABEL: label %d: expected 0..%d"
+                                     % (p[at + 2 * bad] | p[at + 2 * bad + 1] << 8, m.n_classes - 1))  # fmt: skip
+            except ValueError as e:
+                done = m.stats()["steps"] - base
+                self.stats["trained"] += done - applied
+                e = _engine_refusal(e, "E_INPUT")
+                raise Refused(e.args[0], "sample %d of the stream: %s" % (done, e.args[1])) from None
+            us = time.ticks_diff(time.ticks_us(), t)
+            st = m.stats()
+        done = st["steps"] - base
+        self.stats["trained"] += done - applied
+        return struct.pack("<IIIIB", done, st["steps"], st["hits"], us, status)
+
+    def do_checkpoint(self, p):
+        name = self._name(p)
+        m = self._trainable()
+        crc_field = self._reseal(m)
+        rbnn_store.write_file(name, self.buf)  # NAME.new, then renamed over NAME
+        self.active = name
+        self.store.set_default(name)
+        self.stats["checkpoints"] += 1
+        st = m.stats()
+        return self._json({"name": name, "bytes": len(self.buf), "crc": crc_field,
+                           "applied": st["steps"] - st["stream_base"]})  # fmt: skip
+
+    def _reseal(self, m):
+        # the file's CRC field over the buffer as training left it
+        if hasattr(m, "reseal"):
+            return m.reseal() & 0xFFFFFFFF
+        buf = self.buf
+        n = len(buf) - 4
+        c = crc(memoryview(buf)[:n])
+        struct.pack_into("<I", buf, n, c)
+        return c
+
+    def _block_op(self, op):
+        m = self._trainable()
+        try:
+            getattr(m, op)()
+        except ValueError as e:
+            raise _engine_refusal(e, "E_FULL") from None
+        return self._json(self._state(m))
+
+    def do_grow(self, p):
+        return self._block_op("grow")
+
+    def do_freeze(self, p):
+        return self._block_op("freeze")
+
+    def do_pull(self, p):
+        off, want = struct.unpack_from("<IH", p, 0)
+        self._loaded()
+        buf = self.buf
+        if off == 0:
+            self._reseal(self.model)
+        if off > len(buf):
+            raise Refused("E_PROTO", "PULL at offset %d of a %d-byte model" % (off, len(buf)))
+        k = min(want, self.max_payload - 4, len(buf) - off)
+        out = bytearray(4 + k)
+        struct.pack_into("<I", out, 0, off)
+        out[4:] = memoryview(buf)[off : off + k]
+        return out
+
+
     @staticmethod
     def _name(p):
         try:
@@ -437,6 +605,7 @@ class Server:
         return {
             "protocol": PROTOCOL,
             "max_payload": self.max_payload,
+            "window": _window(),
             "firmware": __version__,
             "rbnn": getattr(r, "__version__", None) if r else None,
             "engine": getattr(r, "engine", None) if r else None,
@@ -466,31 +635,41 @@ class Server:
         return r
 
     def _open(self, path):
-        # rbnn.load with its ValueError turned into the file's code
+        # (model, its buffer): rbnn.load of the file's bytes, read here into the one
+        # bytearray the model lives in (training changes it in place; CHECKPOINT and
+        # PULL read it), its ValueError turned into the file's code and naming the path
+        # as rbnn.load(path) does
         r = self._rbnn()
+        buf = _read_file(path)
         try:
-            return r.load(path)
+            return r.load(buf), buf
         except ValueError as e:
-            raise _engine_refusal(e, "E_HEADER") from None
+            msg = str(e)
+            if msg[:6] == "rbnn: ":
+                msg = msg[6:]
+            raise _engine_refusal(ValueError("rbnn: %s: %s" % (path, msg)), "E_HEADER") from None
 
     def _swap(self, path, name):
         # load `path` as the active model, freeing the old one first (RAM for one
         # model only); on failure reload the old one from its file
         old = self.active
         self.model = None
+        self.buf = None
         self.active = None
+        self.stream = None  # a new model: TRAIN_BEGIN again before TRAIN
         gc.collect()
         try:
-            m = self._open(path)
+            m, buf = self._open(path)
         except Exception:
             if old is not None and self.store.exists(old):
                 try:
-                    self.model = self._open(old)
+                    self.model, self.buf = self._open(old)
                     self.active = old
                 except Exception:
                     pass
             raise
         self.model = m
+        self.buf = buf
         self.active = name
         self.stats["loads"] += 1
         return m
@@ -524,17 +703,22 @@ class Server:
         self.store.set_default(name)
         return m.info()
 
-    def infer(self, p):
-        flags = p[0]
-        (n,) = struct.unpack_from("<H", p, 2)
-        if n == 0 or (len(p) - 4) % n:
-            raise Refused("E_PROTO", "INFER: %d sample bytes do not split into %d samples" % (len(p) - 4, n))
+    def _loaded(self):
+        # the loaded model; without one, the default model (the last one loaded, saved
+        # or checkpointed: after a reboot, the stream's last checkpoint)
         if self.model is None:
             name = self.store.default()
             if name is None or not self.store.exists(name):
                 raise Refused("E_NOMODEL", "no model loaded and no default model stored")
             self._swap(name, name)
-        m = self.model
+        return self.model
+
+    def infer(self, p):
+        flags = p[0]
+        (n,) = struct.unpack_from("<H", p, 2)
+        if n == 0 or (len(p) - 4) % n:
+            raise Refused("E_PROTO", "INFER: %d sample bytes do not split into %d samples" % (len(p) - 4, n))
+        m = self._loaded()
         k = m.n_classes  # not info(): it builds a dict on every batch
         want = flags & 1
         size = 8 + 2 * n + (4 * n * k if want else 0)
@@ -580,6 +764,13 @@ HANDLERS = {
     SAVE: ("SAVE", Server.do_save, 2, MODE_SLOW),
     LOAD: ("LOAD", Server.do_load, 0, MODE_SLOW),
     INFER: ("INFER", Server.do_infer, 4, MODE_SLOW),
+    # applied by position (docs/PROTOCOL.md, TRAIN): a repeat is answered afresh
+    TRAIN_BEGIN: ("TRAIN_BEGIN", Server.do_train_begin, 4, MODE_FRESH),
+    TRAIN: ("TRAIN", Server.do_train, 8, MODE_FRESH),
+    CHECKPOINT: ("CHECKPOINT", Server.do_checkpoint, 1, MODE_SLOW),
+    GROW: ("GROW", Server.do_grow, 0, 0),
+    FREEZE: ("FREEZE", Server.do_freeze, 0, 0),
+    PULL: ("PULL", Server.do_pull, 6, 0),
 }
 
 _server = None

@@ -17,6 +17,7 @@ META = ".rbnn_upload.meta"
 ACTIVE = ".rbnn_active"
 SUFFIX = ".rbnn"
 NEW = ".new"
+TMP = ".tmp"
 MAX_NAME = 32
 _CHUNK = 1024
 
@@ -112,11 +113,13 @@ def _replace(src, dst):
 
 
 def write_file(path, data):
-    """Write ``data`` (a bytes-like) to ``path`` atomically: ``path.new`` first, synced,
-    then renamed over ``path`` (the start-up recovery finishes a ``NAME.rbnn.new`` whose
-    rename a power loss cut short), so ``path`` is the old file or the new one. Used by
-    ``Model.save`` of every engine. OSError (ENOSPC, EIO) leaves ``path`` as it was."""
-    tmp = path + NEW
+    """Write ``data`` (a bytes-like) to ``path`` atomically: ``path.tmp`` first, synced,
+    renamed to ``path.new`` only once complete, then renamed over ``path`` (the start-up
+    recovery finishes a ``NAME.rbnn.new`` whose rename a power loss cut short, and
+    removes a partial ``NAME.rbnn.tmp``), so ``path`` is the old file or the new one.
+    Used by ``Model.save`` of every engine and by the server's CHECKPOINT. OSError
+    (ENOSPC, EIO) leaves ``path`` as it was."""
+    tmp = path + TMP
     mv = memoryview(data)
     try:
         with open(tmp, "wb") as f:
@@ -126,13 +129,19 @@ def write_file(path, data):
                 if not n:
                     raise OSError(28)  # ENOSPC: a full file system can write nothing
                 done += n
+        _sync()
     except BaseException:
         _remove(tmp)  # a partial temp file; path untouched
         raise
     _point("write_file:written")
+    # A NAME.new exists only complete (docs/PROTOCOL.md, The model store): the start-up
+    # recovery renames it over NAME, so a partial file must never carry that name.
+    _remove(path + NEW)
+    os.rename(tmp, path + NEW)
     _sync()
-    # From here tmp is complete: never remove it (on FAT, _replace removes path first).
-    _replace(tmp, path)
+    _point("write_file:staged")
+    # From here NAME.new is complete: never remove it (on FAT, _replace removes path first).
+    _replace(path + NEW, path)
     _sync()
 
 
@@ -155,6 +164,8 @@ class Store:
             if name.endswith(SUFFIX + NEW) and not name.startswith("."):
                 _replace(name, name[: -len(NEW)])
                 _sync()
+            elif name.endswith(SUFFIX + TMP) and not name.startswith("."):
+                _remove(name)  # a write_file cut short before it was complete
 
     def _read_meta(self):
         try:

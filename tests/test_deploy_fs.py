@@ -19,6 +19,7 @@ import serial
 from mpy_helpers import firmware_fs
 
 from rbnn.cli import main
+from rbnn.device import frames as fr
 from rbnn.device.deploy import BAK, MARK, PLAN, TMP, DeployError, deploy, firmware_files, recover
 from rbnn.device.link import DeviceError, Link
 from rbnn.device.rawrepl import RawRepl
@@ -61,7 +62,7 @@ def _used(fs: Path) -> int:
 
 def _works(dev: VirtualDevice) -> None:
     link = Link.open(dev.port, BAUD)
-    assert link.info()["protocol"] == 1
+    assert link.info()["protocol"] == fr.PROTOCOL
     link.leave()
     link.close()
 

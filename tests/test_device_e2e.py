@@ -146,7 +146,7 @@ def test_enter_leave_and_state_between_sessions(board):
 def test_device_info_and_stats_commands(board, capsys):
     assert main(["device", "info", "--port", board.port]) == 0
     out = capsys.readouterr().out
-    assert "protocol 1, firmware 0.1.0" in out and "MicroPython" in out and "bytes free" in out
+    assert "protocol 2, firmware 0.1.0" in out and "MicroPython" in out and "bytes free" in out
     assert main(["device", "stats", "--port", board.port, "--json"]) == 0
     assert '"frames"' in capsys.readouterr().out
 

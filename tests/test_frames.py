@@ -239,8 +239,9 @@ def test_firmware_and_host_share_the_protocol_constants(repo):
         if isinstance(t, ast.Name) and t.id.isupper()
     }  # fmt: skip
     types = ["PROTOCOL", "HELLO", "INFO", "STATS", "RESET", "LEAVE", "UP_BEGIN", "UP_DATA", "SAVE",
-             "LOAD", "INFER", "REPLY", "ACK", "NAK", "ERR", "FLAG_RETRY", "NAK_CRC",
-             "NAK_TRUNCATED"]  # fmt: skip
+             "LOAD", "INFER", "TRAIN_BEGIN", "TRAIN", "CHECKPOINT", "GROW", "FREEZE", "PULL", "REPLY",
+             "ACK", "NAK", "ERR", "FLAG_RETRY", "NAK_CRC", "NAK_TRUNCATED", "NAK_TOO_LONG", "TRAIN_APPLIED",
+             "TRAIN_GAP", "TRAIN_OLD"]  # fmt: skip
     for name in types:
         assert name in fw, f"firmware/rbnn_server.py lacks {name}"
         assert fw[name] == getattr(fr, name), f"{name}: firmware {fw[name]}, host {getattr(fr, name)}"

@@ -70,7 +70,7 @@ class FakePort:
         pass
 
 
-HELLO_REPLY = {"protocol": 1, "max_payload": 4096, "firmware": "test", "rbnn": None,
+HELLO_REPLY = {"protocol": 2, "max_payload": 4096, "firmware": "test", "rbnn": None,
                "engine": None, "micropython": "-", "platform": "fake", "mpy": None}  # fmt: skip
 
 
@@ -197,8 +197,8 @@ def test_reboot_banner_fails_fast():
 
 
 def test_hello_checks_the_protocol_version():
-    link, _ = make_link(lambda f, p: reply(f, json.dumps(dict(HELLO_REPLY, protocol=2)).encode()))
-    with pytest.raises(LinkError, match="protocol 2"):
+    link, _ = make_link(lambda f, p: reply(f, json.dumps(dict(HELLO_REPLY, protocol=1)).encode()))
+    with pytest.raises(LinkError, match="protocol 1"):
         link.hello()
     link, _ = make_link(lambda f, p: reply(f, json.dumps(dict(HELLO_REPLY, max_payload=300)).encode()))
     link.hello()
@@ -343,3 +343,71 @@ def test_stored_model_is_matched_by_name_size_and_crc():
     assert not Link._stored(info, "m.rbnn", new)
     assert not Link._stored(info, "n.rbnn", old)
     assert not Link._stored(info, "m.rbnn", old + b"x")
+
+
+# --- the training stream (Link.train) -----------------------------------------------------------
+class TrainDevice:
+    """TRAIN by position, as the server does it (docs/PROTOCOL.md, TRAIN): ``applied``
+    counts samples; ``lose`` replies to drop (by the index of the TRAIN frame received)."""
+
+    def __init__(self, lose=()):
+        self.applied = 0
+        self.got: list[int] = []  # labels in the order applied
+        self.frames = 0
+        self.lose = set(lose)
+
+    def __call__(self, f: fr.Frame, port) -> bytes:
+        if f.type == fr.HELLO:
+            return reply(f, json.dumps(dict(HELLO_REPLY, window=2)).encode())
+        pos, n, width = struct.unpack_from("<IHH", f.payload, 0)
+        labels = struct.unpack_from(f"<{n}H", f.payload, 8)
+        if pos > self.applied:
+            status = fr.TRAIN_GAP
+        elif pos + n <= self.applied:
+            status = fr.TRAIN_OLD
+        else:
+            self.got += labels[self.applied - pos :]
+            self.applied = pos + n
+            status = fr.TRAIN_APPLIED
+        i, self.frames = self.frames, self.frames + 1
+        if i in self.lose:
+            return b""
+        return reply(f, struct.pack("<IIIIB", self.applied, self.applied, 0, 10, status))
+
+
+def _samples(a: int, b: int):
+    return np.zeros((b - a, 3), np.uint8), np.arange(a, b) % 60000
+
+
+def test_train_applies_every_sample_once_across_lost_replies():
+    dev = TrainDevice(lose={0, 3, 4, 9})
+    link, port = make_link(dev)
+    link.hello()
+    link.train_chunk = 7
+    last = link.train(_samples, 0, 200)
+    assert last.applied == 200 and dev.got == list(range(200))  # in order, none twice
+    assert link.stats.timeouts >= 1 and link.stats.train_sent > 200  # some frames went twice
+
+
+def test_train_with_no_answer_is_a_bounded_error():
+    link, port = make_link(lambda f, p: reply(f, json.dumps(HELLO_REPLY).encode()) if f.type == fr.HELLO else b"")
+    link.hello()
+    t0 = time.monotonic()
+    with pytest.raises(LinkError, match=r"TRAIN to fake: no progress from sample 5 after 4 resends"):
+        link.train(_samples, 5, 50)
+    # bounded: 4 silences of the reply timeout plus the device time 45 unmeasured samples
+    # may take (2 x 10 ms each), and a margin for a loaded machine
+    assert time.monotonic() - t0 < 4 * (0.05 + 2 * 45 * 0.01) + 3
+
+
+def test_train_on_a_line_that_damages_every_frame_is_a_bounded_error():
+    def nak_all(f, p):
+        if f.type == fr.HELLO:
+            return reply(f, json.dumps(dict(HELLO_REPLY, window=2)).encode())
+        return fr.encode(fr.NAK, 0, bytes([fr.NAK_CRC]))
+
+    link, port = make_link(nak_all)
+    link.hello()
+    with pytest.raises(LinkError, match=r"TRAIN to fake: no progress from sample 0 after 16 resends \(the last for a NAK"):
+        link.train(_samples, 0, 50)
+    assert len(port.frames) < 40  # HELLO and a bounded number of TRAIN frames

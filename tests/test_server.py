@@ -64,6 +64,13 @@ r["engine"] = [[x.args[0], x.args[1]] for x in (
     S._engine_refusal(ValueError("rbnn: m.rbnn: E_CRC at offset 9: crc32: expected 1, found 2"), "E_HEADER"),
     S._engine_refusal(ValueError("rbnn: input has 7 bytes; expected 100 raw features"), "E_INPUT"),
     S._engine_refusal(ValueError("rbnn: E_x: not a code"), "E_INPUT"))]
+r["window"] = [srv.hello()["window"]]
+class Board:  # a board module that holds one TRAIN frame only (a UART without flow control)
+    WINDOW = 1
+import sys
+sys.modules["rbnn_board"] = Board
+r["window"].append(srv.hello()["window"])
+del sys.modules["rbnn_board"]
 print(json.dumps(r))
 """
 
@@ -111,3 +118,8 @@ def test_failures_carry_their_code(served):
     # an engine's own code attribute first, then the code its text names, else the default
     assert [c for c, _ in served["engine"]] == ["E_RANGE", "E_CRC", "E_INPUT", "E_INPUT"]
     assert served["engine"][1][1] == "rbnn: m.rbnn: E_CRC at offset 9: crc32: expected 1, found 2"
+
+
+def test_hello_says_the_train_window(served):
+    # 2 by default (one frame applied, the next arriving); a board module may say less
+    assert served["window"] == [2, 1]

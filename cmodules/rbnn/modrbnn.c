@@ -33,6 +33,11 @@ typedef struct _rbnn_model_obj_t {
     int32_t *scores;
     uint32_t in_words;
     uint32_t n_classes;
+    /* Training (docs/DEVICE_API.md, Training): the step's scratch, allocated from the
+     * GC heap at the first step (rbnn_train_scratch_bytes), NULL until then; and whether
+     * the buffer the model came from may be written (a bytes object may not). */
+    uint32_t *train_scratch;
+    bool writable;
     rbnn_model_t m;
 } rbnn_model_obj_t;
 
@@ -55,9 +60,15 @@ static mp_obj_t rbnn_model_make_new(const mp_obj_type_t *type, size_t n_args, si
         mp_raise_TypeError(MP_ERROR_TEXT("rbnn: Model() takes the file's bytes; use rbnn.load(path) for a path"));
     }
     mp_buffer_info_t bi;
-    mp_get_buffer_raise(args[0], &bi, MP_BUFFER_READ);
+    /* Asking for a writable buffer tells bytes (and memoryviews of it) from bytearray. */
+    bool writable = mp_get_buffer(args[0], &bi, MP_BUFFER_RW);
+    if (!writable) {
+        mp_get_buffer_raise(args[0], &bi, MP_BUFFER_READ);
+    }
 
     rbnn_model_obj_t *self = mp_obj_malloc(rbnn_model_obj_t, type);
+    self->writable = writable;
+    self->train_scratch = NULL;
     self->buf_obj = args[0];
     self->buf = bi.buf;
     self->buf_len = bi.len;
@@ -111,33 +122,44 @@ static unsigned rbnn_bad_plane(const rbnn_model_obj_t *self) {
     return 0;
 }
 
+/* Bring a sample (raw features or packed bits, `len` bytes at p) into self->in_bits;
+ * any other length is a ValueError naming both accepted ones. */
+static void rbnn_load_input(rbnn_model_obj_t *self, const uint8_t *p, size_t len) {
+    size_t raw_len = self->m.n_inputs;
+    size_t packed_len = 4 * (size_t)self->in_words;
+    if (len == raw_len) {
+        /* Raw wins a tie of lengths (docs/DEVICE_API.md, Inputs). */
+        int r = rbnn_pack_u8(&self->m, p, self->in_bits);
+        if (r < 0) {
+            rbnn_raise(r, NULL);
+        }
+    } else if (len == packed_len) {
+        /* Copied, not used in place: x need not be word-aligned. */
+        memcpy(self->in_bits, p, packed_len);
+    } else {
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("rbnn: input has %u bytes; expected %u raw features or %u bytes of packed bits"),
+            (unsigned)len, (unsigned)raw_len, (unsigned)packed_len);
+    }
+}
+
+/* The E_INPUT text of predict (the core only says E_INPUT); `at` names the sample of
+ * a batch ("sample 3: "), or is "". */
+static MP_NORETURN void rbnn_raise_input(rbnn_model_obj_t *self, const char *at) {
+    mp_raise_msg_varg(&mp_type_ValueError,
+        MP_ERROR_TEXT("rbnn: E_INPUT: %spacked input plane %u has padding bits set (n_inputs %u)"),
+        at, rbnn_bad_plane(self), (unsigned)self->m.n_inputs);
+}
+
 /* Fill self->scores from x (raw features or packed bits); returns the class. */
 static int rbnn_run(rbnn_model_obj_t *self, mp_obj_t x_in) {
     rbnn_check_buffer(self);
     mp_buffer_info_t bi;
     mp_get_buffer_raise(x_in, &bi, MP_BUFFER_READ);
-    size_t raw_len = self->m.n_inputs;
-    size_t packed_len = 4 * (size_t)self->in_words;
-    int r;
-    if (bi.len == raw_len) {
-        /* Raw wins a tie of lengths (docs/DEVICE_API.md, Inputs). */
-        r = rbnn_pack_u8(&self->m, bi.buf, self->in_bits);
-        if (r < 0) {
-            rbnn_raise(r, NULL);
-        }
-    } else if (bi.len == packed_len) {
-        /* Copied, not used in place: x need not be word-aligned. */
-        memcpy(self->in_bits, bi.buf, packed_len);
-    } else {
-        mp_raise_msg_varg(&mp_type_ValueError,
-            MP_ERROR_TEXT("rbnn: input has %u bytes; expected %u raw features or %u bytes of packed bits"),
-            (unsigned)bi.len, (unsigned)raw_len, (unsigned)packed_len);
-    }
-    r = rbnn_infer(&self->m, self->in_bits, self->scratch, self->scores);
+    rbnn_load_input(self, bi.buf, bi.len);
+    int r = rbnn_infer(&self->m, self->in_bits, self->scratch, self->scores);
     if (r == RBNN_E_INPUT) {
-        mp_raise_msg_varg(&mp_type_ValueError,
-            MP_ERROR_TEXT("rbnn: E_INPUT: packed input plane %u has padding bits set (n_inputs %u)"),
-            rbnn_bad_plane(self), (unsigned)self->m.n_inputs);
+        rbnn_raise_input(self, "");
     }
     if (r < 0) {
         rbnn_raise(r, NULL);
@@ -208,6 +230,252 @@ static mp_obj_t rbnn_model_info(mp_obj_t self_in) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_1(rbnn_model_info_obj, rbnn_model_info);
 
+/* ---- training (docs/DEVICE_API.md, Training): the core's step on the model's buffer --
+ * Every refusal raises before the core changes anything, or is the core's own refusal,
+ * which changes nothing either; the texts are the twin's (rbnn.learn.step). */
+
+/* Offsets in the training section and the block table (docs/FORMAT.md). */
+enum {
+    TS_STEPS = 8, TS_BLOCK_STEPS = 12, TS_HITS = 16, TS_ACTIVE = 20, TS_GROW_EVERY = 24,
+    TS_STREAM_ID = 28, TS_STREAM_BASE = 32, TS_BITS = 40, TS_GROW_LEFT = 41,
+};
+
+static uint32_t rd32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static const uint8_t *rbnn_train_state(const rbnn_model_obj_t *self) {
+    return self->buf + self->m.train_offset;
+}
+
+/* Planes no block owns (the block table's n_bits of every block in use). */
+static uint32_t rbnn_free_planes(const rbnn_model_obj_t *self) {
+    uint32_t n = self->m.n_planes;
+    for (uint32_t b = 0; b < self->m.n_blocks; b++) {
+        n -= self->buf[self->m.blocks_offset + RBNN_BLOCK_ENTRY_BYTES * b + 1];
+    }
+    return n;
+}
+
+/* A version 2 model whose buffer is still where it was loaded. */
+static void rbnn_check_version(rbnn_model_obj_t *self) {
+    rbnn_check_buffer(self);
+    if (self->m.version < 2) {
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("rbnn: E_VERSION: a version %u file has no training state; write it as version 2 to train it"),
+            (unsigned)self->m.version);
+    }
+}
+
+/* ... which may also be written. */
+static void rbnn_check_trainable(rbnn_model_obj_t *self) {
+    rbnn_check_version(self);
+    if (!self->writable) {
+        mp_raise_ValueError(MP_ERROR_TEXT("rbnn: the model's buffer is read-only: load it from a path or a bytearray to train"));
+    }
+}
+
+/* ... and has the step's scratch: allocated once, at the first step. */
+static void rbnn_check_steppable(rbnn_model_obj_t *self) {
+    rbnn_check_trainable(self);
+    if (self->train_scratch == NULL) {
+        uint32_t bytes = rbnn_train_scratch_bytes(&self->m);
+        self->train_scratch = m_new(uint32_t, bytes ? (bytes + 3) / 4 : 1);
+    }
+}
+
+/* The text of a refused step (the twin's words); `sample` >= 0 names it in a batch. */
+static MP_NORETURN void rbnn_raise_step(rbnn_model_obj_t *self, int code, mp_obj_t label,
+    mp_int_t sample) {
+    vstr_t at;
+    vstr_init(&at, 16);
+    if (sample >= 0) {
+        vstr_printf(&at, "sample %u: ", (unsigned)sample);
+    }
+    const char *where = vstr_null_terminated_str(&at);
+    if (code == RBNN_E_LABEL) {
+        vstr_t v;
+        mp_print_t print;
+        vstr_init_print(&v, 16, &print);
+        mp_obj_print_helper(&print, label, PRINT_REPR);
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("rbnn: E_LABEL: %slabel %s: expected 0..%u"),
+            where, vstr_null_terminated_str(&v), (unsigned)(self->n_classes - 1));
+    }
+    if (code == RBNN_E_INPUT) {
+        rbnn_raise_input(self, where);
+    }
+    if (code == RBNN_E_FULL) {
+        const uint8_t *ts = rbnn_train_state(self);
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("rbnn: E_FULL: %sno live block, and none may open (grow_left %u, %u free planes, bits %u, %u empty slots)"),
+            where, (unsigned)ts[TS_GROW_LEFT], (unsigned)rbnn_free_planes(self), (unsigned)ts[TS_BITS],
+            (unsigned)(self->m.max_blocks - self->m.n_blocks));
+    }
+    rbnn_raise(code, NULL);
+}
+
+/* A label as the core takes it: out of range (negative, too big, a big int) is
+ * UINT32_MAX, which the core refuses (E_LABEL) before anything changes. */
+static uint32_t rbnn_label(const rbnn_model_obj_t *self, mp_obj_t label) {
+    if (!mp_obj_is_small_int(label) && mp_obj_is_int(label)) {
+        return UINT32_MAX; /* a big int: no class */
+    }
+    mp_int_t v = mp_obj_get_int(label); /* TypeError for a non-int */
+    return v < 0 || (mp_uint_t)v >= self->n_classes ? UINT32_MAX : (uint32_t)v;
+}
+
+/* train(x, label) -> the class predicted before the update */
+static mp_obj_t rbnn_model_train(mp_obj_t self_in, mp_obj_t x_in, mp_obj_t label_in) {
+    rbnn_model_obj_t *self = MP_OBJ_TO_PTR(self_in);
+    rbnn_check_steppable(self);
+    mp_buffer_info_t bi;
+    mp_get_buffer_raise(x_in, &bi, MP_BUFFER_READ);
+    uint32_t label = rbnn_label(self, label_in);
+    rbnn_load_input(self, bi.buf, bi.len);
+    int r = rbnn_train_step(&self->m, (void *)self->buf, self->in_bits, label, self->train_scratch, NULL);
+    if (r < 0) {
+        rbnn_raise_step(self, r, label_in, -1);
+    }
+    return MP_OBJ_NEW_SMALL_INT(r);
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(rbnn_model_train_obj, rbnn_model_train);
+
+/* train_batch(xs, labels, preds=None) -> right predictions. n = len(labels) u8 labels,
+ * xs n samples of len(xs) // n bytes each; preds (optional) receives each class. Every
+ * argument is checked before the first step; a refused sample stops the batch with the
+ * samples before it applied. Allocates nothing after the first step. */
+static mp_obj_t rbnn_model_train_batch(size_t n_args, const mp_obj_t *args) {
+    rbnn_model_obj_t *self = MP_OBJ_TO_PTR(args[0]);
+    rbnn_check_steppable(self);
+    mp_buffer_info_t xs, ys, ps;
+    mp_get_buffer_raise(args[1], &xs, MP_BUFFER_READ);
+    mp_get_buffer_raise(args[2], &ys, MP_BUFFER_READ);
+    size_t n = ys.len;
+    size_t raw_len = self->m.n_inputs, packed_len = 4 * (size_t)self->in_words;
+    size_t per = n ? xs.len / n : 0;
+    if (n ? per * n != xs.len || (per != raw_len && per != packed_len) : xs.len != 0) {
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("rbnn: xs has %u bytes for %u labels; expected %u raw features or %u bytes of packed bits per sample"),
+            (unsigned)xs.len, (unsigned)n, (unsigned)raw_len, (unsigned)packed_len);
+    }
+    uint8_t *preds = NULL;
+    if (n_args > 3 && args[3] != mp_const_none) {
+        mp_get_buffer_raise(args[3], &ps, MP_BUFFER_WRITE);
+        if (ps.len < n) {
+            mp_raise_msg_varg(&mp_type_ValueError,
+                MP_ERROR_TEXT("rbnn: preds has %u bytes, needs at least %u (one per label)"),
+                (unsigned)ps.len, (unsigned)n);
+        }
+        preds = ps.buf;
+    }
+    const uint8_t *x = xs.buf, *y = ys.buf;
+    mp_uint_t hits = 0;
+    for (size_t i = 0; i < n; i++) {
+        rbnn_load_input(self, x + i * per, per); /* per is valid: cannot raise */
+        int r = rbnn_train_step(&self->m, (void *)self->buf, self->in_bits, y[i], self->train_scratch, NULL);
+        if (r < 0) {
+            rbnn_raise_step(self, r, MP_OBJ_NEW_SMALL_INT(y[i]), (mp_int_t)i);
+        }
+        if (preds != NULL) {
+            preds[i] = (uint8_t)r;
+        }
+        hits += (uint32_t)r == y[i];
+    }
+    return mp_obj_new_int_from_uint(hits);
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(rbnn_model_train_batch_obj, 3, 4, rbnn_model_train_batch);
+
+/* grow() -> index of the block opened in free planes (grow_left is not changed) */
+static mp_obj_t rbnn_model_grow(mp_obj_t self_in) {
+    rbnn_model_obj_t *self = MP_OBJ_TO_PTR(self_in);
+    rbnn_check_trainable(self);
+    int r = rbnn_new_block(&self->m, (void *)self->buf);
+    if (r == RBNN_E_FULL) {
+        if (self->m.live != 0xFFu) {
+            mp_raise_ValueError(MP_ERROR_TEXT("rbnn: E_FULL: a live block exists; freeze it before opening another"));
+        }
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("rbnn: E_FULL: no room for a %u-bit block: %u free planes, %u empty block slots"),
+            (unsigned)rbnn_train_state(self)[TS_BITS], (unsigned)rbnn_free_planes(self),
+            (unsigned)(self->m.max_blocks - self->m.n_blocks));
+    }
+    if (r < 0) {
+        rbnn_raise(r, NULL);
+    }
+    return MP_OBJ_NEW_SMALL_INT(r);
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(rbnn_model_grow_obj, rbnn_model_grow);
+
+/* freeze(): the live block keeps its sign plane, its other planes are released */
+static mp_obj_t rbnn_model_freeze(mp_obj_t self_in) {
+    rbnn_model_obj_t *self = MP_OBJ_TO_PTR(self_in);
+    rbnn_check_trainable(self);
+    int r = rbnn_freeze(&self->m, (void *)self->buf);
+    if (r == RBNN_E_FULL) {
+        mp_raise_ValueError(MP_ERROR_TEXT("rbnn: E_FULL: no live block to freeze"));
+    }
+    if (r < 0) {
+        rbnn_raise(r, NULL);
+    }
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(rbnn_model_freeze_obj, rbnn_model_freeze);
+
+/* stats() -> dict, keys as docs/DEVICE_API.md (Training) */
+static mp_obj_t rbnn_model_stats(mp_obj_t self_in) {
+    rbnn_model_obj_t *self = MP_OBJ_TO_PTR(self_in);
+    rbnn_check_version(self);
+    const uint8_t *ts = rbnn_train_state(self);
+    const rbnn_model_t *m = &self->m;
+    mp_obj_t d = mp_obj_new_dict(13);
+    dict_set(d, MP_QSTR_steps, mp_obj_new_int_from_uint(rd32(ts + TS_STEPS)));
+    dict_set(d, MP_QSTR_hits, mp_obj_new_int_from_uint(rd32(ts + TS_HITS)));
+    dict_set(d, MP_QSTR_active, mp_obj_new_int_from_uint(rd32(ts + TS_ACTIVE)));
+    dict_set(d, MP_QSTR_block_steps, mp_obj_new_int_from_uint(rd32(ts + TS_BLOCK_STEPS)));
+    dict_set(d, MP_QSTR_live, m->live == 0xFFu ? mp_const_none : MP_OBJ_NEW_SMALL_INT(m->live));
+    dict_set(d, MP_QSTR_blocks, MP_OBJ_NEW_SMALL_INT(m->n_blocks));
+    dict_set(d, MP_QSTR_max_blocks, MP_OBJ_NEW_SMALL_INT(m->max_blocks));
+    dict_set(d, MP_QSTR_free_planes, MP_OBJ_NEW_SMALL_INT(rbnn_free_planes(self)));
+    dict_set(d, MP_QSTR_bits, MP_OBJ_NEW_SMALL_INT(ts[TS_BITS]));
+    dict_set(d, MP_QSTR_grow_left, MP_OBJ_NEW_SMALL_INT(ts[TS_GROW_LEFT]));
+    dict_set(d, MP_QSTR_grow_every, mp_obj_new_int_from_uint(rd32(ts + TS_GROW_EVERY)));
+    dict_set(d, MP_QSTR_stream_id, mp_obj_new_int_from_uint(rd32(ts + TS_STREAM_ID)));
+    dict_set(d, MP_QSTR_stream_base, mp_obj_new_int_from_uint(rd32(ts + TS_STREAM_BASE)));
+    return d;
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(rbnn_model_stats_obj, rbnn_model_stats);
+
+/* The file's CRC, written into the buffer first when it may be written (a read-only
+ * buffer cannot have been trained: its CRC is the one checked at load). */
+static uint32_t rbnn_do_reseal(rbnn_model_obj_t *self) {
+    rbnn_check_buffer(self);
+    if (self->writable) {
+        rbnn_reseal(&self->m, (void *)self->buf);
+    }
+    return rd32(self->buf + self->m.file_bytes - 4);
+}
+
+/* reseal() -> int: the CRC, written into the buffer */
+static mp_obj_t rbnn_model_reseal(mp_obj_t self_in) {
+    return mp_obj_new_int_from_uint(rbnn_do_reseal(MP_OBJ_TO_PTR(self_in)));
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(rbnn_model_reseal_obj, rbnn_model_reseal);
+
+/* save(path): reseal, then rbnn_store.write_file(path, buffer) (path.new, sync, rename:
+ * one atomic writer for every engine, in Python) */
+static mp_obj_t rbnn_model_save(mp_obj_t self_in, mp_obj_t path_in) {
+    rbnn_model_obj_t *self = MP_OBJ_TO_PTR(self_in);
+    rbnn_do_reseal(self);
+    mp_obj_t store = mp_import_name(MP_QSTR_rbnn_store, mp_const_none, MP_OBJ_NEW_SMALL_INT(0));
+    mp_obj_t write_file = mp_load_attr(store, MP_QSTR_write_file);
+    /* The caller's object, or (a copied unaligned buffer) a bytearray over the copy. */
+    mp_obj_t data = self->buf_obj != MP_OBJ_NULL ? self->buf_obj
+        : mp_obj_new_bytearray_by_ref(self->buf_len, (void *)self->buf);
+    mp_call_function_2(write_file, path_in, data);
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(rbnn_model_save_obj, rbnn_model_save);
+
 /* Read-only attributes; everything else is looked up in locals_dict. */
 static void rbnn_model_attr(mp_obj_t self_in, qstr attr, mp_obj_t *dest) {
     if (dest[0] != MP_OBJ_NULL) {
@@ -237,6 +505,13 @@ static const mp_rom_map_elem_t rbnn_model_locals_dict_table[] = {
     { MP_ROM_QSTR(MP_QSTR_predict), MP_ROM_PTR(&rbnn_model_predict_obj) },
     { MP_ROM_QSTR(MP_QSTR_scores), MP_ROM_PTR(&rbnn_model_scores_obj) },
     { MP_ROM_QSTR(MP_QSTR_info), MP_ROM_PTR(&rbnn_model_info_obj) },
+    { MP_ROM_QSTR(MP_QSTR_train), MP_ROM_PTR(&rbnn_model_train_obj) },
+    { MP_ROM_QSTR(MP_QSTR_train_batch), MP_ROM_PTR(&rbnn_model_train_batch_obj) },
+    { MP_ROM_QSTR(MP_QSTR_grow), MP_ROM_PTR(&rbnn_model_grow_obj) },
+    { MP_ROM_QSTR(MP_QSTR_freeze), MP_ROM_PTR(&rbnn_model_freeze_obj) },
+    { MP_ROM_QSTR(MP_QSTR_stats), MP_ROM_PTR(&rbnn_model_stats_obj) },
+    { MP_ROM_QSTR(MP_QSTR_reseal), MP_ROM_PTR(&rbnn_model_reseal_obj) },
+    { MP_ROM_QSTR(MP_QSTR_save), MP_ROM_PTR(&rbnn_model_save_obj) },
 };
 static MP_DEFINE_CONST_DICT(rbnn_model_locals_dict, rbnn_model_locals_dict_table);
 

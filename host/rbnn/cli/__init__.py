@@ -22,7 +22,8 @@ from .. import __version__
 from ..errors import RbnnError
 
 # Subcommand modules, in the order `rbnn --help` lists them.
-COMMANDS = ["data", "train", "grow", "summary", "eval", "flash", "deploy", "infer", "device", "virtual"]
+COMMANDS = ["data", "train", "grow", "summary", "eval", "flash", "deploy", "infer", "stream", "pull", "device",
+            "virtual"]
 
 
 class Parser(argparse.ArgumentParser):

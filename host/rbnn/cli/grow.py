@@ -15,6 +15,7 @@ block trained by the step (the RBNN paper's setting).
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 from ..learn.defaults import BITS
 from .argtypes import non_negative_int, positive_int
@@ -22,11 +23,10 @@ from .argtypes import non_negative_int, positive_int
 KINDS = ("auto", "new", "domain", "same")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("grow", help="train new blocks in a model's arena with the integer step")
-    p.add_argument("model", nargs="?", help=".rbnn file to grow (not with --new)")
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """The options of a growth run, the same for `rbnn grow` and `rbnn stream` (docs/
+    TRAINING.md, The growth run): which samples, the schedule, the seed, the kind."""
     p.add_argument("--data", default="mnist", help="'mnist', a folder of IDX files (its training images) or a .npz file")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.rbnn", help="the grown model")
     p.add_argument("--offset", type=non_negative_int, default=0, help="first sample (default 0)")
     p.add_argument("--limit", type=positive_int, help="samples per epoch (default: all from --offset)")
     p.add_argument("--epochs", type=positive_int, default=1, help="passes over the samples (default 1)")
@@ -36,9 +36,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--blocks", type=positive_int,
                    help="new blocks to grow (default: as many as the arena holds)")  # fmt: skip
     p.add_argument("--seed", type=non_negative_int, default=1, help="seed of the step's random numbers (default 1)")
-    p.add_argument("--engine", choices=["c", "twin"], default="c",
-                   help="the C core (default) or the numpy twin: the same bytes")  # fmt: skip
-    p.add_argument("--test", metavar="DATA", help="test set (default: an IDX set's own test images)")
     p.add_argument("--kind", choices=KINDS, default="auto",
                    help="hyper-parameters for data unlike the frozen blocks' (domain), more of the same "
                         "(same), or an empty arena (new); auto (default): same when the frozen blocks "
@@ -46,6 +43,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scale-shift", type=int, help="override the live output scale 2^N")
     p.add_argument("--margin", type=positive_int, help="override the hinge margin (score units)")
     p.add_argument("--keep-live", action="store_true", help="leave the last block live (default: freeze it)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("grow", help="train new blocks in a model's arena with the integer step")
+    p.add_argument("model", nargs="?", help=".rbnn file to grow (not with --new)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.rbnn", help="the grown model")
+    add_run_args(p)
+    p.add_argument("--engine", choices=["c", "twin"], default="c",
+                   help="the C core (default) or the numpy twin: the same bytes")  # fmt: skip
+    p.add_argument("--test", metavar="DATA", help="test set (default: an IDX set's own test images)")
     p.add_argument("--new", action="store_true", help="start from an empty arena (needs --hidden and --arena)")
     p.add_argument("--hidden", help="--new: hidden widths, e.g. 256,256")
     p.add_argument("--arena", type=int, metavar="P", help="--new: bit-planes of the arena")
@@ -54,6 +61,70 @@ def register(sub: argparse._SubParsersAction) -> None:
     planes.add_argument("--plane-mask", metavar="MASK", help="--new: input planes of this mask")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def check_bits(args: argparse.Namespace) -> None:
+    from ..errors import RbnnError
+
+    if args.bits is not None and not 1 <= args.bits <= 16:
+        raise RbnnError(f"--bits: expected 1..16, found {args.bits}")
+
+
+def check_fit(m, ds, what: str) -> None:
+    """The data's samples and labels fit the model ``what`` (its inputs and classes)."""
+    from ..errors import RbnnError
+
+    if m.n_inputs != ds.x_train.shape[1]:
+        raise RbnnError(f"{what} has {m.n_inputs} inputs, --data has {ds.x_train.shape[1]}")
+    if int(ds.y_train.max()) >= m.n_classes:
+        raise RbnnError(f"{what} has {m.n_classes} classes, --data has labels up to {int(ds.y_train.max())}")
+
+
+def run_key(args: argparse.Namespace, ds) -> int:
+    """The run's digest apart from the model (rbnn.learn.run.run_digest), of the options
+    as given: the same for `grow` and `stream`, and for a stream before and after it
+    began (none of it depends on the model)."""
+    from ..learn import run as R
+
+    p = R.plan(len(ds.y_train), args.offset, args.limit, args.epochs, args.shuffle, args.seed, 1)
+    opts = {"epochs": args.epochs, "shuffle": args.shuffle, "seed": args.seed, "bits": args.bits,
+            "blocks": args.blocks, "kind": "new" if getattr(args, "new", False) else args.kind,
+            "scale_shift": args.scale_shift, "margin": args.margin, "keep_live": args.keep_live}  # fmt: skip
+    return R.run_digest(ds.x_train, ds.y_train, p.offset, p.count, opts)
+
+
+@dataclass
+class Setup:
+    """A prepared run: its plan, the blocks and bits it grows, the kind of
+    hyper-parameters, and the stream id stamped into the model."""
+
+    plan: object  # rbnn.learn.run.Plan
+    blocks: int
+    bits: int
+    kind: str
+    stream_id: int
+
+
+def prepare_run(args: argparse.Namespace, m, ds, what: str, key: int | None = None) -> Setup:
+    """Prepare ``m`` for the run of ``args`` exactly as `rbnn grow` does: bits and blocks
+    (defaults from the arena), the plan, hyper-parameters (rbnn.learn.run.prepare) and
+    the stream stamp (rbnn.learn.run.stamp). ``what`` names the model in messages."""
+    from ..learn import run as R
+
+    key = run_key(args, ds) if key is None else key
+    bits = args.bits if args.bits is not None else max(1, min(BITS, R.room_planes(m)))
+    fits = R.room(m, bits)
+    blocks = args.blocks or fits
+    if fits == 0:
+        raise R.GrowError(f"{what}: no room left to grow: {len(m.free_planes())} free planes of "
+                          f"{m.n_planes} (a block needs {bits}), {m.capacity - len(m.blocks)} empty block "
+                          "slots; nothing written")  # fmt: skip
+    p = R.plan(len(ds.y_train), args.offset, args.limit, args.epochs, args.shuffle, args.seed, blocks)
+    overrides = {k: v for k, v in (("scale_shift", args.scale_shift), ("margin", args.margin)) if v is not None}
+    first = p.order[:1000]
+    kind = R.prepare(m, p, args.seed, bits, "new" if getattr(args, "new", False) else args.kind, overrides,
+                     probe=(ds.x_train[first], ds.y_train[first]))  # fmt: skip
+    return Setup(p, blocks, bits, kind, R.stamp(m, key))
 
 
 def _model(args: argparse.Namespace, ds):
@@ -75,17 +146,13 @@ def _model(args: argparse.Namespace, ds):
         if getattr(args, opt) is not None:
             raise RbnnError(f"--{opt.replace('_', '-')} goes with --new only (the model file has its shape)")
     raw, m = read_model(args.model)
-    if m.n_inputs != ds.x_train.shape[1]:
-        raise RbnnError(f"{args.model} has {m.n_inputs} inputs, --data has {ds.x_train.shape[1]}")
-    if int(ds.y_train.max()) >= m.n_classes:
-        raise RbnnError(f"{args.model} has {m.n_classes} classes, --data has labels up to {int(ds.y_train.max())}")
+    check_fit(m, ds, args.model)
     return args.model, m
 
 
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from ..errors import RbnnError
     from ..files import write_atomic
     from ..format import pack
     from ..learn import run as R
@@ -93,25 +160,14 @@ def run(args: argparse.Namespace) -> int:
     from .sidefiles import check_outputs
     from .train import training_sets
 
-    if args.bits is not None and not 1 <= args.bits <= 16:
-        raise RbnnError(f"--bits: expected 1..16, found {args.bits}")
+    check_bits(args)
     ds, test = training_sets(args.data, args.test)
     source, m = _model(args, ds)
-    if args.bits is None:
-        args.bits = max(1, min(BITS, R.room_planes(m)))
     inputs = ds.files + test.files + ((source,) if source else ())
     out, sides, notes = check_outputs(args.output, inputs, {"growth": "growth.png", "history": "growth.json"})
-    fits = R.room(m, args.bits)
-    blocks = args.blocks or fits
-    if fits == 0:
-        raise R.GrowError(f"{source or 'the arena'}: no room left to grow: {len(m.free_planes())} free planes of "
-                          f"{m.n_planes} (a block needs {args.bits}), {m.capacity - len(m.blocks)} empty block "
-                          "slots; nothing written")  # fmt: skip
-    p = R.plan(len(ds.y_train), args.offset, args.limit, args.epochs, args.shuffle, args.seed, blocks)
-    overrides = {k: v for k, v in (("scale_shift", args.scale_shift), ("margin", args.margin)) if v is not None}
-    first = p.order[:1000]
-    kind = R.prepare(m, p, args.seed, args.bits, "new" if args.new else args.kind, overrides,
-                     probe=(ds.x_train[first], ds.y_train[first]))  # fmt: skip
+    run = prepare_run(args, m, ds, source or "the arena")
+    p, kind, blocks = run.plan, run.kind, run.blocks
+    args.bits = run.bits
     st = m.state()
     tests = {test.name: (test.x_test, test.y_test)} if len(test.y_test) else {}
     print(f"grow: {p.samples:,} samples ({p.count:,} from {p.offset}, {p.epochs} epoch(s){', shuffled' if p.shuffle else ''}), "

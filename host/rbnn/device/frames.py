@@ -7,7 +7,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 
-PROTOCOL = 1
+PROTOCOL = 2
 SOF = b"\xa5\x5a"
 HEADER = struct.Struct("<2sBBHH")  # sof, type, flags, seq, len
 HEADER_BYTES = HEADER.size
@@ -29,6 +29,12 @@ UP_DATA = 0x11
 SAVE = 0x12
 LOAD = 0x13
 INFER = 0x20
+TRAIN_BEGIN = 0x30
+TRAIN = 0x31
+CHECKPOINT = 0x32
+GROW = 0x33
+FREEZE = 0x34
+PULL = 0x35
 REPLY = 0x80
 ACK = 0x7D
 NAK = 0x7E
@@ -38,9 +44,16 @@ NAK_CRC = 1
 NAK_TRUNCATED = 2
 NAK_TOO_LONG = 3
 
+# TRAIN reply status (docs/PROTOCOL.md, TRAIN)
+TRAIN_APPLIED = 0
+TRAIN_GAP = 1
+TRAIN_OLD = 2
+
 NAMES = {
     HELLO: "HELLO", INFO: "INFO", STATS: "STATS", RESET: "RESET", LEAVE: "LEAVE",
     UP_BEGIN: "UP_BEGIN", UP_DATA: "UP_DATA", SAVE: "SAVE", LOAD: "LOAD", INFER: "INFER",
+    TRAIN_BEGIN: "TRAIN_BEGIN", TRAIN: "TRAIN", CHECKPOINT: "CHECKPOINT", GROW: "GROW", FREEZE: "FREEZE",
+    PULL: "PULL",
     ACK: "ACK", NAK: "NAK", ERR: "ERR",
 }  # fmt: skip
 

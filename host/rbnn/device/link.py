@@ -62,6 +62,9 @@ class LinkStats:
     reconnects: int = 0
     bytes_out: int = 0
     bytes_in: int = 0
+    train_out: int = 0  # bytes of TRAIN frames sent (resends included)
+    train_in: int = 0  # bytes read while streaming TRAIN frames
+    train_sent: int = 0  # samples sent in TRAIN frames (resends included)
 
 
 def _text(b: bytes) -> str:
@@ -118,6 +121,16 @@ def open_serial(port: str, baudrate: int = DEFAULT_BAUD, error: type[RbnnError] 
         if "Inappropriate ioctl" in str(e):  # ENOTTY: /dev/null and other non-tty devices
             raise error(f"{port}: not a serial port: the device takes no serial settings ({e})") from None
         raise error(f"cannot open {port}: {e}") from None
+
+
+def device_error(request: str, payload: bytes) -> DeviceError:
+    """The DeviceError of an ERR frame's payload (JSON code and message)."""
+    try:
+        err = json.loads(payload)
+        code, msg = err.get("code", "E_?"), err.get("message", "")
+    except ValueError:
+        code, msg = "E_?", _text(payload)
+    return DeviceError(request, code, msg)
 
 
 # What Waiting.on_frame asks of the reader.
@@ -199,12 +212,7 @@ class Waiting:
         return EXTEND, b""
 
     def _err(self, f: fr.Frame) -> tuple[str, bytes]:
-        try:
-            err = json.loads(f.payload)
-            code, msg = err.get("code", "E_?"), err.get("message", "")
-        except ValueError:
-            code, msg = "E_?", _text(f.payload)
-        raise DeviceError(self.name, code, msg)
+        raise device_error(self.name, f.payload)
 
     def _reply(self, f: fr.Frame) -> tuple[str, bytes]:
         return DONE, f.payload
@@ -245,6 +253,7 @@ class Link:
         self.timeout = timeout
         self.op_timeout = op_timeout
         self.chunk = chunk
+        self.train_chunk: int | None = None  # most samples per TRAIN frame (None: as many as fit)
         self.max_payload = fr.BOOT_PAYLOAD
         self.seq = 0
         self.decoder = fr.Decoder()
@@ -446,7 +455,8 @@ class Link:
         Ctrl-C byte: the server may not have turned the keyboard interrupt off yet."""
         info = self._json(fr.HELLO, avoid=CTRL_C)
         if info.get("protocol") != fr.PROTOCOL:
-            raise LinkError(f"device speaks protocol {info.get('protocol')}, this host {fr.PROTOCOL}")
+            raise LinkError(f"device speaks protocol {info.get('protocol')}, this host {fr.PROTOCOL}: put this "
+                            f"version's firmware on it (`rbnn deploy MODEL --port {self.port_name}`)")  # fmt: skip
         self.max_payload = int(info["max_payload"])
         self.decoder.max_payload = max(self.max_payload, fr.BOOT_PAYLOAD)
         self.hello_info = info
@@ -620,3 +630,180 @@ class Link:
                 f"the device's {self.max_payload}-byte frames"
             )
         return per
+
+    # --- the training stream (docs/PROTOCOL.md, The training stream) ------------------------
+    def _state(self, ftype: int, payload: bytes = b"") -> dict:
+        return self._json(ftype, payload)
+
+    def train_begin(self, stream_id: int) -> dict:
+        """TRAIN_BEGIN: the loaded model's training state, ``applied`` included (the
+        device loads its default model first when none is loaded). DeviceError
+        ``E_STREAM`` when the model belongs to another stream."""
+        return self._state(fr.TRAIN_BEGIN, struct.pack("<I", stream_id & 0xFFFFFFFF))
+
+    def grow(self) -> dict:
+        """GROW: open a live block now; the training state after it."""
+        return self._state(fr.GROW)
+
+    def freeze(self) -> dict:
+        """FREEZE: freeze the live block; the training state after it."""
+        return self._state(fr.FREEZE)
+
+    def checkpoint(self, name: str) -> dict:
+        """CHECKPOINT: save the loaded model atomically as ``name`` (it becomes the
+        default); ``{"name", "bytes", "crc", "applied"}``."""
+        return self._json(fr.CHECKPOINT, check_model_name(name).encode())
+
+    def pull(self, progress: Callable[[int], None] | None = None) -> bytes:
+        """PULL the loaded model's file (CRC resealed by the device), in frames of
+        ``max_payload - 4`` bytes until one comes back short. Not checked here: see
+        :func:`rbnn.device.stream.pull_model`."""
+        data = bytearray()
+        step = min(self.max_payload - 4, 65535)
+        while True:
+            rep = self.request(fr.PULL, struct.pack("<IH", len(data), step))
+            (off,) = struct.unpack_from("<I", rep, 0)
+            if off != len(data):
+                raise LinkError(f"PULL: asked for offset {len(data)}, device answered {off}")
+            data += rep[4:]
+            if progress:
+                progress(len(data))
+            if len(rep) - 4 < step:
+                return bytes(data)
+
+    def train(
+        self,
+        samples: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
+        start: int,
+        stop: int,
+        on_reply: Callable[[TrainReply], None] | None = None,
+    ) -> TrainReply:
+        """Stream the samples of positions ``start .. stop - 1`` in TRAIN frames, with up
+        to ``window`` frames unanswered (HELLO), until the device has applied them all.
+
+        ``samples(a, b)`` returns (uint8 rows of ``L`` bytes, labels) of positions ``a ..
+        b - 1``. The device applies samples by position, so a lost, damaged or duplicated
+        frame in either direction costs a resend from where the device stands (a gap
+        reply, a NAK or a silence), never a sample applied twice. ``start`` must be the
+        device's ``applied`` (TRAIN_BEGIN).
+
+        Raises
+        ------
+        DeviceError
+            The device refused a sample (E_LABEL, E_INPUT, E_FULL, E_STREAM): the samples
+            before it are applied.
+        LinkError
+            No progress after ``retries`` resends in a row.
+        """
+        window = max(1, int(self.hello_info.get("window", 1)))
+        probe_x, _ = samples(start, min(stop, start + 1))
+        width = int(probe_x.shape[1]) if len(probe_x) else 0
+        fit = min(65535, (self.max_payload - 8) // (2 + width))
+        if fit < 1:
+            raise LinkError(f"a {width}-byte sample does not fit the device's {self.max_payload}-byte frames")
+        baud = getattr(self.ser, "baudrate", DEFAULT_BAUD) or DEFAULT_BAUD
+        per_sample = 0.0  # seconds of device time per sample, measured (0: not yet)
+        last = TrainReply(start, 0, 0, 0, fr.TRAIN_OLD)
+        confirmed = nxt = start
+        out: list[tuple[int, int, int]] = []  # (seq, first, end) sent since the last rewind
+        session: dict[int, tuple[int, int]] = {}  # every TRAIN seq of this call
+        self._flush_stale()
+        quiet_since = time.monotonic()
+        stalls = 0  # silences in a row without progress
+        fruitless = 0  # resends in a row without progress (NAKs, gaps, silences)
+        in0 = self.stats.bytes_in
+
+        def rewind(why: str) -> None:
+            nonlocal nxt, fruitless
+            fruitless += 1
+            if fruitless > 4 * (self.retries + 1):  # a line that damages every frame
+                raise LinkError(f"TRAIN to {self.port_name}: no progress from sample {confirmed} after "
+                                f"{fruitless - 1} resends (the last for a {why}; {self.stats.naks} NAKs so far)")  # fmt: skip
+            nxt = confirmed
+            out.clear()
+            self.stats.retries += 1
+
+        while confirmed < stop:
+            while len(out) < window and nxt < stop:
+                n = fit if per_sample <= 0 else max(1, min(fit, int(TRAIN_FRAME_SECONDS / per_sample)))
+                n = min(n, stop - nxt, self.train_chunk or n)
+                x, y = samples(nxt, nxt + n)
+                x = np.ascontiguousarray(x, np.uint8)  # L is the frame's: each frame says it
+                payload = struct.pack("<IHH", nxt, n, x.shape[1]) + np.asarray(y, "<u2").tobytes() + x.tobytes()
+                if len(payload) > self.max_payload:
+                    raise LinkError(f"TRAIN: {n} samples of {x.shape[1]} bytes exceed the device's "
+                                    f"{self.max_payload}-byte frames")  # fmt: skip
+                seq, frame, _ = self._next_seq(fr.TRAIN, payload, b"")
+                self._write(frame)
+                self.stats.requests += 1
+                self.stats.train_out += len(frame)
+                self.stats.train_sent += n
+                out.append((seq, nxt, nxt + n))
+                session[seq] = (nxt, nxt + n)
+                nxt += n
+            for f in self._read(time.monotonic() + 0.05):
+                if f.type == fr.NAK:  # a frame was damaged: go on from where the device is
+                    self.stats.naks += 1
+                    rewind("NAK")
+                    continue
+                if f.seq not in session:
+                    self.stats.stale += 1
+                    continue
+                if f.type == fr.ERR:
+                    raise device_error("TRAIN", f.payload)
+                if f.type != fr.TRAIN | fr.REPLY or len(f.payload) < 17:
+                    self.stats.stale += 1
+                    continue
+                last = TrainReply(*struct.unpack_from("<IIIIB", f.payload, 0))
+                first, end = session[f.seq]
+                if last.status == fr.TRAIN_APPLIED and last.compute_us:
+                    got = last.applied - max(first, confirmed)
+                    if got > 0:
+                        per_sample = last.compute_us / 1e6 / got
+                if last.applied > confirmed:
+                    confirmed = last.applied
+                    stalls = fruitless = 0
+                quiet_since = time.monotonic()
+                if on_reply:
+                    on_reply(last)
+                mine = [i for i, o in enumerate(out) if o[0] == f.seq]
+                if mine:
+                    del out[: mine[0] + 1]  # replies come in order: older ones are lost
+                    if last.status == fr.TRAIN_GAP:
+                        rewind("gap")
+            if out:
+                pending = sum(e - a for _, a, e in out)
+                wire = len(out) * (self.max_payload + fr.OVERHEAD + 29) * 10 / baud
+                allow = self.timeout + 2 * wire + 2 * pending * max(per_sample, 0.01)
+                if time.monotonic() - quiet_since > allow:
+                    self.stats.timeouts += 1
+                    stalls += 1
+                    if stalls > self.retries:
+                        said = _text(bytes(self.decoder.stats.skipped[-160:])).strip()
+                        raise LinkError(
+                            f"TRAIN to {self.port_name}: no progress from sample {confirmed} after "
+                            f"{stalls} resends ({self.stats.naks} NAKs so far)" + (f"; the device said: {said!r}" if said else "")
+                        )  # fmt: skip
+                    if self.decoder.pending:
+                        self.stats.truncated += 1
+                        self.decoder.drop_partial()
+                    rewind("silence")
+                    quiet_since = time.monotonic()
+        self.stats.train_in += self.stats.bytes_in - in0
+        return last
+
+
+# Device time one TRAIN frame should take at most, once the device's speed is known: a
+# slow engine gets shorter frames, so a fault costs little and progress shows.
+TRAIN_FRAME_SECONDS = 0.25
+
+
+@dataclass
+class TrainReply:
+    """A TRAIN reply (docs/PROTOCOL.md, TRAIN)."""
+
+    applied: int
+    steps: int
+    hits: int
+    compute_us: int
+    status: int

@@ -89,6 +89,9 @@ def arena_lines(m: Model) -> list[str]:
                      + (f", live block {live[0]} at {st.block_steps:,} steps" if live else "")
                      + f"; schedule: {st.grow_left} more block(s) of {st.bits} bits"
                      + (f", {st.grow_every:,} steps each" if st.grow_every else ", opened by hand"))  # fmt: skip
+        if st.stream_id:
+            lines.append(f"stream: 0x{st.stream_id:08x}, {st.steps - st.stream_base:,} samples applied since step "
+                         f"{st.stream_base:,} (rbnn grow and rbnn stream stamp their run; docs/PROTOCOL.md)")  # fmt: skip
         lines.append(f"training step RAM: {m.train_ram_bytes():,} bytes of scratch beside the {sum(m.ram_bytes().values()):,} "
                      "of inference (the live block's counters are in the arena)")  # fmt: skip
         lines.append(f"step: live scale 2^{st.scale_shift}, margin {st.margin:,}, lr {st.lr}, decay {st.decay}, "

@@ -8,8 +8,10 @@ open and freeze at the same sample on both.
 
 from __future__ import annotations
 
+import json
 import math
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -107,6 +109,61 @@ def prepare(m: Model, p: Plan, seed: int, bits: int, kind: str, overrides: dict 
     m.train = st
     pack.to_bytes(m)  # the state must be one a reader accepts (margin, scale_shift, ...)
     return kind
+
+
+def run_digest(x: np.ndarray, y: np.ndarray, offset: int, count: int, options: dict) -> int:
+    """CRC-32 of what a run is made of, apart from the model: its samples (the rows and
+    labels ``offset .. offset + count`` in file order; epochs and shuffles follow from
+    the options and the seed) and the options as given (``options``: epochs, shuffle,
+    seed, bits, blocks, kind, overrides, keep_live; None where the command chooses, since
+    that choice is a function of the model, which :func:`stream_id` covers)."""
+    lo, hi = offset, offset + count
+    head = {"offset": offset, "count": count, **options}
+    c = zlib.crc32(json.dumps(head, sort_keys=True).encode())
+    c = zlib.crc32(np.ascontiguousarray(x[lo:hi], np.uint8).data, c)
+    return zlib.crc32(np.ascontiguousarray(y[lo:hi], "<i8").data, c)
+
+
+def stream_base_blocks(m: Model) -> int:
+    """Blocks the model had when its stream began: those in use less those the stream's
+    schedule has opened since (one every ``grow_every`` samples, from the first)."""
+    st = m.state()
+    applied = st.steps - st.stream_base
+    opened = 0 if applied <= 0 or st.grow_every <= 0 else (applied - 1) // st.grow_every + 1
+    return len(m.blocks) - opened
+
+
+def stream_id(m: Model, run: int) -> int:
+    """The ``stream_id`` of the run ``run`` (:func:`run_digest`) on ``m`` (docs/PROTOCOL.md,
+    The training stream): a nonzero CRC-32 of the run and of what of the model a stream
+    never changes, so it is computed alike from the prepared model at the start and from
+    the model at any later point of the stream: the shape, the hyper-parameters, seed and
+    schedule of the training state, ``stream_base``, and the blocks in use at the start
+    (their sign planes, thresholds, flips, scales and offsets: frozen, only read). A
+    host that finds its stream's id in a device's model resumes it."""
+    st = m.state()
+    n0 = stream_base_blocks(m)
+    head = {"run": run, "inputs": m.n_inputs, "plane_mask": m.plane_mask, "sizes": list(m.sizes),
+            "planes": m.n_planes, "capacity": m.capacity, "base": st.stream_base, "blocks": n0,
+            **{k: getattr(st, k) for k in ("lr", "thr_shift", "gate", "scale_shift", "margin", "bits", "decay",
+                                           "init_bits", "loss", "off_shift", "seed", "grow_every", "rule")}}  # fmt: skip
+    c = zlib.crc32(json.dumps(head, sort_keys=True, default=int).encode())
+    for b in m.blocks[: max(0, n0)]:
+        c = zlib.crc32(np.ascontiguousarray(m.arena[b.planes[0]], "<u4").data, c)
+        for a in (*b.thresholds, *b.flips, b.scale, b.offset):
+            c = zlib.crc32(np.ascontiguousarray(a, "<i4").data, c)
+    return c or 1  # 0 means "no stream" in the file
+
+
+def stamp(m: Model, run: int) -> int:
+    """Mark the prepared ``m`` as the start of the run ``run``: ``stream_base = steps`` and
+    its ``stream_id``, as ``rbnn grow`` and ``rbnn stream`` both do (so both end in the
+    same bytes). Returns the id."""
+    st = m.state()
+    st.stream_base = st.steps
+    st.stream_id = 0
+    st.stream_id = stream_id(m, run)
+    return st.stream_id
 
 
 @dataclass
