@@ -156,7 +156,7 @@ for (name,) in lines(d + "/cases.txt"):
     print("STATS", " ".join(["%s=%s" % (k, st[k]) for k in sorted(st)]))
     print("INFO", m.info()["blocks"], m.info()["live"])
     m.save(d + "/" + name + ".out")
-    print("TMP", [f for f in os.listdir(d) if f.endswith(".new")])
+    print("TMP", [f for f in os.listdir(d) if f[-4:] in (".new", ".tmp")])
 print("DONE")
 """
 
@@ -660,7 +660,8 @@ def check_refusals(micropython: str, tmp_path: Path, engine: str) -> None:
     crc = struct.unpack("<I", data[-4:])[0]
     assert got["RO"] == got["ROVIEW"] == [ro] * 4 + [f"ok {crc}", "ok None"]
     assert one["ROSTATS"] == one["ROVIEWSTATS"] == str(models["live"].state().steps)
-    assert (tmp_path / "ro.rbnn").read_bytes() == data and not (tmp_path / "ro.rbnn.new").exists()
+    assert (tmp_path / "ro.rbnn").read_bytes() == data
+    assert not (tmp_path / "ro.rbnn.new").exists() and not (tmp_path / "ro.rbnn.tmp").exists()
     # a batch: the label at fault named with its sample, the steps before it taken
     m = cp("live")
     want = [S.step(m, xb[i], y) for i, y in enumerate([1, 2])]
