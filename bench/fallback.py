@@ -136,6 +136,15 @@ def twin_us(m, xb: np.ndarray, repeats: int) -> float:
     return best * 1e6
 
 
+def c_module_trains(mp_c: str | None) -> bool:
+    """Whether that micropython's C module has the training step (Model.train)."""
+    if not mp_c:
+        return False
+    probe = "import _rbnn\nprint(hasattr(_rbnn.Model, 'train'))\n"
+    p = subprocess.run([mp_c, "-c", probe], capture_output=True, text=True, timeout=60)
+    return p.stdout.strip() == "True"
+
+
 def run_train(mp: str, engine: str, model: Path, raw: Path, labels: Path, n_check: int, n_time: int, work: Path):
     """Train on the device: (the file after n_check steps, microseconds per step)."""
     script = work / "bench_train.py"
@@ -153,9 +162,10 @@ def run_train(mp: str, engine: str, model: Path, raw: Path, labels: Path, n_chec
     return out.read_bytes(), float(next(ln.split()[1] for ln in lines if ln.startswith("US ")))
 
 
-def bench_train(mp: str, n_samples: int, work: Path) -> None:
-    """Training samples/s of the fallback, viper against plain code, every step updating
-    (margin = the block budget): the slowest case of the rule."""
+def bench_train(mp: str, mp_c: str | None, n_samples: int, work: Path) -> None:
+    """Training samples/s of the fallback, viper against plain code (and the C module's
+    when mp_c has it), every step updating (margin = the block budget): the slowest case
+    of the rule."""
     rng = np.random.default_rng(2)
     m = host_like_model(rng)
     data = pack.to_bytes(m)
@@ -163,6 +173,9 @@ def bench_train(mp: str, n_samples: int, work: Path) -> None:
     model.write_bytes(data)
     n_check = 20
     counts = {"viper": n_samples, "python": max(4, n_samples // 20)}
+    binary = {"viper": mp, "python": mp}
+    if c_module_trains(mp_c):
+        counts["c"], binary["c"] = 10 * n_samples, mp_c
     total = n_check + max(counts.values())
     x = rng.integers(0, 256, (total, 784), dtype=np.uint8)
     x[rng.random(x.shape) < 0.8] = 0  # sparse, as MNIST digits
@@ -175,17 +188,18 @@ def bench_train(mp: str, n_samples: int, work: Path) -> None:
     want = pack.to_bytes(m)
     us = {}
     for engine, n in counts.items():
-        got, us[engine] = run_train(mp, engine, model, work / "train.raw", work / "train.labels", n_check, n, work)
+        got, us[engine] = run_train(binary[engine], engine, model, work / "train.raw", work / "train.labels", n_check,
+                                    n, work)  # fmt: skip
         if got != want:
             sys.exit(f"{engine}: the trained file differs from the twin's")
     print()
     print(f"training step, 784-64-64-10 in a 16-plane arena ({len(data):,} bytes), one frozen block and a live "
           "8-bit block, every step updating; train(raw 784 bytes)")  # fmt: skip
-    print(f"the file after {n_check} steps equals the twin's on both engines")
+    print(f"the file after {n_check} steps equals the twin's on every engine")
     print(f"{'engine':<10}{'us/step':>10}{'samples/s':>11}")
     for engine in counts:
         print(f"{engine:<10}{us[engine]:>10.0f}{1e6 / us[engine]:>11.1f}")
-    print(f"python/viper: {us['python'] / us['viper']:.1f}")
+    print(f"python/viper: {us['python'] / us['viper']:.1f}" + (f", viper/c: {us['viper'] / us['c']:.1f}" if "c" in us else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             line += f"{t['c']:>8.1f}{t['viper'] / t['c']:>9.1f}"
         print(line)
     with tempfile.TemporaryDirectory() as tmp:
-        bench_train(mp, args.train_samples, Path(tmp))
+        bench_train(mp, mp_c, args.train_samples, Path(tmp))
     return 0
 
 

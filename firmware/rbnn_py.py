@@ -828,6 +828,8 @@ def _is_i32_array(a):
 _RO = "rbnn: the model's buffer is read-only: load it from a path or a bytearray to train"
 _V1 = "rbnn: E_VERSION: a version 1 file has no training state; write it as version 2 to train it"
 _RESIZED = "rbnn: the model's buffer was resized or moved after load"
+
+
 def _writable(buf):
     # bytes and memoryviews of bytes refuse item assignment (TypeError); writing a
     # byte's own value changes nothing
@@ -863,7 +865,6 @@ class Model:
         info = _parse(buf)
         self._buf = buf
         self._info = info
-        self._k = k
         self._dense = k["dense"]
         self._slicef = k["slice"]
         self._copyf = k["copy"]
@@ -1050,19 +1051,19 @@ class Model:
         return self._trainer(False).stats()
 
     def reseal(self):
-        """Write the file's CRC-32 (of every byte before it) into its last 4 bytes; returns it."""
-        if self._ro:
-            raise ValueError(_RO)
+        """Write the file's CRC-32 (of every byte before it) into its last 4 bytes; returns
+        it. A read-only buffer never trained: its CRC is returned, nothing written."""
         n = self._info["file_bytes"]
         if len(self._buf) != n:
             raise ValueError(_RESIZED)
         c = crc32(self._buf, n - 4)
-        struct.pack_into("<I", self._buf, n - 4, c)
+        if not self._ro:
+            struct.pack_into("<I", self._buf, n - 4, c)
         return c
 
     def save(self, path):
         """Reseal the CRC and write the file atomically (rbnn_store.write_file: path.new,
-        synced, renamed over path)."""
+        synced, renamed over path); a read-only model is written as it is."""
         self.reseal()
         import rbnn_store
 

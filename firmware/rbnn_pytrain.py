@@ -64,10 +64,13 @@ _T_OFF_SHIFT = 46
 _T_LR = 48
 _T_THR_SHIFT = 56
 _T_GATE = 64
-# The constants of the rule (rbnn.learn.step and prng).
+# The constants of the rule (rbnn.learn.step and prng; tests/test_fallback_train.py
+# holds them equal). The kernels write them as literals (16, 15, 0xFFFFFFFF, PHI from
+# halves in viper), which viper needs.
 PROB_BITS = 16
 MAX_DECAY = 15
 NEW_BLOCK_KEY = 0xFFFFFFFF
+_SEQ = (list, tuple)  # not buffers (built once: a tuple built per call would allocate)
 
 
 # --- plain code ----------------------------------------------------------------------
@@ -890,6 +893,8 @@ class Trainer:
     # --- the engine interface ------------------------------------------------------------
     def train(self, x, label):
         C = self.m.n_classes
+        if not isinstance(label, int):  # (a float would stop the step half way); the C module's words
+            raise TypeError("can't convert %s to int" % type(label).__name__)
         if not 0 <= label < C:  # before the input: the C core's order
             raise ValueError("rbnn: E_LABEL: label %d: expected 0..%d" % (label, C - 1))
         self.m._load_input(x, 0, len(x), -1)
@@ -897,15 +902,19 @@ class Trainer:
 
     def train_batch(self, xs, labels, preds):
         m = self.m
+        # labels and preds are buffers (u8 each), as the C module takes them
+        if isinstance(labels, _SEQ) or (preds is not None and (isinstance(preds, _SEQ) or
+                                                               not rbnn_py._writable(preds))):
+            raise TypeError("object with buffer protocol required")
         n = len(labels)
-        if preds is not None and (len(preds) < n or (n and not rbnn_py._writable(preds))):
-            raise ValueError("rbnn: preds must be a writable buffer of at least %d bytes (one per label)" % n)
+        if preds is not None and len(preds) < n:
+            raise ValueError("rbnn: preds has %d bytes, needs at least %d (one per label)" % (len(preds), n))
         if n == 0:
             return 0
         size = len(xs) // n
         if size * n != len(xs) or (size != m.n_inputs and size != m._input_bytes):
-            raise ValueError("rbnn: xs has %d bytes for %d labels; expected %d samples of %d raw features or %d "
-                             "bytes of packed bits" % (len(xs), n, n, m.n_inputs, m._input_bytes))  # fmt: skip
+            raise ValueError("rbnn: xs has %d bytes for %d labels; expected %d raw features or %d bytes of packed "
+                             "bits per sample" % (len(xs), n, m.n_inputs, m._input_bytes))  # fmt: skip
         hits = 0
         off = 0
         C = m.n_classes
