@@ -146,8 +146,8 @@ SCRATCH = {  # name: (grow --new options, then grow options on its output or Non
     # one 1024-1024 block of 7 bits trained alone for 10 epochs (kind new), then 5 more blocks of
     # 7 bits in the planes it released, 1 epoch (kind auto: same); 12 planes / 6 blocks = 2.00 b/w.
     # 2.90, 3.02, 2.94 % at 2.00 b/w (block 1 alone 3.01, 3.09, 3.03 %): block 1 does the work, the
-    # 5 blocks of the same data keep it (+-0.1 point), while one --new run of 6 equal blocks (60
-    # epochs) loses about a point after block 1 (4.00 % at 2.00 b/w).
+    # 5 blocks of the same data keep it (+-0.1 point), while in one --new run of 6 equal blocks (60
+    # epochs, seed 1) they wander: 3.01 % after block 1, 2.87 % after 2, 3.51 % after 6.
     "1024x6": (["--hidden", "1024,1024", "--arena", "12", "--bits", "7", "--blocks", "1", "--epochs", "10",
                 "--shuffle"], ["--bits", "7", "--epochs", "1", "--shuffle"]),
 }  # fmt: skip
