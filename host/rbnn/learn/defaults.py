@@ -1,9 +1,10 @@
 """The hyper-parameters a growth run starts from (docs/TRAINING.md; chosen and measured
 in the research behind issue 7: rotated and same-data growth, ablations).
 
-Everything is relative to the model's shape and to ``score_q``, the shared score
-exponent (one float logit = 2^q score units), so the same rule holds for any width,
-input planes or capacity. Three kinds of run:
+Everything is relative to the model's shape, to ``score_q``, the shared score exponent
+(one float logit = 2^q score units), and to the run's block length ``grow_every`` (the
+decay and the first layer's threshold step), so the same rule holds for any width, input
+planes, capacity or number of epochs. Three kinds of run:
 
 - ``new``: an empty arena, every block trained by the step: the largest output scale the
   budget allows, margin 2^6 units of it;
