@@ -99,7 +99,7 @@ def prepare(m: Model, p: Plan, seed: int, bits: int, kind: str, overrides: dict 
     if kind == "auto":
         kind = choose_kind(None if not m.blocks else frozen_accuracy(m, *probe) if probe else 0.0)
     old = m.state()
-    st = defaults(m, kind, bits)
+    st = defaults(m, kind, bits, p.grow_every)
     for k, v in (overrides or {}).items():
         setattr(st, k, v)
     st.seed = seed & 0xFFFFFFFF
