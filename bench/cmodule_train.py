@@ -10,10 +10,22 @@ in one call, and ``Model.train`` once per sample (raw 8-bit features, bit-sliced
 module). The file after the steps must equal the C core's on the host
 (rbnn.engines.ccore.CTrainer, itself tested bit for bit against the twin).
 
-Needs $MICROPY_DIR and its unix build in build/firmware/unix-standard/ (``make firmware
-PORT=unix MICROPY_DIR=...``); without them it prints why and exits 0.
+Then the C module against the fallback's viper (and plain) step, the same samples,
+``Model.train_batch`` after the first step (which opens the block): on the unix port
+(x86-64, the virtual device) for a small model that a qemu board's heap holds with the
+fallback (784-16-10 on the MSB plane, 8 planes, a 4-bit live block: 13 kB) and for the
+784-64-64-10 above; on the qemu VIRT_RV32 build for the small one (rv32imac,
+the ESP32-C3/C6 instruction set) run with ``-icount shift=0``: each guest instruction
+advances the virtual clock by 1 ns, so ``time.ticks_us`` (rdtime, the CLINT's timer)
+counts guest instructions / 1000, the same on every run and every host, however loaded
+(``ticks_cpu`` is 0 on that port). The ratio is a ratio of instruction counts, not of a
+real core's cycles. Each engine's file must end in the host C core's CRC.
 
-Run: ``python bench/cmodule_train.py [--samples N]``.
+Needs $MICROPY_DIR and the builds in build/firmware/ (``make firmware PORT=unix
+MICROPY_DIR=...``, ``make firmware PORT=qemu BOARD=VIRT_RV32 FW_QEMU_FREEZE=0
+MICROPY_DIR=...``); without them it prints why and exits 0.
+
+Run: ``python bench/cmodule_train.py [--samples N] [--ratio-samples N]``.
 """
 
 from __future__ import annotations
@@ -38,6 +50,8 @@ from support.randmodel import trainable_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 UNIX = REPO / "build" / "firmware" / "unix-standard" / "micropython"
+RV32 = REPO / "build" / "firmware" / "qemu-VIRT_RV32" / "firmware.elf"
+SMALL = dict(n_inputs=784, sizes=[16, 10], planes=8, bits=4)  # fits the qemu boards' heap with the fallback
 N_INPUTS, SIZES, PLANE_MASK, N_PLANES, BITS = 784, [64, 64, 10], 0x80, 16, 8
 HYPER = ("lr", "thr_shift", "gate", "scale_shift", "margin", "decay", "init_bits", "loss", "off_shift")
 
@@ -71,20 +85,132 @@ open("single.rbnn", "wb").write(buf2)
 """
 
 
-def bench_model(seed: int) -> Model:
-    """One frozen block in 16 planes, the 8-bit live block opened by the first step."""
+def bench_model(seed: int, n_inputs: int = N_INPUTS, sizes: list[int] = SIZES, planes: int = N_PLANES,
+                bits: int = BITS) -> Model:  # fmt: skip
+    """One frozen block in ``planes`` planes, the ``bits``-bit live block opened by the first step."""
     rng = np.random.default_rng(seed)
-    m = trainable_model(rng, n_inputs=N_INPUTS, sizes=SIZES, plane_mask=PLANE_MASK, n_frozen=1, bits=BITS,
-                        live=False, spare_slots=1, spare_planes=N_PLANES - 1, grow_every=0, grow_left=1,
+    m = trainable_model(rng, n_inputs=n_inputs, sizes=list(sizes), plane_mask=PLANE_MASK, n_frozen=1, bits=bits,
+                        live=False, spare_slots=1, spare_planes=planes - 1, grow_every=0, grow_left=1,
                         steps=0, hits=0, active=0, block_steps=0, stream_base=0)  # fmt: skip
-    st, d = m.state(), defaults(m, "domain", BITS)
+    st, d = m.state(), defaults(m, "domain", bits)
     for name in HYPER:
         setattr(st, name, getattr(d, name))
-    assert m.n_planes == N_PLANES
+    assert m.n_planes == planes
     return m
 
 
-def samples(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+# C module against the fallback, on the unix port or a qemu board: globals model, xs
+# (packed samples), ys, ENGINES. The first step (opens the block, allocates the
+# scratch) is not timed; train_batch over the rest is.
+RATIO = r"""
+import time, gc
+def _bench(engine):
+    if engine == "c":
+        import _rbnn
+        M = _rbnn.Model
+    else:
+        import rbnn_py
+        rbnn_py.use(engine)
+        M = rbnn_py.Model
+    buf = bytearray(model)
+    m = M(buf)
+    pb = len(xs) // len(ys)
+    xv, yv = memoryview(xs), memoryview(ys)
+    m.train_batch(xv[:pb], yv[:1])
+    gc.collect()
+    t = time.ticks_us()
+    hits = m.train_batch(xv[pb:], yv[1:])
+    dt = time.ticks_diff(time.ticks_us(), t)
+    print("RATIO", engine, dt, hits, m.reseal())
+for _e in ENGINES:
+    _bench(_e)
+    gc.collect()
+"""
+UNIX_RATIO_HEAD = 'model = open("m.rbnn", "rb").read()\nxs = open("xs.bin", "rb").read()\nys = open("ys.bin", "rb").read()\n'
+
+
+def _ratio_rows(out: str) -> dict[str, tuple[int, int, int]]:
+    """engine -> (microseconds, hits, CRC) from RATIO's lines."""
+    rows = {}
+    for line in out.splitlines():
+        if line.startswith("RATIO "):
+            _, engine, dt, hits, crc = line.split()
+            rows[engine] = (int(dt), int(hits), int(crc))
+    return rows
+
+
+def _print_ratio(where: str, rows: dict, n: int, want_crc: int) -> bool:
+    ok = all(r[2] == want_crc for r in rows.values()) and len({r[1] for r in rows.values()}) == 1
+    for engine, (dt, _, crc) in rows.items():
+        print(f"  {engine:6s} {dt / n:10.1f} us/step ({dt:,} us)" + ("" if crc == want_crc else "  FILE DIFFERS from the C core's"))
+    c = rows["c"][0]
+    print(f"  {where}: C module {rows['viper'][0] / c:.1f}x the viper fallback"
+          + (f", {rows['python'][0] / c:.1f}x plain Python" if "python" in rows else ""))  # fmt: skip
+    return ok
+
+
+def _ratio_job(shape: dict, samples: int, seed: int) -> tuple[bytes, bytes, bytes, int, str]:
+    """(model file, packed samples, labels, the CRC the host C core ends in, a title)."""
+    import zlib
+
+    m = bench_model(seed, **shape)
+    data = pack.to_bytes(m)
+    x, y, what = samples_for(samples, seed, shape["n_inputs"])
+    xb = pack_input(x, PLANE_MASK)
+    t = ccore.CTrainer(data)
+    t.steps(xb, y)
+    title = (f"{shape['n_inputs']}-{'-'.join(map(str, shape['sizes']))}, {shape['planes']}-plane arena, "
+             f"{shape['bits']}-bit live block ({len(data):,} bytes), {len(y) - 1} steps timed ({what}, packed)")  # fmt: skip
+    xs = np.ascontiguousarray(xb, dtype="<u4").tobytes()
+    return data, xs, y.tobytes(), zlib.crc32(t.data()[:-4]), title
+
+
+def ratio(samples: int, seed: int) -> bool:
+    """The C module's step against the fallback's: on the unix port (the small model and
+    this file's 784-64-64-10) and on qemu VIRT_RV32 (-icount shift=0; the small model, the
+    same samples). True when every engine's file is the host C core's."""
+    from mpy_helpers import run_mpy_code
+
+    ok = True
+    n = samples - 1
+    big = dict(n_inputs=N_INPUTS, sizes=SIZES, planes=N_PLANES, bits=BITS)
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        for shape in (SMALL, big):
+            data, xs, ys, want_crc, title = _ratio_job(shape, samples, seed)
+            (d / "m.rbnn").write_bytes(data)
+            (d / "xs.bin").write_bytes(xs)
+            (d / "ys.bin").write_bytes(ys)
+            code = UNIX_RATIO_HEAD + "ENGINES = ['c', 'viper', 'python']\n" + RATIO
+            rows = _ratio_rows(run_mpy_code(str(UNIX), code, d, timeout=900).stdout)
+            print(f"\nC module against the fallback, unix port (x86-64, the virtual device), time.ticks_us, "
+                  f"one run: {title}")  # fmt: skip
+            ok &= _print_ratio("unix", rows, n, want_crc)
+        if not RV32.exists():
+            print(f"\nqemu VIRT_RV32: skipped: no build at {RV32.relative_to(REPO)}; run make firmware PORT=qemu "
+                  "BOARD=VIRT_RV32 FW_QEMU_FREEZE=0 MICROPY_DIR=...")  # fmt: skip
+            return ok
+        from test_cmodule import QEMU_BOARDS, RawRepl
+        from test_replay_boards import load_fallback
+
+        data, xs, ys, want_crc, title = _ratio_job(SMALL, samples, seed)
+        qemu, _, _, args = QEMU_BOARDS["VIRT_RV32"]
+        board = RawRepl([qemu, *args, "-icount", "shift=0", "-serial", "stdio", "-kernel", str(RV32)], timeout=300)
+        try:
+            board.put("model", data)  # before the fallback's modules: a 140 kB heap, fragmenting
+            board.put("xs", xs)
+            board.put("ys", ys)
+            assert load_fallback(board, d) == "viper"
+            rows = _ratio_rows(board.exec("ENGINES = ['c', 'viper', 'python']\n" + RATIO))
+        finally:
+            board.close()
+        print(f"\nC module against the fallback, qemu VIRT_RV32 (rv32imac) -icount shift=0, 1 us = 1,000 guest "
+              f"instructions: {title}")  # fmt: skip
+        ok &= _print_ratio("rv32imac", rows, n, want_crc)
+    return ok
+
+
+def samples_for(n: int, seed: int, n_inputs: int = N_INPUTS) -> tuple[np.ndarray, np.ndarray, str]:
     """MNIST training digits when cached (rbnn.data.load never downloads), else random bytes."""
     from rbnn import data as rdata
     from rbnn.errors import RbnnError
@@ -95,12 +221,13 @@ def samples(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
     except RbnnError as e:  # not cached: random inputs time the same
         print(f"(MNIST not used: {e})")
     rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (n, N_INPUTS), dtype=np.uint8), rng.integers(0, 10, n, dtype=np.uint8), "random bytes"
+    return rng.integers(0, 256, (n, n_inputs), dtype=np.uint8), rng.integers(0, 10, n, dtype=np.uint8), "random bytes"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples", type=int, default=2000)
+    ap.add_argument("--ratio-samples", type=int, default=101, help="samples of the C/fallback ratio (0: skip it)")
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
     if not os.environ.get("MICROPY_DIR"):
@@ -111,7 +238,7 @@ def main() -> int:
         return 0
     m = bench_model(args.seed)
     data = pack.to_bytes(m)
-    x, y, what = samples(args.samples, args.seed)
+    x, y, what = samples_for(args.samples, args.seed)
     n = len(y)
     # the host's C core on the same samples: the file the device must end in
     t = ccore.CTrainer(data)
@@ -140,6 +267,8 @@ def main() -> int:
     print(f"  train:       {n / (t_single / 1e6):,.0f} samples/s ({t_single / n:.1f} us/sample, one call each)")
     print(f"  {hits} right predictions before the update, {got['ACTIVE']} steps updated")
     print(f"  file equals the host C core's (CTrainer) after the same steps: {'yes' if same else 'NO'}")
+    if args.ratio_samples:
+        same &= ratio(args.ratio_samples, args.seed)
     return 0 if same else 1
 
 
