@@ -25,7 +25,10 @@ Needs $MICROPY_DIR and the builds in build/firmware/ (``make firmware PORT=unix
 MICROPY_DIR=...``, ``make firmware PORT=qemu BOARD=VIRT_RV32 FW_QEMU_FREEZE=0
 MICROPY_DIR=...``); without them it prints why and exits 0.
 
-Run: ``python bench/cmodule_train.py [--samples N] [--ratio-samples N]``.
+``--big-rv32 ELF``: a VIRT_RV32 build with a 1 MB heap (``MICROPY_HEAP_SIZE=1048576``, its
+RAM is 2 MB) times the 784-64-64-10 there too.
+
+Run: ``python bench/cmodule_train.py [--samples N] [--ratio-samples N] [--big-rv32 ELF]``.
 """
 
 from __future__ import annotations
@@ -165,10 +168,32 @@ def _ratio_job(shape: dict, samples: int, seed: int) -> tuple[bytes, bytes, byte
     return data, xs, y.tobytes(), zlib.crc32(t.data()[:-4]), title
 
 
-def ratio(samples: int, seed: int) -> bool:
+def _rv32(image: Path, shape: dict, samples: int, seed: int, d: Path) -> bool:
+    """One model's steps on a qemu VIRT_RV32 image under -icount shift=0, each engine."""
+    from test_cmodule import QEMU_BOARDS, RawRepl
+    from test_replay_boards import load_fallback
+
+    data, xs, ys, want_crc, title = _ratio_job(shape, samples, seed)
+    qemu, _, _, args = QEMU_BOARDS["VIRT_RV32"]
+    board = RawRepl([qemu, *args, "-icount", "shift=0", "-serial", "stdio", "-kernel", str(image)], timeout=300)
+    try:
+        board.put("model", data)  # before the fallback's modules: a 140 kB heap, fragmenting
+        board.put("xs", xs)
+        board.put("ys", ys)
+        assert load_fallback(board, Path(tempfile.mkdtemp(dir=d))) == "viper"  # a lib/ of its own
+        rows = _ratio_rows(board.exec("ENGINES = ['c', 'viper', 'python']\n" + RATIO))
+    finally:
+        board.close()
+    print(f"\nC module against the fallback, qemu VIRT_RV32 (rv32imac) -icount shift=0, 1 us = 1,000 guest "
+          f"instructions: {title}")  # fmt: skip
+    return _print_ratio("rv32imac", rows, samples - 1, want_crc)
+
+
+def ratio(samples: int, seed: int, big_rv32: str | None = None) -> bool:
     """The C module's step against the fallback's: on the unix port (the small model and
     this file's 784-64-64-10) and on qemu VIRT_RV32 (-icount shift=0; the small model, the
-    same samples). True when every engine's file is the host C core's."""
+    same samples; the 784-64-64-10 too on ``big_rv32``, a VIRT_RV32 image with a larger
+    heap). True when every engine's file is the host C core's."""
     from mpy_helpers import run_mpy_code
 
     ok = True
@@ -190,23 +215,8 @@ def ratio(samples: int, seed: int) -> bool:
             print(f"\nqemu VIRT_RV32: skipped: no build at {RV32.relative_to(REPO)}; run make firmware PORT=qemu "
                   "BOARD=VIRT_RV32 FW_QEMU_FREEZE=0 MICROPY_DIR=...")  # fmt: skip
             return ok
-        from test_cmodule import QEMU_BOARDS, RawRepl
-        from test_replay_boards import load_fallback
-
-        data, xs, ys, want_crc, title = _ratio_job(SMALL, samples, seed)
-        qemu, _, _, args = QEMU_BOARDS["VIRT_RV32"]
-        board = RawRepl([qemu, *args, "-icount", "shift=0", "-serial", "stdio", "-kernel", str(RV32)], timeout=300)
-        try:
-            board.put("model", data)  # before the fallback's modules: a 140 kB heap, fragmenting
-            board.put("xs", xs)
-            board.put("ys", ys)
-            assert load_fallback(board, d) == "viper"
-            rows = _ratio_rows(board.exec("ENGINES = ['c', 'viper', 'python']\n" + RATIO))
-        finally:
-            board.close()
-        print(f"\nC module against the fallback, qemu VIRT_RV32 (rv32imac) -icount shift=0, 1 us = 1,000 guest "
-              f"instructions: {title}")  # fmt: skip
-        ok &= _print_ratio("rv32imac", rows, n, want_crc)
+        for image, shape in ((RV32, SMALL), *(((Path(big_rv32), big),) if big_rv32 else ())):
+            ok &= _rv32(image, shape, samples, seed, d)
     return ok
 
 
@@ -228,6 +238,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--ratio-samples", type=int, default=101, help="samples of the C/fallback ratio (0: skip it)")
+    ap.add_argument("--big-rv32", metavar="ELF", help="a VIRT_RV32 image with a 1 MB heap: the ratio of "
+                    "784-64-64-10 on rv32 too (make firmware PORT=qemu BOARD=VIRT_RV32 FW_QEMU_FREEZE=0 "
+                    "MICROPY_HEAP_SIZE=1048576 FW_BUILD=build/firmware/qemu-VIRT_RV32-heap1M MICROPY_DIR=...)")
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
     if not os.environ.get("MICROPY_DIR"):
@@ -268,7 +281,7 @@ def main() -> int:
     print(f"  {hits} right predictions before the update, {got['ACTIVE']} steps updated")
     print(f"  file equals the host C core's (CTrainer) after the same steps: {'yes' if same else 'NO'}")
     if args.ratio_samples:
-        same &= ratio(args.ratio_samples, args.seed)
+        same &= ratio(args.ratio_samples, args.seed, args.big_rv32)
     return 0 if same else 1
 
 
