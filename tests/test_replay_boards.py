@@ -111,8 +111,8 @@ def prepared(files) -> tuple[bytes, bytes, bytes]:
     return pack.to_bytes(m), np.ascontiguousarray(xb, dtype="<u4").tobytes(), ds.y_train[order].astype(np.uint8).tobytes()
 
 
-def board_run(board, engine: str, model: bytes, xs: bytes, ys: bytes, chunk: int = 100) -> tuple[bytes, str]:
-    """The run on the board: (the model's bytes at the end, the HITS line)."""
+def board_run(board, engine: str, model: bytes, chunk: int = 100) -> tuple[bytes, str]:
+    """The run on the board (xs and ys put there): (the model's bytes at the end, the HITS line)."""
     board.exec("model = m = None\nimport gc\ngc.collect()")
     board.put("model", model)
     out = board.exec(f"ENGINE = {engine!r}\nCHUNK = {chunk}\n" + BOARD_RUN).splitlines()
@@ -148,17 +148,18 @@ def test_qemu_boards_replay_grow(files, tmp_path, name):
     want = files["grown"]["replay", "c"]
     assert want == files["grown"]["replay", "twin"]
     model, xs, ys = prepared(files)
+    assert (len(model), len(xs), len(ys)) == (2280, 16000, 2000)  # the sizes the docstring gives
     board = RawRepl([qemu, *args, "-serial", "stdio", "-kernel", str(image)], timeout=300)
     try:
         assert machine in board.exec("import sys\nprint(sys.implementation._machine)")
         board.put("xs", xs)
         board.put("ys", ys)
-        got, hits = board_run(board, "c", model, xs, ys)
+        got, hits = board_run(board, "c", model)
         assert got == want, f"{name} C module: the file differs from rbnn grow's"
         have = load_fallback(board, tmp_path)
         assert have == ("python" if name == "MICROBIT" else "viper")
         for engine in ["viper", "python"] if have == "viper" else ["python"]:
-            got, fb_hits = board_run(board, engine, model, xs, ys)
+            got, fb_hits = board_run(board, engine, model)
             assert got == want, f"{name} fallback {engine}: the file differs from rbnn grow's"
             assert fb_hits == hits  # the same predictions before each update, counted
     finally:
