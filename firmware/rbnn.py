@@ -79,8 +79,9 @@ def _pick():
 _impl, engine = _pick()
 
 
-def _read(path):
-    # One bytearray of the file's size, filled in place: the only copy of the model.
+def read_file(path):
+    """The whole file in one bytearray of its size, filled in place: the only copy of a
+    model (load, and the server, which keeps the buffer to save and pull it)."""
     with open(path, "rb") as f:
         f.seek(0, 2)
         n = f.tell()
@@ -101,7 +102,7 @@ def load(src):
 
     A bad file raises ValueError naming the code, offset and field (and the path)."""
     if isinstance(src, str):
-        buf = _read(src)
+        buf = read_file(src)
         try:
             return _impl.Model(buf)
         except ValueError as e:
