@@ -28,7 +28,8 @@
 #   Model.scores(x, out) fills out[0:n_classes] (an array('i') with at least n_classes
 #                       items, else ValueError) with the i32 scores; returns the class.
 #   Model.info()        -> dict: engine, inputs, plane_mask, layers, blocks, max_blocks,
-#                       live, planes, weight_bits, file_bytes, ram, input_bytes
+#                       live, planes, weight_bits, file_bytes, ram, input_bytes,
+#                       train_ram
 #                       (DEVICE_API.md).
 # predict and scores allocate nothing per call; the model's scratch is allocated once.
 #   Training (docs/DEVICE_API.md, Training; docs/TRAINING.md): the model's buffer must be
