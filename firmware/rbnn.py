@@ -28,7 +28,8 @@
 #   Model.scores(x, out) fills out[0:n_classes] (an array('i') with at least n_classes
 #                       items, else ValueError) with the i32 scores; returns the class.
 #   Model.info()        -> dict: engine, inputs, plane_mask, layers, blocks, max_blocks,
-#                       live, planes, weight_bits, file_bytes, ram, input_bytes
+#                       live, planes, weight_bits, file_bytes, ram, input_bytes,
+#                       train_ram
 #                       (DEVICE_API.md).
 # predict and scores allocate nothing per call; the model's scratch is allocated once.
 #   Training (docs/DEVICE_API.md, Training; docs/TRAINING.md): the model's buffer must be
@@ -79,8 +80,9 @@ def _pick():
 _impl, engine = _pick()
 
 
-def _read(path):
-    # One bytearray of the file's size, filled in place: the only copy of the model.
+def read_file(path):
+    """The whole file in one bytearray of its size, filled in place: the only copy of a
+    model (load, and the server, which keeps the buffer to save and pull it)."""
     with open(path, "rb") as f:
         f.seek(0, 2)
         n = f.tell()
@@ -101,7 +103,7 @@ def load(src):
 
     A bad file raises ValueError naming the code, offset and field (and the path)."""
     if isinstance(src, str):
-        buf = _read(src)
+        buf = read_file(src)
         try:
             return _impl.Model(buf)
         except ValueError as e:

@@ -896,6 +896,13 @@ class Model:
         self._b = bytearray(4 * aw)
         self._scores = array("i", [0] * self.n_classes)
         self._ram = 4 * nk * W + 8 * aw + 4 * self.n_classes
+        # A training step's scratch (docs/TRAINING.md, Memory of one step; the C core's
+        # rbnn_train_scratch_bytes): hidden and gate bits per hidden layer, two i32 rows
+        # as wide as the widest layer. Version 1 cannot train: 0.
+        hw = 0
+        for s in hidden:
+            hw += _words(s)
+        self._train_ram = 4 * (2 * hw + 2 * max(sizes)) if info["version"] >= 2 else 0
         self._out_ok = None
         self._tr = None  # the Trainer (rbnn_pytrain), made at the first training call
         self._plans()
@@ -1007,6 +1014,7 @@ class Model:
             "file_bytes": i["file_bytes"],
             "ram": self._ram,
             "input_bytes": self._input_bytes,
+            "train_ram": self._train_ram,
         }
 
     # --- training (docs/TRAINING.md): rbnn_pytrain, imported at the first use ---------

@@ -168,23 +168,6 @@ def _window():
         return WINDOW
 
 
-def _read_file(path):
-    # the whole file in one bytearray of its size (the only copy of a model)
-    with open(path, "rb") as f:
-        f.seek(0, 2)
-        n = f.tell()
-        f.seek(0)
-        buf = bytearray(n)
-        mv = memoryview(buf)
-        got = 0
-        while got < n:
-            r = f.readinto(mv[got:])
-            if not r:
-                break
-            got += r
-    return buf if got == n else buf[:got]
-
-
 def _engine():
     try:
         import rbnn
@@ -640,7 +623,7 @@ class Server:
         # PULL read it), its ValueError turned into the file's code and naming the path
         # as rbnn.load(path) does
         r = self._rbnn()
-        buf = _read_file(path)
+        buf = r.read_file(path)
         try:
             return r.load(buf), buf
         except ValueError as e:

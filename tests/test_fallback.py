@@ -588,9 +588,31 @@ print("NOALLOC", len(r), r == [c1] * 4)
 print("SCORES", " ".join([str(v) for v in out]))
 e = rbnn.load("empty.rbnn")
 eo = array("i", [7] * e.n_classes)
+tr = []  # info()["train_ram"] of the models of train_ram_files
+for i in range(int(open("tr.txt").read())):
+    tr.append(rbnn.load("tr%d.rbnn" % i).info()["train_ram"])
+print("TRAINRAM", tr)
 print("EMPTY", e.info()["blocks"], e.info()["max_blocks"], e.info()["live"], e.info()["weight_bits"],
       e.predict(raw), e.scores(packed, eo), " ".join([str(v) for v in eo]))
 """
+
+
+def train_ram_files(rng: np.random.Generator) -> list[tuple[bytes, int]]:
+    """Files and the ``info()["train_ram"]`` each must report: the host's figure (rbnn
+    summary's "training step RAM", Model.train_ram_bytes, the C core's scratch query) for
+    version 2; 0 for version 1, which cannot train. Random shapes, and the corners: no
+    hidden layer, the input or the output wider than every hidden layer, a hidden layer
+    of exactly 32 and 33 units, a grown arena with no block yet."""
+    models = [
+        random_model(rng, n_inputs=300, sizes=[20, 5], plane_mask=0x80),
+        random_model(rng, n_inputs=9, sizes=[12], plane_mask=0x81),
+        random_model(rng, n_inputs=7, sizes=[3, 40], plane_mask=0xF0),
+        random_model(rng, n_inputs=50, sizes=[32, 33, 64, 2], plane_mask=0x24, n_blocks=2),
+        grown_model(rng, 45, [9, 4], 0xFF, n_blocks=0, n_planes=2, max_blocks=3),
+        *[random_model(rng, n_blocks=int(rng.integers(1, 3))) for _ in range(5)],
+        v1(random_model(rng, n_inputs=61, sizes=[29, 8], plane_mask=0x90)),
+    ]
+    return [(file_bytes(m), m.train_ram_bytes() if m.version >= 2 else 0) for m in models]
 
 
 def check_api(micropython: str, tmp_path: Path, engine: str, script: str = API) -> None:
@@ -608,6 +630,10 @@ def check_api(micropython: str, tmp_path: Path, engine: str, script: str = API) 
     xb = pack_input(x, m.plane_mask)
     (tmp_path / "x.raw").write_bytes(x.tobytes())
     (tmp_path / "x.packed").write_bytes(le_bytes(xb))
+    tr = train_ram_files(rng)
+    for i, (d, _) in enumerate(tr):
+        (tmp_path / f"tr{i}.rbnn").write_bytes(d)
+    (tmp_path / "tr.txt").write_text(str(len(tr)))
     proc = run_mpy_code(micropython, script, tmp_path, env={"RBNN_ENGINE": engine})
     got = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
     assert got["ENGINE"] == f"{engine} 0.1.0"
@@ -616,8 +642,10 @@ def check_api(micropython: str, tmp_path: Path, engine: str, script: str = API) 
     assert info == {
         "engine": engine, "inputs": 40, "plane_mask": 0xC1, "layers": [40, 37, 33, 6], "blocks": 2,
         "max_blocks": 3, "live": 1, "planes": 4, "weight_bits": 2 * (40 * 37 + 37 * 33 + 33 * 6), "file_bytes": len(data),
-        "ram": sum(ram.values()), "input_bytes": ram["input"],
+        "ram": sum(ram.values()), "input_bytes": ram["input"], "train_ram": m.train_ram_bytes(),
     }  # fmt: skip
+    # the step's scratch as the host counts it (rbnn summary), exactly; 0 for version 1
+    assert eval(got["TRAINRAM"], {}) == [want for _, want in tr]
     assert got["ATTR"] == "40 6"
     assert got["LEN"] == "ValueError: rbnn: input has 39 bytes; expected 40 raw features or 24 bytes of packed bits"
     assert got["LEN0"].startswith("ValueError: rbnn: input has 0 bytes")
@@ -759,3 +787,7 @@ def test_fallback_module_also_runs_under_cpython(tmp_path):
         assert dm.scores(x[i].tobytes(), out) == int(np.argmax(want[i]))
         assert list(out) == want[i].tolist()
     assert mod.crc32_table(b"123456789", 9) == zlib.crc32(b"123456789")
+    # info()["train_ram"] from the shape alone, without the training module
+    for data, want in train_ram_files(rng):
+        assert mod.Model(data).info()["train_ram"] == want
+    assert "rbnn_pytrain" not in sys.modules

@@ -213,7 +213,7 @@ static mp_obj_t rbnn_model_info(mp_obj_t self_in) {
         weights += n_in * m->sizes[l];
         n_in = m->sizes[l];
     }
-    mp_obj_t d = mp_obj_new_dict(12);
+    mp_obj_t d = mp_obj_new_dict(13);
     dict_set(d, MP_QSTR_engine, MP_OBJ_NEW_QSTR(MP_QSTR_c));
     dict_set(d, MP_QSTR_inputs, MP_OBJ_NEW_SMALL_INT(m->n_inputs));
     dict_set(d, MP_QSTR_plane_mask, MP_OBJ_NEW_SMALL_INT(m->plane_mask));
@@ -226,6 +226,9 @@ static mp_obj_t rbnn_model_info(mp_obj_t self_in) {
     dict_set(d, MP_QSTR_input_bytes, mp_obj_new_int_from_uint(4 * self->in_words));
     dict_set(d, MP_QSTR_max_blocks, MP_OBJ_NEW_SMALL_INT(m->max_blocks));
     dict_set(d, MP_QSTR_live, m->live == 0xFFu ? mp_const_none : MP_OBJ_NEW_SMALL_INT(m->live));
+    /* The step's scratch, as the first step allocates it; a version 1 file cannot train: 0. */
+    dict_set(d, MP_QSTR_train_ram,
+        mp_obj_new_int_from_uint(m->version >= 2 ? rbnn_train_scratch_bytes(m) : 0));
     return d;
 }
 static MP_DEFINE_CONST_FUN_OBJ_1(rbnn_model_info_obj, rbnn_model_info);
