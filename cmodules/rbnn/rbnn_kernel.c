@@ -349,15 +349,175 @@ static inline uint32_t xorpop_avx2(const uint32_t *a, const uint32_t *b, uint32_
     return (uint32_t)((uint64_t)_mm_cvtsi128_si64(t) + rest);
 }
 
+static inline uint32_t hsum64(__m256i v) {
+    __m128i t = _mm_add_epi64(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    t = _mm_add_epi64(t, _mm_unpackhi_epi64(t, t));
+    return (uint32_t)_mm_cvtsi128_si64(t);
+}
+
+/* One row against 4 inputs: each 8-word chunk of the row is loaded once. */
+static void tile4_avx2(const uint32_t *a, const uint32_t *x, uint32_t xs, uint32_t n,
+    uint32_t *out) {
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i s0 = zero, s1 = zero, s2 = zero, s3 = zero;
+    const uint32_t *b0 = x, *b1 = x + xs, *b2 = x + 2u * xs, *b3 = x + 3u * xs;
+    uint32_t i = 0, full = n & ~7u;
+    while (i < full) {
+        uint32_t stop = full - i > 31u * 8u ? i + 31u * 8u : full;
+        __m256i c0 = zero, c1 = zero, c2 = zero, c3 = zero;
+        for (; i < stop; i += 8u) {
+            __m256i w = _mm256_loadu_si256((const __m256i *)(const void *)(a + i));
+#define RBNN_ACC(c, b) c = _mm256_add_epi8(c, pop_bytes(_mm256_xor_si256(w, \
+                _mm256_loadu_si256((const __m256i *)(const void *)(b + i)))))
+            RBNN_ACC(c0, b0);
+            RBNN_ACC(c1, b1);
+            RBNN_ACC(c2, b2);
+            RBNN_ACC(c3, b3);
+#undef RBNN_ACC
+        }
+        s0 = _mm256_add_epi64(s0, _mm256_sad_epu8(c0, zero));
+        s1 = _mm256_add_epi64(s1, _mm256_sad_epu8(c1, zero));
+        s2 = _mm256_add_epi64(s2, _mm256_sad_epu8(c2, zero));
+        s3 = _mm256_add_epi64(s3, _mm256_sad_epu8(c3, zero));
+    }
+    out[0] = hsum64(s0) + xorpop_avx2(a + full, b0 + full, n - full);
+    out[1] = hsum64(s1) + xorpop_avx2(a + full, b1 + full, n - full);
+    out[2] = hsum64(s2) + xorpop_avx2(a + full, b2 + full, n - full);
+    out[3] = hsum64(s3) + xorpop_avx2(a + full, b3 + full, n - full);
+}
+
+static void tile_avx2(const uint32_t *w, const uint32_t *x, uint32_t xs, uint32_t nx,
+    uint32_t n, uint32_t *out) {
+    for (; nx >= 4u; nx -= 4u, x += 4u * xs, out += 4) {
+        tile4_avx2(w, x, xs, n, out);
+    }
+    for (; nx > 0u; nx--, x += xs) {
+        *out++ = xorpop_avx2(w, x, n);
+    }
+}
+
+/* AVX-512 VPOPCNTDQ: 512-bit XOR and a popcount of each 64-bit lane (vpopcntq); the
+ * n % 16 words left over come in through one masked load (masked-off words are neither
+ * read nor counted). Compiled for that target by attribute, called only when cpuid says
+ * the CPU has it. */
+#define RBNN_512 __attribute__((target("avx512f,avx512vpopcntdq")))
+
+RBNN_512 static uint32_t xorpop_512(const uint32_t *a, const uint32_t *b, uint32_t n) {
+    __m512i s = _mm512_setzero_si512();
+    uint32_t i = 0;
+    for (; i + 16u <= n; i += 16u) {
+        s = _mm512_add_epi64(s, _mm512_popcnt_epi64(_mm512_xor_si512(
+            _mm512_loadu_si512((const void *)(a + i)), _mm512_loadu_si512((const void *)(b + i)))));
+    }
+    if (i < n) {
+        __mmask16 k = (__mmask16)((1u << (n - i)) - 1u);
+        s = _mm512_add_epi64(s, _mm512_popcnt_epi64(_mm512_xor_si512(
+            _mm512_maskz_loadu_epi32(k, (const void *)(a + i)),
+            _mm512_maskz_loadu_epi32(k, (const void *)(b + i)))));
+    }
+    return (uint32_t)_mm512_reduce_add_epi64(s);
+}
+
+RBNN_512 static void rows_512(const uint32_t *w, const uint32_t *x, uint32_t n,
+    uint32_t rows, uint32_t *out) {
+    uint32_t r;
+    for (r = 0; r < rows; r++, w += n) {
+        out[r] = xorpop_512(w, x, n);
+    }
+}
+
+/* One row against 8 inputs: each 16-word chunk of the row is loaded once. */
+RBNN_512 static void tile8_512(const uint32_t *a, const uint32_t *x, uint32_t xs,
+    uint32_t n, uint32_t *out) {
+    __m512i s[8];
+    uint32_t i = 0, t;
+    for (t = 0; t < 8u; t++) {
+        s[t] = _mm512_setzero_si512();
+    }
+    for (; i + 16u <= n; i += 16u) {
+        __m512i w = _mm512_loadu_si512((const void *)(a + i));
+        for (t = 0; t < 8u; t++) {
+            s[t] = _mm512_add_epi64(s[t], _mm512_popcnt_epi64(_mm512_xor_si512(w,
+                _mm512_loadu_si512((const void *)(x + t * xs + i)))));
+        }
+    }
+    if (i < n) {
+        __mmask16 k = (__mmask16)((1u << (n - i)) - 1u);
+        __m512i w = _mm512_maskz_loadu_epi32(k, (const void *)(a + i));
+        for (t = 0; t < 8u; t++) {
+            s[t] = _mm512_add_epi64(s[t], _mm512_popcnt_epi64(_mm512_xor_si512(w,
+                _mm512_maskz_loadu_epi32(k, (const void *)(x + t * xs + i)))));
+        }
+    }
+    for (t = 0; t < 8u; t++) {
+        out[t] = (uint32_t)_mm512_reduce_add_epi64(s[t]);
+    }
+}
+
+RBNN_512 static void tile_512(const uint32_t *w, const uint32_t *x, uint32_t xs,
+    uint32_t nx, uint32_t n, uint32_t *out) {
+    for (; nx >= 8u; nx -= 8u, x += 8u * xs, out += 8) {
+        tile8_512(w, x, xs, n, out);
+    }
+    for (; nx > 0u; nx--, x += xs) {
+        *out++ = xorpop_512(w, x, n);
+    }
+}
+
+/* 0: not chosen yet (cpuid on first use), 1: AVX2, 2: AVX-512 VPOPCNTDQ. */
+static int kernel_kind;
+
+static int has_512(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq");
+}
+
+static int kind(void) {
+    if (kernel_kind == 0) {
+        kernel_kind = has_512() ? 2 : 1;
+    }
+    return kernel_kind;
+}
+
+int rbnn_kernel_select(const char *name) {
+    if (strcmp(name, "auto") == 0) {
+        kernel_kind = has_512() ? 2 : 1;
+    } else if (strcmp(name, "avx2") == 0) {
+        kernel_kind = 1;
+    } else if (strcmp(name, "avx512vpopcntdq") == 0 && has_512()) {
+        kernel_kind = 2;
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
+const char *rbnn_kernel_active(void) {
+    return kind() == 2 ? "avx512vpopcntdq" : "avx2";
+}
+
 uint32_t rbnn_xorpop(const uint32_t *a, const uint32_t *b, uint32_t n) {
-    return xorpop_avx2(a, b, n);
+    return kind() == 2 ? xorpop_512(a, b, n) : xorpop_avx2(a, b, n);
 }
 
 void rbnn_xorpop_rows(const uint32_t *w, const uint32_t *x, uint32_t n, uint32_t rows,
     uint32_t *out) {
     uint32_t r;
+    if (kind() == 2) {
+        rows_512(w, x, n, rows, out);
+        return;
+    }
     for (r = 0; r < rows; r++, w += n) {
         out[r] = xorpop_avx2(w, x, n);
+    }
+}
+
+void rbnn_xorpop_tile(const uint32_t *w, const uint32_t *x, uint32_t xstride, uint32_t nx,
+    uint32_t n, uint32_t *out) {
+    if (kind() == 2) {
+        tile_512(w, x, xstride, nx, n, out);
+    } else {
+        tile_avx2(w, x, xstride, nx, n, out);
     }
 }
 
@@ -431,4 +591,14 @@ void rbnn_xorpop_rows(const uint32_t *w, const uint32_t *x, uint32_t n, uint32_t
         out[r] = xorpop_one(w, x, n); /* inlined: no call per row */
     }
 }
+
+#if RBNN_TILE > 1
+void rbnn_xorpop_tile(const uint32_t *w, const uint32_t *x, uint32_t xstride, uint32_t nx,
+    uint32_t n, uint32_t *out) {
+    uint32_t t;
+    for (t = 0; t < nx; t++) {
+        out[t] = xorpop_one(w, x + t * xstride, n);
+    }
+}
+#endif
 #endif

@@ -34,4 +34,31 @@ void rbnn_xorpop_rows(const uint32_t *w, const uint32_t *x, uint32_t n, uint32_t
 /* Name of the compiled version ("armv6m-hs4", "avx2", "popcnt64" or "swar"). */
 extern const char rbnn_kernel_name[];
 
+/* Samples a batch inference runs together (rbnn_infer_batch): each weight row is loaded
+ * once and XOR-popcounted against the inputs of up to RBNN_TILE samples. 1 on ARMv6-M:
+ * a Cortex-M0+ has no cache to reuse a row from, and the code and stack stay as small as
+ * before; rbnn_xorpop_tile exists only where RBNN_TILE > 1. */
+#if defined(__ARM_ARCH_6M__) || defined(RBNN_NO_TILE)
+#define RBNN_TILE 1u
+#else
+#define RBNN_TILE 8u
+/* out[t] = rbnn_xorpop(w, x + t * xstride, n) for t < nx (any nx): one row of n words
+ * against nx inputs spaced xstride words apart. */
+void rbnn_xorpop_tile(const uint32_t *w, const uint32_t *x, uint32_t xstride, uint32_t nx,
+    uint32_t n, uint32_t *out);
+#endif
+
+#if defined(__AVX2__) && defined(__x86_64__) && !defined(RBNN_KERNEL_PORTABLE) && \
+    !defined(__ARM_ARCH_6M__)
+/* The "avx2" build also carries an AVX-512 VPOPCNTDQ kernel (compiled with a target
+ * attribute, so no build flag is needed), used when the CPU has it (cpuid, checked
+ * once). rbnn_kernel_select("auto" | "avx2" | "avx512vpopcntdq") picks one for every
+ * later call (tests and bench/host.py compare them); returns 0, or -1 when the name is
+ * unknown or the CPU lacks it (nothing changes). Not thread-safe: call it before any
+ * inference runs. rbnn_kernel_active() names the one in use. */
+#define RBNN_KERNEL_SELECT 1
+int rbnn_kernel_select(const char *name);
+const char *rbnn_kernel_active(void);
+#endif
+
 #endif /* RBNN_KERNEL_H */
