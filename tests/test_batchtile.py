@@ -121,7 +121,9 @@ def test_sanitized_native_kernels_match_twin(native_harness, tmp_path, rng, name
     monkeypatch.setenv("RBNN_KERNEL", name)
     for m in [random_model(rng, n_inputs=784, sizes=[256, 61, 10], plane_mask=0x80),
               random_model(rng, n_inputs=45, sizes=[33, 3], plane_mask=0xFF, n_blocks=2),
-              saturated_model(300, [40, 3])]:  # fmt: skip
+              saturated_model(300, [40, 3]),
+              random_model(rng, n_inputs=600, sizes=[3000, 4], plane_mask=0x80),  # 4 a tile
+              random_model(rng, n_inputs=40, sizes=[17000, 3], plane_mask=0x80)]:  # one a tile; fmt: skip
         data = pack.to_bytes(m)
         x = _edge(rng, m, 13)
         (tmp_path / "m.rbnn").write_bytes(data)
