@@ -20,8 +20,8 @@ from support import charness
 from support.randmodel import random_model, saturated_model, tie_model
 
 KERNELS = ccore.kernels()
-TILES = [1, 3, 8]  # one at a time, a partial tile, the full tile
-SIZES = [0, 1, 7, 8, 13, 21]  # 0 and 1 and tails of 1..7 after full tiles
+TILES = [1, 3, 16]  # one at a time, 3 of the 16 lanes, the full tile
+SIZES = [0, 1, 2, 15, 16, 17, 35]  # partial tiles, tails of 1 (one at a time) and 3
 
 
 @pytest.fixture(params=KERNELS)
@@ -50,9 +50,11 @@ def _models(rng):
     yield random_model(rng, n_inputs=33, sizes=[31, 33, 2], plane_mask=0x81, n_blocks=3)
     yield random_model(rng, n_inputs=100, sizes=[70, 5], plane_mask=0xFF, n_blocks=2)  # 8 planes
     yield random_model(rng, n_inputs=17, sizes=[3], plane_mask=0x10)  # no hidden layer
-    yield random_model(rng, n_inputs=600, sizes=[3000, 4], plane_mask=0x80)  # fewer samples a tile
-    yield random_model(rng, n_inputs=40, sizes=[17000, 3], plane_mask=0x80)  # one a tile
+    # The tile buffer (8192 words) holds 16 * (input words + both activation buffers):
+    yield random_model(rng, n_inputs=2000, sizes=[128, 128, 3], plane_mask=0xFF)  # 16 * (504 + 8): fits
+    yield random_model(rng, n_inputs=2000, sizes=[160, 160, 3], plane_mask=0xFF)  # 16 * 514: one at a time
     yield saturated_model(1000, [300, 5], plane_mask=0xC0)  # largest popcounts
+    yield saturated_model(1300, [3], plane_mask=0xC0)  # ... reaching the scores: 41 words of 32
     yield tie_model(rng, [3, 7, 7, 1, 7])  # ties: lowest class
     for _ in range(12):
         yield random_model(rng, n_blocks=int(rng.integers(1, 4)))
@@ -69,7 +71,7 @@ def test_every_kernel_and_tile_matches_twin(rng, kernel, tile):
             np.testing.assert_array_equal(cm.predict(xb[:n]), twin.predict(m, xb[:n]))
 
 
-@pytest.mark.parametrize("bad", [0, 5, 9, 16, 20])
+@pytest.mark.parametrize("bad", [0, 5, 15, 16, 20])
 def test_bad_input_stops_the_batch_there(rng, kernel, tile, bad):
     """E_INPUT at sample `bad` (inside a tile, or in the tail): the samples before it are
     scored, the ones after it are not touched, whatever the tile."""
@@ -96,7 +98,7 @@ def test_kernel_selection_and_tile_knob_reject_bad_values():
         ccore.set_batch_tile(0)
     if hasattr(ccore.lib(), "rbnn_set_batch_tile"):  # clamped to 1..RBNN_TILE
         old = ccore.set_batch_tile(1000)
-        assert ccore.set_batch_tile(old) == 8
+        assert ccore.set_batch_tile(old) == 16
 
 
 @pytest.fixture(scope="module")
@@ -114,18 +116,19 @@ def native_harness(tmp_path_factory):
 @pytest.mark.parametrize("name", KERNELS)
 def test_sanitized_native_kernels_match_twin(native_harness, tmp_path, rng, name, monkeypatch):
     """Every kernel under ASan and UBSan: the harness checks rbnn_infer_batch (tiled)
-    against rbnn_infer sample by sample; both against the twin here. 13 samples: one
-    full tile and a tail of 5."""
+    against rbnn_infer sample by sample; both against the twin here. 19 samples: a
+    full tile and a partial one."""
     if name not in ("avx2", "avx512vpopcntdq"):
         pytest.skip(f"no run-time kernel choice in this build ({name})")
     monkeypatch.setenv("RBNN_KERNEL", name)
     for m in [random_model(rng, n_inputs=784, sizes=[256, 61, 10], plane_mask=0x80),
               random_model(rng, n_inputs=45, sizes=[33, 3], plane_mask=0xFF, n_blocks=2),
               saturated_model(300, [40, 3]),
-              random_model(rng, n_inputs=600, sizes=[3000, 4], plane_mask=0x80),  # 4 a tile
-              random_model(rng, n_inputs=40, sizes=[17000, 3], plane_mask=0x80)]:  # one a tile; fmt: skip
+              saturated_model(1300, [3], plane_mask=0xC0),
+              random_model(rng, n_inputs=2000, sizes=[128, 128, 3], plane_mask=0xFF),  # fills the buffer
+              random_model(rng, n_inputs=2000, sizes=[160, 160, 3], plane_mask=0xFF)]:  # one at a time; fmt: skip
         data = pack.to_bytes(m)
-        x = _edge(rng, m, 13)
+        x = _edge(rng, m, 19)  # a full tile and a partial one
         (tmp_path / "m.rbnn").write_bytes(data)
         (tmp_path / "x.bin").write_bytes(x.tobytes())
         out = charness.run(native_harness, "infer8", str(tmp_path / "m.rbnn"), str(tmp_path / "x.bin"))

@@ -355,44 +355,31 @@ static inline uint32_t hsum64(__m256i v) {
     return (uint32_t)_mm_cvtsi128_si64(t);
 }
 
-/* One row against 4 inputs: each 8-word chunk of the row is loaded once. */
-static void tile4_avx2(const uint32_t *a, const uint32_t *x, uint32_t xs, uint32_t n,
+/* 16 interleaved samples (rbnn_kernel.h): the weight word broadcast, XOR with two
+ * vectors of 8 samples, nibble-table popcounts summed as bytes (at most 31 words, 248 a
+ * byte), folded into 32-bit lanes with two multiply-adds. */
+static void lanes_avx2(const uint32_t *w, const uint32_t *xt, uint32_t n, uint32_t rows,
     uint32_t *out) {
-    const __m256i zero = _mm256_setzero_si256();
-    __m256i s0 = zero, s1 = zero, s2 = zero, s3 = zero;
-    const uint32_t *b0 = x, *b1 = x + xs, *b2 = x + 2u * xs, *b3 = x + 3u * xs;
-    uint32_t i = 0, full = n & ~7u;
-    while (i < full) {
-        uint32_t stop = full - i > 31u * 8u ? i + 31u * 8u : full;
-        __m256i c0 = zero, c1 = zero, c2 = zero, c3 = zero;
-        for (; i < stop; i += 8u) {
-            __m256i w = _mm256_loadu_si256((const __m256i *)(const void *)(a + i));
-#define RBNN_ACC(c, b) c = _mm256_add_epi8(c, pop_bytes(_mm256_xor_si256(w, \
-                _mm256_loadu_si256((const __m256i *)(const void *)(b + i)))))
-            RBNN_ACC(c0, b0);
-            RBNN_ACC(c1, b1);
-            RBNN_ACC(c2, b2);
-            RBNN_ACC(c3, b3);
-#undef RBNN_ACC
+    const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+    uint32_t r, i;
+    for (r = 0; r < rows; r++, w += n, out += 16) {
+        __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+        for (i = 0; i < n;) {
+            uint32_t stop = n - i > 31u ? i + 31u : n;
+            __m256i c0 = _mm256_setzero_si256(), c1 = _mm256_setzero_si256();
+            for (; i < stop; i++) {
+                __m256i wv = _mm256_set1_epi32((int)w[i]);
+                const uint32_t *p = xt + 16u * i;
+                c0 = _mm256_add_epi8(c0, pop_bytes(_mm256_xor_si256(wv,
+                    _mm256_loadu_si256((const __m256i *)(const void *)p))));
+                c1 = _mm256_add_epi8(c1, pop_bytes(_mm256_xor_si256(wv,
+                    _mm256_loadu_si256((const __m256i *)(const void *)(p + 8)))));
+            }
+            a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_maddubs_epi16(c0, ones8), ones16));
+            a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_maddubs_epi16(c1, ones8), ones16));
         }
-        s0 = _mm256_add_epi64(s0, _mm256_sad_epu8(c0, zero));
-        s1 = _mm256_add_epi64(s1, _mm256_sad_epu8(c1, zero));
-        s2 = _mm256_add_epi64(s2, _mm256_sad_epu8(c2, zero));
-        s3 = _mm256_add_epi64(s3, _mm256_sad_epu8(c3, zero));
-    }
-    out[0] = hsum64(s0) + xorpop_avx2(a + full, b0 + full, n - full);
-    out[1] = hsum64(s1) + xorpop_avx2(a + full, b1 + full, n - full);
-    out[2] = hsum64(s2) + xorpop_avx2(a + full, b2 + full, n - full);
-    out[3] = hsum64(s3) + xorpop_avx2(a + full, b3 + full, n - full);
-}
-
-static void tile_avx2(const uint32_t *w, const uint32_t *x, uint32_t xs, uint32_t nx,
-    uint32_t n, uint32_t *out) {
-    for (; nx >= 4u; nx -= 4u, x += 4u * xs, out += 4) {
-        tile4_avx2(w, x, xs, n, out);
-    }
-    for (; nx > 0u; nx--, x += xs) {
-        *out++ = xorpop_avx2(w, x, n);
+        _mm256_storeu_si256((__m256i *)(void *)out, a0);
+        _mm256_storeu_si256((__m256i *)(void *)(out + 8), a1);
     }
 }
 
@@ -426,41 +413,17 @@ RBNN_512 static void rows_512(const uint32_t *w, const uint32_t *x, uint32_t n,
     }
 }
 
-/* One row against 8 inputs: each 16-word chunk of the row is loaded once. */
-RBNN_512 static void tile8_512(const uint32_t *a, const uint32_t *x, uint32_t xs,
-    uint32_t n, uint32_t *out) {
-    __m512i s[8];
-    uint32_t i = 0, t;
-    for (t = 0; t < 8u; t++) {
-        s[t] = _mm512_setzero_si512();
-    }
-    for (; i + 16u <= n; i += 16u) {
-        __m512i w = _mm512_loadu_si512((const void *)(a + i));
-        for (t = 0; t < 8u; t++) {
-            s[t] = _mm512_add_epi64(s[t], _mm512_popcnt_epi64(_mm512_xor_si512(w,
-                _mm512_loadu_si512((const void *)(x + t * xs + i)))));
+/* 16 interleaved samples: one vpopcntd per weight word. */
+RBNN_512 static void lanes_512(const uint32_t *w, const uint32_t *xt, uint32_t n,
+    uint32_t rows, uint32_t *out) {
+    uint32_t r, i;
+    for (r = 0; r < rows; r++, w += n, out += 16) {
+        __m512i a = _mm512_setzero_si512();
+        for (i = 0; i < n; i++) {
+            a = _mm512_add_epi32(a, _mm512_popcnt_epi32(_mm512_xor_si512(
+                _mm512_set1_epi32((int)w[i]), _mm512_loadu_si512((const void *)(xt + 16u * i)))));
         }
-    }
-    if (i < n) {
-        __mmask16 k = (__mmask16)((1u << (n - i)) - 1u);
-        __m512i w = _mm512_maskz_loadu_epi32(k, (const void *)(a + i));
-        for (t = 0; t < 8u; t++) {
-            s[t] = _mm512_add_epi64(s[t], _mm512_popcnt_epi64(_mm512_xor_si512(w,
-                _mm512_maskz_loadu_epi32(k, (const void *)(x + t * xs + i)))));
-        }
-    }
-    for (t = 0; t < 8u; t++) {
-        out[t] = (uint32_t)_mm512_reduce_add_epi64(s[t]);
-    }
-}
-
-RBNN_512 static void tile_512(const uint32_t *w, const uint32_t *x, uint32_t xs,
-    uint32_t nx, uint32_t n, uint32_t *out) {
-    for (; nx >= 8u; nx -= 8u, x += 8u * xs, out += 8) {
-        tile8_512(w, x, xs, n, out);
-    }
-    for (; nx > 0u; nx--, x += xs) {
-        *out++ = xorpop_512(w, x, n);
+        _mm512_storeu_si512((void *)out, a);
     }
 }
 
@@ -512,12 +475,12 @@ void rbnn_xorpop_rows(const uint32_t *w, const uint32_t *x, uint32_t n, uint32_t
     }
 }
 
-void rbnn_xorpop_tile(const uint32_t *w, const uint32_t *x, uint32_t xstride, uint32_t nx,
-    uint32_t n, uint32_t *out) {
+void rbnn_xorpop_lanes(const uint32_t *w, const uint32_t *xt, uint32_t n, uint32_t rows,
+    uint32_t *out) {
     if (kind() == 2) {
-        tile_512(w, x, xstride, nx, n, out);
+        lanes_512(w, xt, n, rows, out);
     } else {
-        tile_avx2(w, x, xstride, nx, n, out);
+        lanes_avx2(w, xt, n, rows, out);
     }
 }
 
@@ -537,6 +500,10 @@ static inline uint64_t ld64(const uint32_t *p) {
     uint64_t v;
     memcpy(&v, p, sizeof v);
     return v;
+}
+
+static inline uint32_t pop_word(uint32_t v) {
+    return (uint32_t)__builtin_popcount(v);
 }
 
 static inline uint32_t xorpop_one(const uint32_t *a, const uint32_t *b, uint32_t n) {
@@ -571,6 +538,8 @@ static inline uint32_t pop32(uint32_t v) {
     return v & 0x3Fu;
 }
 
+#define pop_word pop32
+
 static inline uint32_t xorpop_one(const uint32_t *a, const uint32_t *b, uint32_t n) {
     uint32_t acc = 0, i;
     for (i = 0; i < n; i++) {
@@ -593,11 +562,19 @@ void rbnn_xorpop_rows(const uint32_t *w, const uint32_t *x, uint32_t n, uint32_t
 }
 
 #if RBNN_TILE > 1
-void rbnn_xorpop_tile(const uint32_t *w, const uint32_t *x, uint32_t xstride, uint32_t nx,
-    uint32_t n, uint32_t *out) {
-    uint32_t t;
-    for (t = 0; t < nx; t++) {
-        out[t] = xorpop_one(w, x + t * xstride, n);
+void rbnn_xorpop_lanes(const uint32_t *w, const uint32_t *xt, uint32_t n, uint32_t rows,
+    uint32_t *out) {
+    uint32_t r, i, t;
+    for (r = 0; r < rows; r++, w += n, out += RBNN_TILE) {
+        uint32_t acc[RBNN_TILE] = {0};
+        for (i = 0; i < n; i++) {
+            for (t = 0; t < RBNN_TILE; t++) {
+                acc[t] += pop_word(w[i] ^ xt[i * RBNN_TILE + t]);
+            }
+        }
+        for (t = 0; t < RBNN_TILE; t++) {
+            out[t] = acc[t];
+        }
     }
 }
 #endif

@@ -34,18 +34,20 @@ void rbnn_xorpop_rows(const uint32_t *w, const uint32_t *x, uint32_t n, uint32_t
 /* Name of the compiled version ("armv6m-hs4", "avx2", "popcnt64" or "swar"). */
 extern const char rbnn_kernel_name[];
 
-/* Samples a batch inference runs together (rbnn_infer_batch): each weight row is loaded
- * once and XOR-popcounted against the inputs of up to RBNN_TILE samples. 1 on ARMv6-M:
- * a Cortex-M0+ has no cache to reuse a row from, and the code and stack stay as small as
- * before; rbnn_xorpop_tile exists only where RBNN_TILE > 1. */
+/* Samples a batch inference runs together (rbnn_infer_batch): RBNN_TILE samples'
+ * inputs are interleaved word by word (xt[i * RBNN_TILE + t] = word i of sample t), so
+ * each weight word is loaded once, broadcast, and XOR-popcounted against all of them in
+ * one vector (no horizontal sums). 1 on ARMv6-M: a Cortex-M0+ has no vectors and no
+ * cache, and the code and stack stay as small as before; rbnn_xorpop_lanes exists only
+ * where RBNN_TILE > 1. */
 #if defined(__ARM_ARCH_6M__) || defined(RBNN_NO_TILE)
 #define RBNN_TILE 1u
 #else
-#define RBNN_TILE 8u
-/* out[t] = rbnn_xorpop(w, x + t * xstride, n) for t < nx (any nx): one row of n words
- * against nx inputs spaced xstride words apart. */
-void rbnn_xorpop_tile(const uint32_t *w, const uint32_t *x, uint32_t xstride, uint32_t nx,
-    uint32_t n, uint32_t *out);
+#define RBNN_TILE 16u
+/* out[r * RBNN_TILE + t] = sum over i < n of popcount(w[r * n + i] ^ xt[i * RBNN_TILE + t])
+ * for r < rows and every t < RBNN_TILE. */
+void rbnn_xorpop_lanes(const uint32_t *w, const uint32_t *xt, uint32_t n, uint32_t rows,
+    uint32_t *out);
 #endif
 
 #if defined(__AVX2__) && defined(__x86_64__) && !defined(RBNN_KERNEL_PORTABLE) && \
