@@ -82,8 +82,12 @@ def float_mlp(m: Model) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def kernel_name() -> str:
+    """The compiled kernel version, and the run-time choice within it where it has one."""
     lib = ccore.lib()
-    return ctypes.string_at(ctypes.addressof(ctypes.c_char.in_dll(lib, "rbnn_kernel_name"))).decode()
+    name = ctypes.string_at(ctypes.addressof(ctypes.c_char.in_dll(lib, "rbnn_kernel_name"))).decode()
+    if hasattr(lib, "rbnn_kernel_active"):
+        name += f" build, running {lib.rbnn_kernel_active().decode()}"
+    return name
 
 
 def main(argv: list[str] | None = None) -> int:
