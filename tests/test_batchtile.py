@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from rbnn.engines import ccore, twin
+from rbnn.errors import ModelError
 from rbnn.format import pack
 from rbnn.format.model import pack_input
 from support import charness
@@ -92,9 +93,9 @@ def test_bad_input_stops_the_batch_there(rng, kernel, tile, bad):
 
 
 def test_kernel_selection_and_tile_knob_reject_bad_values():
-    with pytest.raises(ValueError, match="not available"):
+    with pytest.raises(ModelError, match="not available"):
         ccore.select_kernel("neon")
-    with pytest.raises(ValueError, match="must be >= 1"):
+    with pytest.raises(ModelError, match="must be >= 1"):
         ccore.set_batch_tile(0)
     if hasattr(ccore.lib(), "rbnn_set_batch_tile"):  # clamped to 1..RBNN_TILE
         old = ccore.set_batch_tile(1000)

@@ -198,16 +198,16 @@ def kernels() -> list[str]:
 
 def select_kernel(name: str) -> str:
     """Use kernel ``name`` (one of kernels(), or "auto") for every later call; returns the
-    one in use before. Raises ValueError when this build or CPU has no such kernel."""
+    one in use before. Raises ModelError when this build or CPU has no such kernel."""
     so = lib()
     if not hasattr(so, "rbnn_kernel_select"):
         only = kernels()[0]
         if name not in ("auto", only):
-            raise ValueError(f"kernel {name!r} not available: this build has only {only!r}")
+            raise ModelError(f"kernel {name!r} not available: this build has only {only!r}")
         return only
     old = so.rbnn_kernel_active().decode()
     if so.rbnn_kernel_select(name.encode()) != 0:
-        raise ValueError(f"kernel {name!r} not available: this build and CPU have {kernels()}")
+        raise ModelError(f"kernel {name!r} not available: this build and CPU have {kernels()}")
     return old
 
 
@@ -218,7 +218,7 @@ def set_batch_tile(t: int) -> int:
     if not hasattr(so, "rbnn_set_batch_tile"):
         return 1
     if t < 1:
-        raise ValueError(f"batch tile must be >= 1, got {t}")
+        raise ModelError(f"batch tile must be >= 1, got {t}")
     return int(so.rbnn_set_batch_tile(t))
 
 
