@@ -349,12 +349,6 @@ static inline uint32_t xorpop_avx2(const uint32_t *a, const uint32_t *b, uint32_
     return (uint32_t)((uint64_t)_mm_cvtsi128_si64(t) + rest);
 }
 
-static inline uint32_t hsum64(__m256i v) {
-    __m128i t = _mm_add_epi64(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    t = _mm_add_epi64(t, _mm_unpackhi_epi64(t, t));
-    return (uint32_t)_mm_cvtsi128_si64(t);
-}
-
 /* 16 interleaved samples (rbnn_kernel.h): the weight word broadcast, XOR with two
  * vectors of 8 samples, nibble-table popcounts summed as bytes (at most 31 words, 248 a
  * byte), folded into 32-bit lanes with two multiply-adds. */

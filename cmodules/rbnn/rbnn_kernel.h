@@ -8,7 +8,8 @@
  *                 inline asm, carry-save (Harley-Seal) accumulation over groups of 4
  *                 words (no .S file: the C file is all a build needs);
  *   "avx2"        x86-64 compiled with AVX2 (the host core: -march=native): 256-bit XOR
- *                 and a nibble-table byte popcount (vpshufb);
+ *                 and a nibble-table byte popcount (vpshufb); where the CPU has AVX-512
+ *                 VPOPCNTDQ (cpuid at run time) it uses vpopcntq/vpopcntd instead;
  *   "popcnt64"    other targets with a popcount instruction the compiler knows of (x86
  *                 with -mpopcnt, AArch64, RISC-V Zbb): 64-bit popcounts;
  *   "swar"        anything else, or when RBNN_KERNEL_PORTABLE is defined: portable
