@@ -82,8 +82,12 @@ def float_mlp(m: Model) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def kernel_name() -> str:
+    """The compiled kernel version, and the run-time choice within it where it has one."""
     lib = ccore.lib()
-    return ctypes.string_at(ctypes.addressof(ctypes.c_char.in_dll(lib, "rbnn_kernel_name"))).decode()
+    name = ctypes.string_at(ctypes.addressof(ctypes.c_char.in_dll(lib, "rbnn_kernel_name"))).decode()
+    if hasattr(lib, "rbnn_kernel_active"):
+        name += f" build, running {lib.rbnn_kernel_active().decode()}"
+    return name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,7 +142,48 @@ def main(argv: list[str] | None = None) -> int:
     ratio = cpu[base] / cpu["C core (rbnn.engines.ccore)"]
     print(f"  C core / numpy float32 matmul: {ratio:.2f}x (target >= {TARGET:.0f}x: "
           f"{'met' if ratio >= TARGET else 'NOT met'}), under the conditions above")  # fmt: skip
+    batch_paths(cmodel, xbits, ref, args.batch, args.rounds)
     return 0
+
+
+def batch_paths(cmodel: ccore.CModel, xbits: np.ndarray, ref: np.ndarray, batch: int, rounds: int) -> None:
+    """C core batch throughput per kernel (AVX2, AVX-512 VPOPCNTDQ where the CPU has it)
+    and per batch path: one sample at a time (tile 1, what every release before the tiles
+    did) against the tiled path (up to 8 samples per weight row), as ratios in one run."""
+    kernels = ccore.kernels()
+    old_kernel, old_tile = ccore.select_kernel(kernels[0]), ccore.set_batch_tile(1)
+    ccore.set_batch_tile(old_tile)
+    tile = old_tile  # the build's full tile (1 where it has none)
+    configs = [(k, t) for k in kernels for t in dict.fromkeys((1, tile))]
+    best = {c: float("inf") for c in configs}
+    try:
+        for k, t in configs:  # every path gives the twin's scores before it is timed
+            ccore.select_kernel(k)
+            ccore.set_batch_tile(t)
+            if not np.array_equal(cmodel.scores(xbits), ref):
+                raise SystemExit(f"FAILED: C core kernel {k} tile {t} differs from the twin")
+        for _ in range(rounds):
+            for k, t in configs:
+                ccore.select_kernel(k)
+                ccore.set_batch_tile(t)
+                t0 = time.thread_time()
+                cmodel.scores(xbits)
+                best[(k, t)] = min(best[(k, t)], time.thread_time() - t0)
+    finally:
+        ccore.select_kernel(old_kernel)
+        ccore.set_batch_tile(old_tile)
+    base = configs[-1] if len(kernels) == 1 else (kernels[-1], 1)  # slowest expected: AVX2 one at a time
+    print(f"C core batch paths (all give the twin's scores), vs {base[0]} one at a time:")
+    print(f"  {'kernel':18}{'samples a tile':>15}{'samples/s':>12}{'ratio':>8}")
+    for k, t in configs:
+        print(f"  {k:18}{t:15d}{batch / best[(k, t)]:12,.0f}{best[base] / best[(k, t)]:7.2f}x")
+    for k in kernels:
+        if (k, tile) in best and tile > 1:
+            print(f"  tiled / one at a time, {k}: {best[(k, 1)] / best[(k, tile)]:.2f}x")
+    if len(kernels) > 1:
+        fast, slow = kernels[0], kernels[-1]
+        print(f"  {fast} / {slow}, tiled: {best[(slow, tile)] / best[(fast, tile)]:.2f}x; "
+              f"one at a time: {best[(slow, 1)] / best[(fast, 1)]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -46,6 +46,11 @@ def kernel(request, repo, tmp_path_factory):
     lib.rbnn_xorpop.restype = ctypes.c_uint32
     lib.rbnn_xorpop_rows.argtypes = [u32p, u32p, ctypes.c_uint32, ctypes.c_uint32, u32p]
     lib.rbnn_xorpop_rows.restype = None
+    lib.rbnn_xorpop_lanes.argtypes = [u32p, u32p, ctypes.c_uint32, ctypes.c_uint32, u32p]
+    lib.rbnn_xorpop_lanes.restype = None
+    if hasattr(lib, "rbnn_kernel_select"):
+        lib.rbnn_kernel_select.argtypes = [ctypes.c_char_p]
+        lib.rbnn_kernel_select.restype = ctypes.c_int
     return request.param, lib, flags
 
 
@@ -134,3 +139,40 @@ def test_rows_match_one_row_at_a_time(kernel, rng):
     out = np.full(1, 7, np.uint32)
     lib.rbnn_xorpop_rows(_ptr(w), _ptr(x), 5, 0, _ptr(out))
     assert out[0] == 7, "rows=0 must write nothing"
+
+
+TILE = 16  # RBNN_TILE of a host build (rbnn_kernel.h)
+
+
+def _lane_kernels(lib) -> list[str | None]:
+    """The run-time choices of this build (None: the one compiled version)."""
+    if not hasattr(lib, "rbnn_kernel_select"):
+        return [None]
+    return [k for k in ("avx2", "avx512vpopcntdq") if lib.rbnn_kernel_select(k.encode()) == 0]
+
+
+@pytest.mark.parametrize("fill", ["random", "ones"])
+def test_lanes_match_numpy(kernel, rng, fill):
+    """rbnn_xorpop_lanes: 16 interleaved inputs against each row, for row lengths across
+    the AVX2 byte-counter flush (31 words) and the vector widths, with every kernel the
+    build can select; all-ones XORs give the largest counts."""
+    _, lib, _ = kernel
+    kinds = _lane_kernels(lib)
+    for kind in kinds:
+        if kind is not None:
+            assert lib.rbnn_kernel_select(kind.encode()) == 0
+        for n, rows in [(0, 2), (1, 3), (7, 1), (8, 32), (16, 5), (17, 2), (31, 3), (32, 3), (62, 2), (63, 2), (130, 4)]:
+            w = rng.integers(0, 2**32, (rows, n), dtype=np.uint32)
+            x = rng.integers(0, 2**32, (TILE, n), dtype=np.uint32)
+            if fill == "ones":
+                x = ~np.broadcast_to(w[:1], (TILE, n)).astype(np.uint32) if rows else x
+                w[:] = w[:1]
+            xt = np.ascontiguousarray(x.T)  # xt[i, t] = word i of sample t
+            out = np.full(rows * TILE + 1, 0xDEADBEEF, np.uint32)
+            lib.rbnn_xorpop_lanes(_ptr(w), _ptr(xt), n, rows, _ptr(out))
+            want = np.bitwise_count(w[:, None, :] ^ x[None, :, :]).sum(axis=2)
+            assert (out[:-1].reshape(rows, TILE) == want).all(), f"{kind} n={n} rows={rows}"
+            assert out[-1] == 0xDEADBEEF, "wrote past rows * 16"
+    if kinds[0] is not None:
+        assert lib.rbnn_kernel_select(b"auto") == 0
+        assert lib.rbnn_kernel_select(b"neon") == -1

@@ -844,16 +844,167 @@ int rbnn_infer(const rbnn_model_t *m, const uint32_t *in_bits, uint32_t *scratch
     return rc != RBNN_OK ? rc : infer_one(m, in_bits, scratch, scores);
 }
 
+#if RBNN_TILE > 1
+/* ---- batches: RBNN_TILE samples per weight row (hosts) -----------------------------
+ * run_block's arithmetic for a tile of samples whose inputs and activations are
+ * interleaved word by word (rbnn_xorpop_lanes): each weight word is loaded once for the
+ * whole tile. Every sum, threshold and score is the same integer operation as in
+ * run_block, so the results are identical. Lanes past the tile's samples hold zeros (and
+ * what follows from them) and are never stored. */
+
+/* Words of a tile's interleaved input and activations, on the stack: rbnn_scratch_words
+ * stays what the device needs. A model whose tile does not fit runs one at a time. */
+#define TILE_WORDS 8192u
+
+static uint32_t batch_tile = RBNN_TILE;
+
+uint32_t rbnn_set_batch_tile(uint32_t t) {
+    uint32_t old = batch_tile;
+    batch_tile = t == 0u ? 1u : t > RBNN_TILE ? RBNN_TILE : t;
+    return old;
+}
+
+/* Sums s[t][r] of `cnt` neurons for every lane: xt holds n_k planes of nw interleaved
+ * words. */
+static void tile_sums(const uint32_t *w, const uint32_t *xt, uint32_t nw, uint32_t cnt,
+    int32_t n, const int32_t *weight, uint32_t n_k, int32_t s[RBNN_TILE][GROUP]) {
+    uint32_t pc[GROUP * RBNN_TILE], r, k, t;
+    for (k = 0; k < n_k; k++) {
+        rbnn_xorpop_lanes(w, xt + k * nw * RBNN_TILE, nw, cnt, pc);
+        for (r = 0; r < cnt; r++) {
+            for (t = 0; t < RBNN_TILE; t++) {
+                int32_t v = weight[k] * (n - 2 * (int32_t)pc[r * RBNN_TILE + t]);
+                s[t][r] = k == 0u ? v : s[t][r] + v;
+            }
+        }
+    }
+}
+
+/* Block blk's scores added to scores (nx rows of n_cls); `buf` starts with the tile's
+ * interleaved input, then two interleaved activation buffers. */
+static void run_block_tile(const rbnn_model_t *m, uint32_t blk, uint32_t nx, uint32_t *buf,
+    int32_t *scores) {
+    static const int32_t one = 1;
+    const uint8_t *b = m->buf;
+    uint32_t sign = b[m->blocks_offset + BLOCK_ENTRY_BYTES * blk + 4u];
+    const uint32_t *w = (const uint32_t *)(const void *)(b + m->arena_offset)
+                        + sign * m->plane_words;
+    const uint8_t *params = b + m->params_offset + blk * m->block_params_bytes;
+    uint32_t half = RBNN_TILE * (rbnn_scratch_words(m) / 2u);
+    uint32_t *act = buf + RBNN_TILE * rbnn_input_words(m);
+    uint32_t n_cls = rbnn_n_classes(m), n_in = m->n_inputs, layer, j, r, t;
+    int32_t weight[8], s[RBNN_TILE][GROUP];
+    const uint32_t *in = buf;
+
+    rbnn_plane_weights(m, weight);
+
+    for (layer = 0; layer < m->n_layers; layer++) {
+        uint32_t n_out = m->sizes[layer], nw = words_of(n_in);
+        const int32_t *wt = layer == 0u ? weight : &one;
+        uint32_t n_k = layer == 0u ? m->k_planes : 1u;
+        int32_t n = (int32_t)n_in;
+        if (layer + 1u < m->n_layers) {
+            const int32_t *thr = (const int32_t *)(const void *)params;
+            const uint32_t *flip = (const uint32_t *)(const void *)(params + 4u * n_out);
+            uint32_t *out = act + ((layer & 1u) ? half : 0u);
+            for (j = 0; j < n_out; j += GROUP) {
+                uint32_t cnt = n_out - j < GROUP ? n_out - j : GROUP;
+                tile_sums(w, in, nw, cnt, n, wt, n_k, s);
+                w += cnt * nw;
+                for (t = 0; t < RBNN_TILE; t++) {
+                    uint32_t word = 0;
+                    for (r = 0; r < cnt; r++) {
+                        word |= (uint32_t)(s[t][r] >= thr[j + r]) << r;
+                    }
+                    out[(j >> 5) * RBNN_TILE + t] = word ^ flip[j >> 5];
+                }
+            }
+            params += 4u * n_out + 4u * words_of(n_out);
+            in = out;
+        } else {
+            const int32_t *scale = (const int32_t *)(const void *)params;
+            const int32_t *offset = scale + n_out;
+            for (j = 0; j < n_out; j += GROUP) {
+                uint32_t cnt = n_out - j < GROUP ? n_out - j : GROUP;
+                tile_sums(w, in, nw, cnt, n, wt, n_k, s);
+                w += cnt * nw;
+                for (t = 0; t < nx; t++) {
+                    for (r = 0; r < cnt; r++) {
+                        scores[t * n_cls + j + r] += scale[j + r] * s[t][r] + offset[j + r];
+                    }
+                }
+            }
+        }
+        n_in = n_out;
+    }
+}
+
+/* Samples a tile for this model: batch_tile, or 1 when its buffers do not fit. */
+static uint32_t tile_for(const rbnn_model_t *m) {
+    uint32_t need = RBNN_TILE * (rbnn_input_words(m) + rbnn_scratch_words(m));
+    return need <= TILE_WORDS ? batch_tile : 1u;
+}
+
+/* nx <= RBNN_TILE samples, all inputs already checked: scores and classes. */
+static void infer_tile(const rbnn_model_t *m, const uint32_t *in_bits, uint32_t nx,
+    int32_t *scores, int32_t *classes) {
+    uint32_t buf[TILE_WORDS];
+    uint32_t n_cls = rbnn_n_classes(m), in_words = rbnn_input_words(m), i, j, t, blk;
+    for (i = 0; i < in_words; i++) { /* interleave: word i of sample t at i * TILE + t */
+        for (t = 0; t < RBNN_TILE; t++) {
+            buf[i * RBNN_TILE + t] = t < nx ? in_bits[t * in_words + i] : 0u;
+        }
+    }
+    for (j = 0; j < nx * n_cls; j++) {
+        scores[j] = 0;
+    }
+    for (blk = 0; blk < m->n_blocks; blk++) {
+        run_block_tile(m, blk, nx, buf, scores);
+    }
+    if (classes != NULL) {
+        for (t = 0; t < nx; t++) {
+            const int32_t *sc = scores + t * n_cls;
+            uint32_t best = 0;
+            for (j = 1; j < n_cls; j++) {
+                if (sc[j] > sc[best]) { /* strict: ties keep the lowest index */
+                    best = j;
+                }
+            }
+            classes[t] = (int32_t)best;
+        }
+    }
+}
+#endif
+
 int rbnn_infer_batch(const rbnn_model_t *m, const uint32_t *in_bits, uint32_t n,
     uint32_t *scratch, int32_t *scores, int32_t *classes) {
-    uint32_t i, in_words, n_cls;
+    uint32_t i = 0, in_words, n_cls;
     int rc = check_args(m, in_bits, scratch, scores);
     if (rc != RBNN_OK) {
         return rc;
     }
     in_words = rbnn_input_words(m);
     n_cls = rbnn_n_classes(m);
-    for (i = 0; i < n; i++) {
+#if RBNN_TILE > 1
+    {
+        uint32_t cap = tile_for(m), nx, t;
+        /* full tiles, then a partial one; a single sample left runs one at a time */
+        while (cap > 1u && (nx = n - i < cap ? n - i : cap) > 1u) {
+            for (t = 0; t < nx; t++) {
+                if (rbnn_check_input(m, in_bits + (i + t) * in_words) != RBNN_OK) {
+                    break;
+                }
+            }
+            if (t < nx) {
+                break; /* a bad input in this tile: the one-at-a-time loop stops at it */
+            }
+            infer_tile(m, in_bits + i * in_words, nx, scores + i * n_cls,
+                classes != NULL ? classes + i : NULL);
+            i += nx;
+        }
+    }
+#endif
+    for (; i < n; i++) {
         rc = infer_one(m, in_bits + i * in_words, scratch, scores + i * n_cls);
         if (rc < 0) {
             return rc;

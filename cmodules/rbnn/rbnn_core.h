@@ -89,6 +89,19 @@ int rbnn_infer(const rbnn_model_t *m, const uint32_t *in_bits, uint32_t *scratch
 int rbnn_infer_batch(const rbnn_model_t *m, const uint32_t *in_bits, uint32_t n,
     uint32_t *scratch, int32_t *scores, int32_t *classes);
 
+/* Hosts (RBNN_TILE > 1, rbnn_kernel.h): rbnn_infer_batch runs RBNN_TILE (16) samples at
+ * a time through each weight row, their inputs and activations interleaved in a fixed
+ * 32 kB stack buffer (identical results; the caller's scratch is not used for them, so
+ * rbnn_scratch_words is unchanged). The last tile may be partial; a single sample left,
+ * or a model whose tile needs more than the buffer (16 * (rbnn_input_words +
+ * rbnn_scratch_words) > 8192 words), runs one at a time. rbnn_set_batch_tile(t) caps the
+ * samples a tile at t (1: one at a time, as on a device; clamped to 1..RBNN_TILE) for
+ * every later call and returns the previous cap: for tests and bench/host.py. Not
+ * thread-safe. */
+#if !defined(__ARM_ARCH_6M__) && !defined(RBNN_NO_TILE)
+uint32_t rbnn_set_batch_tile(uint32_t t);
+#endif
+
 /* ---- training (rbnn_train.c): the integer step of docs/TRAINING.md, rule 1 ----------
  * Version 2 models only (RBNN_E_VERSION otherwise). `buf` is the buffer `m` was
  * validated on (m->buf; RBNN_E_ARG otherwise): it must be writable, and the core changes

@@ -349,15 +349,132 @@ static inline uint32_t xorpop_avx2(const uint32_t *a, const uint32_t *b, uint32_
     return (uint32_t)((uint64_t)_mm_cvtsi128_si64(t) + rest);
 }
 
+/* 16 interleaved samples (rbnn_kernel.h): the weight word broadcast, XOR with two
+ * vectors of 8 samples, nibble-table popcounts summed as bytes (at most 31 words, 248 a
+ * byte), folded into 32-bit lanes with two multiply-adds. */
+static void lanes_avx2(const uint32_t *w, const uint32_t *xt, uint32_t n, uint32_t rows,
+    uint32_t *out) {
+    const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+    uint32_t r, i;
+    for (r = 0; r < rows; r++, w += n, out += 16) {
+        __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+        for (i = 0; i < n;) {
+            uint32_t stop = n - i > 31u ? i + 31u : n;
+            __m256i c0 = _mm256_setzero_si256(), c1 = _mm256_setzero_si256();
+            for (; i < stop; i++) {
+                __m256i wv = _mm256_set1_epi32((int)w[i]);
+                const uint32_t *p = xt + 16u * i;
+                c0 = _mm256_add_epi8(c0, pop_bytes(_mm256_xor_si256(wv,
+                    _mm256_loadu_si256((const __m256i *)(const void *)p))));
+                c1 = _mm256_add_epi8(c1, pop_bytes(_mm256_xor_si256(wv,
+                    _mm256_loadu_si256((const __m256i *)(const void *)(p + 8)))));
+            }
+            a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_maddubs_epi16(c0, ones8), ones16));
+            a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_maddubs_epi16(c1, ones8), ones16));
+        }
+        _mm256_storeu_si256((__m256i *)(void *)out, a0);
+        _mm256_storeu_si256((__m256i *)(void *)(out + 8), a1);
+    }
+}
+
+/* AVX-512 VPOPCNTDQ: 512-bit XOR and a popcount of each 64-bit lane (vpopcntq); the
+ * n % 16 words left over come in through one masked load (masked-off words are neither
+ * read nor counted). Compiled for that target by attribute, called only when cpuid says
+ * the CPU has it. */
+#define RBNN_512 __attribute__((target("avx512f,avx512vpopcntdq")))
+
+RBNN_512 static uint32_t xorpop_512(const uint32_t *a, const uint32_t *b, uint32_t n) {
+    __m512i s = _mm512_setzero_si512();
+    uint32_t i = 0;
+    for (; i + 16u <= n; i += 16u) {
+        s = _mm512_add_epi64(s, _mm512_popcnt_epi64(_mm512_xor_si512(
+            _mm512_loadu_si512((const void *)(a + i)), _mm512_loadu_si512((const void *)(b + i)))));
+    }
+    if (i < n) {
+        __mmask16 k = (__mmask16)((1u << (n - i)) - 1u);
+        s = _mm512_add_epi64(s, _mm512_popcnt_epi64(_mm512_xor_si512(
+            _mm512_maskz_loadu_epi32(k, (const void *)(a + i)),
+            _mm512_maskz_loadu_epi32(k, (const void *)(b + i)))));
+    }
+    return (uint32_t)_mm512_reduce_add_epi64(s);
+}
+
+RBNN_512 static void rows_512(const uint32_t *w, const uint32_t *x, uint32_t n,
+    uint32_t rows, uint32_t *out) {
+    uint32_t r;
+    for (r = 0; r < rows; r++, w += n) {
+        out[r] = xorpop_512(w, x, n);
+    }
+}
+
+/* 16 interleaved samples: one vpopcntd per weight word. */
+RBNN_512 static void lanes_512(const uint32_t *w, const uint32_t *xt, uint32_t n,
+    uint32_t rows, uint32_t *out) {
+    uint32_t r, i;
+    for (r = 0; r < rows; r++, w += n, out += 16) {
+        __m512i a = _mm512_setzero_si512();
+        for (i = 0; i < n; i++) {
+            a = _mm512_add_epi32(a, _mm512_popcnt_epi32(_mm512_xor_si512(
+                _mm512_set1_epi32((int)w[i]), _mm512_loadu_si512((const void *)(xt + 16u * i)))));
+        }
+        _mm512_storeu_si512((void *)out, a);
+    }
+}
+
+/* 0: not chosen yet (cpuid on first use), 1: AVX2, 2: AVX-512 VPOPCNTDQ. */
+static int kernel_kind;
+
+static int has_512(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq");
+}
+
+static int kind(void) {
+    if (kernel_kind == 0) {
+        kernel_kind = has_512() ? 2 : 1;
+    }
+    return kernel_kind;
+}
+
+int rbnn_kernel_select(const char *name) {
+    if (strcmp(name, "auto") == 0) {
+        kernel_kind = has_512() ? 2 : 1;
+    } else if (strcmp(name, "avx2") == 0) {
+        kernel_kind = 1;
+    } else if (strcmp(name, "avx512vpopcntdq") == 0 && has_512()) {
+        kernel_kind = 2;
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
+const char *rbnn_kernel_active(void) {
+    return kind() == 2 ? "avx512vpopcntdq" : "avx2";
+}
+
 uint32_t rbnn_xorpop(const uint32_t *a, const uint32_t *b, uint32_t n) {
-    return xorpop_avx2(a, b, n);
+    return kind() == 2 ? xorpop_512(a, b, n) : xorpop_avx2(a, b, n);
 }
 
 void rbnn_xorpop_rows(const uint32_t *w, const uint32_t *x, uint32_t n, uint32_t rows,
     uint32_t *out) {
     uint32_t r;
+    if (kind() == 2) {
+        rows_512(w, x, n, rows, out);
+        return;
+    }
     for (r = 0; r < rows; r++, w += n) {
         out[r] = xorpop_avx2(w, x, n);
+    }
+}
+
+void rbnn_xorpop_lanes(const uint32_t *w, const uint32_t *xt, uint32_t n, uint32_t rows,
+    uint32_t *out) {
+    if (kind() == 2) {
+        lanes_512(w, xt, n, rows, out);
+    } else {
+        lanes_avx2(w, xt, n, rows, out);
     }
 }
 
@@ -377,6 +494,10 @@ static inline uint64_t ld64(const uint32_t *p) {
     uint64_t v;
     memcpy(&v, p, sizeof v);
     return v;
+}
+
+static inline uint32_t pop_word(uint32_t v) {
+    return (uint32_t)__builtin_popcount(v);
 }
 
 static inline uint32_t xorpop_one(const uint32_t *a, const uint32_t *b, uint32_t n) {
@@ -411,6 +532,8 @@ static inline uint32_t pop32(uint32_t v) {
     return v & 0x3Fu;
 }
 
+#define pop_word pop32
+
 static inline uint32_t xorpop_one(const uint32_t *a, const uint32_t *b, uint32_t n) {
     uint32_t acc = 0, i;
     for (i = 0; i < n; i++) {
@@ -431,4 +554,22 @@ void rbnn_xorpop_rows(const uint32_t *w, const uint32_t *x, uint32_t n, uint32_t
         out[r] = xorpop_one(w, x, n); /* inlined: no call per row */
     }
 }
+
+#if RBNN_TILE > 1
+void rbnn_xorpop_lanes(const uint32_t *w, const uint32_t *xt, uint32_t n, uint32_t rows,
+    uint32_t *out) {
+    uint32_t r, i, t;
+    for (r = 0; r < rows; r++, w += n, out += RBNN_TILE) {
+        uint32_t acc[RBNN_TILE] = {0};
+        for (i = 0; i < n; i++) {
+            for (t = 0; t < RBNN_TILE; t++) {
+                acc[t] += pop_word(w[i] ^ xt[i * RBNN_TILE + t]);
+            }
+        }
+        for (t = 0; t < RBNN_TILE; t++) {
+            out[t] = acc[t];
+        }
+    }
+}
+#endif
 #endif

@@ -8,7 +8,8 @@
  *                 inline asm, carry-save (Harley-Seal) accumulation over groups of 4
  *                 words (no .S file: the C file is all a build needs);
  *   "avx2"        x86-64 compiled with AVX2 (the host core: -march=native): 256-bit XOR
- *                 and a nibble-table byte popcount (vpshufb);
+ *                 and a nibble-table byte popcount (vpshufb); where the CPU has AVX-512
+ *                 VPOPCNTDQ (cpuid at run time) it uses vpopcntq/vpopcntd instead;
  *   "popcnt64"    other targets with a popcount instruction the compiler knows of (x86
  *                 with -mpopcnt, AArch64, RISC-V Zbb): 64-bit popcounts;
  *   "swar"        anything else, or when RBNN_KERNEL_PORTABLE is defined: portable
@@ -33,5 +34,34 @@ void rbnn_xorpop_rows(const uint32_t *w, const uint32_t *x, uint32_t n, uint32_t
 
 /* Name of the compiled version ("armv6m-hs4", "avx2", "popcnt64" or "swar"). */
 extern const char rbnn_kernel_name[];
+
+/* Samples a batch inference runs together (rbnn_infer_batch): RBNN_TILE samples'
+ * inputs are interleaved word by word (xt[i * RBNN_TILE + t] = word i of sample t), so
+ * each weight word is loaded once, broadcast, and XOR-popcounted against all of them in
+ * one vector (no horizontal sums). 1 on ARMv6-M: a Cortex-M0+ has no vectors and no
+ * cache, and the code and stack stay as small as before; rbnn_xorpop_lanes exists only
+ * where RBNN_TILE > 1. */
+#if defined(__ARM_ARCH_6M__) || defined(RBNN_NO_TILE)
+#define RBNN_TILE 1u
+#else
+#define RBNN_TILE 16u
+/* out[r * RBNN_TILE + t] = sum over i < n of popcount(w[r * n + i] ^ xt[i * RBNN_TILE + t])
+ * for r < rows and every t < RBNN_TILE. */
+void rbnn_xorpop_lanes(const uint32_t *w, const uint32_t *xt, uint32_t n, uint32_t rows,
+    uint32_t *out);
+#endif
+
+#if defined(__AVX2__) && defined(__x86_64__) && !defined(RBNN_KERNEL_PORTABLE) && \
+    !defined(__ARM_ARCH_6M__)
+/* The "avx2" build also carries an AVX-512 VPOPCNTDQ kernel (compiled with a target
+ * attribute, so no build flag is needed), used when the CPU has it (cpuid, checked
+ * once). rbnn_kernel_select("auto" | "avx2" | "avx512vpopcntdq") picks one for every
+ * later call (tests and bench/host.py compare them); returns 0, or -1 when the name is
+ * unknown or the CPU lacks it (nothing changes). Not thread-safe: call it before any
+ * inference runs. rbnn_kernel_active() names the one in use. */
+#define RBNN_KERNEL_SELECT 1
+int rbnn_kernel_select(const char *name);
+const char *rbnn_kernel_active(void);
+#endif
 
 #endif /* RBNN_KERNEL_H */

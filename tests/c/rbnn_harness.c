@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "rbnn_core.h"
+#include "rbnn_kernel.h"
 
 static unsigned char *read_file(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
@@ -315,6 +316,14 @@ static int cmd_train(const char *model_path, const char *ops_path, const char *o
 }
 
 int main(int argc, char **argv) {
+#ifdef RBNN_KERNEL_SELECT
+    /* tests/test_batchtile.py runs every kernel of a -march=native build under the
+     * sanitizers: RBNN_KERNEL names one (rbnn_kernel.h). */
+    if (getenv("RBNN_KERNEL") != NULL && rbnn_kernel_select(getenv("RBNN_KERNEL")) != 0) {
+        fprintf(stderr, "harness: kernel %s not available\n", getenv("RBNN_KERNEL"));
+        return 1;
+    }
+#endif
     if (argc == 4 && strcmp(argv[1], "infer") == 0) {
         return cmd_infer(argv[2], argv[3], 0);
     }

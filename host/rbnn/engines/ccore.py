@@ -171,7 +171,55 @@ def lib() -> ctypes.CDLL:
     for fn, (res, args) in sigs.items():
         f = getattr(so, fn)
         f.restype, f.argtypes = res, args
+    # Host tuning knobs: present only in the builds that have them (rbnn_kernel.h).
+    optional = {
+        "rbnn_set_batch_tile": (U32, [U32]),
+        "rbnn_kernel_select": (INT, [ctypes.c_char_p]),
+        "rbnn_kernel_active": (ctypes.c_char_p, []),
+    }
+    for fn, (res, args) in optional.items():
+        if hasattr(so, fn):
+            f = getattr(so, fn)
+            f.restype, f.argtypes = res, args
     return so
+
+
+def kernels() -> list[str]:
+    """The XOR-popcount kernels this build and CPU can run (the first is the default):
+    ["avx512vpopcntdq", "avx2"], ["avx2"], or the one compiled version's name."""
+    so = lib()
+    if not hasattr(so, "rbnn_kernel_select"):
+        return [ctypes.string_at(ctypes.addressof(ctypes.c_char.in_dll(so, "rbnn_kernel_name"))).decode()]
+    old = so.rbnn_kernel_active()
+    have = [k for k in ("avx512vpopcntdq", "avx2") if so.rbnn_kernel_select(k.encode()) == 0]
+    so.rbnn_kernel_select(old)
+    return have
+
+
+def select_kernel(name: str) -> str:
+    """Use kernel ``name`` (one of kernels(), or "auto") for every later call; returns the
+    one in use before. Raises ModelError when this build or CPU has no such kernel."""
+    so = lib()
+    if not hasattr(so, "rbnn_kernel_select"):
+        only = kernels()[0]
+        if name not in ("auto", only):
+            raise ModelError(f"kernel {name!r} not available: this build has only {only!r}")
+        return only
+    old = so.rbnn_kernel_active().decode()
+    if so.rbnn_kernel_select(name.encode()) != 0:
+        raise ModelError(f"kernel {name!r} not available: this build and CPU have {kernels()}")
+    return old
+
+
+def set_batch_tile(t: int) -> int:
+    """Cap the samples rbnn_infer_batch runs together at ``t`` (1: one at a time); returns
+    the previous cap (1 on builds without tiles)."""
+    so = lib()
+    if not hasattr(so, "rbnn_set_batch_tile"):
+        return 1
+    if t < 1:
+        raise ModelError(f"batch tile must be >= 1, got {t}")
+    return int(so.rbnn_set_batch_tile(t))
 
 
 def strerror(code: int) -> str:
