@@ -89,7 +89,7 @@ int rbnn_infer(const rbnn_model_t *m, const uint32_t *in_bits, uint32_t *scratch
 int rbnn_infer_batch(const rbnn_model_t *m, const uint32_t *in_bits, uint32_t n,
     uint32_t *scratch, int32_t *scores, int32_t *classes);
 
-/* Hosts (RBNN_TILE > 1, rbnn_kernel.h): rbnn_infer_batch runs RBNN_TILE (16) samples at
+/* 64-bit hosts (RBNN_TILED, RBNN_TILE > 1 in rbnn_kernel.h): rbnn_infer_batch runs RBNN_TILE (16) samples at
  * a time through each weight row, their inputs and activations interleaved in a fixed
  * 32 kB stack buffer (identical results; the caller's scratch is not used for them, so
  * rbnn_scratch_words is unchanged). The last tile may be partial; a single sample left,
@@ -98,8 +98,13 @@ int rbnn_infer_batch(const rbnn_model_t *m, const uint32_t *in_bits, uint32_t n,
  * samples a tile at t (1: one at a time, as on a device; clamped to 1..RBNN_TILE) for
  * every later call and returns the previous cap: for tests and bench/host.py. Not
  * thread-safe. */
-#if !defined(__ARM_ARCH_6M__) && !defined(RBNN_NO_TILE)
+/* Tiles on 64-bit hosts only: their 32 kB of stack is no place for a microcontroller's
+ * (the C module never runs batches). -DRBNN_NO_TILE turns them off on a host too. */
+#if (defined(__x86_64__) || defined(__aarch64__) || defined(_M_X64) || defined(_M_ARM64)) && !defined(RBNN_NO_TILE)
+#define RBNN_TILED 1
 uint32_t rbnn_set_batch_tile(uint32_t t);
+#else
+#define RBNN_TILED 0
 #endif
 
 /* ---- training (rbnn_train.c): the integer step of docs/TRAINING.md, rule 1 ----------

@@ -21,6 +21,8 @@
 
 #include <stdint.h>
 
+#include "rbnn_core.h" /* RBNN_TILED */
+
 /* sum over i < n of popcount(a[i] XOR b[i]) */
 uint32_t rbnn_xorpop(const uint32_t *a, const uint32_t *b, uint32_t n);
 
@@ -38,10 +40,10 @@ extern const char rbnn_kernel_name[];
 /* Samples a batch inference runs together (rbnn_infer_batch): RBNN_TILE samples'
  * inputs are interleaved word by word (xt[i * RBNN_TILE + t] = word i of sample t), so
  * each weight word is loaded once, broadcast, and XOR-popcounted against all of them in
- * one vector (no horizontal sums). 1 on ARMv6-M: a Cortex-M0+ has no vectors and no
- * cache, and the code and stack stay as small as before; rbnn_xorpop_lanes exists only
- * where RBNN_TILE > 1. */
-#if defined(__ARM_ARCH_6M__) || defined(RBNN_NO_TILE)
+ * one vector (no horizontal sums). 1 except on 64-bit hosts (RBNN_TILED): a
+ * microcontroller has no vectors and little stack, and its code stays as small as
+ * before; rbnn_xorpop_lanes exists only where RBNN_TILE > 1. */
+#if !RBNN_TILED
 #define RBNN_TILE 1u
 #else
 #define RBNN_TILE 16u
