@@ -112,6 +112,20 @@ def _replace(src, dst):
     os.rename(src, dst)
 
 
+def _install(src, path, where):
+    # A complete file `src` becomes `path`: renamed to path.new first, then over path. A
+    # NAME.new exists only complete (docs/PROTOCOL.md, The model store): the start-up
+    # recovery renames it over NAME, so a partial file must never carry that name; from
+    # there it is never removed (on FAT, _replace removes path first). `where` names the
+    # kill point between the two renames ("<where>:staged").
+    _remove(path + NEW)
+    os.rename(src, path + NEW)
+    _sync()
+    _point(where + ":staged")
+    _replace(path + NEW, path)
+    _sync()
+
+
 def write_file(path, data):
     """Write ``data`` (a bytes-like) to ``path`` atomically: ``path.tmp`` first, synced,
     renamed to ``path.new`` only once complete, then renamed over ``path`` (the start-up
@@ -134,15 +148,7 @@ def write_file(path, data):
         _remove(tmp)  # a partial temp file; path untouched
         raise
     _point("write_file:written")
-    # A NAME.new exists only complete (docs/PROTOCOL.md, The model store): the start-up
-    # recovery renames it over NAME, so a partial file must never carry that name.
-    _remove(path + NEW)
-    os.rename(tmp, path + NEW)
-    _sync()
-    _point("write_file:staged")
-    # From here NAME.new is complete: never remove it (on FAT, _replace removes path first).
-    _replace(path + NEW, path)
-    _sync()
+    _install(tmp, path, "write_file")
 
 
 class Store:
@@ -301,12 +307,7 @@ class Store:
         check_name(name)
         self.verified_upload()
         _point("save:verified")
-        _remove(name + NEW)
-        os.rename(UPLOAD, name + NEW)
-        _sync()
-        _point("save:staged")
-        _replace(name + NEW, name)
-        _sync()
+        _install(UPLOAD, name, "save")
         _point("save:replaced")
         self.discard()
 

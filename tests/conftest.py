@@ -61,3 +61,25 @@ def trained_mnist(tmp_path_factory, trained_mnist_result) -> Path:
     path = tmp_path_factory.mktemp("trained") / "mnist-128-64.rbnn"
     pack.save(trained_mnist_result.model, path)
     return path
+
+
+@pytest.fixture(scope="module")
+def template_fs(tmp_path_factory, micropython) -> Path:
+    """A board filesystem with the firmware deployed (through the raw REPL), to copy: once
+    per test module (test_faults, test_stream)."""
+    from mpy_helpers import firmware_fs
+
+    return firmware_fs(tmp_path_factory.mktemp("firmware") / "template", micropython)
+
+
+@pytest.fixture
+def vdev(tmp_path, micropython, template_fs):
+    """A virtual device (MicroPython unix port on a pty) on a fresh copy of ``template_fs``."""
+    import shutil
+
+    from rbnn.device.virtual import VirtualDevice
+
+    fs = tmp_path / "fs"
+    shutil.copytree(template_fs, fs)
+    with VirtualDevice(fs, micropython=micropython) as dev:
+        yield dev

@@ -6,7 +6,6 @@ byte for byte."""
 
 from __future__ import annotations
 
-import shutil
 import struct
 import time
 import zlib
@@ -15,11 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import serial
-from mpy_helpers import firmware_fs
 
 from rbnn.device import frames as fr
 from rbnn.device.link import DeviceError, Link, LinkError
-from rbnn.device.virtual import VirtualDevice
 from rbnn.engines import twin
 from rbnn.format import pack
 from rbnn.format.model import pack_input
@@ -175,21 +172,9 @@ def models():
 BAUD = 921600  # a pty ignores it; the link's timeouts count wire time at this rate
 
 
-@pytest.fixture(scope="module")
-def template_fs(tmp_path_factory, micropython):
-    """A board filesystem with the firmware deployed (through the raw REPL), to copy."""
-    return firmware_fs(tmp_path_factory.mktemp("faults") / "template", micropython, BAUD)
-
-
-@pytest.fixture
-def vdev(tmp_path, micropython, template_fs):
-    fs = tmp_path / "fs"
-    shutil.copytree(template_fs, fs)
-    with VirtualDevice(fs, micropython=micropython) as dev:
-        yield dev
-
-
-def _link(dev, seed=0, plan=None, reply_plan=None, **kw):
+def faulty_link(dev, seed=0, plan=None, reply_plan=None, **kw) -> tuple[Link, FaultySerial]:
+    """A connected Link to the virtual device ``dev`` through a FaultySerial (``plan``,
+    ``reply_plan`` as there; a kill powers ``dev`` off); short timeouts."""
     ser = serial.Serial(dev.port, BAUD, timeout=0.05)
     fs = FaultySerial(ser, seed, plan, reply_plan, on_kill=dev.kill)
     kw.setdefault("timeout", 0.3)
@@ -223,7 +208,7 @@ def test_fault_kind_is_recovered(vdev, models, kind, direction):
     """Faults on every 4th frame of an upload + save + batch inference session."""
     old, _, x = models
     plan = {i: kind for i in range(2, 40, 4)}
-    link, fs = _link(vdev, seed=zlib.crc32(f"{kind}/{direction}".encode()), chunk=1024,
+    link, fs = faulty_link(vdev, seed=zlib.crc32(f"{kind}/{direction}".encode()), chunk=1024,
                      plan=plan if direction == "out" else None,
                      reply_plan=plan if direction == "in" else None)  # fmt: skip
     _check_session(link, old, x, vdev.fs)
@@ -248,7 +233,7 @@ def test_random_faults_seeded(vdev, models):
     rng = np.random.default_rng(2024)
     plan = {i: KINDS[int(rng.integers(len(KINDS)))] for i in range(1, 200) if rng.random() < 0.25}
     rplan = {i: KINDS[int(rng.integers(len(KINDS)))] for i in range(1, 200) if rng.random() < 0.25}
-    link, fs = _link(vdev, seed=11, plan=plan, reply_plan=rplan, chunk=700)
+    link, fs = faulty_link(vdev, seed=11, plan=plan, reply_plan=rplan, chunk=700)
     _check_session(link, old, x, vdev.fs)
     _check_session(link, new, x, vdev.fs)
     assert len(fs.applied) > 10
@@ -257,7 +242,7 @@ def test_random_faults_seeded(vdev, models):
 
 def test_retries_are_bounded(vdev, models):
     """Every request frame lost: LinkError after retries+1 tries, naming the request."""
-    link, fs = _link(vdev, retries=3, timeout=0.2)
+    link, fs = faulty_link(vdev, retries=3, timeout=0.2)
     fs.plan = {i: "drop" for i in range(fs.sent, fs.sent + 100)}
     t0 = time.monotonic()
     with pytest.raises(LinkError, match=r"STATS \(seq \d+\).*no valid reply after 4 tries \(4 timeouts"):
@@ -272,7 +257,7 @@ def test_retries_are_bounded(vdev, models):
 # --- the device loses power --------------------------------------------------------------------
 def test_kill_during_upload_resumes(vdev, models):
     old, _, x = models
-    link, fs = _link(vdev, chunk=512)
+    link, fs = faulty_link(vdev, chunk=512)
     first = fs.sent
     fs.plan = {first + 12: "kill"}  # UP_BEGIN, then the 11th chunk is cut by a power loss
     saved = link.deploy_model(old, "m.rbnn")
@@ -291,7 +276,7 @@ def test_kill_while_replacing_a_model_of_the_same_size(vdev, models):
     the device loses power: after the reboot the host must not take the stored old file
     for the new one (its CRC field differs), and ends with the new one stored and run."""
     old, new, x = models
-    link, fs = _link(vdev, chunk=512)
+    link, fs = faulty_link(vdev, chunk=512)
     link.deploy_model(old, "m.rbnn")
     fs.plan = {fs.sent + 8: "kill"}  # UP_BEGIN, then the 7th chunk of the new model is cut
     saved = link.deploy_model(new, "m.rbnn")
@@ -308,7 +293,7 @@ def test_upload_damaged_on_the_flash_is_refused_by_its_crc(vdev, models):
     changed there; the resumed upload completes, and SAVE refuses it (E_UPLOAD, the
     upload's CRC-32, before the file is even parsed) and keeps the old model."""
     old, new, _ = models
-    link, _ = _link(vdev, chunk=1024)
+    link, _ = faulty_link(vdev, chunk=1024)
     link.deploy_model(old, "m.rbnn")
     link.request(fr.UP_BEGIN, struct.pack("<II", len(new), zlib.crc32(new)))
     for off in range(0, 4096, 1024):
@@ -320,7 +305,7 @@ def test_upload_damaged_on_the_flash_is_refused_by_its_crc(vdev, models):
     damaged[1000] ^= 0x01
     vdev.restart()
     upload.write_bytes(damaged)  # before the store reads it back
-    link, _ = _link(vdev, chunk=1024)
+    link, _ = faulty_link(vdev, chunk=1024)
     assert link.upload(new)["resumed_from"] == 4096
     with pytest.raises(DeviceError) as e:
         link.save("m.rbnn")
@@ -334,7 +319,7 @@ def test_data_at_another_offset_is_not_written(vdev, models):
     request (a host that lost the reply and started over) or one from beyond writes
     nothing, and the reply tells where to go on."""
     old, _, _ = models
-    link, _ = _link(vdev)
+    link, _ = faulty_link(vdev)
     link.request(fr.UP_BEGIN, struct.pack("<II", len(old), zlib.crc32(old)))
 
     def put(off: int, data: bytes) -> int:
@@ -353,13 +338,13 @@ def test_data_at_another_offset_is_not_written(vdev, models):
 def test_host_gone_during_upload_resumes(vdev, models):
     """The host process dies mid-upload; a new session continues where the device is."""
     old, _, _ = models
-    link, fs = _link(vdev, chunk=512)
+    link, fs = faulty_link(vdev, chunk=512)
     size, crc = len(old), zlib.crc32(old)
     link.request(fr.UP_BEGIN, struct.pack("<II", size, crc))
     for off in range(0, 4096, 512):
         link.request(fr.UP_DATA, struct.pack("<I", off) + old[off : off + 512])
     link.ser.close()  # gone, without LEAVE
-    link2, _ = _link(vdev, chunk=512)  # finds the server running
+    link2, _ = faulty_link(vdev, chunk=512)  # finds the server running
     assert link2.repl is None
     up = link2.upload(old)
     assert up["resumed_from"] == 4096
@@ -374,7 +359,7 @@ def test_host_gone_during_upload_resumes(vdev, models):
 )
 def test_kill_during_save_keeps_old_or_new(vdev, models, point, fat):
     old, new, x = models
-    link, _ = _link(vdev)
+    link, _ = faulty_link(vdev)
     link.deploy_model(old, "m.rbnn")
     link.leave()
     link.ser.close()
@@ -383,7 +368,7 @@ def test_kill_during_save_keeps_old_or_new(vdev, models, point, fat):
         env["RBNN_FS_EMULATE"] = "fat"
     vdev.restart(env=env)
     starts = vdev.starts
-    link, _ = _link(vdev)
+    link, _ = faulty_link(vdev)
     with pytest.raises(LinkError):
         link.upload(new)
         link.save("m.rbnn")  # the device dies at `point` while saving
@@ -411,7 +396,7 @@ def test_kill_during_save_keeps_old_or_new(vdev, models, point, fat):
 @pytest.mark.parametrize("where,code", [(0, "E_MAGIC"), (13, "E_HEADER"), (-1, "E_CRC"), (None, "E_TRUNCATED")])
 def test_malformed_model_is_refused_and_old_kept(vdev, models, where, code):
     old, _, x = models
-    link, _ = _link(vdev)
+    link, _ = faulty_link(vdev)
     link.deploy_model(old, "m.rbnn")
     bad = bytearray(old)
     if where is None:

@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 import test_stream
 from mpy_helpers import firmware_fs
-from test_stream import BAUD, REPLAY, _args, _link
+from test_faults import faulty_link
+from test_stream import BAUD, REPLAY, _args
 
 from rbnn.cli import main
 from rbnn.cli.grow import prepare_run
@@ -51,7 +52,7 @@ def test_unix_c_module_replays_grow_through_the_stream(files, tmp_path, monkeypa
     monkeypatch.setenv("RBNN_ENGINE", "c")
     fs = firmware_fs(tmp_path / "fs", unix_c, BAUD)
     with VirtualDevice(fs, micropython=unix_c) as dev:  # the model put there, the engine checked
-        link, _ = _link(dev)
+        link, _ = faulty_link(dev)
         assert link.hello_info["engine"] == "c"
         link.deploy_model(files["model"], "m.rbnn")
         link.leave()

@@ -30,15 +30,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import serial
-from mpy_helpers import firmware_fs
-from test_faults import KINDS, FaultySerial
+from test_faults import KINDS, faulty_link
 
 from rbnn.cli import build_parser, main
 from rbnn.data import load
 from rbnn.data.plain import write_npz
 from rbnn.device import frames as fr
-from rbnn.device.link import DeviceError, Link
+from rbnn.device.link import DeviceError
 from rbnn.device.stream import StreamError, pull_model, run_stream
 from rbnn.device.virtual import VirtualDevice
 from rbnn.format import pack
@@ -78,35 +76,11 @@ def files(tmp_path_factory):
             "ds": load(str(d / "d.npz"), parts=("train",))}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def template_fs(tmp_path_factory, micropython):
-    """A board filesystem with the firmware deployed (through the raw REPL), to copy."""
-    return firmware_fs(tmp_path_factory.mktemp("stream-fw") / "template", micropython, BAUD)
-
-
-@pytest.fixture
-def vdev(tmp_path, micropython, template_fs):
-    fs = tmp_path / "fs"
-    shutil.copytree(template_fs, fs)
-    with VirtualDevice(fs, micropython=micropython) as dev:
-        yield dev
-
-
 def _engines(micropython: str) -> list[str]:
     # every engine of this binary: the fallback's two, and the C module when built in
     code = "try:\n import _rbnn\n print('c')\nexcept ImportError:\n print('-')\n"
     out = subprocess.run([micropython, "-c", code], capture_output=True, text=True, timeout=60).stdout.split()
     return ["viper", "python"] + (["c"] if out == ["c"] else [])
-
-
-def _link(dev, seed=0, plan=None, reply_plan=None, **kw) -> tuple[Link, FaultySerial]:
-    ser = serial.Serial(dev.port, BAUD, timeout=0.05)
-    fs = FaultySerial(ser, seed, plan, reply_plan, on_kill=dev.kill)
-    kw.setdefault("timeout", 0.3)
-    kw.setdefault("op_timeout", 20)
-    link = Link(fs, **kw)
-    link.connect()
-    return link, fs
 
 
 def _args(files, opts, checkpoint=1000):
@@ -132,7 +106,7 @@ def test_stream_replays_grow_on_every_engine(vdev, files, micropython, monkeypat
     for engine in _engines(micropython):
         monkeypatch.setenv("RBNN_ENGINE", engine)
         vdev.restart()
-        link, _ = _link(vdev)
+        link, _ = faulty_link(vdev)
         assert link.hello_info["engine"] == engine and link.hello_info["window"] >= 1
         link.deploy_model(files["model"], "m.rbnn")
         res = _stream(link, files, REPLAY, checkpoint=700)
@@ -151,7 +125,7 @@ def test_cli_stream_and_pull_on_the_virtual_port(files, micropython, template_fs
     fs = tmp_path / "fs"
     shutil.copytree(template_fs, fs)
     with VirtualDevice(fs, micropython=micropython) as dev:  # put the model there
-        link, _ = _link(dev)
+        link, _ = faulty_link(dev)
         link.deploy_model(files["model"], "m.rbnn")
         link.leave()
         link.ser.close()
@@ -184,7 +158,7 @@ def test_frame_faults_every_kind(vdev, files, direction):
     are many): the bytes of the clean run, every sample applied once."""
     rng = np.random.default_rng(zlib.crc32(direction.encode()))
     plan = {i: KINDS[int(rng.integers(len(KINDS)))] for i in range(3, 600) if rng.random() < 0.17}
-    link, fs = _link(vdev, seed=5, plan=plan if direction == "out" else None,
+    link, fs = faulty_link(vdev, seed=5, plan=plan if direction == "out" else None,
                      reply_plan=plan if direction == "in" else None)  # fmt: skip
     link.deploy_model(files["model"], "m.rbnn")
     link.train_chunk = 40
@@ -211,7 +185,7 @@ def test_device_killed_at_seeded_points(vdev, files):
     rng = np.random.default_rng(1234)
     # 12..16 frames apart: a checkpoint (every 8 TRAIN frames) gets through between two
     kills = np.cumsum(rng.integers(12, 17, 30)) + 8
-    link, fs = _link(vdev)
+    link, fs = faulty_link(vdev)
     link.deploy_model(files["model"], "m.rbnn")
     link.train_chunk = 25
     fs.plan = {fs.sent + int(k): "kill" for k in kills}
@@ -226,7 +200,7 @@ def test_device_killed_at_seeded_points(vdev, files):
         vdev.fs.joinpath("m.rbnn").write_bytes(files["model"])  # a new run from the start
         vdev.restart(env={"RBNN_KILL_AT": point})
         before = vdev.kills
-        link, fs = _link(vdev)
+        link, fs = faulty_link(vdev)
         link.train_chunk = 40
         res = _stream(link, files, LONG, checkpoint=1000)
         assert vdev.kills == before + 1 and res.reconnects >= 1
@@ -238,7 +212,7 @@ def test_device_killed_at_seeded_points(vdev, files):
 def test_host_killed_and_run_again(vdev, files, tmp_path):
     """`rbnn stream` killed three times at seeded moments (SIGKILL: no goodbye), then run
     again to the end: the clean run's bytes, and the device applied 5,000 samples."""
-    link, _ = _link(vdev)
+    link, _ = faulty_link(vdev)
     link.deploy_model(files["model"], "m.rbnn")
     link.leave()
     link.ser.close()
@@ -260,7 +234,7 @@ def test_host_killed_and_run_again(vdev, files, tmp_path):
 
 # --- bad input ------------------------------------------------------------------------------------
 def _bad_then_resume(vdev, files, hook, code, at):
-    link, _ = _link(vdev)
+    link, _ = faulty_link(vdev)
     link.deploy_model(files["model"], "m.rbnn")
     link.train_chunk = 40
     with pytest.raises(StreamError) as e:
@@ -293,7 +267,7 @@ def test_sample_of_the_wrong_length_is_refused(vdev, files):
             x = np.concatenate([x, np.zeros((len(x), 1), np.uint8)], axis=1)  # one byte more each
         return x, y
 
-    link, _ = _link(vdev)
+    link, _ = faulty_link(vdev)
     link.deploy_model(files["model"], "m.rbnn")
     link.train_chunk = 20
     with pytest.raises(StreamError) as e:
@@ -313,7 +287,7 @@ def test_full_arena_is_refused_before_anything_changes(vdev, files, tmp_path, ca
     m = pack.from_bytes(full)
     m.state().grow_left = 0
     data = pack.to_bytes(m)
-    link, _ = _link(vdev)
+    link, _ = faulty_link(vdev)
     link.deploy_model(data, "m.rbnn")
     sid = m.state().stream_id
     assert link.train_begin(sid)["applied"] == 2000  # the finished replay run: no block may open
@@ -349,7 +323,7 @@ def test_checkpoint_on_a_full_flash(vdev, files):
     """The flash cannot hold a checkpoint (E_NOSPACE): a clear error, the stored model
     stays the last good checkpoint, and once there is room the stream resumes to the
     clean run's bytes."""
-    link, _ = _link(vdev)
+    link, _ = faulty_link(vdev)
     link.deploy_model(files["model"], "m.rbnn")
     link.train_chunk = 40
     # the first 1,000 samples and their checkpoint on a roomy flash
@@ -362,7 +336,7 @@ def test_checkpoint_on_a_full_flash(vdev, files):
     link.ser.close()
     used = sum(p.stat().st_size for p in vdev.fs.iterdir() if p.is_file())
     vdev.restart(env={"RBNN_FS_BYTES": str(used + len(good) // 2)})
-    link, _ = _link(vdev)
+    link, _ = faulty_link(vdev)
     link.train_chunk = 40
     with pytest.raises(StreamError) as e:
         _stream(link, files, LONG, checkpoint=1000)
@@ -371,7 +345,7 @@ def test_checkpoint_on_a_full_flash(vdev, files):
     link.leave()
     link.ser.close()
     vdev.restart()  # room again; the loaded model was lost with the reboot: from the checkpoint
-    link, _ = _link(vdev)
+    link, _ = faulty_link(vdev)
     res = _stream(link, files, LONG, checkpoint=1000)
     assert res.resumed_from == 1000 and res.data == files["grown"]["long", "c"]
     link.leave()
@@ -382,14 +356,14 @@ def test_train_frames_apply_by_position(vdev, files):
     """TRAIN before TRAIN_BEGIN and TRAIN_BEGIN of another stream are E_STREAM; a frame
     after a gap applies nothing, a repeat applies nothing new, an overlap only its new
     samples; a malformed frame is E_PROTO; PULL from 0 is a valid file."""
-    link, _ = _link(vdev)
+    link, _ = faulty_link(vdev)
     link.deploy_model(files["model"], "m.rbnn")
     with pytest.raises(StreamError, match="E_LABEL"):  # a run stopped at sample 10, its block live
         _stream(link, files, LONG, checkpoint=0,
                 samples_hook=lambda a, b, x, y: (x, np.where(np.arange(a, b) == 10, 9, y)))  # fmt: skip
     sid = pack.from_bytes((vdev.fs / "m.rbnn").read_bytes()).state().stream_id
     link.ser.close()
-    link, _ = _link(vdev)  # a new session: no stream begun
+    link, _ = faulty_link(vdev)  # a new session: no stream begun
 
     def train(pos: int, n: int, width: int = 8, labels=None) -> tuple:
         y = labels if labels is not None else [1] * n
@@ -424,13 +398,13 @@ def test_checkpoint_cut_mid_write_leaves_no_new_file(vdev, files):
     flash holds the old model, the complete temp file, and no NAME.new (the start-up
     recovery renames a NAME.new over NAME, so one must never be partial); the server's
     start-up then removes the temp file. A partial temp file is removed likewise."""
-    link, _ = _link(vdev)
+    link, _ = faulty_link(vdev)
     link.deploy_model(files["model"], "m.rbnn")
     link.leave()
     link.ser.close()
     vdev.restart(env={"RBNN_KILL_AT": "write_file:written"})
     starts = vdev.starts
-    link, _ = _link(vdev)
+    link, _ = faulty_link(vdev)
     link.load("m.rbnn")
     with pytest.raises(Exception):  # noqa: B017 -- the device dies: a LinkError of some kind
         link.checkpoint("m.rbnn")

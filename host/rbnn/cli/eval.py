@@ -35,12 +35,28 @@ def run(args: argparse.Namespace) -> int:
     return _table(args)
 
 
+def _score_all(score, x, plane_mask: int, n_classes: int, desc: str):
+    """int32 scores (n, n_classes) of every row of ``x`` (uint8 (n, features)), 1,000 at a
+    time, with a progress bar on a terminal."""
+    import numpy as np
+
+    from ..format.model import pack_input
+    from ..progress import bar
+
+    out = np.empty((len(x), n_classes), np.int32)
+    step = 1000
+    with bar(total=len(x), desc=desc, unit="img", leave=False) as b:
+        for lo in range(0, len(x), step):
+            out[lo : lo + step] = score(pack_input(x[lo : lo + step], plane_mask))
+            b.update(min(step, len(x) - lo))
+    return out
+
+
 def _table(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..engines import scorer
     from ..files import read_model
-    from ..format.model import pack_input
     from .testset import fit_test_set, load_test_set
 
     models = [(path, *read_model(path)) for path in args.model]  # every file checked before any work
@@ -50,8 +66,8 @@ def _table(args: argparse.Namespace) -> int:
         score, cells = scorer(args.engine, raw), []
         for ds in sets:
             x, y = fit_test_set(ds, args.limit, m.n_inputs, m.n_classes, f"{path}: model")
-            right = sum(int(np.sum(np.argmax(score(pack_input(x[lo : lo + 1000], m.plane_mask)), axis=1)
-                                   == y[lo : lo + 1000])) for lo in range(0, len(y), 1000))  # fmt: skip
+            pred = np.argmax(_score_all(score, x, m.plane_mask, m.n_classes, f"eval {path}"), axis=1)
+            right = int(np.sum(pred == y))
             cells.append(f"{100 * right / max(1, len(y)):.2f} % of {len(y):,}")
         rows.append([path, *cells])
     head = [f"accuracy ({args.engine})", *(ds.name for ds in sets)]
@@ -68,8 +84,6 @@ def _one(args: argparse.Namespace) -> int:
 
     from ..engines import scorer
     from ..files import check_output, read_model, write_atomic
-    from ..format.model import pack_input
-    from ..progress import bar
     from .testset import fit_test_set, load_test_set
 
     raw, m = read_model(args.model)
@@ -78,13 +92,8 @@ def _one(args: argparse.Namespace) -> int:
     if args.scores:
         check_output(args.scores, "--scores", inputs=[args.model, *ds.files])
     score = scorer(args.engine, raw)
-    out = np.empty((len(y), m.n_classes), np.int32)
     t0 = time.perf_counter()
-    step = 1000
-    with bar(total=len(y), desc=f"eval ({args.engine})", unit="img", leave=False) as b:
-        for lo in range(0, len(y), step):
-            out[lo : lo + step] = score(pack_input(x[lo : lo + step], m.plane_mask))
-            b.update(min(step, len(y) - lo))
+    out = _score_all(score, x, m.plane_mask, m.n_classes, f"eval ({args.engine})")
     dt = time.perf_counter() - t0
     pred = np.argmax(out, axis=1)
     correct = int(np.sum(pred == y))
