@@ -554,6 +554,11 @@ static inline uint32_t pop32(uint32_t v) {
         lo = u_ ^ c_; \
     } while (0)
 
+/* Inlined into the row loop even where the compiler would not (its registers are saved
+ * once a call, not once a row: rows of 2 words are common). */
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((always_inline))
+#endif
 static inline uint32_t xorpop_one(const uint32_t *a, const uint32_t *b, uint32_t n) {
     uint32_t total = 0, bytes = 0, i = 0;
     if (n >= 8u) {
