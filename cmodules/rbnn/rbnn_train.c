@@ -463,6 +463,31 @@ static void move_any(uint32_t *const *pl, uint32_t nb, uint32_t at, uint32_t c, 
     }
 }
 
+/* One firing row's moves, any layer, any planes: word w of the row moves on the bits c of
+ * x (l = 0: last = 0) or on every valid bit (last: the valid bits of the last word). */
+static void update_row(uint32_t *const *pl, uint32_t nb, ptrdiff_t d, uint32_t even, uint32_t row,
+    const uint32_t *x, uint32_t nw, uint32_t last, uint32_t down) {
+    uint32_t *lo = pl[nb - 1u] + row, *top = pl[0] + row, w;
+    for (w = 0; w < nw; w++) {
+        uint32_t xv = x[w], c, fall;
+        if (last == 0u) { /* layer 0: only the 1 bits of x move */
+            if (xv == 0u) {
+                continue;
+            }
+            c = xv;
+            fall = xv & down;
+        } else { /* every valid bit: towards x */
+            c = w + 1u == nw ? last : 0xFFFFFFFFu;
+            fall = (xv ^ ~down) & c;
+        }
+        if (even) {
+            move_even(lo + w, top + w, d, c, fall);
+        } else {
+            move_any(pl, nb, row + w, c, fall);
+        }
+    }
+}
+
 /* Step 5 for layer l: every row with e != 0 fires with probability num / 2^16 (one
  * random word per row) and then moves its counters by one towards sign(e) times its
  * input x (the highest kept input plane for l = 0, only its 1 bits moving; the hidden
@@ -508,23 +533,14 @@ static void update_layer(const rbnn_model_t *m, uint8_t *b, uint32_t l, const in
         down = up ? 0u : 0xFFFFFFFFu; /* falling: none of x (l = 0) or ~x when up; x when down */
         lo = pl[nb - 1u] + row;
         top = pl[0] + row;
-        for (w = 0; w < nw; w++) {
-            uint32_t xv = x[w], c, fall;
-            if (l == 0u) { /* only the 1 bits of x move */
-                if (xv == 0u) {
-                    continue;
+        if (l == 0u && even) { /* the common case, its tests out of the loop */
+            for (w = 0; w < nw; w++) {
+                if (x[w] != 0u) {
+                    move_even(lo + w, top + w, d, x[w], x[w] & down);
                 }
-                c = xv;
-                fall = xv & down;
-            } else { /* every valid bit: towards x */
-                c = w + 1u == nw ? last : 0xFFFFFFFFu;
-                fall = (xv ^ ~down) & c;
             }
-            if (even) {
-                move_even(lo + w, top + w, d, c, fall);
-            } else {
-                move_any(pl, nb, row + w, c, fall);
-            }
+        } else {
+            update_row(pl, nb, d, even, row, x, nw, l == 0u ? 0u : last, down);
         }
         if (thr_shift >= 0) {
             uint32_t dt = 1u << thr_shift;
