@@ -12,9 +12,10 @@ module). The file after the steps must equal the C core's on the host
 
 Then the C module against the fallback's viper (and plain) step, the same samples,
 ``Model.train_batch`` after the first step (which opens the block): on the unix port
-(x86-64, the virtual device) for a small model that a qemu board's heap holds with the
-fallback (784-16-10 on the MSB plane, 8 planes, a 4-bit live block: 13 kB) and for the
-784-64-64-10 above; on the qemu VIRT_RV32 build for the small one (rv32imac,
+(x86-64, the virtual device; each engine the best of ``--repeats`` runs, as the host's
+clock counts whatever else the machine runs) for a small model that a qemu board's heap
+holds with the fallback (784-16-10 on the MSB plane, 8 planes, a 4-bit live block: 13 kB)
+and for the 784-64-64-10 above; on the qemu VIRT_RV32 build for the small one (rv32imac,
 the ESP32-C3/C6 instruction set) run with ``-icount shift=0``: each guest instruction
 advances the virtual clock by 1 ns, so ``time.ticks_us`` (rdtime, the CLINT's timer)
 counts guest instructions / 1000, the same on every run and every host, however loaded
@@ -28,7 +29,7 @@ MICROPY_DIR=...``); without them it prints why and exits 0.
 ``--big-rv32 ELF``: a VIRT_RV32 build with a 1 MB heap (``MICROPY_HEAP_SIZE=1048576``, its
 RAM is 2 MB) times the 784-64-64-10 there too.
 
-Run: ``python bench/cmodule_train.py [--samples N] [--ratio-samples N] [--big-rv32 ELF]``.
+Run: ``python bench/cmodule_train.py [--samples N] [--ratio-samples N] [--repeats N] [--big-rv32 ELF]``.
 """
 
 from __future__ import annotations
