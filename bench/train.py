@@ -67,7 +67,7 @@ PHASES = {  # functions of rbnn_core.c / rbnn_train.c / rbnn_kernel.c in each ph
     "forward": ("run_block", "rbnn_block_scores", "rbnn_group_sums", "rbnn_plane_weights", "live_forward",
                 "rbnn_xorpop_rows", "rows_m0", "row_m0", "rbnn_xorpop", "xorpop_long", "rbnn_check_input"),
     "backward": ("hinge", "signal_below"),
-    "update": ("update_layer", "count_up", "count_down", "update_offsets", "rand_at", "lowbias32",
+    "update": ("update_layer", "move_even", "move_any", "update_offsets", "rand_at", "lowbias32",
                "rbnn_layer_smax", "to_i32", "clamp"),
 }  # fmt: skip
 

@@ -89,6 +89,17 @@ def test_unix_build_has_the_c_module(unix_c, tmp_path):
     assert out == [f"c {__version__} {__version__} c", "<class 'Model'>"]
 
 
+def test_unix_build_kernel_has_hardware_popcount_on_x86_64(unix_c):
+    # cmodules/rbnn/micropython.mk builds the kernel with -mpopcnt where the port's
+    # compiler targets x86-64 (the kernel's name string says which version it compiled);
+    # the qemu rv32 build (test_qemu_*) is the other side: there the flag would not compile.
+    machine = subprocess.run([os.environ.get("CC", "gcc"), "-dumpmachine"], capture_output=True, text=True).stdout
+    if not machine.startswith("x86_64-"):
+        pytest.skip(f"the unix port's compiler targets {machine.strip()}, not x86-64")
+    obj = (Path(unix_c).parent / "rbnn" / "rbnn_kernel.o").read_bytes()
+    assert b"popcnt64\0" in obj and b"swar\0" not in obj
+
+
 def test_c_engine_matches_twin(unix_c, tmp_path):
     # tests/test_fallback.py's parity check, on the same kind of models (argmax ties,
     # saturated popcounts and scores at the E_RANGE bound among them), engine c.

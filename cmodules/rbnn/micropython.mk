@@ -13,3 +13,11 @@ CFLAGS_USERMOD += -I$(RBNN_MOD_DIR)
 # Ports build for size (-Os); the inference and training loops are worth -O2. Objects
 # of user C modules land in $(BUILD)/<path below USER_C_MODULES>.
 $(BUILD)/rbnn/rbnn_core.o $(BUILD)/rbnn/rbnn_kernel.o $(BUILD)/rbnn/rbnn_train.o: CFLAGS += -O2
+
+# x86-64 (the unix port on a PC): POPCNT is in every x86-64 CPU since 2008 (the x86-64-v2
+# baseline), so the kernel builds its hardware-popcount version ("popcnt64") there
+# instead of SWAR; other targets (qemu's rv32, arm) are unchanged. Recursive, so that the
+# test runs when the object builds, with the port's final $(CC) (ports set it after
+# including this file).
+RBNN_POPCNT = $(if $(filter x86_64-%,$(shell $(CC) -dumpmachine 2>/dev/null)),-mpopcnt)
+$(BUILD)/rbnn/rbnn_kernel.o: CFLAGS += $(RBNN_POPCNT)

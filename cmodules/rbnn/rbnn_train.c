@@ -413,37 +413,78 @@ static void signal_below(const rbnn_model_t *m, uint8_t *b, uint32_t l, const in
     }
 }
 
-/* +1 on the bits of c of the counters at word `at` of the live block's nb planes (pl[0]
- * the sign plane, the most significant): bit-sliced, a ripple carry from the lowest
- * plane that stops once no bit carries, saturating at 2^nb - 1. */
-static void count_up(uint32_t *const *pl, uint32_t nb, uint32_t at, uint32_t c) {
-    uint32_t p = nb;
-    while (p-- > 0u) {
-        uint32_t old = pl[p][at];
-        pl[p][at] = old ^ c;
-        c &= old;
+/* Step 5's move of one word of a counter row: +1 on the bits of c, -1 instead on those
+ * also in m (m within c), saturating at 0 and 2^nb - 1: the twin's +1 on inc, then -1 on
+ * dec, as the two are disjoint. A -1 is a +1 on the complemented counter (u - 1 =
+ * ~(~u + 1)), so one ripple carry from the lowest plane does both: a plane P becomes
+ * P ^ c and carries c & (P ^ m); it stops once no bit carries. A carry out of the sign
+ * plane means the counter wrapped (2^nb - 1 to 0 on a +1, 0 to 2^nb - 1 on a -1): every
+ * plane then holds the same bit in that lane, and flipping them all back saturates.
+ *
+ * Two walks over the planes: move_even when they are evenly spaced, d words apart (the
+ * usual case: a block opens on consecutive free planes), from the lowest plane's word lo
+ * to the sign plane's word top with one add a plane; move_any through the table pl
+ * (pl[0] the sign plane, at the word offset in each). */
+static void move_even(uint32_t *lo, uint32_t *top, ptrdiff_t d, uint32_t c, uint32_t m) {
+    uint32_t *q = lo;
+    for (;;) {
+        uint32_t old = *q;
+        *q = old ^ c;
+        c &= old ^ m;
         if (c == 0u) {
             return;
         }
+        if (q == top) {
+            break;
+        }
+        q += d;
     }
-    for (p = 0; p < nb; p++) { /* a carry out of the top: the counter was 2^nb - 1, it stays */
-        pl[p][at] |= c;
+    for (;;) { /* q = top: wrapped; down again, flipping */
+        *q ^= c;
+        if (q == lo) {
+            return;
+        }
+        q -= d;
     }
 }
 
-/* -1 on the bits of c, saturating at 0 (a borrow out of the top: the counter was 0). */
-static void count_down(uint32_t *const *pl, uint32_t nb, uint32_t at, uint32_t c) {
+static void move_any(uint32_t *const *pl, uint32_t nb, uint32_t at, uint32_t c, uint32_t m) {
     uint32_t p = nb;
     while (p-- > 0u) {
         uint32_t old = pl[p][at];
         pl[p][at] = old ^ c;
-        c &= ~old;
+        c &= old ^ m;
         if (c == 0u) {
             return;
         }
     }
     for (p = 0; p < nb; p++) {
-        pl[p][at] &= ~c;
+        pl[p][at] ^= c;
+    }
+}
+
+/* One firing row's moves, any layer, any planes: word w of the row moves on the bits c of
+ * x (l = 0: last = 0) or on every valid bit (last: the valid bits of the last word). */
+static void update_row(uint32_t *const *pl, uint32_t nb, ptrdiff_t d, uint32_t even, uint32_t row,
+    const uint32_t *x, uint32_t nw, uint32_t last, uint32_t down) {
+    uint32_t *lo = pl[nb - 1u] + row, *top = pl[0] + row, w;
+    for (w = 0; w < nw; w++) {
+        uint32_t xv = x[w], c, fall;
+        if (last == 0u) { /* layer 0: only the 1 bits of x move */
+            if (xv == 0u) {
+                continue;
+            }
+            c = xv;
+            fall = xv & down;
+        } else { /* every valid bit: towards x */
+            c = w + 1u == nw ? last : 0xFFFFFFFFu;
+            fall = (xv ^ ~down) & c;
+        }
+        if (even) {
+            move_even(lo + w, top + w, d, c, fall);
+        } else {
+            move_any(pl, nb, row + w, c, fall);
+        }
     }
 }
 
@@ -458,17 +499,24 @@ static void update_layer(const rbnn_model_t *m, uint8_t *b, uint32_t l, const in
     layer_at_t at = layer_at(m, l);
     uint32_t rows = m->sizes[l], n_in = layer_inputs(m, l), nw = words_of(n_in);
     uint32_t last = pad_mask(n_in), nb = ent[1], hidden = l + 1u < m->n_layers;
-    uint32_t by_mag = l == 0u || !hidden, decay = n >> ts[T_DECAY], q, j, w, p;
+    uint32_t by_mag = l == 0u || !hidden, decay = n >> ts[T_DECAY], q, j, w, p, even = 1;
     int32_t thr_shift = hidden ? (int8_t)ts[T_THR_SHIFT + l] : -1;
     int32_t lim = (int32_t)rbnn_layer_smax(m, l) + 1;
     int32_t *thr = (int32_t *)(void *)(params_of(m, b, m->live) + at.param);
     uint32_t *pl[RBNN_MAX_BITS];
+    ptrdiff_t d = 0;
     q = ts[T_LR + l] + (decay < RBNN_MAX_DECAY ? decay : RBNN_MAX_DECAY);
     for (p = 0; p < nb; p++) {
         pl[p] = arena_of(m, b) + ent[4 + p] * m->plane_words + at.word;
     }
+    if (nb > 1u) { /* the step from each plane to the next more significant one */
+        d = pl[nb - 2u] - pl[nb - 1u];
+        for (p = 0; p + 1u < nb; p++) {
+            even &= pl[p] - pl[p + 1u] == d;
+        }
+    }
     for (j = 0; j < rows; j++) {
-        uint32_t mag, num, up;
+        uint32_t mag, num, up, down, row = j * nw, *lo, *top;
         if (e[j] == 0) {
             continue;
         }
@@ -482,20 +530,21 @@ static void update_layer(const rbnn_model_t *m, uint8_t *b, uint32_t l, const in
             continue;
         }
         up = e[j] > 0;
-        for (w = 0; w < nw; w++) { /* +1 on inc, then -1 on dec (disjoint bits) */
-            uint32_t xv = x[w], at_w = j * nw + w;
-            uint32_t nx = l == 0u ? 0u : ~xv & (w + 1u == nw ? last : 0xFFFFFFFFu);
-            uint32_t inc = up ? xv : nx, dec = up ? nx : xv; /* l = 0: only 1 bits move */
-            if (inc != 0u) {
-                count_up(pl, nb, at_w, inc);
+        down = up ? 0u : 0xFFFFFFFFu; /* falling: none of x (l = 0) or ~x when up; x when down */
+        lo = pl[nb - 1u] + row;
+        top = pl[0] + row;
+        if (l == 0u && even) { /* the common case, its tests out of the loop */
+            for (w = 0; w < nw; w++) {
+                if (x[w] != 0u) {
+                    move_even(lo + w, top + w, d, x[w], x[w] & down);
+                }
             }
-            if (dec != 0u) {
-                count_down(pl, nb, at_w, dec);
-            }
+        } else {
+            update_row(pl, nb, d, even, row, x, nw, l == 0u ? 0u : last, down);
         }
         if (thr_shift >= 0) {
-            uint32_t d = 1u << thr_shift;
-            thr[j] = clamp(to_i32((uint32_t)thr[j] + (up ? 0u - d : d)), lim);
+            uint32_t dt = 1u << thr_shift;
+            thr[j] = clamp(to_i32((uint32_t)thr[j] + (up ? 0u - dt : dt)), lim);
         }
     }
 }
