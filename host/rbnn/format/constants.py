@@ -10,7 +10,7 @@ from __future__ import annotations
 
 MAGIC = b"RBNN"
 FORMAT_VERSION = 2  # the version this package writes
-READ_VERSIONS = (1, 2)  # the versions its readers accept
+READ_VERSIONS = (1, 2, 3)  # the versions its readers accept
 WORD_BITS = 32
 HEADER_BYTES = 32  # version 1; the fields of version 1 start every header
 HEADER_BYTES_V2 = 64
