@@ -450,49 +450,42 @@ static int check_range(rbnn_model_t *m, const uint8_t *b) {
 }
 
 /* Version 3: after the live block's checks, a model that may not train (docs/FORMAT.md,
- * Training a version 3 model): no live block, grow_left 0. */
+ * Training a version 3 model): grow_left 0, then no live block. */
 static int check_untrainable(rbnn_model_t *m, const uint8_t *b) {
     uint32_t gl = b[m->train_offset + 41u];
+    if (gl != 0u) {
+        return fail(m, RBNN_CHK_V3_GROW_LEFT, m->train_offset + 41u, 0, gl);
+    }
     if (m->live != 0xFFu) {
         return fail_at(m, RBNN_CHK_V3_LIVE, m->blocks_offset + BLOCK_ENTRY_BYTES * m->live,
             m->live, 0, 0, 0, RBNN_LIVE);
     }
-    if (gl != 0u) {
-        return fail(m, RBNN_CHK_V3_GROW_LEFT, m->train_offset + 41u, 0, gl);
-    }
     return RBNN_OK;
 }
 
-/* Version 3 layer table (8 bytes a layer), layer by layer in table order: size, kind,
- * kernel, pad, pool, reserved. */
+/* Version 3 layer table (8 bytes a layer; the sizes are checked before), layer by layer
+ * in table order: kind, kernel, pad, pool, reserved. */
 static int check_layer_fields(rbnn_model_t *m, const uint8_t *b, uint32_t hb) {
     uint32_t i;
     for (i = 0; i < m->n_layers; i++) {
         const uint8_t *e = b + hb + RBNN_LAYER_ENTRY_BYTES_V3 * i;
         uint32_t at = hb + RBNN_LAYER_ENTRY_BYTES_V3 * i, kind = e[2], k = e[3], pad = e[4];
         uint32_t pool = e[5], conv = kind == RBNN_CONV;
-        if (rd16(e) == 0u) {
-            return fail_at(m, RBNN_CHK_LAYER_SIZE, at, i, 0, 0, 0, 0);
-        }
         if (kind != RBNN_DENSE && kind != RBNN_CONV) {
             return fail_at(m, RBNN_CHK_LAYER_KIND, at + 2u, i, 0, 0, 0, kind);
         }
         if (conv ? (k & 1u) == 0u || k > RBNN_MAX_KERNEL : k != 0u) {
-            return fail_at(m, conv ? RBNN_CHK_LAYER_KERNEL : RBNN_CHK_LAYER_KERNEL_DENSE, at + 3u, i, 0,
-                0, 0, k);
+            return fail_at(m, conv ? RBNN_CHK_CONV_KERNEL : RBNN_CHK_DENSE_KERNEL, at + 3u, i, 0, 0, 0, k);
         }
         if (pad > (conv ? k >> 1 : 0u)) {
-            return fail_at(m, conv ? RBNN_CHK_LAYER_CONV_PAD : RBNN_CHK_LAYER_DENSE_PAD, at + 4u, i, 0, 0,
-                k >> 1, pad);
+            return fail_at(m, conv ? RBNN_CHK_CONV_PAD : RBNN_CHK_DENSE_PAD, at + 4u, i, 0, 0, k >> 1, pad);
         }
         if (conv ? pool != RBNN_POOL_NONE && pool != RBNN_POOL_2X2 : pool != 0u) {
-            return fail_at(m, conv ? RBNN_CHK_LAYER_POOL : RBNN_CHK_LAYER_POOL_DENSE, at + 5u, i, 0, 0, 0,
-                pool);
+            return fail_at(m, conv ? RBNN_CHK_CONV_POOL : RBNN_CHK_DENSE_POOL, at + 5u, i, 0, 0, 0, pool);
         }
         if (rd16(e + 6) != 0u) {
             return fail_at(m, RBNN_CHK_LAYER_RESERVED, at + 6u, i, 0, 0, 0, rd16(e + 6));
         }
-        m->sizes[i] = (uint16_t)rd16(e);
         m->kinds[i] = (uint8_t)kind;
         m->kernels[i] = (uint8_t)k;
         m->pads[i] = (uint8_t)pad;
@@ -503,7 +496,9 @@ static int check_layer_fields(rbnn_model_t *m, const uint8_t *b, uint32_t hb) {
 
 /* Version 3: the order of kinds, the input shape, then the maps chaining layer by layer. */
 static int check_shapes(rbnn_model_t *m, const uint8_t *b, uint32_t hb) {
-    uint32_t i, seen_dense = 0, has_conv = 0, h, w, c, prod;
+    static const uint8_t in_unused[3] = {RBNN_CHK_IN_H_UNUSED, RBNN_CHK_IN_W_UNUSED, RBNN_CHK_IN_C_UNUSED};
+    static const uint8_t in_used[3] = {RBNN_CHK_IN_H, RBNN_CHK_IN_W, RBNN_CHK_IN_C};
+    uint32_t i, seen_dense = 0, has_conv = 0, h, w, c, prod = 0;
     for (i = 0; i < m->n_layers; i++) {
         uint32_t at = hb + RBNN_LAYER_ENTRY_BYTES_V3 * i + 2u;
         if (m->kinds[i] == RBNN_CONV && seen_dense) {
@@ -517,20 +512,20 @@ static int check_shapes(rbnn_model_t *m, const uint8_t *b, uint32_t hb) {
         return fail_at(m, RBNN_CHK_OUTPUT_DENSE, hb + RBNN_LAYER_ENTRY_BYTES_V3 * i + 2u, i, 0, 0, 0,
             m->kinds[i]);
     }
-    for (i = 0; i < 3u; i++) {
+    for (i = 0; i < 3u; i++) { /* in_h, in_w, in_c */
         uint32_t v = rd16(b + 40u + 2u * i);
         if (!has_conv && v != 0u) {
-            return fail_at(m, RBNN_CHK_IN_SHAPE_ZERO, 40u + 2u * i, i, 0, 0, 0, v);
+            return fail(m, in_unused[i], 40u + 2u * i, 0, v);
         }
         if (has_conv && v == 0u) {
-            return fail_at(m, RBNN_CHK_IN_SHAPE, 40u + 2u * i, i, 0, 0, 0, v);
+            return fail(m, in_used[i], 40u + 2u * i, 0, v);
         }
     }
     h = rd16(b + 40);
     w = rd16(b + 42);
     c = rd16(b + 44);
     if (has_conv && (!mul_ok(h, w, &prod) || !mul_ok(prod, c, &prod) || prod != m->n_inputs)) {
-        return fail(m, RBNN_CHK_IN_SHAPE_PRODUCT, 40, m->n_inputs, prod);
+        return fail_at(m, RBNN_CHK_IN_SHAPE, 40, h, w, c, m->n_inputs, 0);
     }
     m->in_h = (uint16_t)h;
     m->in_w = (uint16_t)w;
@@ -539,13 +534,13 @@ static int check_shapes(rbnn_model_t *m, const uint8_t *b, uint32_t hb) {
         uint32_t at = hb + RBNN_LAYER_ENTRY_BYTES_V3 * i, k = m->kernels[i], p2 = 2u * m->pads[i];
         uint32_t lim = (h < w ? h : w) + p2;
         if (k > lim) {
-            return fail_at(m, RBNN_CHK_CONV_FIT, at + 3u, i, 0, 0, lim, k);
+            return fail_at(m, RBNN_CHK_CONV_FIT, at + 3u, i, h, w, lim, k);
         }
         h = h + p2 - k + 1u;
         w = w + p2 - k + 1u;
         if (m->pools[i] == RBNN_POOL_2X2) {
             if ((h | w) & 1u) {
-                return fail_at(m, RBNN_CHK_POOL_ODD, at + 5u, i, 0, 0, h, w);
+                return fail_at(m, RBNN_CHK_POOL_ODD, at + 5u, i, h, w, 0, RBNN_POOL_2X2);
             }
             h >>= 1;
             w >>= 1;
@@ -604,7 +599,7 @@ static const struct header_range header_ranges[] = {
 int rbnn_model_init(rbnn_model_t *m, const void *buf, size_t len) {
     const uint8_t *b = (const uint8_t *)buf;
     uint32_t i, plane_words = 0, plane_bytes, arena_offset, params_offset, train_offset;
-    uint32_t blocks_offset, block_params = 0, file_bytes, t, hb, version, slots;
+    uint32_t eb, blocks_offset, block_params = 0, file_bytes, t, hb, version, slots;
     int rc;
 
     if (m == NULL) {
@@ -711,6 +706,18 @@ int rbnn_model_init(rbnn_model_t *m, const void *buf, size_t len) {
     if (len < blocks_offset) {
         return fail(m, RBNN_CHK_TRUNC_LAYERS, hb, blocks_offset, (uint32_t)len);
     }
+    eb = version >= RBNN_VERSION_V3 ? RBNN_LAYER_ENTRY_BYTES_V3 : RBNN_LAYER_ENTRY_BYTES;
+    for (i = 0; i < m->n_layers; i++) {
+        uint32_t s = rd16(b + hb + eb * i);
+        if (s == 0u) {
+            return fail_at(m, RBNN_CHK_LAYER_SIZE, hb + eb * i, i, 0, 0, 0, 0);
+        }
+        m->sizes[i] = (uint16_t)s;
+    }
+    if (version < RBNN_VERSION_V3 && (m->n_layers & 1u) && rd16(b + hb + 2u * m->n_layers) != 0u) {
+        /* one u16 of pad after an odd number of sizes */
+        return fail(m, RBNN_CHK_LAYER_PAD, hb + 2u * m->n_layers, 0, rd16(b + hb + 2u * m->n_layers));
+    }
     if (version >= RBNN_VERSION_V3) {
         rc = check_layer_fields(m, b, hb);
         if (rc == RBNN_OK) {
@@ -719,17 +726,6 @@ int rbnn_model_init(rbnn_model_t *m, const void *buf, size_t len) {
         if (rc != RBNN_OK) {
             return rc;
         }
-    }
-    for (i = 0; i < m->n_layers && version < RBNN_VERSION_V3; i++) {
-        uint32_t s = rd16(b + hb + 2u * i);
-        if (s == 0u) {
-            return fail_at(m, RBNN_CHK_LAYER_SIZE, hb + 2u * i, i, 0, 0, 0, 0);
-        }
-        m->sizes[i] = (uint16_t)s;
-    }
-    if (version < RBNN_VERSION_V3 && (m->n_layers & 1u) && rd16(b + hb + 2u * m->n_layers) != 0u) {
-        /* one u16 of pad after an odd number of sizes */
-        return fail(m, RBNN_CHK_LAYER_PAD, hb + 2u * m->n_layers, 0, rd16(b + hb + 2u * m->n_layers));
     }
 
     /* Computed layout: a conv row (k * k * C bits) or a dense row after one (a map) can
