@@ -102,7 +102,9 @@ class Peer:
             self.close()
             raise PeerMissing(f"the peer venv at {venv} lacks a module ({first['error']}): {install_hint(venv)}")
         if "error" in first:
-            raise PeerError(first["error"] + self._tail())
+            tail = self._tail()
+            self.close()
+            raise PeerError(first["error"] + tail)
 
     def _tail(self) -> str:
         self.log.flush()
@@ -184,7 +186,8 @@ def plus_minus(x: np.ndarray, net: pn.Net) -> np.ndarray:
 def cpu_facts() -> str:
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     model = re.search(r"^model name\s*:\s*(.*)$", info, re.M)
-    flags = set((re.search(r"^flags\s*:\s*(.*)$", info, re.M) or re.match("()", "")).group(1).split())
+    flag_line = re.search(r"^flags\s*:\s*(.*)$", info, re.M)
+    flags = set(flag_line.group(1).split()) if flag_line else set()
     yes = {True: "yes", False: "no"}
     return (f"{model.group(1).strip() if model else platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} logical CPUs; AVX2 {yes['avx2' in flags]}, "
