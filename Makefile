@@ -175,8 +175,9 @@ $(PEER_STAMP): bench/peer-requirements.txt
 	$(PEER_VENV)/bin/python -m pip install -q -r bench/peer-requirements.txt
 	@touch $@
 
+# PEER_ARGS: options of bench/peer_lce.py, e.g. PEER_ARGS="--nets mlp --n 2000 --rounds 3"
 bench-peer: setup $(PEER_STAMP)
-	RBNN_PEER_VENV=$(CURDIR)/$(PEER_VENV) nice $(PY) bench/peer_lce.py
+	RBNN_PEER_VENV=$(CURDIR)/$(PEER_VENV) nice $(PY) bench/peer_lce.py $(PEER_ARGS)
 
 # --- firmware images (docs/FIRMWARE.md) ---------------------------------------------------
 # make firmware PORT=unix|qemu|rp2|esp32 [BOARD=...] MICROPY_DIR=<MicroPython checkout>
