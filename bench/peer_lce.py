@@ -56,8 +56,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(HERE))
-import peer_nets as pn  # noqa: E402
+import peer_nets as pn  # noqa: E402 (bench/, the script's folder, is on sys.path)
 
 REQUIREMENTS = HERE / "peer-requirements.txt"
 WORKER = HERE / "peer_lce_worker.py"

@@ -35,9 +35,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import peer_nets as pn  # noqa: E402
+import peer_nets as pn  # noqa: E402 (bench/, the script's folder, is on sys.path)
 
 EPS = 2.0**-10  # BatchNorm epsilon; moving variance 1 - EPS: the divisor is exactly 1
 
