@@ -902,6 +902,14 @@ typedef struct {
     uint32_t n_in, nw, n_k, seg, n_out;
 } layer_t;
 
+/* popcount of one word (SWAR; a multiply gathers the bytes: one cycle on a Cortex-M0+) */
+static uint32_t pop32(uint32_t v) {
+    v = v - ((v >> 1) & 0x55555555u);
+    v = (v & 0x33333333u) + ((v >> 2) & 0x33333333u);
+    v = (v + (v >> 4)) & 0x0F0F0F0Fu;
+    return (v * 0x01010101u) >> 24;
+}
+
 /* Input mode 1's first layer: row r has one segment per plane. */
 static void seg_sums(const layer_t *L, const uint32_t *w, const uint32_t *in, uint32_t cnt,
     int32_t *s) {
@@ -919,7 +927,13 @@ static void seg_sums(const layer_t *L, const uint32_t *w, const uint32_t *in, ui
 /* Sums of `cnt` (<= GROUP) rows from w against `in`. */
 static void layer_sums(const layer_t *L, const uint32_t *w, const uint32_t *in, uint32_t cnt,
     int32_t *s) {
-    if (L->seg == 1u) {
+    if (L->nw == 1u && L->n_k == 1u) { /* one-word rows (a small first conv layer): no
+                                          kernel call, whose per-row set-up would dominate */
+        uint32_t r, x = in[0];
+        for (r = 0; r < cnt; r++) {
+            s[r] = (int32_t)L->n_in - 2 * (int32_t)pop32(w[r] ^ x);
+        }
+    } else if (L->seg == 1u) {
         rbnn_group_sums(w, in, L->nw, cnt, (int32_t)L->n_in, L->weight, L->n_k, s);
     } else {
         seg_sums(L, w, in, cnt, s);
@@ -1020,22 +1034,27 @@ static void conv_layer(const layer_t *L, const conv_t *cv, uint32_t pool, const 
                                 patch + kk * L->nw, 1u);
                         }
                     }
+                    /* best = max of s, or of -s where the flip is set (the min, negated:
+                     * |s| <= smax < 2^31, so no negation overflows) */
                     for (g = 0; g < chunk; g += GROUP) {
-                        uint32_t cnt = chunk - g < GROUP ? chunk - g : GROUP;
+                        uint32_t cnt = chunk - g < GROUP ? chunk - g : GROUP, flw = flip[(j0 + g) >> 5];
+                        int32_t *bp = best + g;
                         layer_sums(L, L->w + (j0 + g) * row, patch, cnt, s);
                         for (r = 0; r < cnt; r++) {
-                            uint32_t j = j0 + g + r, fl = flip[j >> 5] >> (j & 31u) & 1u;
-                            if (q == 0u || (fl ? s[r] < best[g + r] : s[r] > best[g + r])) {
-                                best[g + r] = s[r];
+                            int32_t neg = -(int32_t)(flw >> r & 1u), v = (s[r] ^ neg) - neg;
+                            if (q == 0u || v > bp[r]) {
+                                bp[r] = v;
                             }
                         }
                     }
                 }
-                for (g = 0; g < chunk; g += 32u) {
-                    uint32_t cnt = chunk - g < 32u ? chunk - g : 32u, word = 0;
+                for (g = 0; g < chunk; g += GROUP) {
+                    uint32_t cnt = chunk - g < GROUP ? chunk - g : GROUP, flw = flip[(j0 + g) >> 5], word = 0;
+                    const int32_t *th = thr + j0 + g;
                     for (r = 0; r < cnt; r++) {
-                        uint32_t j = j0 + g + r, fl = flip[j >> 5] >> (j & 31u) & 1u;
-                        word |= ((uint32_t)(best[g + r] >= thr[j]) ^ fl) << r;
+                        /* max >= t; with a flip, (min >= t) XOR 1 = min < t */
+                        uint32_t bit1 = flw >> r & 1u ? (uint32_t)(-best[g + r] < th[r]) : (uint32_t)(best[g + r] >= th[r]);
+                        word |= bit1 << r;
                     }
                     copy_bits(out, 1u, bit + j0 + g, &word, 0, cnt);
                 }
