@@ -902,6 +902,17 @@ typedef struct {
     uint32_t n_in, nw, n_k, seg, n_out;
 } layer_t;
 
+/* popcount of a byte (rows of at most 16 bits) */
+static const uint8_t pop8[256] = {
+#define P2(n) n, n + 1, n + 1, n + 2
+#define P4(n) P2(n), P2(n + 1), P2(n + 1), P2(n + 2)
+#define P6(n) P4(n), P4(n + 1), P4(n + 1), P4(n + 2)
+    P6(0), P6(1), P6(1), P6(2)
+#undef P2
+#undef P4
+#undef P6
+};
+
 /* popcount of one word (SWAR; a multiply gathers the bytes: one cycle on a Cortex-M0+) */
 static uint32_t pop32(uint32_t v) {
     v = v - ((v >> 1) & 0x55555555u);
@@ -930,8 +941,16 @@ static void layer_sums(const layer_t *L, const uint32_t *w, const uint32_t *in, 
     if (L->nw == 1u && L->n_k == 1u) { /* one-word rows (a small first conv layer): no
                                           kernel call, whose per-row set-up would dominate */
         uint32_t r, x = in[0];
-        for (r = 0; r < cnt; r++) {
-            s[r] = (int32_t)L->n_in - 2 * (int32_t)pop32(w[r] ^ x);
+        int32_t n = (int32_t)L->n_in;
+        if (L->n_in <= 16u) { /* a 3x3 kernel over up to 1 channel, ...: two table look-ups */
+            for (r = 0; r < cnt; r++) {
+                uint32_t v = w[r] ^ x;
+                s[r] = n - 2 * (int32_t)(pop8[v & 0xFFu] + pop8[v >> 8]);
+            }
+        } else {
+            for (r = 0; r < cnt; r++) {
+                s[r] = n - 2 * (int32_t)pop32(w[r] ^ x);
+            }
         }
     } else if (L->seg == 1u) {
         rbnn_group_sums(w, in, L->nw, cnt, (int32_t)L->n_in, L->weight, L->n_k, s);
@@ -997,7 +1016,22 @@ NOINLINE static void dense_output(const layer_t *L, const uint32_t *in, const in
  * Whole words when both sides are word-aligned (C a multiple of 32). */
 static void copy_bits(uint32_t *dst, uint32_t st, uint32_t db, const uint32_t *src, uint32_t sb,
     uint32_t n) {
-    if (((sb | db) & 31u) == 0u) {
+    uint32_t so = sb & 31u, dof = db & 31u;
+    if (n <= 32u) { /* the common short run (k * C <= 32 bits): one word in, two out at most */
+        uint32_t v = src[sb >> 5] >> so;
+        if (so + n > 32u) {
+            v |= src[(sb >> 5) + 1u] << (32u - so);
+        }
+        if (n < 32u) {
+            v &= (1u << n) - 1u;
+        }
+        dst[(db >> 5) * st] |= v << dof;
+        if (dof + n > 32u) {
+            dst[((db >> 5) + 1u) * st] |= v >> (32u - dof);
+        }
+        return;
+    }
+    if (((so | dof) & 31u) == 0u) {
         uint32_t *d = dst + (db >> 5) * st;
         const uint32_t *p = src + (sb >> 5);
         for (; n >= 32u; n -= 32u, d += st) {
@@ -1009,8 +1043,10 @@ static void copy_bits(uint32_t *dst, uint32_t st, uint32_t db, const uint32_t *s
         return;
     }
     while (n > 0u) {
-        uint32_t so = sb & 31u, dof = db & 31u, take = n < 32u ? n : 32u;
-        uint32_t v = src[sb >> 5] >> so;
+        uint32_t take = n < 32u ? n : 32u, v;
+        so = sb & 31u;
+        dof = db & 31u;
+        v = src[sb >> 5] >> so;
         if (so != 0u && so + take > 32u) {
             v |= src[(sb >> 5) + 1u] << (32u - so);
         }
