@@ -902,6 +902,25 @@ typedef struct {
     uint32_t n_in, nw, n_k, seg, n_out;
 } layer_t;
 
+/* popcount of a byte (rows of at most 16 bits) */
+static const uint8_t pop8[256] = {
+#define P2(n) n, n + 1, n + 1, n + 2
+#define P4(n) P2(n), P2(n + 1), P2(n + 1), P2(n + 2)
+#define P6(n) P4(n), P4(n + 1), P4(n + 1), P4(n + 2)
+    P6(0), P6(1), P6(1), P6(2)
+#undef P2
+#undef P4
+#undef P6
+};
+
+/* popcount of one word (SWAR; a multiply gathers the bytes: one cycle on a Cortex-M0+) */
+static uint32_t pop32(uint32_t v) {
+    v = v - ((v >> 1) & 0x55555555u);
+    v = (v & 0x33333333u) + ((v >> 2) & 0x33333333u);
+    v = (v + (v >> 4)) & 0x0F0F0F0Fu;
+    return (v * 0x01010101u) >> 24;
+}
+
 /* Input mode 1's first layer: row r has one segment per plane. */
 static void seg_sums(const layer_t *L, const uint32_t *w, const uint32_t *in, uint32_t cnt,
     int32_t *s) {
@@ -919,10 +938,76 @@ static void seg_sums(const layer_t *L, const uint32_t *w, const uint32_t *in, ui
 /* Sums of `cnt` (<= GROUP) rows from w against `in`. */
 static void layer_sums(const layer_t *L, const uint32_t *w, const uint32_t *in, uint32_t cnt,
     int32_t *s) {
+    if (L->nw == 1u && L->n_k == 1u) { /* one-word rows (a small first conv layer): no
+                                          kernel call, whose per-row set-up would dominate */
+        uint32_t r, x = in[0];
+        int32_t n = (int32_t)L->n_in;
+        if (L->n_in <= 16u) { /* a 3x3 kernel over up to 1 channel, ...: two table look-ups */
+            for (r = 0; r < cnt; r++) {
+                uint32_t v = w[r] ^ x;
+                s[r] = n - 2 * (int32_t)(pop8[v & 0xFFu] + pop8[v >> 8]);
+            }
+        } else {
+            for (r = 0; r < cnt; r++) {
+                s[r] = n - 2 * (int32_t)pop32(w[r] ^ x);
+            }
+        }
+    } else if (L->seg == 1u) {
+        rbnn_group_sums(w, in, L->nw, cnt, (int32_t)L->n_in, L->weight, L->n_k, s);
+    } else {
+        seg_sums(L, w, in, cnt, s);
+    }
+}
+
+/* Each layer kind in a function of its own: inlined into one, their loops share too few
+ * registers on a Cortex-M0+ (spills cost the dense path 2 %). */
+#if defined(__GNUC__)
+#define NOINLINE __attribute__((noinline))
+#else
+#define NOINLINE
+#endif
+
+/* A dense layer's sums: the kernel on rows of one segment, as in versions 1 and 2. */
+static void dense_sums(const layer_t *L, const uint32_t *w, const uint32_t *in, uint32_t cnt,
+    int32_t *s) {
     if (L->seg == 1u) {
         rbnn_group_sums(w, in, L->nw, cnt, (int32_t)L->n_in, L->weight, L->n_k, s);
     } else {
         seg_sums(L, w, in, cnt, s);
+    }
+}
+
+/* A hidden dense layer: its bits, 32 at a time, into out. */
+NOINLINE static void dense_hidden(const layer_t *L, const uint32_t *in, const int32_t *thr,
+    const uint32_t *flip, uint32_t *out) {
+    const uint32_t *w = L->w;
+    uint32_t n_out = L->n_out, row = L->seg * L->nw, j, r;
+    int32_t s[GROUP];
+    for (j = 0; j < n_out; j += GROUP) {
+        uint32_t cnt = n_out - j < GROUP ? n_out - j : GROUP, word = 0;
+        dense_sums(L, w, in, cnt, s);
+        w += cnt * row;
+        for (r = 0; r < cnt; r++) {
+            word |= (uint32_t)(s[r] >= thr[j + r]) << r;
+        }
+        out[j >> 5] = word ^ flip[j >> 5]; /* flip padding is 0: padding stays 0 */
+    }
+}
+
+/* The output layer: scale * s + offset added to the scores. */
+NOINLINE static void dense_output(const layer_t *L, const uint32_t *in, const int32_t *scale,
+    const int32_t *offset, int32_t *scores) {
+    const uint32_t *w = L->w;
+    uint32_t n_out = L->n_out, row = L->seg * L->nw, j, r;
+    int32_t s[GROUP];
+    for (j = 0; j < n_out; j += GROUP) {
+        uint32_t cnt = n_out - j < GROUP ? n_out - j : GROUP;
+        dense_sums(L, w, in, cnt, s);
+        w += cnt * row;
+        for (r = 0; r < cnt; r++) {
+            /* E_RANGE at load guarantees neither step leaves int32. */
+            scores[j + r] += scale[j + r] * s[r] + offset[j + r];
+        }
     }
 }
 
@@ -931,7 +1016,22 @@ static void layer_sums(const layer_t *L, const uint32_t *w, const uint32_t *in, 
  * Whole words when both sides are word-aligned (C a multiple of 32). */
 static void copy_bits(uint32_t *dst, uint32_t st, uint32_t db, const uint32_t *src, uint32_t sb,
     uint32_t n) {
-    if (((sb | db) & 31u) == 0u) {
+    uint32_t so = sb & 31u, dof = db & 31u;
+    if (n <= 32u) { /* the common short run (k * C <= 32 bits): one word in, two out at most */
+        uint32_t v = src[sb >> 5] >> so;
+        if (so + n > 32u) {
+            v |= src[(sb >> 5) + 1u] << (32u - so);
+        }
+        if (n < 32u) {
+            v &= (1u << n) - 1u;
+        }
+        dst[(db >> 5) * st] |= v << dof;
+        if (dof + n > 32u) {
+            dst[((db >> 5) + 1u) * st] |= v >> (32u - dof);
+        }
+        return;
+    }
+    if (((so | dof) & 31u) == 0u) {
         uint32_t *d = dst + (db >> 5) * st;
         const uint32_t *p = src + (sb >> 5);
         for (; n >= 32u; n -= 32u, d += st) {
@@ -943,8 +1043,10 @@ static void copy_bits(uint32_t *dst, uint32_t st, uint32_t db, const uint32_t *s
         return;
     }
     while (n > 0u) {
-        uint32_t so = sb & 31u, dof = db & 31u, take = n < 32u ? n : 32u;
-        uint32_t v = src[sb >> 5] >> so;
+        uint32_t take = n < 32u ? n : 32u, v;
+        so = sb & 31u;
+        dof = db & 31u;
+        v = src[sb >> 5] >> so;
         if (so != 0u && so + take > 32u) {
             v |= src[(sb >> 5) + 1u] << (32u - so);
         }
@@ -996,7 +1098,7 @@ static void gather(const conv_t *cv, const uint32_t *a, uint32_t y, uint32_t x, 
  * each of its 1 or 4 conv positions against every output channel, the max of the sums
  * (min where the channel's flip is set), one compare; the output map's bits go to out
  * (zeroed first). `in` holds n_k planes of in_words words; patch, n_k * nw words. */
-static void conv_layer(const layer_t *L, const conv_t *cv, uint32_t pool, const uint32_t *in,
+NOINLINE static void conv_layer(const layer_t *L, const conv_t *cv, uint32_t pool, const uint32_t *in,
     uint32_t in_words, const int32_t *thr, const uint32_t *flip, uint32_t *out, uint32_t *patch) {
     uint32_t div = pool == RBNN_POOL_2X2 ? 2u : 1u, nq = div * div;
     uint32_t ho = (cv->h + 2u * cv->p - cv->k + 1u) / div, wo = (cv->w + 2u * cv->p - cv->k + 1u) / div;
@@ -1020,22 +1122,27 @@ static void conv_layer(const layer_t *L, const conv_t *cv, uint32_t pool, const 
                                 patch + kk * L->nw, 1u);
                         }
                     }
+                    /* best = max of s, or of -s where the flip is set (the min, negated:
+                     * |s| <= smax < 2^31, so no negation overflows) */
                     for (g = 0; g < chunk; g += GROUP) {
-                        uint32_t cnt = chunk - g < GROUP ? chunk - g : GROUP;
+                        uint32_t cnt = chunk - g < GROUP ? chunk - g : GROUP, flw = flip[(j0 + g) >> 5];
+                        int32_t *bp = best + g;
                         layer_sums(L, L->w + (j0 + g) * row, patch, cnt, s);
                         for (r = 0; r < cnt; r++) {
-                            uint32_t j = j0 + g + r, fl = flip[j >> 5] >> (j & 31u) & 1u;
-                            if (q == 0u || (fl ? s[r] < best[g + r] : s[r] > best[g + r])) {
-                                best[g + r] = s[r];
+                            int32_t neg = -(int32_t)(flw >> r & 1u), v = (s[r] ^ neg) - neg;
+                            if (q == 0u || v > bp[r]) {
+                                bp[r] = v;
                             }
                         }
                     }
                 }
-                for (g = 0; g < chunk; g += 32u) {
-                    uint32_t cnt = chunk - g < 32u ? chunk - g : 32u, word = 0;
+                for (g = 0; g < chunk; g += GROUP) {
+                    uint32_t cnt = chunk - g < GROUP ? chunk - g : GROUP, flw = flip[(j0 + g) >> 5], word = 0;
+                    const int32_t *th = thr + j0 + g;
                     for (r = 0; r < cnt; r++) {
-                        uint32_t j = j0 + g + r, fl = flip[j >> 5] >> (j & 31u) & 1u;
-                        word |= ((uint32_t)(best[g + r] >= thr[j]) ^ fl) << r;
+                        /* max >= t; with a flip, (min >= t) XOR 1 = min < t */
+                        uint32_t bit1 = flw >> r & 1u ? (uint32_t)(-best[g + r] < th[r]) : (uint32_t)(best[g + r] >= th[r]);
+                        word |= bit1 << r;
                     }
                     copy_bits(out, 1u, bit + j0 + g, &word, 0, cnt);
                 }
@@ -1156,8 +1263,8 @@ static void run_block(const rbnn_model_t *m, uint32_t blk, const uint32_t *x,
     const uint8_t *params = b + m->params_offset + blk * m->block_params_bytes;
     uint32_t *patch = scratch + 2u * m->act_words;
     conv_t cv;
-    uint32_t layer, j, r;
-    int32_t weight[8], s[GROUP];
+    uint32_t layer;
+    int32_t weight[8];
     const uint32_t *in = x;
 
     rbnn_plane_weights(m, weight);
@@ -1196,28 +1303,14 @@ static void run_block(const rbnn_model_t *m, uint32_t blk, const uint32_t *x,
                 cv.w = (cv.w + 2u * cv.p - cv.k + 1u) / div;
                 cv.c = n_out;
             } else {
-                for (j = 0; j < n_out; j += GROUP) {
-                    uint32_t cnt = n_out - j < GROUP ? n_out - j : GROUP, word = 0;
-                    layer_sums(&L, w + j * row, in, cnt, s);
-                    for (r = 0; r < cnt; r++) {
-                        word |= (uint32_t)(s[r] >= thr[j + r]) << r;
-                    }
-                    out[j >> 5] = word ^ flip[j >> 5]; /* flip padding is 0: padding stays 0 */
-                }
+                dense_hidden(&L, in, thr, flip, out);
             }
             params += 4u * n_out + 4u * words_of(n_out);
             in = out;
         } else {
             const int32_t *scale = (const int32_t *)(const void *)params;
             const int32_t *offset = scale + n_out;
-            for (j = 0; j < n_out; j += GROUP) {
-                uint32_t cnt = n_out - j < GROUP ? n_out - j : GROUP;
-                layer_sums(&L, w + j * row, in, cnt, s);
-                for (r = 0; r < cnt; r++) {
-                    /* E_RANGE at load guarantees neither step leaves int32. */
-                    scores[j + r] += scale[j + r] * s[r] + offset[j + r];
-                }
-            }
+            dense_output(&L, in, scale, offset, scores);
         }
         w += n_out * row;
     }
