@@ -116,3 +116,64 @@ def test_peer_installed_only_by_bench_peer(repo):
     assert "peer-requirements.txt" in dry("bench-peer")
     for target in ("test", "demo", "setup", "bench"):
         assert "peer-requirements" not in dry(target), target
+
+
+class FakePeer:
+    """The worker's protocol without LCE: each variant answers the scores ``make(v, ref,
+    fast_ref)`` gives, and a fixed time per pass: variant i takes 1 + i ms, 100 ms more
+    for an exact-border one (so the fastest is a fast-border one)."""
+
+    def __init__(self, net, x, make):
+        xf = pl.plus_minus(x, net)
+        self.ref, self.fast = pn.forward(net, xf), pn.forward(net, xf, pl.fast_pads(net))
+        self.make = make
+
+    def ask(self, cmd, **kw):
+        if cmd == "load":
+            self.vs = kw["variants"]
+            return {"names": [str(v) for v in self.vs], "ops": {}, "convert_s": {}}
+        if cmd == "run":
+            np.save(kw["out"], self.make(self.vs[kw["variant"]], self.ref, self.fast).astype(np.float64))
+            return {}
+        if cmd == "time":
+            i = kw["variant"]
+            return {"cpu": 1e-3 * (1 + i + 100 * (self.vs[i]["border"] == "exact")), "wall": 1e-3}
+        raise AssertionError(cmd)
+
+
+def _args(**kw):
+    import argparse
+
+    return argparse.Namespace(**{"batches": [1, 100], "passes": 1, "rounds": 3, **kw})
+
+
+def test_bench_net_picks_the_fastest_correct_variants(rng, tmp_path, capsys):
+    net, x = _net(rng, SMALL_CNN, (12, 12, 1))
+    ok = FakePeer(net, x, lambda v, ref, fast: ref if v["border"] == "exact" else fast)
+    got = pl.bench_net(ok, net, x, _args(), tmp_path)
+    assert got["failed"] == 0 and got["rbnn"] is True
+    first_fast = next(v for v in ok.vs if v["border"] == "fast")
+    out = capsys.readouterr().out
+    assert f"LCE best exact: {ok.vs[0]}" in out and f"LCE fastest: {first_fast}" in out
+    assert got["LCE best exact"] > got["LCE fastest"]  # the median ratios: LCE's fast path is faster here
+
+
+def test_bench_net_flags_a_variant_that_computes_something_else(rng, tmp_path, capsys):
+    net, x = _net(rng, SMALL_CNN, (12, 12, 1))
+
+    def off_by_one(v, ref, fast):  # the fast variants give the exact scores: not their larq model's
+        return ref + (v["border"] == "fast")
+
+    got = pl.bench_net(FakePeer(net, x, off_by_one), net, x, _args(), tmp_path)
+    assert got["failed"] == len(pl.variants(net, [1, 100])) // 2
+    assert "FAILED: not the function of its larq model" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no LCE variant computes rbnn's scores"):
+        pl.bench_net(FakePeer(net, x, lambda v, ref, fast: ref + 1), net, x, _args(), tmp_path)
+
+
+def test_bench_net_without_rbnn_runs_lce_only(rng, tmp_path, capsys, monkeypatch):
+    net, x = _net(rng, pn.MLP_ARCH, (784,))
+    monkeypatch.setattr(pl, "rbnn_engine", lambda net, x: (None, "ModelError: no conv here"))
+    got = pl.bench_net(FakePeer(net, x, lambda v, ref, fast: ref), net, x, _args(), tmp_path)
+    assert got["rbnn"] is None
+    assert "rbnn: MISSING" in capsys.readouterr().out
