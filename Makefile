@@ -176,6 +176,7 @@ $(PEER_STAMP): bench/peer-requirements.txt
 	@touch $@
 
 # PEER_ARGS: options of bench/peer_lce.py, e.g. PEER_ARGS="--nets mlp --n 2000 --rounds 3"
+# (the default run: 10,000 images, 7 rounds, both networks: about 15 min on 2 busy cores)
 bench-peer: setup $(PEER_STAMP)
 	RBNN_PEER_VENV=$(CURDIR)/$(PEER_VENV) nice $(PY) bench/peer_lce.py $(PEER_ARGS)
 
