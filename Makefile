@@ -21,7 +21,7 @@ ARM_SIZE ?= arm-none-eabi-size
 M0_FLAGS := -mcpu=cortex-m0plus -mthumb -Os -std=c99 -Wall -Wextra -Werror -ffreestanding -ffunction-sections -fdata-sections
 CORE_SRC := cmodules/rbnn/rbnn_core.c
 
-.PHONY: all help setup venv shell mnist deps-c deps-arm demo accuracy test size bench lint clean
+.PHONY: all help setup venv shell mnist deps-c deps-arm demo accuracy test size bench bench-peer lint clean
 
 all: help
 
@@ -34,6 +34,8 @@ help:
 	@echo "make accuracy  train and evaluate the two MNIST accuracy models of issue 2 (~9 min idle)"
 	@echo "make size    cross-build the C core (with and without the training step) for Cortex-M0+: text/data/bss"
 	@echo "make bench   host and Cortex-M0+ inference and training benchmarks"
+	@echo "make bench-peer  rbnn's C core vs larq compute engine on the same binary MLP and CNN, one thread"
+	@echo "             each; installs LCE, larq and TensorFlow (~2 GB) into .venv-peer first (only here)"
 	@echo "make lint    ruff (host, tests, bench, firmware)"
 	@echo "make firmware PORT=unix|qemu|rp2|esp32 [BOARD=...] MICROPY_DIR=...   MicroPython with the C module"
 	@echo "make flash PORT=rp2|esp32 [DEVICE=...] [IMAGE=...]   write the image to a board"
@@ -161,6 +163,22 @@ bench: setup deps-arm
 	$(PY) bench/device.py
 	$(PY) bench/stream.py
 	$(PY) bench/cmodule_train.py
+
+# The peer (issue 9): larq compute engine, larq and TensorFlow, pinned in
+# bench/peer-requirements.txt, in a venv of their own (they need numpy 1, rbnn numpy 2);
+# installed only by this target, never by setup, test or demo.
+PEER_VENV := .venv-peer
+PEER_STAMP := $(PEER_VENV)/.peer-installed
+$(PEER_STAMP): bench/peer-requirements.txt
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PEER_VENV)/bin/python -m pip install -q -r bench/peer-requirements.txt
+	@touch $@
+
+# PEER_ARGS: options of bench/peer_lce.py, e.g. PEER_ARGS="--nets mlp --n 2000 --rounds 3"
+# (the default run: 10,000 images, 7 rounds, both networks: about 15 min on 2 busy cores)
+bench-peer: setup $(PEER_STAMP)
+	RBNN_PEER_VENV=$(CURDIR)/$(PEER_VENV) nice $(PY) bench/peer_lce.py $(PEER_ARGS)
 
 # --- firmware images (docs/FIRMWARE.md) ---------------------------------------------------
 # make firmware PORT=unix|qemu|rp2|esp32 [BOARD=...] MICROPY_DIR=<MicroPython checkout>

@@ -594,7 +594,11 @@ static int check_model(const rbnn_model_t *m, const void *buf) {
     if (m == NULL || m->buf == NULL || buf == NULL || (const uint8_t *)buf != m->buf) {
         return RBNN_E_ARG;
     }
-    return m->version >= 2u ? RBNN_OK : RBNN_E_VERSION;
+    if (m->version < 2u) {
+        return RBNN_E_VERSION;
+    }
+    /* a version 3 model is never trained (docs/FORMAT.md, Training a version 3 model) */
+    return m->version >= RBNN_VERSION_V3 ? RBNN_E_FULL : RBNN_OK;
 }
 
 static int check_scratch(const void *scratch) {
