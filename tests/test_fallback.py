@@ -457,16 +457,19 @@ def check_of(e: FormatError) -> str:
 
 
 def test_error_corpus_reaches_every_check():
-    # Every check of rbnn.format.checks fails on some file of the corpus (so the parity
-    # tests below compare every message), and valid files of both versions are in it.
+    # Every check of rbnn.format.checks fails on some file of the corpora (so the parity
+    # tests below and test_fallback_conv's compare every message), and valid files of
+    # every version are in them.
+    from test_fallback_conv import error_corpus_v3
+
     seen, versions = set(), set()
-    for data in error_corpus():
+    for data in error_corpus() + error_corpus_v3():
         try:
             versions.add(pack.from_bytes(data).version)
         except FormatError as e:
             seen.add(check_of(e))
     assert seen == set(checks.BY_NAME)
-    assert versions == {1, 2}
+    assert versions == {1, 2, 3}
 
 
 def check_error_parity(

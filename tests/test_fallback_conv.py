@@ -1,0 +1,212 @@
+"""Version 3 on the pure-MicroPython engine (firmware/rbnn_py.py, rbnn_pyconv.py) on the
+real MicroPython unix port: conv layers and input mode 1 give the numpy twin's int32
+scores (viper and plain code), broken version 3 files give the Python reader's words,
+and the model's figures and refusals (info(), no allocation per call, no training).
+
+A few small models and samples: the plain engine runs a conv layer in Python."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mpy_helpers import run_mpy_code
+from test_fallback import (
+    ENGINES,
+    ERR_RE,
+    check_error_parity,
+    check_parity,
+    fuzzed_files,
+    le_bytes,
+    patched,
+    random_inputs,
+)
+
+from rbnn.engines import twin
+from rbnn.format import pack
+from rbnn.format.model import FROZEN, LIVE, Block, Layer, Model, geometry, pack_input
+
+
+def conv_model(
+    rng: np.random.Generator, in_shape: tuple[int, int, int], layers: list[Layer], plane_mask: int,
+    input_mode: int = 0, n_blocks: int = 1, max_blocks: int | None = None, zero_last_flips: bool = False,
+) -> Model:  # fmt: skip
+    """A random frozen version 3 model: ``n_blocks`` blocks on planes 0.. (one
+    Model.plain each), thresholds around the middle of each layer's range so the bits
+    vary; ``zero_last_flips``: the last block's flips 0 (so that it may be marked live
+    in a crafted file and reach the version 3 live-block check)."""
+    n_inputs = int(np.prod(in_shape))
+    k = bin(plane_mask).count("1")
+    geo = geometry(n_inputs, layers, in_shape, k, input_mode)
+    plains = []
+    for b in range(n_blocks):
+        weights = [rng.random((ly.size, g.segments * g.n_in)) < 0.5 for ly, g in zip(layers, geo, strict=True)]
+        smax = [g.n_in * (k if i == 0 else 1) for i, g in enumerate(geo)]
+        thr = [rng.integers(-int(np.sqrt(s)) - 1, int(np.sqrt(s)) + 2, ly.size)
+               for s, ly in zip(smax[:-1], layers[:-1], strict=True)]  # fmt: skip
+        flips = [(rng.random(ly.size) < 0.3) & (not (zero_last_flips and b == n_blocks - 1)) for ly in layers[:-1]]
+        c = layers[-1].size
+        plains.append(Model.plain(n_inputs, plane_mask, weights, thr, flips, rng.integers(-9, 10, c),
+                                  rng.integers(-500, 500, c), layers=layers, in_shape=in_shape,
+                                  input_mode=input_mode))  # fmt: skip
+    blocks = [Block(FROZEN, [b], p.blocks[0].thresholds, p.blocks[0].flips, p.blocks[0].scale, p.blocks[0].offset)
+              for b, p in enumerate(plains)]  # fmt: skip
+    arena = np.concatenate([p.arena for p in plains])
+    return Model(n_inputs, plane_mask, [ly.size for ly in layers], arena, blocks, input_mode=input_mode,
+                 max_blocks=max_blocks, layers=list(layers), in_shape=in_shape)  # fmt: skip
+
+
+# --- broken version 3 files: the Python reader's words -----------------------------------
+def v3_bases(rng: np.random.Generator) -> list[Model]:
+    """The crafted files' bases: a pooled conv then a conv and two dense layers in input
+    mode 1 (two blocks, an empty slot, the last block's flips 0); one conv straight into
+    the output layer; a dense model in input mode 1 (a padded row segment per plane)."""
+    return [
+        conv_model(rng, (6, 6, 2), [Layer.conv(5, 3, pool=True), Layer.conv(7, 3, pad=0), Layer(9), Layer(4)],
+                   0xC1, input_mode=1, n_blocks=2, max_blocks=3, zero_last_flips=True),
+        conv_model(rng, (5, 4, 1), [Layer.conv(3, 3), Layer(2)], 0x80),
+        conv_model(rng, (3, 3, 5), [Layer(9), Layer(3)], 0xE0, input_mode=1, n_blocks=2),
+    ]  # fmt: skip
+
+
+def crafted_v3(m: Model) -> list[bytes]:
+    """``m``'s file (valid) and files with a valid CRC that each break one version 3 rule
+    (docs/FORMAT.md, New checks), at offsets from pack.model_layout."""
+    base = pack.to_bytes(m)
+    lay = pack.model_layout(m)
+    hb, bo, ao, to = (lay[k] for k in ("header_bytes", "blocks_offset", "arena_offset", "train_offset"))
+    conv = m.has_conv
+    edits = [(18, "B", 2), (46, "B", 1), (63, "B", 0x80), (to + 41, "B", 1)]
+    if conv:
+        h, w, _ = m.in_shape
+        edits += [(40, "<H", 0), (42, "<H", 0), (44, "<H", 0), (40, "<H", h + 1), (44, "<H", 2)]
+    else:
+        edits += [(40, "<H", 1), (42, "<H", 7), (44, "<H", 65535)]
+    specs = m.layer_specs
+    for i, ly in enumerate(specs):
+        at = hb + 8 * i
+        edits += [(at + 2, "B", 2), (at + 2, "B", 255), (at + 6, "<H", 1), (at + 7, "B", 0x80)]
+        if ly.kind:
+            edits += [(at + 3, "B", 0), (at + 3, "B", 2), (at + 3, "B", 17), (at + 4, "B", ly.kernel // 2 + 1),
+                      (at + 5, "B", 1), (at + 5, "B", 3), (at + 3, "<H", 15)]  # fmt: skip
+        else:
+            edits += [(at + 3, "B", 1), (at + 4, "B", 1), (at + 5, "B", 2)]
+            # a conv layer (kernel 1) here: after a dense layer, or as the output layer
+            edits.append((at + 2, "<H", 0x0101))
+    if conv and specs[0].pool:  # the same input size as an odd map: the pool refuses it
+        edits.append((40, "<I", 9 | 4 << 16))
+    g0 = m.geometry()[0]
+    if g0.segments > 1 and g0.n_in % 32:  # padding of row 0's second segment (input mode 1)
+        wd = (g0.n_in + 31) // 32
+        edits.append((ao + 4 * (2 * wd - 1), "<I", 1 << 31))
+    last = len(m.blocks) - 1
+    edits.append((bo + 20 * last, "B", LIVE))  # a live block: refused in version 3
+    return [base] + [patched(base, off, fmt, v) for off, fmt, v in edits]
+
+
+def error_corpus_v3() -> list[bytes]:
+    """Crafted version 3 files of every base, and truncations and corruptions of every
+    header and table byte (every 7th beyond) and of the training section."""
+    rng = np.random.default_rng(33)
+    files = []
+    for m in v3_bases(rng):
+        lay = pack.model_layout(m)
+        files += crafted_v3(m)
+        files += fuzzed_files(rng, pack.to_bytes(m), lay["arena_offset"], 7, lay["train_offset"])
+    return files
+
+
+@pytest.mark.parametrize("engine,crc", [("viper", "binascii"), ("python", "table")])
+def test_fallback_rejects_what_pack_rejects_v3(micropython, tmp_path, engine, crc):
+    check_error_parity(micropython, tmp_path, error_corpus_v3(), engine, crc, ERR_RE, 5)
+
+
+# --- the twin's scores ---------------------------------------------------------------
+def parity_models(rng: np.random.Generator) -> list[Model]:
+    """Small version 3 models over the corners: pooled and unpooled conv layers, pads 0
+    to k/2, kernels 1 to 5, maps whose rows are not whole words, several channels,
+    input mode 0 and 1 over 1 to 8 planes, several blocks, a dense model in mode 1."""
+    return [
+        conv_model(rng, (8, 8, 1), [Layer.conv(4, 3, pool=True), Layer.conv(6, 3, pool=True), Layer(5)], 0x80),
+        conv_model(rng, (6, 6, 2), [Layer.conv(5, 3, pool=True), Layer.conv(7, 3, pad=0), Layer(9), Layer(4)],
+                   0xC1, input_mode=1, n_blocks=2),
+        conv_model(rng, (5, 7, 3), [Layer.conv(33, 5, pad=1), Layer.conv(3, 1), Layer(3)], 0xFF),
+        conv_model(rng, (4, 10, 2), [Layer.conv(40, 3, pad=1, pool=True), Layer(6)], 0x1A, input_mode=1),
+        conv_model(rng, (3, 3, 5), [Layer(9), Layer(3)], 0xE0, input_mode=1, n_blocks=2),
+        conv_model(rng, (7, 5, 1), [Layer.conv(2, 5, pad=2), Layer(37), Layer(2)], 0x81, n_blocks=3),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_fallback_conv_matches_twin(micropython, tmp_path, engine):
+    rng = np.random.default_rng(909)
+    check_parity(micropython, tmp_path, parity_models(rng), engine, rng, n_samples=3)
+
+
+# --- info(), no allocation per call, no training -------------------------------------
+API = r"""
+from array import array
+import micropython
+import rbnn
+
+def err(f, *a):
+    try:
+        f(*a)
+    except (ValueError, TypeError) as e:
+        return "%s: %s" % (type(e).__name__, e)
+    return "no error"
+
+m = rbnn.load("m.rbnn")
+print("INFO", m.info())
+raw = open("x.raw", "rb").read()
+packed = open("x.packed", "rb").read()
+out = array("i", [0] * m.n_classes)
+c1 = m.scores(raw, out)
+r = []
+micropython.heap_lock()
+try:
+    r.append(m.predict(raw))
+    r.append(m.scores(packed, out))
+    r.append(m.scores(raw, out))
+except MemoryError:
+    pass
+micropython.heap_unlock()
+print("NOALLOC", len(r), r == [c1] * 3)
+print("SCORES", " ".join([str(v) for v in out]))
+print("LEN", err(m.predict, raw[:-1]))
+print("TRAIN", err(m.train, raw, 0))
+print("BATCH", err(m.train_batch, raw, bytes(1)))
+print("GROW", err(m.grow))
+print("FREEZE", err(m.freeze))
+print("STATS", m.stats()["grow_left"], m.stats()["live"])
+"""
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_fallback_conv_api(micropython, tmp_path, engine):
+    rng = np.random.default_rng(12)
+    # room to grow (free planes, empty slots): a version 3 model still may not open a block
+    m = conv_model(rng, (6, 6, 2), [Layer.conv(5, 3, pool=True), Layer.conv(33, 3, pad=0), Layer(9), Layer(4)],
+                   0xC1, input_mode=1, n_blocks=2, max_blocks=4)  # fmt: skip
+    m.arena = np.concatenate([m.arena, np.zeros_like(m.arena)])
+    (tmp_path / "m.rbnn").write_bytes(pack.to_bytes(m))
+    x = random_inputs(rng, m.n_inputs, 3)[2]
+    xb = pack_input(x, m.plane_mask)
+    (tmp_path / "x.raw").write_bytes(x.tobytes())
+    (tmp_path / "x.packed").write_bytes(le_bytes(xb))
+    proc = run_mpy_code(micropython, API, tmp_path, env={"RBNN_ENGINE": engine})
+    got = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
+    ram = m.ram_bytes()
+    assert ram["patch"] == 4 * 3  # K = 3 patches of 18 bits for layer 0; layer 1: 45 bits
+    assert eval(got["INFO"], {}) == {
+        "engine": engine, "inputs": 72, "plane_mask": 0xC1, "layers": [72, 5, 33, 9, 4], "blocks": 2,
+        "max_blocks": 4, "live": None, "planes": 4, "weight_bits": 2 * m.weights_per_block,
+        "file_bytes": len(pack.to_bytes(m)), "ram": sum(ram.values()), "input_bytes": ram["input"], "train_ram": 0,
+    }  # fmt: skip
+    assert got["NOALLOC"] == "3 True"
+    assert [int(v) for v in got["SCORES"].split()] == twin.scores(m, xb[None])[0].tolist()
+    assert got["LEN"] == "ValueError: rbnn: input has 71 bytes; expected 72 raw features or 12 bytes of packed bits"
+    refusal = ("ValueError: rbnn: E_FULL: a version 3 model (conv layers or input mode 1) is not trained by the "
+               "integer step: it has no live block and none may open")  # fmt: skip
+    for key in ("TRAIN", "BATCH", "GROW", "FREEZE"):
+        assert got[key] == refusal, key
+    assert got["STATS"] == "0 None"
