@@ -105,7 +105,12 @@ def _conv_py(buf, a, y, cfg, pat):
     pb = 4 * cfg[5]
     ws = 4 * cfg[7]
     rb = nb + (nk - 1) * ws
-    hh, ww, cc, k, pd, pool = cfg[8], cfg[9], cfg[10], cfg[11], cfg[12], cfg[13]
+    hh = cfg[8]  # one by one: a 6-tuple assignment would allocate a tuple per call
+    ww = cfg[9]
+    cc = cfg[10]
+    k = cfg[11]
+    pd = cfg[12]
+    pool = cfg[13]
     ist = cfg[14] << 5
     ho = cfg[15] >> pool
     wo = cfg[16] >> pool

@@ -54,7 +54,8 @@ def test_fallback_constants_equal_the_host(repo):
     fw = module_constants(repo / "firmware" / "rbnn_py.py")
     for name in ("MAGIC", "HEADER_BYTES", "HEADER_BYTES_V2", "TRAIN_BYTES", "BLOCK_ENTRY_BYTES", "MAX_SCORE_Q",
                  "MAX_LAYERS", "MAX_BLOCKS", "MAX_PLANES", "MAX_BITS", "MAX_INPUTS", "MAX_SIZE", "UNUSED_PLANE",
-                 "FROZEN", "LIVE", "I32_MAX", "U32_MAX", "READ_VERSIONS"):  # fmt: skip
+                 "FROZEN", "LIVE", "I32_MAX", "U32_MAX", "READ_VERSIONS", "VERSION_V3", "LAYER_ENTRY_BYTES_V3",
+                 "DENSE", "CONV", "POOL_2X2", "MAX_KERNEL", "MAX_DIM", "INPUT_PER_PLANE"):  # fmt: skip
         assert fw[name] == getattr(K, name), f"firmware/rbnn_py.py {name} = {fw[name]!r}, host {getattr(K, name)!r}"
     assert fw["_VERSIONS"] == checks.BY_NAME["VERSION"].expected
     assert fw["TRAIN_RULE"] == trainstate.RULE and fw["TRAIN_BYTES"] == trainstate.TRAIN_BYTES

@@ -24,6 +24,7 @@ from test_fallback import (
 from rbnn.engines import twin
 from rbnn.format import pack
 from rbnn.format.model import FROZEN, LIVE, Block, Layer, Model, geometry, pack_input
+from support.randconv import random_conv_model
 
 
 def conv_model(
@@ -122,10 +123,14 @@ def test_fallback_rejects_what_pack_rejects_v3(micropython, tmp_path, engine, cr
 
 # --- the twin's scores ---------------------------------------------------------------
 def parity_models(rng: np.random.Generator) -> list[Model]:
-    """Small version 3 models over the corners: pooled and unpooled conv layers, pads 0
-    to k/2, kernels 1 to 5, maps whose rows are not whole words, several channels,
-    input mode 0 and 1 over 1 to 8 planes, several blocks, a dense model in mode 1."""
+    """Small version 3 models: random ones (support.randconv: conv stacks with and without
+    pools, hidden dense layers, modes 0 and 1, several blocks, a free plane), a dense one
+    in input mode 1, and the corners: a 64-bit patch row (33 channels x 5 x 5... of a map
+    whose rows are not whole words), 40 output channels (a flip vector of two words), all
+    8 planes, a 5x5 kernel at pad 2 on a 7x5 map."""
     return [
+        *[random_conv_model(rng) for _ in range(5)],
+        random_conv_model(rng, conv=False),
         conv_model(rng, (8, 8, 1), [Layer.conv(4, 3, pool=True), Layer.conv(6, 3, pool=True), Layer(5)], 0x80),
         conv_model(rng, (6, 6, 2), [Layer.conv(5, 3, pool=True), Layer.conv(7, 3, pad=0), Layer(9), Layer(4)],
                    0xC1, input_mode=1, n_blocks=2),
@@ -204,7 +209,7 @@ def test_fallback_conv_api(micropython, tmp_path, engine):
     }  # fmt: skip
     assert got["NOALLOC"] == "3 True"
     assert [int(v) for v in got["SCORES"].split()] == twin.scores(m, xb[None])[0].tolist()
-    assert got["LEN"] == "ValueError: rbnn: input has 71 bytes; expected 72 raw features or 12 bytes of packed bits"
+    assert got["LEN"] == "ValueError: rbnn: input has 71 bytes; expected 72 raw features or 36 bytes of packed bits"
     refusal = ("ValueError: rbnn: E_FULL: a version 3 model (conv layers or input mode 1) is not trained by the "
                "integer step: it has no live block and none may open")  # fmt: skip
     for key in ("TRAIN", "BATCH", "GROW", "FREEZE"):
