@@ -9,9 +9,11 @@ import importlib.util
 import re
 import struct
 import subprocess
+import sys
 
 import pytest
 from test_fallback import error_corpus
+from test_fallback_conv import error_corpus_v3
 
 from rbnn import __version__
 from rbnn.engines import ccore
@@ -129,6 +131,10 @@ def test_ctypes_mirror_matches_the_c_struct(repo, tmp_path):
 
 
 def _fallback_under_cpython(repo):
+    # rbnn_py imports rbnn_pyconv (version 3) by name: firmware/ last on the path, so that
+    # `rbnn` stays the host package
+    if str(repo / "firmware") not in sys.path:
+        sys.path.append(str(repo / "firmware"))
     spec = importlib.util.spec_from_file_location("rbnn_py_host", repo / "firmware" / "rbnn_py.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -141,7 +147,7 @@ def test_same_error_message_from_python_c_and_fallback(repo):
     # one message, word for word.
     fb = _fallback_under_cpython(repo)
     seen = set()
-    files = error_corpus()
+    files = error_corpus() + error_corpus_v3()
     for i, data in enumerate(files):
         try:
             pack.from_bytes(data)
