@@ -37,12 +37,14 @@ from test_fallback import (
     random_inputs,
     random_models,
 )
+from test_fallback_conv import check_conv_api, conv_model, error_corpus_v3, parity_models
 
 from rbnn import __version__
 from rbnn.engines import twin
 from rbnn.errors import FormatError
 from rbnn.format import pack
-from rbnn.format.model import pack_input
+from rbnn.format.model import Layer, pack_input
+from support.randconv import random_conv_model
 from support.randmodel import random_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -109,6 +111,20 @@ def test_c_engine_api_and_input_errors(unix_c, tmp_path):
     script = API.replace("import rbnn, rbnn_py", "import rbnn, _rbnn").replace("rbnn_py.Model", "_rbnn.Model")
     assert script != API and "rbnn_py" not in script
     check_api(unix_c, tmp_path, "c", script)
+
+
+# --- version 3: conv layers and input mode 1 (test_fallback_conv's checks, engine c) -------
+def test_c_engine_conv_matches_twin(unix_c, tmp_path):
+    rng = np.random.default_rng(909)
+    check_parity(unix_c, tmp_path, parity_models(rng), "c", rng, n_samples=3)
+
+
+def test_c_engine_rejects_v3_like_pack(unix_c, tmp_path):
+    check_error_parity(unix_c, tmp_path, error_corpus_v3(), "c", "binascii", ERR_RE, 5)
+
+
+def test_c_engine_conv_api(unix_c, tmp_path):
+    check_conv_api(unix_c, tmp_path, "c")
 
 
 BUFFERS = r"""
@@ -314,6 +330,24 @@ def test_qemu_predicts_like_the_twin(board, rng):
         assert len(rows) == len(x)
         for i, (j, c, p, *sc) in enumerate(rows):
             assert j == i and sc == want[i].tolist(), f"{m.sizes} sample {i}: scores differ"
+            assert c == p == int(np.argmax(want[i]))
+
+
+def test_qemu_conv_predicts_like_the_twin(board, rng):
+    # Version 3 on 32-bit boards: random conv models (support.randconv), a dense model in
+    # input mode 1, and a small 28x28 CNN (conv 8 + pool, conv 16 + pool, dense 10) in
+    # input mode 1 over two planes.
+    models = [*[random_conv_model(rng) for _ in range(4)], random_conv_model(rng, conv=False),
+              conv_model(rng, (28, 28, 1), [Layer.conv(8, 3, pool=True), Layer.conv(16, 3, pool=True), Layer(10)],
+                         0xC0, input_mode=1)]  # fmt: skip
+    for m in models:
+        x = random_inputs(rng, m.n_inputs, 4)
+        xb = pack_input(x, m.plane_mask)
+        want = twin.scores(m, xb)
+        rows = run_packed_on_board(board, m, xb)
+        assert len(rows) == len(x)
+        for i, (j, c, p, *sc) in enumerate(rows):
+            assert j == i and sc == want[i].tolist(), f"{[ly.size for ly in m.layer_specs]} sample {i}: scores differ"
             assert c == p == int(np.argmax(want[i]))
 
 

@@ -186,8 +186,9 @@ print("STATS", m.stats()["grow_left"], m.stats()["live"])
 """
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_fallback_conv_api(micropython, tmp_path, engine):
+def check_conv_api(micropython: str, tmp_path, engine: str) -> None:
+    """Run the API script with ``engine`` on a version 3 model and check every answer:
+    the same from every engine (the fallback's two, and the C module's)."""
     rng = np.random.default_rng(12)
     # room to grow (free planes, empty slots): a version 3 model still may not open a block
     m = conv_model(rng, (6, 6, 2), [Layer.conv(5, 3, pool=True), Layer.conv(33, 3, pad=0), Layer(9), Layer(4)],
@@ -215,3 +216,8 @@ def test_fallback_conv_api(micropython, tmp_path, engine):
     for key in ("TRAIN", "BATCH", "GROW", "FREEZE"):
         assert got[key] == refusal, key
     assert got["STATS"] == "0 None"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_fallback_conv_api(micropython, tmp_path, engine):
+    check_conv_api(micropython, tmp_path, engine)
