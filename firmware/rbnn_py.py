@@ -1,6 +1,7 @@
 # rbnn_py: the pure-MicroPython engine of rbnn (docs/DEVICE_API.md).
 #
-# Parses and validates a .rbnn file of version 1 or 2 exactly as
+# Parses and validates a .rbnn file of version 1, 2 or 3 (its conv layers and checks in
+# rbnn_pyconv, imported at the first version 3 file) exactly as
 # host/rbnn/format/pack.py does (docs/FORMAT.md: same checks, same order, same words in
 # every error) and runs inference with integer arithmetic only, bit-identical to the
 # numpy twin (host/rbnn/engines/twin.py).
@@ -16,7 +17,8 @@
 #
 # Memory: the model's bytes are used in place (never copied, except once when the
 # viper engine is handed a buffer that is not 4-byte aligned); each Model allocates its
-# scratch once (packed input, two ping-pong activation buffers, scores, per-layer plans),
+# scratch once (packed input, two ping-pong activation buffers, a conv patch, scores,
+# per-layer plans),
 # so predict() and scores() allocate nothing per call (viper engine; the plain engine
 # only when a score leaves the small-int range of a 32-bit port).
 
