@@ -18,9 +18,8 @@
 # Memory: the model's bytes are used in place (never copied, except once when the
 # viper engine is handed a buffer that is not 4-byte aligned); each Model allocates its
 # scratch once (packed input, two ping-pong activation buffers, a conv patch, scores,
-# per-layer plans),
-# so predict() and scores() allocate nothing per call (viper engine; the plain engine
-# only when a score leaves the small-int range of a 32-bit port).
+# per-layer plans), so predict() and scores() allocate nothing per call (viper engine;
+# the plain engine only when a score leaves the small-int range of a 32-bit port).
 
 import struct
 from array import array

@@ -293,8 +293,7 @@ def board(request):
 
 RUN_ON_BOARD = """
 from array import array
-import _rbnn
-m = _rbnn.Model(model)
+{make}
 out = array("i", [0] * m.n_classes)
 W = {packed_len}
 for i in range(len(xs) // W):
@@ -305,10 +304,13 @@ print("END")
 """
 
 
-def run_packed_on_board(board: RawRepl, m, xb: np.ndarray) -> list[list[int]]:
+def run_packed_on_board(board: RawRepl, m, xb: np.ndarray, make: str = "import _rbnn\nm = _rbnn.Model(model)"
+                        ) -> list[list[int]]:  # fmt: skip
+    """Each packed sample of ``xb`` through model ``m`` on the board (made by ``make``:
+    the C module's by default): rows of (index, class of scores, class of predict, scores)."""
     board.put("model", pack.to_bytes(m))
     board.put("xs", le_bytes(xb))
-    out = board.exec(RUN_ON_BOARD.format(packed_len=xb[0].nbytes)).splitlines()
+    out = board.exec(RUN_ON_BOARD.format(packed_len=xb[0].nbytes, make=make)).splitlines()
     assert out[-1] == "END"
     return [[int(v) for v in line.split()] for line in out[:-1]]
 
@@ -349,6 +351,25 @@ def test_qemu_conv_predicts_like_the_twin(board, rng):
         for i, (j, c, p, *sc) in enumerate(rows):
             assert j == i and sc == want[i].tolist(), f"{[ly.size for ly in m.layer_specs]} sample {i}: scores differ"
             assert c == p == int(np.argmax(want[i]))
+
+
+def test_qemu_fallback_conv_like_the_twin(board, rng, tmp_path):
+    # The fallback's conv layers on 32-bit boards (rbnn_py and rbnn_pyconv as .mpy): viper
+    # and plain code on VIRT_RV32, plain code on MICROBIT (no native emitter there).
+    from test_replay_boards import load_fallback
+
+    have = load_fallback(board, tmp_path, ("rbnn_py", "rbnn_pyconv"))
+    assert have == ("viper" if "rv32" in board.machine else "python")
+    models = [*[random_conv_model(rng) for _ in range(3)], random_conv_model(rng, conv=False)]
+    for engine in ["viper", "python"] if have == "viper" else ["python"]:
+        make = f"import rbnn_py\nrbnn_py.use({engine!r})\nm = rbnn_py.Model(model)"
+        for m in models:
+            x = random_inputs(rng, m.n_inputs, 3)
+            xb = pack_input(x, m.plane_mask)
+            want = twin.scores(m, xb)
+            rows = run_packed_on_board(board, m, xb, make)
+            assert [r[3:] for r in rows] == want.tolist(), f"{engine}: {[ly.size for ly in m.layer_specs]}"
+            assert [r[1] for r in rows] == [r[2] for r in rows] == np.argmax(want, axis=1).tolist()
 
 
 def test_qemu_trained_mnist(board, trained_mnist, mnist):
