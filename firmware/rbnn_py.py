@@ -866,8 +866,8 @@ def _is_i32_array(a):
 _RO = "rbnn: the model's buffer is read-only: load it from a path or a bytearray to train"
 _V1 = "rbnn: E_VERSION: a version 1 file has no training state; write it as version 2 to train it"
 _RESIZED = "rbnn: the model's buffer was resized or moved after load"
-_V3 = ("rbnn: E_FULL: a version 3 model (conv layers or input mode 1) is not trained by the integer step: "
-       "it has no live block and none may open")
+_V3 = ("rbnn: E_FULL: a model with conv layers or input mode 1 (format version 3) is not trained by the integer "
+       "step: it has no live block and may not open one (docs/FORMAT.md, Training a version 3 model)")
 
 
 def _writable(buf):

@@ -518,13 +518,10 @@ def check_of(e: FormatError) -> str:
 
 
 def test_error_corpus_reaches_every_check():
-    # Every check of rbnn.format.checks fails on some file of the corpora (so the parity
-    # tests below and test_fallback_conv's compare every message), and valid files of
-    # every version are in them.
-    from test_fallback_conv import error_corpus_v3
-
+    # Every check of rbnn.format.checks fails on some file of the corpus (so the parity
+    # tests below compare every message), and valid files of every version are in it.
     seen, versions = set(), set()
-    for data in error_corpus() + error_corpus_v3():
+    for data in error_corpus():
         try:
             versions.add(pack.from_bytes(data).version)
         except FormatError as e:

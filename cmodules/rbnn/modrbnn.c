@@ -277,8 +277,10 @@ static void rbnn_check_trainable(rbnn_model_obj_t *self) {
         mp_raise_ValueError(MP_ERROR_TEXT("rbnn: the model's buffer is read-only: load it from a path or a bytearray to train"));
     }
     if (self->m.version >= RBNN_VERSION_V3) { /* docs/FORMAT.md, Training a version 3 model */
-        mp_raise_ValueError(MP_ERROR_TEXT("rbnn: E_FULL: a version 3 model (conv layers or input mode 1) is not "
-            "trained by the integer step: it has no live block and none may open"));
+        /* the twin's words (rbnn.learn.step.UNTRAINABLE) */
+        mp_raise_ValueError(MP_ERROR_TEXT("rbnn: E_FULL: a model with conv layers or input mode 1 (format version 3) "
+            "is not trained by the integer step: it has no live block and may not open one (docs/FORMAT.md, "
+            "Training a version 3 model)"));
     }
 }
 
