@@ -161,6 +161,7 @@ bench: setup deps-arm
 	$(PY) bench/device.py
 	$(PY) bench/stream.py
 	$(PY) bench/cmodule_train.py
+	$(PY) bench/cmodule_conv.py
 
 # --- firmware images (docs/FIRMWARE.md) ---------------------------------------------------
 # make firmware PORT=unix|qemu|rp2|esp32 [BOARD=...] MICROPY_DIR=<MicroPython checkout>
