@@ -68,7 +68,8 @@ def geometry(buf, hb, n_inputs, sizes, segs):
             _fail("E_HEADER", ("in_h", "in_w", "in_c")[n], 40 + 2 * n,
                   "1..%d (a conv layer)" % MAX_DIM if conv else "0 (no conv layer)", v)
     H, W, C = shape
-    if conv and H * W * C != n_inputs:
+    # H * W * C == n_inputs, without a product beyond a 32-bit port's small ints
+    if conv and (n_inputs % H or n_inputs // H % W or n_inputs // H // W != C):
         _fail("E_HEADER", "in_h x in_w x in_c", 40, "%d (n_inputs)" % n_inputs, "%dx%dx%d" % shape)
     geo = []
     bits = n_inputs
@@ -95,8 +96,9 @@ def geometry(buf, hb, n_inputs, sizes, segs):
 
 
 def _conv_py(buf, a, y, cfg, pat):
-    """One conv layer (cfg: _conv_cfg) on bytes: a the input map (or the packed input), y
-    the output map, pat the patch scratch; as _conv_v, 8 bits at a time."""
+    """One conv layer (cfg: as this module's header says) on bytes: a the input map (or
+    the packed input), y the output map, pat the patch scratch; as _conv_v, 8 bits at a
+    time."""
     pop = _POP
     nb = 4 * cfg[1]
     n = cfg[2]
@@ -170,9 +172,9 @@ def _conv_py(buf, a, y, cfg, pat):
 _VIPER_SRC = """
 @micropython.viper
 def _conv_v(buf: ptr32, a: ptr32, y: ptr32, cfg: ptr32, pat: ptr32):
-    # One conv layer in eBNN order (cfg: _conv_cfg): per output position, the patch of
-    # each input plane gathered from the (y, x, c) bit map a (a padded position stays 0,
-    # that is -1), then per output channel the XOR-popcount sum and its bit at (y, x, j).
+    # One conv layer in eBNN order (cfg: the module's header): per output position, the
+    # patch of each input plane gathered from the (y, x, c) bit map a (a padded position
+    # stays 0, that is -1), then per output channel the XOR-popcount sum and its bit.
     # A pooled position ORs the bits of its four positions: the same bit as one compare
     # of their max (flip 0) or min (flip 1), with the patch gathered once per position.
     prm = ptr32(uint(buf) + (uint(cfg[5]) << 2))
