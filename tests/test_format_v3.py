@@ -189,10 +189,13 @@ def test_v3_has_no_live_block_and_no_schedule(rng):
         ([Layer.conv(3), Layer(2)], None, "without an input shape"),
         ([Layer.conv(3, 4), Layer(2)], (4, 4, 1), "kernel must be odd"),
         ([Layer.conv(3, 3, 2), Layer(2)], (4, 4, 1), "pad must be 0..1"),
-        ([Layer.conv(3, 5, 0), Layer(2)], (3, 3, 1), "does not fit a 3x3 map"),
-        ([Layer.conv(3, 3, 1, pool=True), Layer(2)], (5, 4, 1), "2x2 pool needs an even map, got 5x4"),
+        ([Layer.conv(3, 5, 0), Layer(2)], (4, 4, 1), "does not fit a 4x4 map"),
+        ([Layer.conv(3, 1, 0, pool=True), Layer(2)], (16, 1, 1), "2x2 pool needs an even map, got 16x1"),
         ([Layer.conv(3), Layer.conv(2)], (4, 4, 1), "output layer must be dense"),
         ([Layer(3, 7), Layer(2)], (4, 4, 1), "kind must be"),
+        ([Layer(3, DENSE, 3), Layer(2)], None, "a dense layer has kernel, pad and pool 0, got 3, 0, 0"),
+        ([Layer.conv(3), Layer(2)], (4, 5, 1), r"in_h \* in_w \* in_c = n_inputs \(16\)"),
+        ([Layer.conv(3), Layer(2)], (16, 1, 0), r"each >= 1"),
     ],
 )
 def test_geometry_says_what_is_wrong(layers, in_shape, words):
