@@ -940,6 +940,58 @@ static void layer_sums(const layer_t *L, const uint32_t *w, const uint32_t *in, 
     }
 }
 
+/* Each layer kind in a function of its own: inlined into one, their loops share too few
+ * registers on a Cortex-M0+ (spills cost the dense path 2 %). */
+#if defined(__GNUC__)
+#define NOINLINE __attribute__((noinline))
+#else
+#define NOINLINE
+#endif
+
+/* A dense layer's sums: the kernel on rows of one segment, as in versions 1 and 2. */
+static void dense_sums(const layer_t *L, const uint32_t *w, const uint32_t *in, uint32_t cnt,
+    int32_t *s) {
+    if (L->seg == 1u) {
+        rbnn_group_sums(w, in, L->nw, cnt, (int32_t)L->n_in, L->weight, L->n_k, s);
+    } else {
+        seg_sums(L, w, in, cnt, s);
+    }
+}
+
+/* A hidden dense layer: its bits, 32 at a time, into out. */
+NOINLINE static void dense_hidden(const layer_t *L, const uint32_t *in, const int32_t *thr,
+    const uint32_t *flip, uint32_t *out) {
+    const uint32_t *w = L->w;
+    uint32_t n_out = L->n_out, row = L->seg * L->nw, j, r;
+    int32_t s[GROUP];
+    for (j = 0; j < n_out; j += GROUP) {
+        uint32_t cnt = n_out - j < GROUP ? n_out - j : GROUP, word = 0;
+        dense_sums(L, w, in, cnt, s);
+        w += cnt * row;
+        for (r = 0; r < cnt; r++) {
+            word |= (uint32_t)(s[r] >= thr[j + r]) << r;
+        }
+        out[j >> 5] = word ^ flip[j >> 5]; /* flip padding is 0: padding stays 0 */
+    }
+}
+
+/* The output layer: scale * s + offset added to the scores. */
+NOINLINE static void dense_output(const layer_t *L, const uint32_t *in, const int32_t *scale,
+    const int32_t *offset, int32_t *scores) {
+    const uint32_t *w = L->w;
+    uint32_t n_out = L->n_out, row = L->seg * L->nw, j, r;
+    int32_t s[GROUP];
+    for (j = 0; j < n_out; j += GROUP) {
+        uint32_t cnt = n_out - j < GROUP ? n_out - j : GROUP;
+        dense_sums(L, w, in, cnt, s);
+        w += cnt * row;
+        for (r = 0; r < cnt; r++) {
+            /* E_RANGE at load guarantees neither step leaves int32. */
+            scores[j + r] += scale[j + r] * s[r] + offset[j + r];
+        }
+    }
+}
+
 /* n bits of src from bit sb ORed into dst from bit db (those bits of dst are 0), a word at
  * a time; word i of dst is dst[i * st] (st 1, or RBNN_TILE into interleaved patches).
  * Whole words when both sides are word-aligned (C a multiple of 32). */
@@ -1010,7 +1062,7 @@ static void gather(const conv_t *cv, const uint32_t *a, uint32_t y, uint32_t x, 
  * each of its 1 or 4 conv positions against every output channel, the max of the sums
  * (min where the channel's flip is set), one compare; the output map's bits go to out
  * (zeroed first). `in` holds n_k planes of in_words words; patch, n_k * nw words. */
-static void conv_layer(const layer_t *L, const conv_t *cv, uint32_t pool, const uint32_t *in,
+NOINLINE static void conv_layer(const layer_t *L, const conv_t *cv, uint32_t pool, const uint32_t *in,
     uint32_t in_words, const int32_t *thr, const uint32_t *flip, uint32_t *out, uint32_t *patch) {
     uint32_t div = pool == RBNN_POOL_2X2 ? 2u : 1u, nq = div * div;
     uint32_t ho = (cv->h + 2u * cv->p - cv->k + 1u) / div, wo = (cv->w + 2u * cv->p - cv->k + 1u) / div;
@@ -1175,8 +1227,8 @@ static void run_block(const rbnn_model_t *m, uint32_t blk, const uint32_t *x,
     const uint8_t *params = b + m->params_offset + blk * m->block_params_bytes;
     uint32_t *patch = scratch + 2u * m->act_words;
     conv_t cv;
-    uint32_t layer, j, r;
-    int32_t weight[8], s[GROUP];
+    uint32_t layer;
+    int32_t weight[8];
     const uint32_t *in = x;
 
     rbnn_plane_weights(m, weight);
@@ -1215,28 +1267,14 @@ static void run_block(const rbnn_model_t *m, uint32_t blk, const uint32_t *x,
                 cv.w = (cv.w + 2u * cv.p - cv.k + 1u) / div;
                 cv.c = n_out;
             } else {
-                for (j = 0; j < n_out; j += GROUP) {
-                    uint32_t cnt = n_out - j < GROUP ? n_out - j : GROUP, word = 0;
-                    layer_sums(&L, w + j * row, in, cnt, s);
-                    for (r = 0; r < cnt; r++) {
-                        word |= (uint32_t)(s[r] >= thr[j + r]) << r;
-                    }
-                    out[j >> 5] = word ^ flip[j >> 5]; /* flip padding is 0: padding stays 0 */
-                }
+                dense_hidden(&L, in, thr, flip, out);
             }
             params += 4u * n_out + 4u * words_of(n_out);
             in = out;
         } else {
             const int32_t *scale = (const int32_t *)(const void *)params;
             const int32_t *offset = scale + n_out;
-            for (j = 0; j < n_out; j += GROUP) {
-                uint32_t cnt = n_out - j < GROUP ? n_out - j : GROUP;
-                layer_sums(&L, w + j * row, in, cnt, s);
-                for (r = 0; r < cnt; r++) {
-                    /* E_RANGE at load guarantees neither step leaves int32. */
-                    scores[j + r] += scale[j + r] * s[r] + offset[j + r];
-                }
-            }
+            dense_output(&L, in, scale, offset, scores);
         }
         w += n_out * row;
     }
