@@ -264,13 +264,18 @@ def _conv_v(buf: ptr32, a: ptr32, y: ptr32, cfg: ptr32, pat: ptr32):
 
 
 def kernel(engine):
-    """The conv kernel of an rbnn_py engine ("viper" or "python")."""
+    """The conv kernel of an rbnn_py engine ("viper" or "python"). The plain kernel reads
+    the same buffers, so a port whose viper cannot compile this one (a limit of its native
+    emitter) runs conv layers in plain code, with the same results."""
     if engine == "viper":
         global _v, _VIPER_SRC
         if _v is None:
             g = {"micropython": micropython}
-            exec(_VIPER_SRC, g)  # rbnn_py compiled its own viper code: this port has viper
-            _v = g["_conv_v"]
+            try:
+                exec(_VIPER_SRC, g)
+                _v = g["_conv_v"]
+            except Exception:  # SyntaxError / ViperTypeError / NotImplementedError / MemoryError
+                _v = _conv_py
             _VIPER_SRC = None  # the source text is not needed once compiled
         return _v
     return _conv_py

@@ -290,3 +290,28 @@ def test_mnist_cnn_runs_in_file_size_plus_scratch(micropython, tmp_path, engine)
     # + the parsed shape and plans (about 3.2 kB on this 64-bit port), less than a map
     assert len(data) + ram <= loaded < len(data) + ram + 3584
     assert after - loaded < 256  # the inference kept nothing
+
+
+NO_VIPER_CONV = r"""
+from array import array
+import rbnn_py, rbnn_pyconv
+rbnn_py.use("viper")
+rbnn_pyconv._VIPER_SRC = "@micropython.viper\ndef _conv_v(a: ptr32):\n    return a +\n"  # will not compile
+m = rbnn_py.Model(open("m.rbnn", "rb").read())
+out = array("i", [0] * m.n_classes)
+m.scores(open("x.raw", "rb").read(), out)
+print(m.engine, rbnn_pyconv._v is rbnn_pyconv._conv_py, " ".join([str(v) for v in out]))
+"""
+
+
+def test_viper_engine_runs_conv_in_plain_code_where_its_kernel_does_not_compile(micropython, tmp_path):
+    # A port whose native emitter refuses the conv kernel still runs the model, with the
+    # twin's scores: the plain kernel reads the viper engine's buffers.
+    rng = np.random.default_rng(5)
+    m = conv_model(rng, (6, 6, 2), [Layer.conv(5, 3, pool=True), Layer(4)], 0xC1, input_mode=1)
+    (tmp_path / "m.rbnn").write_bytes(pack.to_bytes(m))
+    x = random_inputs(rng, m.n_inputs, 3)[2]
+    (tmp_path / "x.raw").write_bytes(x.tobytes())
+    got = run_mpy_code(micropython, NO_VIPER_CONV, tmp_path).stdout.split()
+    assert got[:2] == ["viper", "True"]
+    assert [int(v) for v in got[2:]] == twin.scores_u8(m, x[None])[0].tolist()
