@@ -8,7 +8,8 @@
 # that is -1), then for each output channel the XOR-popcount sum and its bit at
 # (y, x, j). A pooled position ORs the bits of its four positions, which is the bit of
 # one compare of their max (flip 0) or min (flip 1) (docs/FORMAT.md, Pool) with each
-# patch gathered once; no unpooled map and no integer row is stored.
+# patch gathered once; a channel whose bit is 1 already skips its remaining positions
+# (about half the popcounts of a pooled layer). No unpooled map, no integer row.
 #
 # cfg (rbnn_py.Model._layer_cfgs): 0 weight word offset, 1 words per row segment, 2 N
 # (k*k*C), 3 output channels, 4 input planes (K or 1), 5 params word offset, 6 = 3 (a
@@ -151,6 +152,10 @@ def _conv_py(buf, a, y, cfg, pat):
                             c -= t
                 wb = 4 * cfg[0]
                 for j in range(co):
+                    o = ob + j
+                    if sub and (y[o >> 3] >> (o & 7)) & 1:
+                        wb += rb  # the pooled bit is 1 already: the OR is decided
+                        continue
                     acc = 0
                     for q in range(nk):
                         wk = wb + q * ws
@@ -164,7 +169,6 @@ def _conv_py(buf, a, y, cfg, pat):
                     if acc >= _i32(buf, pb + 4 * j):
                         f ^= 1
                     if f:
-                        o = ob + j
                         y[o >> 3] |= 1 << (o & 7)
             ob += co
 
@@ -240,6 +244,11 @@ def _conv_v(buf: ptr32, a: ptr32, y: ptr32, cfg: ptr32, pat: ptr32):
                             c -= t
                 row = w0
                 for j in range(co):
+                    o = ob + j
+                    if sub != 0:
+                        if (uint(y[o >> 5]) >> uint(o & 31)) & 1:
+                            row += rb  # the pooled bit is 1 already: the OR is decided
+                            continue
                     acc = 0
                     for q in range(nk):
                         wp = ptr32(row + uint(q) * ws)
@@ -257,7 +266,6 @@ def _conv_v(buf: ptr32, a: ptr32, y: ptr32, cfg: ptr32, pat: ptr32):
                     if acc >= (int(prm[j]) ^ sgn) - sgn:
                         f ^= 1
                     if f:
-                        o = ob + j
                         y[o >> 5] = uint(y[o >> 5]) | (uint(1) << uint(o & 31))
             ob += co
 """
