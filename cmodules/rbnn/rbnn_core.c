@@ -1100,8 +1100,8 @@ static void gather(const conv_t *cv, const uint32_t *a, uint32_t y, uint32_t x, 
  * (zeroed first). `in` holds n_k planes of in_words words; patch, n_k * nw words. */
 NOINLINE static void conv_layer(const layer_t *L, const conv_t *cv, uint32_t pool, const uint32_t *in,
     uint32_t in_words, const int32_t *thr, const uint32_t *flip, uint32_t *out, uint32_t *patch) {
-    uint32_t div = pool == RBNN_POOL_2X2 ? 2u : 1u, nq = div * div;
-    uint32_t ho = (cv->h + 2u * cv->p - cv->k + 1u) / div, wo = (cv->w + 2u * cv->p - cv->k + 1u) / div;
+    uint32_t div = pool == RBNN_POOL_2X2 ? 2u : 1u, nq = div * div, sh = div - 1u; /* no divide */
+    uint32_t ho = (cv->h + 2u * cv->p - cv->k + 1u) >> sh, wo = (cv->w + 2u * cv->p - cv->k + 1u) >> sh;
     uint32_t row = L->seg * L->nw, n_out = L->n_out, oy, ox, j0, q, g, r, kk;
     int32_t best[CONV_CHUNK], s[GROUP];
     for (r = 0; r < words_of(ho * wo * n_out); r++) {
@@ -1163,8 +1163,8 @@ static void conv_layer_tiled(const layer_t *L, const conv_t *cv, uint32_t pool, 
     uint32_t in_words, const int32_t *thr, const uint32_t *flip, uint32_t *out) {
     uint32_t xt[CONV_TILE_WORDS], pc[GROUP * RBNN_TILE], words[RBNN_TILE];
     int32_t s[GROUP * RBNN_TILE]; /* s[r * RBNN_TILE + lane], as pc */
-    uint32_t div = pool == RBNN_POOL_2X2 ? 2u : 1u, nq = div * div, no = RBNN_TILE / nq;
-    uint32_t ho = (cv->h + 2u * cv->p - cv->k + 1u) / div, wo = (cv->w + 2u * cv->p - cv->k + 1u) / div;
+    uint32_t div = pool == RBNN_POOL_2X2 ? 2u : 1u, nq = div * div, no = RBNN_TILE / nq, sh = div - 1u;
+    uint32_t ho = (cv->h + 2u * cv->p - cv->k + 1u) >> sh, wo = (cv->w + 2u * cv->p - cv->k + 1u) >> sh;
     uint32_t row = L->seg * L->nw, n_out = L->n_out, nw = L->nw, n_k = L->n_k, n_o = ho * wo;
     uint32_t o0, t, i, kk, j, r, q;
     int32_t n = (int32_t)L->n_in;
@@ -1288,7 +1288,7 @@ static void run_block(const rbnn_model_t *m, uint32_t blk, const uint32_t *x,
             const uint32_t *flip = (const uint32_t *)(const void *)(params + 4u * n_out);
             uint32_t *out = scratch + ((layer & 1u) ? m->act_words : 0u);
             if (m->kinds[layer] == RBNN_CONV) {
-                uint32_t div = m->pools[layer] == RBNN_POOL_2X2 ? 2u : 1u;
+                uint32_t sh = m->pools[layer] == RBNN_POOL_2X2 ? 1u : 0u; /* no divide on an M0+ */
                 cv.k = m->kernels[layer];
                 cv.p = m->pads[layer];
 #if RBNN_TILE > 1
@@ -1299,8 +1299,8 @@ static void run_block(const rbnn_model_t *m, uint32_t blk, const uint32_t *x,
                 {
                     conv_layer(&L, &cv, m->pools[layer], in, words_of(m->n_inputs), thr, flip, out, patch);
                 }
-                cv.h = (cv.h + 2u * cv.p - cv.k + 1u) / div;
-                cv.w = (cv.w + 2u * cv.p - cv.k + 1u) / div;
+                cv.h = (cv.h + 2u * cv.p - cv.k + 1u) >> sh;
+                cv.w = (cv.w + 2u * cv.p - cv.k + 1u) >> sh;
                 cv.c = n_out;
             } else {
                 dense_hidden(&L, in, thr, flip, out);
