@@ -1395,10 +1395,16 @@ uint32_t rbnn_set_batch_tile(uint32_t t) {
 /* Sums s[t][r] of `cnt` neurons for every lane: xt holds n_k planes of nw interleaved
  * words. */
 static void tile_sums(const uint32_t *w, const uint32_t *xt, uint32_t nw, uint32_t cnt,
-    int32_t n, const int32_t *weight, uint32_t n_k, int32_t s[RBNN_TILE][GROUP]) {
+    int32_t n, const int32_t *weight, uint32_t n_k, uint32_t seg, int32_t s[RBNN_TILE][GROUP]) {
     uint32_t pc[GROUP * RBNN_TILE], r, k, t;
     for (k = 0; k < n_k; k++) {
-        rbnn_xorpop_lanes(w, xt + k * nw * RBNN_TILE, nw, cnt, pc);
+        if (seg == 1u) {
+            rbnn_xorpop_lanes(w, xt + k * nw * RBNN_TILE, nw, cnt, pc);
+        } else { /* input mode 1: row r's segment k */
+            for (r = 0; r < cnt; r++) {
+                rbnn_xorpop_lanes(w + (r * seg + k) * nw, xt + k * nw * RBNN_TILE, nw, 1, pc + r * RBNN_TILE);
+            }
+        }
         for (r = 0; r < cnt; r++) {
             for (t = 0; t < RBNN_TILE; t++) {
                 int32_t v = weight[k] * (n - 2 * (int32_t)pc[r * RBNN_TILE + t]);
@@ -1418,7 +1424,7 @@ static void run_block_tile(const rbnn_model_t *m, uint32_t blk, uint32_t nx, uin
     const uint32_t *w = (const uint32_t *)(const void *)(b + m->arena_offset)
                         + sign * m->plane_words;
     const uint8_t *params = b + m->params_offset + blk * m->block_params_bytes;
-    uint32_t half = RBNN_TILE * (rbnn_scratch_words(m) / 2u);
+    uint32_t half = RBNN_TILE * m->act_words;
     uint32_t *act = buf + RBNN_TILE * rbnn_input_words(m);
     uint32_t n_cls = rbnn_n_classes(m), n_in = m->n_inputs, layer, j, r, t;
     int32_t weight[8], s[RBNN_TILE][GROUP];
@@ -1429,7 +1435,7 @@ static void run_block_tile(const rbnn_model_t *m, uint32_t blk, uint32_t nx, uin
     for (layer = 0; layer < m->n_layers; layer++) {
         uint32_t n_out = m->sizes[layer], nw = words_of(n_in);
         const int32_t *wt = layer == 0u ? weight : &one;
-        uint32_t n_k = layer == 0u ? m->k_planes : 1u;
+        uint32_t n_k = layer == 0u ? m->k_planes : 1u, seg = segments(m, layer);
         int32_t n = (int32_t)n_in;
         if (layer + 1u < m->n_layers) {
             const int32_t *thr = (const int32_t *)(const void *)params;
@@ -1437,8 +1443,8 @@ static void run_block_tile(const rbnn_model_t *m, uint32_t blk, uint32_t nx, uin
             uint32_t *out = act + ((layer & 1u) ? half : 0u);
             for (j = 0; j < n_out; j += GROUP) {
                 uint32_t cnt = n_out - j < GROUP ? n_out - j : GROUP;
-                tile_sums(w, in, nw, cnt, n, wt, n_k, s);
-                w += cnt * nw;
+                tile_sums(w, in, nw, cnt, n, wt, n_k, seg, s);
+                w += cnt * seg * nw;
                 for (t = 0; t < RBNN_TILE; t++) {
                     uint32_t word = 0;
                     for (r = 0; r < cnt; r++) {
@@ -1454,8 +1460,8 @@ static void run_block_tile(const rbnn_model_t *m, uint32_t blk, uint32_t nx, uin
             const int32_t *offset = scale + n_out;
             for (j = 0; j < n_out; j += GROUP) {
                 uint32_t cnt = n_out - j < GROUP ? n_out - j : GROUP;
-                tile_sums(w, in, nw, cnt, n, wt, n_k, s);
-                w += cnt * nw;
+                tile_sums(w, in, nw, cnt, n, wt, n_k, seg, s);
+                w += cnt * seg * nw;
                 for (t = 0; t < nx; t++) {
                     for (r = 0; r < cnt; r++) {
                         scores[t * n_cls + j + r] += scale[j + r] * s[t][r] + offset[j + r];
@@ -1470,8 +1476,8 @@ static void run_block_tile(const rbnn_model_t *m, uint32_t blk, uint32_t nx, uin
 /* Samples a tile for this model: batch_tile, or 1 when its buffers do not fit. */
 static uint32_t tile_for(const rbnn_model_t *m) {
     uint32_t need;
-    if (m->version >= RBNN_VERSION_V3) {
-        return 1u; /* conv layers and input mode 1 run one sample at a time */
+    if (m->kinds[0] == RBNN_CONV) {
+        return 1u; /* conv layers run their positions 16 at a time instead */
     }
     need = RBNN_TILE * (rbnn_input_words(m) + rbnn_scratch_words(m));
     return need <= TILE_WORDS ? batch_tile : 1u;
