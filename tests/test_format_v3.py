@@ -14,7 +14,7 @@ from rbnn.engines import twin
 from rbnn.errors import FormatError, ModelError
 from rbnn.files import read_model
 from rbnn.format import pack
-from rbnn.format.model import DENSE, LIVE, Layer, Model, geometry
+from rbnn.format.model import DENSE, LIVE, Layer, Model, geometry, pack_input
 from support.randconv import random_conv_model, random_inputs
 from support.randmodel import random_model
 
@@ -189,10 +189,13 @@ def test_v3_has_no_live_block_and_no_schedule(rng):
         ([Layer.conv(3), Layer(2)], None, "without an input shape"),
         ([Layer.conv(3, 4), Layer(2)], (4, 4, 1), "kernel must be odd"),
         ([Layer.conv(3, 3, 2), Layer(2)], (4, 4, 1), "pad must be 0..1"),
-        ([Layer.conv(3, 5, 0), Layer(2)], (3, 3, 1), "does not fit a 3x3 map"),
-        ([Layer.conv(3, 3, 1, pool=True), Layer(2)], (5, 4, 1), "2x2 pool needs an even map, got 5x4"),
+        ([Layer.conv(3, 5, 0), Layer(2)], (4, 4, 1), "does not fit a 4x4 map"),
+        ([Layer.conv(3, 1, 0, pool=True), Layer(2)], (16, 1, 1), "2x2 pool needs an even map, got 16x1"),
         ([Layer.conv(3), Layer.conv(2)], (4, 4, 1), "output layer must be dense"),
         ([Layer(3, 7), Layer(2)], (4, 4, 1), "kind must be"),
+        ([Layer(3, DENSE, 3), Layer(2)], None, "a dense layer has kernel, pad and pool 0, got 3, 0, 0"),
+        ([Layer.conv(3), Layer(2)], (4, 5, 1), r"in_h \* in_w \* in_c = n_inputs \(16\)"),
+        ([Layer.conv(3), Layer(2)], (16, 1, 0), r"each >= 1"),
     ],
 )
 def test_geometry_says_what_is_wrong(layers, in_shape, words):
@@ -209,3 +212,53 @@ def test_plain_refuses_wrong_widths_and_sizes():
         Model.plain(16, 0x80, [np.ones((4, 9)), np.ones((2, 64))], [np.zeros(4)], [np.zeros(4, bool)],
                     np.ones(2), np.zeros(2), layers=layers, in_shape=(4, 4, 1))  # fmt: skip
     assert geometry(16, [Layer(2)], None, 2, 1)[0].segments == 2 and Layer(2).kind == DENSE
+
+
+# --- rbnn summary and rbnn eval on a version 3 file -----------------------------------------
+def test_summary_of_a_cnn(rng, tmp_path, capsys):
+    from rbnn.cli import main
+    from rbnn.format.summary import rows
+    from support.randconv import mnist_cnn
+
+    m = mnist_cnn(rng, plane_mask=0xC0)
+    r = rows(m)
+    # conv 0: 28x28 positions x 3*3*1 x 32 channels x 2 planes; conv 1: 14x14 x 3*3*32 x 64
+    assert [x["macs1"] for x in r] == [784 * 9 * 32 * 2, 196 * 288 * 64, 3136 * 128, 128 * 10]
+    assert [x["map_bits"] for x in r] == [14 * 14 * 32, 7 * 7 * 64, 128, 0]
+    assert [x["bits1"] for x in r] == [9 * 32, 288 * 64, 3136 * 128, 1280]
+    # eBNN order: input 2 planes x 25 words, maps 2 x words(6272), one patch of 9 words
+    assert m.ram_bytes() == {"input": 200, "activations": 1568, "patch": 36, "scores": 40}
+    p = tmp_path / "cnn.rbnn"
+    size = pack.save(m, p)
+    assert main(["summary", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert "layers 28x28x1-conv3x3:32/pool-conv3x3:64/pool-128-10" in out
+    assert "| conv_0        | 2x1b  | 28x28x1->14x14x32 | 3x3 p1 pool 2x2 |" in out
+    assert "inference RAM: 1,844 bytes (input 200, activations 1568, patch 36, scores 40)" in out
+    assert "training: none" in out and f"file: {size:,} bytes" in out and "format version 3" in out
+
+
+def test_summary_of_a_mode1_dense_model(rng):
+    from rbnn.format.summary import summary
+
+    m = random_conv_model(rng, in_shape=(40, 1, 1), input_mode=1, plane_mask=0x07, n_blocks=1, conv=False,
+                          layers=[Layer(3), Layer(2)])  # fmt: skip
+    text = summary(m)
+    assert "input mode 1" in text and "| dense_0       | 3x1b/own | 40->3 |" in text
+    assert "|     360 |" in text  # 3 segments of 40 weights, 3 rows
+
+
+def test_eval_twin_on_a_v3_file(rng, tmp_path, capsys):
+    from rbnn.cli import main
+    from rbnn.data.plain import write_npz
+
+    m = cnn(rng, n_blocks=2)
+    p = tmp_path / "c.rbnn"
+    pack.save(m, p)
+    x = random_inputs(rng, m.n_inputs, 60)
+    pred = twin.predict(m, pack_input(x, m.plane_mask))
+    y = pred.copy()
+    y[:15] = (y[:15] + 1) % m.n_classes  # 45 of 60 right
+    write_npz(tmp_path / "t.npz", x, y.astype(np.uint8), m.n_classes)
+    assert main(["eval", str(p), "--data", str(tmp_path / "t.npz"), "--engine", "twin"]) == 0
+    assert "accuracy: 0.7500 (45/60)" in capsys.readouterr().out

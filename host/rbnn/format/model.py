@@ -122,12 +122,18 @@ def geometry(
     """Per-layer shapes; ModelError when they do not chain (the reader's checks give the
     file's offsets, docs/FORMAT.md: New checks)."""
     out: list[Geometry] = []
-    shape = tuple(in_shape) if in_shape is not None else None
+    shape = tuple(int(v) for v in in_shape) if in_shape is not None else None
+    if shape is not None and (len(shape) != 3 or min(shape) < 1 or shape[0] * shape[1] * shape[2] != n_inputs):
+        raise ModelError(f"in_shape {shape} must be (in_h, in_w, in_c), each >= 1, with in_h * in_w * in_c = "
+                         f"n_inputs ({n_inputs})")  # fmt: skip
     bits = n_inputs
     seen_dense = False
     for i, ly in enumerate(layers):
         segments = k_planes if (i == 0 and input_mode == INPUT_PER_PLANE) else 1
         if ly.kind == DENSE:
+            if ly.kernel or ly.pad or ly.pool:
+                raise ModelError(f"layer {i}: a dense layer has kernel, pad and pool 0, got {ly.kernel}, {ly.pad}, "
+                                 f"{ly.pool}")  # fmt: skip
             seen_dense = True
             out.append(Geometry(bits, segments, None, None, None, ly.size))
             bits, shape = ly.size, None
