@@ -179,3 +179,23 @@ def test_training_a_v3_model_is_e_full_and_changes_nothing(rng):
             assert e.value.code == "E_FULL" and UNTRAINABLE in str(e.value)
         assert tr.data() == data
         assert any(ly.kind == CONV for ly in m.layer_specs) or m.input_mode == 1
+
+
+def test_input_mode_1_dense_models_in_batch_tiles(rng):
+    """Dense models in input mode 1 run rbnn_infer_batch's tiles (one segment per plane
+    per row): the twin's scores for every tile cap and a batch that ends in a partial
+    tile, wide layers (several groups of 32) among them."""
+    models = [random_conv_model(rng, conv=False, in_shape=(n, 1, 1), plane_mask=mask,
+                                layers=[Layer(s) for s in sizes]) for n, mask, sizes in
+              [(70, 0xF0, [33, 10]), (300, 0x81, [70, 40, 5]), (31, 0x3C, [7])]]  # fmt: skip
+    old = ccore.set_batch_tile(16)
+    try:
+        for m in models:
+            cm = ccore.CModel(pack.to_bytes(m))
+            xb = pack_input(random_inputs(rng, m.n_inputs, 37), m.plane_mask)
+            want = twin.scores(m, xb)
+            for cap in (1, 5, 16):
+                ccore.set_batch_tile(cap)
+                np.testing.assert_array_equal(cm.scores(xb), want)
+    finally:
+        ccore.set_batch_tile(old)
