@@ -1151,6 +1151,63 @@ NOINLINE static void conv_layer(const layer_t *L, const conv_t *cv, uint32_t poo
     }
 }
 
+/* A conv layer whose patch is one word of one plane (k * k * C <= 32: a small first
+ * layer, e.g. 3x3 over one channel): the 1 or 4 patches of an output position stay in
+ * registers and each channel is finished (its popcounts, their min and max, one compare)
+ * before the next, without a row of sums. The same integers as conv_layer: s = N - 2 pc
+ * falls as pc rises, so the max of s is N - 2 min(pc) and the min N - 2 max(pc). */
+NOINLINE static void conv_one_word(const layer_t *L, const conv_t *cv, uint32_t pool,
+    const uint32_t *in, const int32_t *thr, const uint32_t *flip, uint32_t *out) {
+    uint32_t sh = pool == RBNN_POOL_2X2 ? 1u : 0u, nq = 1u << (2u * sh), small = L->n_in <= 16u;
+    uint32_t ho = (cv->h + 2u * cv->p - cv->k + 1u) >> sh, wo = (cv->w + 2u * cv->p - cv->k + 1u) >> sh;
+    uint32_t n_out = L->n_out, oy, ox, j, q, r, p[4];
+    int32_t n = (int32_t)L->n_in;
+    for (r = 0; r < words_of(ho * wo * n_out); r++) {
+        out[r] = 0;
+    }
+    for (oy = 0; oy < ho; oy++) {
+        for (ox = 0; ox < wo; ox++) {
+            for (q = 0; q < nq; q++) {
+                p[q] = 0;
+                gather(cv, in, (oy << sh) + (q >> 1), (ox << sh) + (q & 1u), &p[q], 1u);
+            }
+            for (j = 0; j < n_out; j += 32u) {
+                uint32_t cnt = n_out - j < 32u ? n_out - j : 32u, flw = flip[j >> 5], word = 0;
+                const uint32_t *w = L->w + j;
+                const int32_t *th = thr + j;
+                for (r = 0; r < cnt; r++) {
+                    uint32_t wr = w[r], lo, hi, bit;
+                    if (small && nq == 4u) { /* 3x3 over one channel, pooled: unrolled */
+                        uint32_t v0 = wr ^ p[0], v1 = wr ^ p[1], v2 = wr ^ p[2], v3 = wr ^ p[3];
+                        uint32_t c0 = (uint32_t)pop8[v0 & 0xFFu] + pop8[v0 >> 8];
+                        uint32_t c1 = (uint32_t)pop8[v1 & 0xFFu] + pop8[v1 >> 8];
+                        uint32_t c2 = (uint32_t)pop8[v2 & 0xFFu] + pop8[v2 >> 8];
+                        uint32_t c3 = (uint32_t)pop8[v3 & 0xFFu] + pop8[v3 >> 8];
+                        uint32_t a = c0 < c1 ? c0 : c1, b = c2 < c3 ? c2 : c3;
+                        uint32_t c = c0 < c1 ? c1 : c0, d = c2 < c3 ? c3 : c2;
+                        lo = a < b ? a : b;
+                        hi = c < d ? d : c;
+                    } else {
+                        lo = 32u;
+                        hi = 0u;
+                        for (q = 0; q < nq; q++) {
+                            uint32_t v = wr ^ p[q];
+                            uint32_t pc = small ? (uint32_t)pop8[v & 0xFFu] + pop8[v >> 8] : pop32(v);
+                            lo = pc < lo ? pc : lo;
+                            hi = pc > hi ? pc : hi;
+                        }
+                    }
+                    /* max s >= t; with a flip, min s < t */
+                    bit = flw >> r & 1u ? (uint32_t)(n - 2 * (int32_t)hi < th[r])
+                                        : (uint32_t)(n - 2 * (int32_t)lo >= th[r]);
+                    word |= bit << r;
+                }
+                copy_bits(out, 1u, (oy * wo + ox) * n_out + j, &word, 0, cnt);
+            }
+        }
+    }
+}
+
 #if RBNN_TILE > 1
 /* Hosts: conv positions RBNN_TILE at a time. The patches of RBNN_TILE consecutive conv
  * positions (pooled outputs in raster order, each with its 1 or 4 conv positions) are
@@ -1296,7 +1353,9 @@ static void run_block(const rbnn_model_t *m, uint32_t blk, const uint32_t *x,
                     conv_layer_tiled(&L, &cv, m->pools[layer], in, words_of(m->n_inputs), thr, flip, out);
                 } else
 #endif
-                {
+                if (L.nw == 1u && L.n_k == 1u) {
+                    conv_one_word(&L, &cv, m->pools[layer], in, thr, flip, out);
+                } else {
                     conv_layer(&L, &cv, m->pools[layer], in, words_of(m->n_inputs), thr, flip, out, patch);
                 }
                 cv.h = (cv.h + 2u * cv.p - cv.k + 1u) >> sh;
