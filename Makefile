@@ -163,6 +163,7 @@ bench: setup deps-arm
 	$(PY) bench/device.py
 	$(PY) bench/stream.py
 	$(PY) bench/cmodule_train.py
+	$(PY) bench/cmodule_conv.py
 
 # The peer (issue 9): larq compute engine, larq and TensorFlow, pinned in
 # bench/peer-requirements.txt, in a venv of their own (they need numpy 1, rbnn numpy 2);

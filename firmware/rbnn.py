@@ -17,7 +17,7 @@
 #   Model(buf)          buf: bytes, bytearray or memoryview holding the whole file, used
 #                       in place. Validates per docs/FORMAT.md; on a bad file raises
 #                       ValueError("rbnn: E_<CODE> at offset <N>: <field>: expected ...,
-#                       found ...") in the words of rbnn.format.pack (versions 1, 2).
+#                       found ...") in the words of rbnn.format.pack (versions 1, 2, 3).
 #   Model.n_inputs      int, features per sample
 #   Model.n_classes     int, length of the scores
 #   Model.predict(x)    -> int class, ties to the lowest index. x: a buffer of bytes,

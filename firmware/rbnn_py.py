@@ -1,6 +1,7 @@
 # rbnn_py: the pure-MicroPython engine of rbnn (docs/DEVICE_API.md).
 #
-# Parses and validates a .rbnn file of version 1 or 2 exactly as
+# Parses and validates a .rbnn file of version 1, 2 or 3 (its conv layers and checks in
+# rbnn_pyconv, imported at the first version 3 file) exactly as
 # host/rbnn/format/pack.py does (docs/FORMAT.md: same checks, same order, same words in
 # every error) and runs inference with integer arithmetic only, bit-identical to the
 # numpy twin (host/rbnn/engines/twin.py).
@@ -16,9 +17,9 @@
 #
 # Memory: the model's bytes are used in place (never copied, except once when the
 # viper engine is handed a buffer that is not 4-byte aligned); each Model allocates its
-# scratch once (packed input, two ping-pong activation buffers, scores, per-layer plans),
-# so predict() and scores() allocate nothing per call (viper engine; the plain engine
-# only when a score leaves the small-int range of a 32-bit port).
+# scratch once (packed input, two ping-pong activation buffers, a conv patch, scores,
+# per-layer plans), so predict() and scores() allocate nothing per call (viper engine;
+# the plain engine only when a score leaves the small-int range of a 32-bit port).
 
 import struct
 from array import array
@@ -55,6 +56,15 @@ MAX_SIZE = 65535
 UNUSED_PLANE = 0xFF
 FROZEN = 0
 LIVE = 1
+# Version 3 (docs/FORMAT.md, Version 3): conv layers and input mode 1
+VERSION_V3 = 3
+LAYER_ENTRY_BYTES_V3 = 8
+DENSE = 0
+CONV = 1
+POOL_2X2 = 2
+MAX_KERNEL = 15
+MAX_DIM = 65535
+INPUT_PER_PLANE = 1
 I32_MAX = 2147483647
 U32_MAX = 4294967295
 
@@ -145,19 +155,21 @@ def _dense_py(buf, x, y, cfg):
     yo = 0
     gate = cfg[_CFG_SHIFTS + nk] if last == 2 else 0
     gb = 4 * cfg[_CFG_SHIFTS + nk + 1] if last == 2 else 0
+    ws = 0 if last == 2 else 4 * cfg[_CFG_SHIFTS + nk]  # input mode 1: a segment per plane
     for j in range(n_out):
         s = 0
         xb = 0
         for k in range(nk):
-            d = xb - wb  # x index = weight index + d
+            wk = wb + k * ws
+            d = xb - wk  # x index = weight index + d
             pc = 0
-            for i in range(wb, wb + nb, 4):
+            for i in range(wk, wk + nb, 4):
                 e = i + d
                 pc += (pop[buf[i] ^ x[e]] + pop[buf[i + 1] ^ x[e + 1]]
                        + pop[buf[i + 2] ^ x[e + 2]] + pop[buf[i + 3] ^ x[e + 3]])
             s += (n_in - 2 * pc) << cfg[_CFG_SHIFTS + k]
             xb += nb
-        wb += nb
+        wb += nb + (nk - 1) * ws
         if last == 1:
             y[j] += _i32(buf, pb + 4 * j) * s + _i32(buf, pb + 4 * (n_out + j))
         else:
@@ -267,17 +279,20 @@ def _dense_v(buf: ptr32, x: ptr32, y: ptr32, cfg: ptr32):
     m32 = (uint(1) << 16 << 16) - 1  # 2^32 - 1 on 32- and 64-bit ports alike
     gate = uint(0)
     goff = 0
+    ws = uint(0)  # input mode 1: the next plane's segment of the row is ws bytes on
     if last == 2:
         gate = uint(cfg[7 + nk])
         goff = cfg[8 + nk]
+    else:
+        ws = uint(cfg[7 + nk]) << 2
     for j in range(n_out):
         s = 0
         for k in range(nk):
             # popcount(w XOR x) over one row: per-byte counts summed over chunks of up
             # to 30 words (at most 240 per byte), two words merged per step
-            buf = ptr32(row)
+            buf = ptr32(row + uint(k) * ws)
             x = ptr32(x0 + uint(k) * nb)
-            end = row + nb
+            end = uint(buf) + nb
             pc = 0
             while uint(buf) < end:
                 y = ptr32(uint(buf) + 120)
@@ -303,7 +318,7 @@ def _dense_v(buf: ptr32, x: ptr32, y: ptr32, cfg: ptr32):
                 c = (c & m8) + ((c >> 8) & m8)
                 pc += int((c + (c >> 16)) & 0xFFFF)
             s += (n_in - 2 * pc) << cfg[7 + k]
-        row += nb
+        row += nb + uint(nk - 1) * ws
         if last == 1:
             out[j] = int(out[j]) + int(prm[j]) * s + int(prm[n_out + j])
         else:
@@ -406,7 +421,7 @@ def _compile_viper():
     buf = array("I", [0, 0xF0000001, 0, 0, 1, 0])
     x = array("I", [15])
     y = array("i", [7])
-    cfg = array("i", [1, 1, 32, 1, 1, 4, 1, 0])
+    cfg = array("i", [1, 1, 32, 1, 1, 4, 1, 0, 0, 0])
     try:
         k["dense"](buf, x, y, cfg)
     except Exception:
@@ -492,13 +507,14 @@ def _head(buf, n):
     if flags != 0:
         _fail("E_FLAGS", "flags", 6, 0, "0x%04x" % flags)
     v2 = version >= 2
+    v3 = version >= VERSION_V3
     for name, off, val, lo, hi, want in (
         ("word_bits", 12, word_bits, 32, 32, "32"),
         ("n_layers", 13, n_layers, 1, MAX_LAYERS, "1..%d" % MAX_LAYERS),
         ("n_blocks", 14, n_blocks, 0 if v2 else 1, MAX_BLOCKS, "%d..%d" % (0 if v2 else 1, MAX_BLOCKS)),
         ("n_planes", 15, n_planes, 1, MAX_PLANES, "1..%d" % MAX_PLANES),
         ("n_inputs", 16, n_inputs, 1, MAX_INPUTS, "1..%d" % MAX_INPUTS),
-        ("input_mode", 18, input_mode, 0, 0, "0"),
+        ("input_mode", 18, input_mode, 0, v3, "0..1" if v3 else "0"),
         ("plane_mask", 19, plane_mask, 1, 0xFF, "not 0"),
     ):
         if not lo <= val <= hi:
@@ -515,23 +531,35 @@ def _head(buf, n):
             _fail("E_HEADER", "max_blocks", 32, "%d..%d (n_blocks..)" % (lo, MAX_BLOCKS), slots)
         if score_q > MAX_SCORE_Q:
             _fail("E_HEADER", "score_q", 33, "0..%d" % MAX_SCORE_Q, score_q)
+        top = 46 if v3 else 40  # 36..39: train_offset; version 3: in_h, in_w, in_c in 40..45
         for at in range(34, hb):
-            if (at < 36 or at >= 40) and buf[at]:  # 36..39: train_offset
+            if (at < 36 or at >= top) and buf[at]:
                 _fail("E_FLAGS", "reserved header byte %d" % at, at, 0, buf[at])
-    blocks_offset = hb + 4 * ((n_layers + 1) // 2)
+    eb = LAYER_ENTRY_BYTES_V3 if v3 else 2
+    blocks_offset = hb + 4 * ((eb * n_layers + 3) // 4)
     if n < blocks_offset:
         _fail("E_TRUNCATED", "layer table", hb, ">= %d bytes" % blocks_offset, "%d bytes" % n)
-    sizes = list(struct.unpack_from("<%dH" % n_layers, buf, hb))
+    sizes = [buf[hb + eb * i] | buf[hb + eb * i + 1] << 8 for i in range(n_layers)]
     for i in range(n_layers):
         if sizes[i] == 0:
-            _fail("E_HEADER", "size[%d]" % i, hb + 2 * i, "1..%d" % MAX_SIZE, 0)
+            _fail("E_HEADER", "size[%d]" % i, hb + eb * i, "1..%d" % MAX_SIZE, 0)
     pad_at = hb + 2 * n_layers
-    if pad_at < blocks_offset and (buf[pad_at] or buf[pad_at + 1]):
+    if not v3 and pad_at < blocks_offset and (buf[pad_at] or buf[pad_at + 1]):
         _fail("E_FLAGS", "layer table pad", pad_at, 0, "0x%04x" % (buf[pad_at] | buf[pad_at + 1] << 8))
-    inputs = [n_inputs] + sizes[:-1]
+    nk = 0
+    for q in range(8):
+        nk += (plane_mask >> q) & 1
+    if v3:
+        import rbnn_pyconv  # version 3 only: its checks and kernels stay off a dense model's heap
+
+        geo = rbnn_pyconv.geometry(buf, hb, n_inputs, sizes, nk if input_mode else 1)
+    else:
+        ins = [n_inputs] + sizes
+        geo = [(DENSE, 0, 0, 0, 0, 0, 0, 0, 0, ins[i], 1, sizes[i]) for i in range(n_layers)]
+    inputs = [g[9] for g in geo]
     layer_off = [0]  # word offset of each layer inside a plane
     for i in range(n_layers):
-        layer_off.append(layer_off[-1] + sizes[i] * _words(inputs[i]))
+        layer_off.append(layer_off[-1] + sizes[i] * geo[i][10] * _words(inputs[i]))
     lay_plane = 4 * layer_off[-1]
     lay_arena = blocks_offset + BLOCK_ENTRY_BYTES * slots
     lay_params = lay_arena + n_planes * lay_plane
@@ -558,6 +586,8 @@ def _head(buf, n):
     return {
         "version": version,
         "n_inputs": n_inputs,
+        "input_mode": input_mode,
+        "geo": geo,
         "plane_mask": plane_mask,
         "sizes": sizes,
         "inputs": inputs,
@@ -636,10 +666,11 @@ def _weight_padding(buf, h):
         for p in range(h["n_planes"]):
             at = h["arena_offset"] + p * h["plane_bytes"] + 4 * (h["layer_off"][layer] + w - 1)
             for r in range(sizes[layer]):
-                v = _u32(buf, at) & bad
-                if v:
-                    _fail("E_PADDING", "plane %d layer %d row %d padding" % (p, layer, r), at, 0, "0x%08x" % v)
-                at += 4 * w
+                for _ in range(h["geo"][layer][10]):  # each segment of the row (input mode 1)
+                    v = _u32(buf, at) & bad
+                    if v:
+                        _fail("E_PADDING", "plane %d layer %d row %d padding" % (p, layer, r), at, 0, "0x%08x" % v)
+                    at += 4 * w
 
 
 def _flips(buf, h, b, live):
@@ -689,7 +720,7 @@ def _smax(h, layer):
     low = 0
     while not (mask >> low) & 1:
         low += 1
-    return h["n_inputs"] * sum([1 << (q - low) for q in range(low, 8) if (mask >> q) & 1])
+    return h["inputs"][0] * sum([1 << (q - low) for q in range(low, 8) if (mask >> q) & 1])
 
 
 def _train(buf, h, live, budget):
@@ -811,6 +842,13 @@ def _parse(buf):
         if live >= 0:
             _flips(buf, h, live, True)
             _live_output(buf, h, live, budget)
+        if h["version"] >= VERSION_V3:  # docs/FORMAT.md, Training a version 3 model
+            at = h["train_offset"] + 41
+            if buf[at]:
+                _fail("E_TRAIN", "train.grow_left", at, "0 (a version 3 model is not trained)", buf[at])
+            if live >= 0:
+                _fail("E_TRAIN", "block[%d].state" % live, h["blocks_offset"] + BLOCK_ENTRY_BYTES * live,
+                      "0 (a version 3 model has no live block)", LIVE)
         _train(buf, h, live, budget)
     _range(buf, h, budget)
     h["sign_planes"] = sign_planes
@@ -828,6 +866,8 @@ def _is_i32_array(a):
 _RO = "rbnn: the model's buffer is read-only: load it from a path or a bytearray to train"
 _V1 = "rbnn: E_VERSION: a version 1 file has no training state; write it as version 2 to train it"
 _RESIZED = "rbnn: the model's buffer was resized or moved after load"
+_V3 = ("rbnn: E_FULL: a model with conv layers or input mode 1 (format version 3) is not trained by the integer "
+       "step: it has no live block and may not open one (docs/FORMAT.md, Training a version 3 model)")
 
 
 def _writable(buf):
@@ -888,21 +928,35 @@ class Model:
         pad = U32_MAX ^ _pad_mask(n_in)
         self._pad = [(4 * (W - 1) + i, (pad >> (8 * i)) & 0xFF) for i in range(4) if (pad >> (8 * i)) & 0xFF]
         self._slice_cfg = array("i", [n_in, W, nk, 0] + kept)  # [3]: offset of the sample in x
-        # Scratch, allocated once (eBNN order: input, two ping-pong buffers, scores).
+        # Scratch, allocated once (eBNN order, docs/FORMAT.md Memory: input, two ping-pong
+        # buffers as wide as the widest hidden output (a conv layer's pooled map), one
+        # patch of the widest conv layer (K of them for layer 0), scores).
         self._x = bytearray(4 * nk * W)
+        geo = info["geo"]
         hidden = sizes[:-1]
-        aw = _words(max(hidden)) if hidden else 0
+        aw = 0
+        pw = 0
+        for i in range(len(hidden)):
+            aw = max(aw, _words(geo[i][11]))
+            if geo[i][0] == CONV:
+                pw = max(pw, (nk if i == 0 else 1) * _words(geo[i][9]))
         self._a = bytearray(4 * aw)
         self._b = bytearray(4 * aw)
+        self._pat = bytearray(4 * pw)
+        self._conv = None
+        if pw:  # conv layers: their kernels live in rbnn_pyconv, imported at the first CNN
+            import rbnn_pyconv
+
+            self._conv = rbnn_pyconv.kernel(self.engine)
         self._scores = array("i", [0] * self.n_classes)
-        self._ram = 4 * nk * W + 8 * aw + 4 * self.n_classes
+        self._ram = 4 * nk * W + 8 * aw + 4 * pw + 4 * self.n_classes
         # A training step's scratch (docs/TRAINING.md, Memory of one step; the C core's
         # rbnn_train_scratch_bytes): hidden and gate bits per hidden layer, two i32 rows
-        # as wide as the widest layer. Version 1 cannot train: 0.
+        # as wide as the widest layer. Versions 1 and 3 cannot train: 0.
         hw = 0
         for s in hidden:
             hw += _words(s)
-        self._train_ram = 4 * (2 * hw + 2 * max(sizes)) if info["version"] >= 2 else 0
+        self._train_ram = 4 * (2 * hw + 2 * max(sizes)) if info["version"] == 2 else 0
         self._out_ok = None
         self._tr = None  # the Trainer (rbnn_pytrain), made at the first training call
         self._plans()
@@ -921,11 +975,20 @@ class Model:
             last = layer == len(sizes) - 1
             first = layer == 0
             s = sizes[layer]
-            cfg = [(pbase >> 2) + info["layer_off"][layer], _words(inputs[layer]), inputs[layer], s,
+            g = info["geo"][layer]
+            nw = _words(inputs[layer])
+            ws = nw if g[10] > 1 else 0  # input mode 1: the segments of a row, one per plane
+            cfg = [(pbase >> 2) + info["layer_off"][layer], nw, inputs[layer], s,
                    self._nk if first else 1, par >> 2, 1 if last else (2 if live else 0)]
-            cfg += self._shifts if first else [0]
-            if live and not last:
-                cfg += [0, live]
+            if g[0] == CONV:
+                # 6: 3 (a conv layer), 7: segment step, 8..16: H, W, C, kernel, pad, pool
+                # (0/1), words of an input plane (layer 0), H1, W1; 17..: plane shifts
+                cfg[6] = 3
+                cfg += [ws, g[4], g[5], g[6], g[1], g[2], 1 if g[3] else 0, self._w if first else 0, g[7], g[8]]
+                cfg += self._shifts if first else [0]
+            else:
+                cfg += self._shifts if first else [0]
+                cfg += [0, live] if live and not last else [ws, 0]
             out.append(array("i", cfg))
             if not last:
                 par += 4 * s + 4 * _words(s)
@@ -975,7 +1038,10 @@ class Model:
         buf = self._buf
         dense = self._dense
         for cfg, src, dst in self._plan:
-            dense(buf, src, out if dst is None else dst, cfg)
+            if cfg[6] == 3:
+                self._conv(buf, src, dst, cfg, self._pat)
+            else:
+                dense(buf, src, out if dst is None else dst, cfg)
         return self._argmaxf(out, self.n_classes)
 
     def predict(self, x):
@@ -999,8 +1065,9 @@ class Model:
         i = self._info
         layers = [i["n_inputs"]] + i["sizes"]
         per_block = 0
-        for a in range(len(i["sizes"])):
-            per_block += layers[a] * layers[a + 1]
+        for a in range(len(i["sizes"])):  # in[l] (a conv row: k*k*C) per segment and output
+            g = i["geo"][a]
+            per_block += g[9] * g[10] * layers[a + 1]
         return {
             "engine": self.engine,
             "inputs": i["n_inputs"],
@@ -1025,6 +1092,8 @@ class Model:
             raise ValueError(_RO)
         if self._info["version"] < 2:
             raise ValueError(_V1)
+        if write and self._info["version"] >= VERSION_V3:
+            raise ValueError(_V3)
         if len(self._buf) != self._info["file_bytes"]:
             raise ValueError(_RESIZED)
         t = self._tr

@@ -37,12 +37,13 @@ from test_fallback import (
     random_inputs,
     random_models,
 )
+from test_fallback_conv import check_conv_api, conv_model, error_corpus_v3
 
 from rbnn import __version__
 from rbnn.engines import twin
 from rbnn.errors import FormatError
 from rbnn.format import pack
-from rbnn.format.model import pack_input
+from rbnn.format.model import Layer, pack_input
 from support.randconv import mnist_cnn, random_conv_model
 from support.randmodel import random_model
 
@@ -134,6 +135,15 @@ def test_c_engine_api_and_input_errors(unix_c, tmp_path):
     script = API.replace("import rbnn, rbnn_py", "import rbnn, _rbnn").replace("rbnn_py.Model", "_rbnn.Model")
     assert script != API and "rbnn_py" not in script
     check_api(unix_c, tmp_path, "c", script)
+
+
+# --- version 3: test_fallback_conv's broken files and API checks, engine c -------------
+def test_c_engine_rejects_v3_like_pack(unix_c, tmp_path):
+    check_error_parity(unix_c, tmp_path, error_corpus_v3(), "c", "binascii", ERR_RE, 5)
+
+
+def test_c_engine_conv_api(unix_c, tmp_path):
+    check_conv_api(unix_c, tmp_path, "c")
 
 
 BUFFERS = r"""
@@ -302,8 +312,7 @@ def board(request):
 
 RUN_ON_BOARD = """
 from array import array
-import _rbnn
-m = _rbnn.Model(model)
+{make}
 out = array("i", [0] * m.n_classes)
 W = {packed_len}
 for i in range(len(xs) // W):
@@ -314,10 +323,13 @@ print("END")
 """
 
 
-def run_packed_on_board(board: RawRepl, m, xb: np.ndarray) -> list[list[int]]:
+def run_packed_on_board(board: RawRepl, m, xb: np.ndarray, make: str = "import _rbnn\nm = _rbnn.Model(model)"
+                        ) -> list[list[int]]:  # fmt: skip
+    """Each packed sample of ``xb`` through model ``m`` on the board (made by ``make``:
+    the C module's by default): rows of (index, class of scores, class of predict, scores)."""
     board.put("model", pack.to_bytes(m))
     board.put("xs", le_bytes(xb))
-    out = board.exec(RUN_ON_BOARD.format(packed_len=xb[0].nbytes)).splitlines()
+    out = board.exec(RUN_ON_BOARD.format(packed_len=xb[0].nbytes, make=make)).splitlines()
     assert out[-1] == "END"
     return [[int(v) for v in line.split()] for line in out[:-1]]
 
@@ -340,6 +352,43 @@ def test_qemu_predicts_like_the_twin(board, rng):
         for i, (j, c, p, *sc) in enumerate(rows):
             assert j == i and sc == want[i].tolist(), f"{m.sizes} sample {i}: scores differ"
             assert c == p == int(np.argmax(want[i]))
+
+
+def test_qemu_conv_predicts_like_the_twin(board, rng):
+    # Version 3 on 32-bit boards: random conv models (support.randconv), a dense model in
+    # input mode 1, and a small 28x28 CNN (conv 8 + pool, conv 16 + pool, dense 10) in
+    # input mode 1 over two planes.
+    models = [*[random_conv_model(rng) for _ in range(4)], random_conv_model(rng, conv=False),
+              conv_model(rng, (28, 28, 1), [Layer.conv(8, 3, pool=True), Layer.conv(16, 3, pool=True), Layer(10)],
+                         0xC0, input_mode=1)]  # fmt: skip
+    for m in models:
+        x = random_inputs(rng, m.n_inputs, 4)
+        xb = pack_input(x, m.plane_mask)
+        want = twin.scores(m, xb)
+        rows = run_packed_on_board(board, m, xb)
+        assert len(rows) == len(x)
+        for i, (j, c, p, *sc) in enumerate(rows):
+            assert j == i and sc == want[i].tolist(), f"{[ly.size for ly in m.layer_specs]} sample {i}: scores differ"
+            assert c == p == int(np.argmax(want[i]))
+
+
+def test_qemu_fallback_conv_like_the_twin(board, rng, tmp_path):
+    # The fallback's conv layers on 32-bit boards (rbnn_py and rbnn_pyconv as .mpy): viper
+    # and plain code on VIRT_RV32, plain code on MICROBIT (no native emitter there).
+    from test_replay_boards import load_fallback
+
+    have = load_fallback(board, tmp_path, ("rbnn_py", "rbnn_pyconv"))
+    assert have == ("viper" if "rv32" in board.machine else "python")
+    models = [*[random_conv_model(rng) for _ in range(3)], random_conv_model(rng, conv=False)]
+    for engine in ["viper", "python"] if have == "viper" else ["python"]:
+        make = f"import rbnn_py\nrbnn_py.use({engine!r})\nm = rbnn_py.Model(model)"
+        for m in models:
+            x = random_inputs(rng, m.n_inputs, 3)
+            xb = pack_input(x, m.plane_mask)
+            want = twin.scores(m, xb)
+            rows = run_packed_on_board(board, m, xb, make)
+            assert [r[3:] for r in rows] == want.tolist(), f"{engine}: {[ly.size for ly in m.layer_specs]}"
+            assert [r[1] for r in rows] == [r[2] for r in rows] == np.argmax(want, axis=1).tolist()
 
 
 def test_qemu_trained_mnist(board, trained_mnist, mnist):

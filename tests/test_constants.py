@@ -9,9 +9,11 @@ import importlib.util
 import re
 import struct
 import subprocess
+import sys
 
 import pytest
 from test_fallback import error_corpus
+from test_fallback_conv import error_corpus_v3
 
 from rbnn import __version__
 from rbnn.engines import ccore
@@ -54,7 +56,8 @@ def test_fallback_constants_equal_the_host(repo):
     fw = module_constants(repo / "firmware" / "rbnn_py.py")
     for name in ("MAGIC", "HEADER_BYTES", "HEADER_BYTES_V2", "TRAIN_BYTES", "BLOCK_ENTRY_BYTES", "MAX_SCORE_Q",
                  "MAX_LAYERS", "MAX_BLOCKS", "MAX_PLANES", "MAX_BITS", "MAX_INPUTS", "MAX_SIZE", "UNUSED_PLANE",
-                 "FROZEN", "LIVE", "I32_MAX", "U32_MAX", "READ_VERSIONS"):  # fmt: skip
+                 "FROZEN", "LIVE", "I32_MAX", "U32_MAX", "READ_VERSIONS", "VERSION_V3", "LAYER_ENTRY_BYTES_V3",
+                 "DENSE", "CONV", "POOL_2X2", "MAX_KERNEL", "MAX_DIM", "INPUT_PER_PLANE"):  # fmt: skip
         assert fw[name] == getattr(K, name), f"firmware/rbnn_py.py {name} = {fw[name]!r}, host {getattr(K, name)!r}"
     assert fw["_VERSIONS"] == checks.BY_NAME["VERSION"].expected
     assert fw["TRAIN_RULE"] == trainstate.RULE and fw["TRAIN_BYTES"] == trainstate.TRAIN_BYTES
@@ -128,6 +131,10 @@ def test_ctypes_mirror_matches_the_c_struct(repo, tmp_path):
 
 
 def _fallback_under_cpython(repo):
+    # rbnn_py imports rbnn_pyconv (version 3) by name: firmware/ last on the path, so that
+    # `rbnn` stays the host package
+    if str(repo / "firmware") not in sys.path:
+        sys.path.append(str(repo / "firmware"))
     spec = importlib.util.spec_from_file_location("rbnn_py_host", repo / "firmware" / "rbnn_py.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -140,7 +147,7 @@ def test_same_error_message_from_python_c_and_fallback(repo):
     # one message, word for word.
     fb = _fallback_under_cpython(repo)
     seen = set()
-    files = error_corpus()
+    files = error_corpus() + error_corpus_v3()
     for i, data in enumerate(files):
         try:
             pack.from_bytes(data)

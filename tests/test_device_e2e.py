@@ -93,6 +93,43 @@ def test_cli_deploy_then_infer_on_the_virtual_device(trained_mnist, micropython,
     np.testing.assert_array_equal(np.load(got), np.load(ref))
 
 
+def test_cnn_deploy_then_infer_like_the_twin(mnist, micropython, tmp_path, capsys, monkeypatch):
+    """A CNN (version 3) through `rbnn deploy --port virtual` and `rbnn infer`: the int32
+    scores of N MNIST test images on the device are the twin's (`rbnn eval`), image by
+    image. Runs with any 28x28 CNN file: $RBNN_CNN (issue 9: the trained MNIST CNN with
+    RBNN_CNN_N=1000); by default a small random one (conv 8 + pool, conv 16 + pool,
+    dense 32, dense 10) on 100 images."""
+    import os
+
+    from test_fallback_conv import conv_model
+
+    from rbnn.format.model import Layer
+
+    path = os.environ.get("RBNN_CNN")
+    n = int(os.environ.get("RBNN_CNN_N", "100"))
+    if not path:
+        rng = np.random.default_rng(9)
+        layers = [Layer.conv(8, 3, pool=True), Layer.conv(16, 3, pool=True), Layer(32), Layer(10)]
+        path = str(tmp_path / "cnn.rbnn")
+        pack.save(conv_model(rng, (28, 28, 1), layers, 0x80), path)
+    assert pack.load(path).has_conv, f"{path} has no conv layer"
+    monkeypatch.setenv("RBNN_MICROPYTHON", micropython)
+    fs = str(tmp_path / "vfs")
+    assert main(["deploy", path, "--port", "virtual", "--fs", fs]) == 0
+    assert "saved and loaded" in capsys.readouterr().out
+    got, ref = tmp_path / "device.npy", tmp_path / "twin.npy"
+    assert main(["infer", "--port", "virtual", "--fs", fs, "--data", "mnist", "--limit", str(n),
+                 "--scores", str(got)]) == 0  # fmt: skip
+    dev_out = capsys.readouterr().out.splitlines()
+    assert main(["eval", path, "--data", "mnist", "--limit", str(n), "--scores", str(ref)]) == 0
+    host_out = capsys.readouterr().out.splitlines()
+    print(dev_out[1])  # the device's engine and speed
+    assert dev_out[0] == host_out[0] and dev_out[0].startswith("accuracy: ")
+    scores = np.load(got)
+    assert scores.shape == (n, 10)
+    np.testing.assert_array_equal(scores, np.load(ref))
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_scores_bit_identical_to_twin(board, seed):
     """Random models (odd widths, 1-4 input planes, several blocks), raw and packed

@@ -519,7 +519,7 @@ def check_of(e: FormatError) -> str:
 
 def test_error_corpus_reaches_every_check():
     # Every check of rbnn.format.checks fails on some file of the corpus (so the parity
-    # tests below compare every message), and valid files of both versions are in it.
+    # tests below compare every message), and valid files of every version are in it.
     seen, versions = set(), set()
     for data in error_corpus():
         try:

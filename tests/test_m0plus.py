@@ -273,8 +273,8 @@ def test_core_matches_twin(m0, rng):
 
 
 def test_core_conv_matches_twin(m0, rng):
-    """Version 3 models cross-built (the one-patch conv path of microcontrollers, the
-    one-word rows without the kernel): conv stacks with and without the pool, channels
+    """Version 3 models cross-built (the one-patch conv path of microcontrollers; one-word
+    patches, 9 and 25 bits, finished channel by channel without the kernel): conv stacks with and without the pool, channels
     off multiples of 32 and one of 32 (the word-aligned gather), input modes 0 and 1 over
     several planes; weights in flash, rbnn_ram_bytes = Model.ram_bytes."""
     models = [
@@ -285,6 +285,8 @@ def test_core_conv_matches_twin(m0, rng):
                           plane_mask=0x90, input_mode=1),
         random_conv_model(rng, in_shape=(8, 8, 1), layers=[Layer.conv(40, 5, 2, pool=True), Layer(10)],
                           plane_mask=0x80, input_mode=0),
+        random_conv_model(rng, in_shape=(6, 4, 1), layers=[Layer.conv(33, 3, 1, pool=True), Layer.conv(8, 3, 1),
+                                                          Layer(3)], plane_mask=0x01, input_mode=1),
     ]  # fmt: skip
     for model in models:
         data = pack.to_bytes(model)

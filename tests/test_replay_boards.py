@@ -122,17 +122,18 @@ def board_run(board, engine: str, model: bytes, chunk: int = 100) -> tuple[bytes
     return b"".join(base64.b64decode(ln[4:]) for ln in out if ln.startswith("B64 ")), hits[0]
 
 
-def load_fallback(board, tmp_path) -> str:
-    """The fallback's modules (.mpy) on the board through tests/test_fallback_train.py's
-    RAM file system; returns the engine it picks (viper where the build has it)."""
+def load_fallback(board, tmp_path, mods: tuple[str, ...] = ("rbnn_py", "rbnn_pytrain")) -> str:
+    """The fallback's modules ``mods`` (.mpy) on the board through
+    tests/test_fallback_train.py's RAM file system, imported; returns the engine it
+    picks (viper where the build has it)."""
     from test_fallback_train import RAMFS, mpy_compiled
 
-    lib = mpy_compiled(tmp_path, ("rbnn_py", "rbnn_pytrain"))
+    lib = mpy_compiled(tmp_path, mods)
     board.exec(RAMFS)
-    for mod in ("rbnn_py", "rbnn_pytrain"):
+    for mod in mods:
         board.put("_b_", (lib / f"{mod}.mpy").read_bytes())
         board.exec(f"_fw['{mod}.mpy'] = bytes(_b_)\ndel _b_")
-    board.exec("vfs.mount(_RamFS(_fw), '/fw')\nsys.path.append('/fw')\nimport rbnn_py, rbnn_pytrain\n_fw.clear()")
+    board.exec(f"vfs.mount(_RamFS(_fw), '/fw')\nsys.path.append('/fw')\nimport {', '.join(mods)}\n_fw.clear()")
     return board.exec("print(rbnn_py.engine)").strip()
 
 

@@ -205,13 +205,13 @@ static mp_obj_t rbnn_model_info(mp_obj_t self_in) {
     const rbnn_model_t *m = &self->m;
     mp_obj_t layers = mp_obj_new_list(0, NULL);
     mp_obj_list_append(layers, MP_OBJ_NEW_SMALL_INT(m->n_inputs));
-    /* 1-bit weights of one block, padding excluded. */
-    uint32_t n_in = m->n_inputs;
+    /* 1-bit weights of one block, padding excluded: in[l] (a conv row: k*k*C) per row
+     * segment (input mode 1: K segments in layer 0) and output. */
     uint32_t weights = 0;
     for (uint32_t l = 0; l < m->n_layers; l++) {
         mp_obj_list_append(layers, MP_OBJ_NEW_SMALL_INT(m->sizes[l]));
-        weights += n_in * m->sizes[l];
-        n_in = m->sizes[l];
+        uint32_t segments = (l == 0 && m->input_mode == RBNN_INPUT_PER_PLANE) ? m->k_planes : 1;
+        weights += m->layer_in[l] * segments * m->sizes[l];
     }
     mp_obj_t d = mp_obj_new_dict(13);
     dict_set(d, MP_QSTR_engine, MP_OBJ_NEW_QSTR(MP_QSTR_c));
@@ -226,9 +226,9 @@ static mp_obj_t rbnn_model_info(mp_obj_t self_in) {
     dict_set(d, MP_QSTR_input_bytes, mp_obj_new_int_from_uint(4 * self->in_words));
     dict_set(d, MP_QSTR_max_blocks, MP_OBJ_NEW_SMALL_INT(m->max_blocks));
     dict_set(d, MP_QSTR_live, m->live == 0xFFu ? mp_const_none : MP_OBJ_NEW_SMALL_INT(m->live));
-    /* The step's scratch, as the first step allocates it; a version 1 file cannot train: 0. */
+    /* The step's scratch, as the first step allocates it; versions 1 and 3 cannot train: 0. */
     dict_set(d, MP_QSTR_train_ram,
-        mp_obj_new_int_from_uint(m->version >= 2 ? rbnn_train_scratch_bytes(m) : 0));
+        mp_obj_new_int_from_uint(m->version == 2 ? rbnn_train_scratch_bytes(m) : 0));
     return d;
 }
 static MP_DEFINE_CONST_FUN_OBJ_1(rbnn_model_info_obj, rbnn_model_info);
@@ -275,6 +275,12 @@ static void rbnn_check_trainable(rbnn_model_obj_t *self) {
     rbnn_check_version(self);
     if (!self->writable) {
         mp_raise_ValueError(MP_ERROR_TEXT("rbnn: the model's buffer is read-only: load it from a path or a bytearray to train"));
+    }
+    if (self->m.version >= RBNN_VERSION_V3) { /* docs/FORMAT.md, Training a version 3 model */
+        /* the twin's words (rbnn.learn.step.UNTRAINABLE) */
+        mp_raise_ValueError(MP_ERROR_TEXT("rbnn: E_FULL: a model with conv layers or input mode 1 (format version 3) "
+            "is not trained by the integer step: it has no live block and may not open one (docs/FORMAT.md, "
+            "Training a version 3 model)"));
     }
 }
 
