@@ -28,8 +28,9 @@ def _block_scores(m: Model, b: int, xbits: np.ndarray) -> np.ndarray:
     a = None
     for layer, n_in in enumerate(m.layer_inputs):
         w = m.layer_words(sign, layer)
-        if layer == 0:
-            s = sum((_dot(w, xbits[:, k, :], n_in) << sh) for k, sh in enumerate(shifts))
+        if layer == 0:  # input mode 1: one row segment per kept plane (docs/FORMAT.md)
+            seg = w.reshape(len(w), -1, words(n_in)) if m.input_mode else w[:, None, :]
+            s = sum((_dot(seg[:, k % seg.shape[1]], xbits[:, k, :], n_in) << sh) for k, sh in enumerate(shifts))
         else:
             s = _dot(w, a, n_in)
         if layer < m.n_layers - 1:

@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..format.model import INPUT_PER_PLANE, INPUT_SHARED, Model, input_values, kept_planes, plane_shifts
+from ..format.model import (
+    INPUT_PER_PLANE,
+    INPUT_SHARED,
+    Model,
+    input_values,
+    kept_planes,
+    plane_shifts,
+)
 from . import fold
 
 if TYPE_CHECKING:
