@@ -35,22 +35,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr-final", type=float, default=DEFAULTS["lr_final"],
                    help="fine-tuning learning rate at the end of each round (default %(default)s)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the fine-tuning (default %(default)s)")
+    p.add_argument("--no-augment", action="store_true",
+                   help="fine-tune without augmentation (default: augment where the training did, with its "
+                        "shift, rotation and zoom)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-round lines")
     p.set_defaults(func=run)
 
 
 def _config(state, args: argparse.Namespace):
-    """The fine-tuning run: the recorded training options, new epochs and learning rates,
-    no augmentation (rounds are short), the best epoch kept."""
+    """The fine-tuning run: the recorded training options (augmentation where the training
+    augmented, unless --no-augment), new epochs and learning rates, the best epoch kept."""
     from ..train import TrainConfig, TrainError
 
     c = state.config
+    aug = bool(c.get("augmented")) and not args.no_augment
     try:
+        jitter = {k: float(c.get(k, 0.0)) if aug else 0.0 for k in ("shift", "rotate", "zoom")}
         cfg = TrainConfig(hidden=list(c["hidden"]), plane_mask=state.net.plane_mask, epochs=args.epochs,
                           batch=int(c.get("batch", 100)), lr=args.lr, lr_final=args.lr_final, loss=c.get("loss", "ce"),
                           lr_scale=c.get("lr_scale", "none"), dropout=float(c.get("dropout", 0.0)),
-                          momentum=float(c.get("momentum", 0.1)), eps=state.net.eps, shift=0.0, rotate=0.0, zoom=0.0,
-                          augment="off", threads=int(c.get("threads", 1)), input_mode=state.net.input_mode)  # fmt: skip
+                          momentum=float(c.get("momentum", 0.1)), eps=state.net.eps, **jitter,
+                          augment="on" if aug else "off", threads=int(c.get("threads", 1)), input_mode=state.net.input_mode)  # fmt: skip
     except (KeyError, TypeError, ValueError) as e:
         raise TrainError(f"the float state's training options are incomplete ({e})") from None
     if not (0 < cfg.lr < float("inf") and 0 < cfg.lr_final < float("inf")):
@@ -90,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     engine, _, why = host_engine(m)
     print(sp.what)
     print(f"accuracy engine: {engine}" + (f" ({why})" if why else ""))
+    jitter = f"shift {cfg.shift:g}, rotate {cfg.rotate:g}, zoom {cfg.zoom:g}" if cfg.shift or cfg.rotate or cfg.zoom else "off"
+    print(f"fine-tuning: {cfg.epochs} epochs a round, lr {cfg.lr:g} -> {cfg.lr_final:g}, augmentation {jitter}")
 
     def log(line: str) -> None:
         if not args.quiet:

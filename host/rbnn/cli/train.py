@@ -239,7 +239,8 @@ def run(args: argparse.Namespace) -> int:
     if "float state" in sides:
         from ..train.state import FloatState, save_state
 
-        st = FloatState(res.net, config_dict(res.config), res.split["val"], len(x_all))
+        cfg_rec = {**config_dict(res.config), "augmented": res.augmentation["augment"] == "on"}  # for rbnn prune
+        st = FloatState(res.net, cfg_rec, res.split["val"], len(x_all))
         write_atomic(sides["float state"], lambda f: save_state(f, st))
     if "curves" in sides:
         from ..train.plots import plot_history
