@@ -157,6 +157,7 @@ def test_prune_removes_planes_within_the_drop(trained, tmp_path, capsys):
     row = {ln.split("  ")[0]: ln.split() for ln in text.splitlines()}
     start, end = float(row["validation accuracy"][2]), float(row["validation accuracy"][4])
     assert start - end <= 3.0
+    assert "augmentation off" in text
     assert row["first-layer bytes"][-1] == f"{before.k_planes / after.k_planes:.2f}x"
     st = load_state(tmp_path / "p.float.npz")  # its float state: prune it again
     assert np.array_equal(st.net.fold().arena, after.arena)
@@ -216,3 +217,20 @@ def test_shared_weight_model_is_refused(tmp_path, capsys, trained):
         assert main([*cmd, "--data", str(trained / "tiny.npz")]) == 2
         assert "input mode 1" in capsys.readouterr().err
     assert not (tmp_path / "p.rbnn").exists()
+
+
+def test_fine_tuning_augments_where_the_training_did(trained):
+    """The float state records whether the run augmented; prune's fine-tuning follows it
+    unless --no-augment."""
+    from argparse import Namespace
+
+    from rbnn.cli.prune import _config
+
+    st = load_state(trained / "m.float.npz")
+    assert st.config["augmented"] is False  # trained with --augment off
+    args = Namespace(epochs=1, lr=1e-3, lr_final=1e-4, no_augment=False)
+    assert (_config(st, args).shift, _config(st, args).rotate) == (0.0, 0.0)
+    st.config["augmented"] = True
+    assert (_config(st, args).shift, _config(st, args).rotate) == (st.config["shift"], st.config["rotate"]) != (0, 0)
+    args.no_augment = True
+    assert _config(st, args).shift == 0.0
