@@ -360,7 +360,7 @@ def crafted_cases(data: bytes) -> list[tuple[str, bytes, str, int]]:
         ("magic", b"RBNX" + data[4:], "E_MAGIC", 0),
         ("magic lower case", b"rbnn" + data[4:], "E_MAGIC", 0),
         ("version 0", put(data, 4, "H", 0), "E_VERSION", 4),
-        ("version 3", put(data, 4, "H", 3), "E_VERSION", 4),
+        ("version 4", put(data, 4, "H", 4), "E_VERSION", 4),
         ("flags", put(data, 6, "H", 0x8000), "E_FLAGS", 6),
         ("version before flags", put(put(data, 6, "H", 1), 4, "H", 9), "E_VERSION", 4),
         ("layer table pad", put(data, hb + 6, "B", 1), "E_FLAGS", hb + 6),

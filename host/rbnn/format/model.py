@@ -122,7 +122,10 @@ def geometry(
     """Per-layer shapes; ModelError when they do not chain (the reader's checks give the
     file's offsets, docs/FORMAT.md: New checks)."""
     out: list[Geometry] = []
-    shape = tuple(in_shape) if in_shape is not None else None
+    shape = tuple(int(v) for v in in_shape) if in_shape is not None else None
+    if shape is not None and (len(shape) != 3 or min(shape) < 1 or shape[0] * shape[1] * shape[2] != n_inputs):
+        raise ModelError(f"in_shape {shape} must be (in_h, in_w, in_c), each >= 1, with in_h * in_w * in_c = "
+                         f"n_inputs ({n_inputs})")  # fmt: skip
     bits = n_inputs
     seen_dense = False
     for i, ly in enumerate(layers):
