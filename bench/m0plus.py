@@ -1,4 +1,5 @@
-"""Cortex-M0+ cycles of the XOR-popcount kernels and of one 784-256-256-10 inference.
+"""Cortex-M0+ cycles of the XOR-popcount kernels, of one 784-256-256-10 inference and of
+one binary CNN inference (issue 9: 28x28x1, conv3x3 32 + pool, conv3x3 64 + pool, 128, 10).
 
 The C core (cmodules/rbnn) and the kernel variants (bench/m0plus/variants.c) are
 cross-built with gcc-arm-none-eabi for -mcpu=cortex-m0plus and run in the
@@ -26,6 +27,7 @@ from rbnn.format.bits import words  # noqa: E402
 from rbnn.format.model import pack_input  # noqa: E402
 from support import m0build  # noqa: E402
 from support.m0sim import M0Plus  # noqa: E402
+from support.randconv import mnist_cnn  # noqa: E402
 from support.randmodel import random_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,6 +116,40 @@ def core_inference(opt: str, m: M0Plus, model, data: bytes, xbits: np.ndarray, w
     return {"init": init, "runs": runs}
 
 
+def cnn_inference(builds: dict, rng: np.random.Generator, samples: int) -> None:
+    """The CNN of issue 9 with random weights (cycles do not depend on them), MSB plane,
+    in eBNN order through rbnn_infer: cycles per image, scores checked against the twin."""
+    model = mnist_cnn(rng)
+    data = pack.to_bytes(model)
+    x = rng.integers(0, 256, (samples, 784), dtype=np.uint8)
+    xbits = pack_input(x, 0x80)
+    want = twin.scores(model, xbits)
+    ram = sum(model.ram_bytes().values())
+    print(f"one binary CNN inference (28x28x1, conv3x3 32 same + 2x2 pool, conv3x3 64 same + 2x2 pool, "
+          f"dense 128, dense 10; MSB plane; random weights), {len(data):,}-byte model read in place, "
+          f"{ram:,} bytes of working RAM, {samples} random inputs")  # fmt: skip
+    print(f"  {'build':6}{'cycles':>12}{'instr.':>12}{'ms@125MHz':>11}{'in kernel':>11}  scores = twin")
+    for opt, (m, _) in builds.items():
+        m.free_all()
+        addr = m.alloc(data, region="flash")
+        state = m.alloc(256)
+        _check(m.call("rbnn_model_init", state, addr, len(data)).signed == 0, "CNN: rbnn_model_init failed")
+        ram_c = m.call("rbnn_ram_bytes", state).result
+        _check(ram_c == ram, f"CNN: rbnn_ram_bytes {ram_c} != {ram}")
+        scratch = m.alloc(4 * m.call("rbnn_scratch_words", state).result)
+        scores = m.alloc(4 * 10)
+        runs = []
+        for i in range(samples):
+            r = m.call("rbnn_infer", state, m.alloc(xbits[i].tobytes()), scratch, scores, max_instructions=10**9)
+            got = np.frombuffer(m.read(scores, 40), "<i4")
+            _check(np.array_equal(got, want[i]), f"{opt}: CNN scores differ from the twin on sample {i}")
+            runs.append(r)
+        cyc = max(r.cycles for r in runs)
+        kern = sum(runs[0].profile.get(f, 0) for f in KERNEL_FUNCS)
+        print(f"  {opt:6}{cyc:12,}{max(r.instructions for r in runs):12,}{cyc / (MHZ * 1000):11.2f}"
+              f"{kern / runs[0].cycles:11.1%}  yes ({samples} inputs)")  # fmt: skip
+
+
 def _check(ok: bool, what: str) -> None:
     if not ok:
         print(f"FAILED: {what}", file=sys.stderr)
@@ -165,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     verdict = "met" if best <= TARGET else "NOT met"
     print(f"  target <= {TARGET:,} cycles: {verdict} ({best:,}); "
           f"{best / FLOOR:.2f}x the ~{FLOOR:,} floor of DESIGN section 2")  # fmt: skip
+    print()
+    cnn_inference({opt: b for opt, b in builds.items()}, rng, min(args.samples, 2))
     return 0
 
 

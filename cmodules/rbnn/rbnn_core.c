@@ -902,6 +902,14 @@ typedef struct {
     uint32_t n_in, nw, n_k, seg, n_out;
 } layer_t;
 
+/* popcount of one word (SWAR; a multiply gathers the bytes: one cycle on a Cortex-M0+) */
+static uint32_t pop32(uint32_t v) {
+    v = v - ((v >> 1) & 0x55555555u);
+    v = (v & 0x33333333u) + ((v >> 2) & 0x33333333u);
+    v = (v + (v >> 4)) & 0x0F0F0F0Fu;
+    return (v * 0x01010101u) >> 24;
+}
+
 /* Input mode 1's first layer: row r has one segment per plane. */
 static void seg_sums(const layer_t *L, const uint32_t *w, const uint32_t *in, uint32_t cnt,
     int32_t *s) {
@@ -919,6 +927,30 @@ static void seg_sums(const layer_t *L, const uint32_t *w, const uint32_t *in, ui
 /* Sums of `cnt` (<= GROUP) rows from w against `in`. */
 static void layer_sums(const layer_t *L, const uint32_t *w, const uint32_t *in, uint32_t cnt,
     int32_t *s) {
+    if (L->nw == 1u && L->n_k == 1u) { /* one-word rows (a small first conv layer): no
+                                          kernel call, whose per-row set-up would dominate */
+        uint32_t r, x = in[0];
+        for (r = 0; r < cnt; r++) {
+            s[r] = (int32_t)L->n_in - 2 * (int32_t)pop32(w[r] ^ x);
+        }
+    } else if (L->seg == 1u) {
+        rbnn_group_sums(w, in, L->nw, cnt, (int32_t)L->n_in, L->weight, L->n_k, s);
+    } else {
+        seg_sums(L, w, in, cnt, s);
+    }
+}
+
+/* Each layer kind in a function of its own: inlined into one, their loops share too few
+ * registers on a Cortex-M0+ (spills cost the dense path 2 %). */
+#if defined(__GNUC__)
+#define NOINLINE __attribute__((noinline))
+#else
+#define NOINLINE
+#endif
+
+/* A dense layer's sums: the kernel on rows of one segment, as in versions 1 and 2. */
+static void dense_sums(const layer_t *L, const uint32_t *w, const uint32_t *in, uint32_t cnt,
+    int32_t *s) {
     if (L->seg == 1u) {
         rbnn_group_sums(w, in, L->nw, cnt, (int32_t)L->n_in, L->weight, L->n_k, s);
     } else {
@@ -926,14 +958,50 @@ static void layer_sums(const layer_t *L, const uint32_t *w, const uint32_t *in, 
     }
 }
 
+/* A hidden dense layer: its bits, 32 at a time, into out. */
+NOINLINE static void dense_hidden(const layer_t *L, const uint32_t *in, const int32_t *thr,
+    const uint32_t *flip, uint32_t *out) {
+    const uint32_t *w = L->w;
+    uint32_t n_out = L->n_out, row = L->seg * L->nw, j, r;
+    int32_t s[GROUP];
+    for (j = 0; j < n_out; j += GROUP) {
+        uint32_t cnt = n_out - j < GROUP ? n_out - j : GROUP, word = 0;
+        dense_sums(L, w, in, cnt, s);
+        w += cnt * row;
+        for (r = 0; r < cnt; r++) {
+            word |= (uint32_t)(s[r] >= thr[j + r]) << r;
+        }
+        out[j >> 5] = word ^ flip[j >> 5]; /* flip padding is 0: padding stays 0 */
+    }
+}
+
+/* The output layer: scale * s + offset added to the scores. */
+NOINLINE static void dense_output(const layer_t *L, const uint32_t *in, const int32_t *scale,
+    const int32_t *offset, int32_t *scores) {
+    const uint32_t *w = L->w;
+    uint32_t n_out = L->n_out, row = L->seg * L->nw, j, r;
+    int32_t s[GROUP];
+    for (j = 0; j < n_out; j += GROUP) {
+        uint32_t cnt = n_out - j < GROUP ? n_out - j : GROUP;
+        dense_sums(L, w, in, cnt, s);
+        w += cnt * row;
+        for (r = 0; r < cnt; r++) {
+            /* E_RANGE at load guarantees neither step leaves int32. */
+            scores[j + r] += scale[j + r] * s[r] + offset[j + r];
+        }
+    }
+}
+
 /* n bits of src from bit sb ORed into dst from bit db (those bits of dst are 0), a word at
- * a time: whole words when both sides are word-aligned (C a multiple of 32). */
-static void copy_bits(uint32_t *dst, uint32_t db, const uint32_t *src, uint32_t sb, uint32_t n) {
+ * a time; word i of dst is dst[i * st] (st 1, or RBNN_TILE into interleaved patches).
+ * Whole words when both sides are word-aligned (C a multiple of 32). */
+static void copy_bits(uint32_t *dst, uint32_t st, uint32_t db, const uint32_t *src, uint32_t sb,
+    uint32_t n) {
     if (((sb | db) & 31u) == 0u) {
-        uint32_t *d = dst + (db >> 5);
+        uint32_t *d = dst + (db >> 5) * st;
         const uint32_t *p = src + (sb >> 5);
-        for (; n >= 32u; n -= 32u) {
-            *d++ = *p++;
+        for (; n >= 32u; n -= 32u, d += st) {
+            *d = *p++;
         }
         if (n != 0u) {
             *d |= *p & ((1u << n) - 1u);
@@ -949,9 +1017,9 @@ static void copy_bits(uint32_t *dst, uint32_t db, const uint32_t *src, uint32_t 
         if (take < 32u) {
             v &= (1u << take) - 1u;
         }
-        dst[db >> 5] |= v << dof;
+        dst[(db >> 5) * st] |= v << dof;
         if (dof != 0u && dof + take > 32u) {
-            dst[(db >> 5) + 1u] |= v >> (32u - dof);
+            dst[((db >> 5) + 1u) * st] |= v >> (32u - dof);
         }
         sb += take;
         db += take;
@@ -965,21 +1033,19 @@ typedef struct {
 } conv_t;
 
 /* The patch of conv position (y, x) from map a (docs/FORMAT.md, Semantics of the new
- * layers): per kernel row, one run of (columns inside the map) * C bits copied from the
- * (y, x, c) bit vector; padded positions stay 0. */
+ * layers) into a zeroed patch (word i at patch[i * st]): per kernel row, one run of
+ * (columns inside the map) * C bits copied from the (y, x, c) bit vector; padded
+ * positions stay 0. */
 static void gather(const conv_t *cv, const uint32_t *a, uint32_t y, uint32_t x, uint32_t *patch,
-    uint32_t nw) {
-    uint32_t i, ky, k = cv->k, p = cv->p;
+    uint32_t st) {
+    uint32_t ky, k = cv->k, p = cv->p;
     uint32_t kx0 = x < p ? p - x : 0u, kx1 = x + k - p > cv->w ? cv->w + p - x : k;
-    for (i = 0; i < nw; i++) {
-        patch[i] = 0;
-    }
     for (ky = 0; ky < k; ky++) {
         uint32_t yy = y + ky; /* map row yy - p */
         if (yy < p || yy - p >= cv->h) {
             continue;
         }
-        copy_bits(patch, (ky * k + kx0) * cv->c, a, ((yy - p) * cv->w + x + kx0 - p) * cv->c,
+        copy_bits(patch, st, (ky * k + kx0) * cv->c, a, ((yy - p) * cv->w + x + kx0 - p) * cv->c,
             (kx1 - kx0) * cv->c);
     }
 }
@@ -996,7 +1062,7 @@ static void gather(const conv_t *cv, const uint32_t *a, uint32_t y, uint32_t x, 
  * each of its 1 or 4 conv positions against every output channel, the max of the sums
  * (min where the channel's flip is set), one compare; the output map's bits go to out
  * (zeroed first). `in` holds n_k planes of in_words words; patch, n_k * nw words. */
-static void conv_layer(const layer_t *L, const conv_t *cv, uint32_t pool, const uint32_t *in,
+NOINLINE static void conv_layer(const layer_t *L, const conv_t *cv, uint32_t pool, const uint32_t *in,
     uint32_t in_words, const int32_t *thr, const uint32_t *flip, uint32_t *out, uint32_t *patch) {
     uint32_t div = pool == RBNN_POOL_2X2 ? 2u : 1u, nq = div * div;
     uint32_t ho = (cv->h + 2u * cv->p - cv->k + 1u) / div, wo = (cv->w + 2u * cv->p - cv->k + 1u) / div;
@@ -1012,34 +1078,140 @@ static void conv_layer(const layer_t *L, const conv_t *cv, uint32_t pool, const 
                 uint32_t chunk = n_out - j0 < CONV_CHUNK ? n_out - j0 : CONV_CHUNK;
                 for (q = 0; q < nq; q++) {
                     if (nq > 1u || j0 == 0u) { /* without a pool the patch stays */
+                        for (kk = 0; kk < L->n_k * L->nw; kk++) {
+                            patch[kk] = 0;
+                        }
                         for (kk = 0; kk < L->n_k; kk++) {
                             gather(cv, in + kk * in_words, oy * div + (q >> 1), ox * div + (q & 1u),
-                                patch + kk * L->nw, L->nw);
+                                patch + kk * L->nw, 1u);
                         }
                     }
+                    /* best = max of s, or of -s where the flip is set (the min, negated:
+                     * |s| <= smax < 2^31, so no negation overflows) */
                     for (g = 0; g < chunk; g += GROUP) {
-                        uint32_t cnt = chunk - g < GROUP ? chunk - g : GROUP;
+                        uint32_t cnt = chunk - g < GROUP ? chunk - g : GROUP, flw = flip[(j0 + g) >> 5];
+                        int32_t *bp = best + g;
                         layer_sums(L, L->w + (j0 + g) * row, patch, cnt, s);
                         for (r = 0; r < cnt; r++) {
-                            uint32_t j = j0 + g + r, fl = flip[j >> 5] >> (j & 31u) & 1u;
-                            if (q == 0u || (fl ? s[r] < best[g + r] : s[r] > best[g + r])) {
-                                best[g + r] = s[r];
+                            int32_t neg = -(int32_t)(flw >> r & 1u), v = (s[r] ^ neg) - neg;
+                            if (q == 0u || v > bp[r]) {
+                                bp[r] = v;
                             }
                         }
                     }
                 }
-                for (g = 0; g < chunk; g += 32u) {
-                    uint32_t cnt = chunk - g < 32u ? chunk - g : 32u, word = 0;
+                for (g = 0; g < chunk; g += GROUP) {
+                    uint32_t cnt = chunk - g < GROUP ? chunk - g : GROUP, flw = flip[(j0 + g) >> 5], word = 0;
+                    const int32_t *th = thr + j0 + g;
                     for (r = 0; r < cnt; r++) {
-                        uint32_t j = j0 + g + r, fl = flip[j >> 5] >> (j & 31u) & 1u;
-                        word |= ((uint32_t)(best[g + r] >= thr[j]) ^ fl) << r;
+                        /* max >= t; with a flip, (min >= t) XOR 1 = min < t */
+                        uint32_t bit1 = flw >> r & 1u ? (uint32_t)(-best[g + r] < th[r]) : (uint32_t)(best[g + r] >= th[r]);
+                        word |= bit1 << r;
                     }
-                    copy_bits(out, bit + j0 + g, &word, 0, cnt);
+                    copy_bits(out, 1u, bit + j0 + g, &word, 0, cnt);
                 }
             }
         }
     }
 }
+
+#if RBNN_TILE > 1
+/* Hosts: conv positions RBNN_TILE at a time. The patches of RBNN_TILE consecutive conv
+ * positions (pooled outputs in raster order, each with its 1 or 4 conv positions) are
+ * interleaved word by word (rbnn_xorpop_lanes), so each weight word is loaded once for
+ * all of them and no popcount needs a horizontal sum; the same integers as conv_layer.
+ * A layer whose interleaved patches do not fit CONV_TILE_WORDS runs conv_layer. */
+#define CONV_TILE_WORDS 4096u
+
+static void conv_layer_tiled(const layer_t *L, const conv_t *cv, uint32_t pool, const uint32_t *in,
+    uint32_t in_words, const int32_t *thr, const uint32_t *flip, uint32_t *out) {
+    uint32_t xt[CONV_TILE_WORDS], pc[GROUP * RBNN_TILE], words[RBNN_TILE];
+    int32_t s[GROUP * RBNN_TILE]; /* s[r * RBNN_TILE + lane], as pc */
+    uint32_t div = pool == RBNN_POOL_2X2 ? 2u : 1u, nq = div * div, no = RBNN_TILE / nq;
+    uint32_t ho = (cv->h + 2u * cv->p - cv->k + 1u) / div, wo = (cv->w + 2u * cv->p - cv->k + 1u) / div;
+    uint32_t row = L->seg * L->nw, n_out = L->n_out, nw = L->nw, n_k = L->n_k, n_o = ho * wo;
+    uint32_t o0, t, i, kk, j, r, q;
+    int32_t n = (int32_t)L->n_in;
+    for (i = 0; i < words_of(n_o * n_out); i++) {
+        out[i] = 0;
+    }
+    /* lane q * no + o: conv position q of pooled output o0 + o (the four of one output
+     * are no lanes apart, so the pool is a max over whole rows of lanes) */
+    for (o0 = 0; o0 < n_o; o0 += no) {
+        uint32_t nt = n_o - o0 < no ? n_o - o0 : no;
+        for (i = 0; i < n_k * nw * RBNN_TILE; i++) { /* idle lanes stay 0 */
+            xt[i] = 0;
+        }
+        for (t = 0; t < nt; t++) {
+            uint32_t oy = (o0 + t) / wo, ox = (o0 + t) - oy * wo;
+            for (q = 0; q < nq; q++) {
+                for (kk = 0; kk < n_k; kk++) {
+                    gather(cv, in + kk * in_words, oy * div + (q >> 1), ox * div + (q & 1u),
+                        xt + kk * nw * RBNN_TILE + q * no + t, RBNN_TILE);
+                }
+            }
+        }
+        for (j = 0; j < n_out; j += GROUP) {
+            uint32_t cnt = n_out - j < GROUP ? n_out - j : GROUP;
+            for (kk = 0; kk < n_k; kk++) {
+                const uint32_t *xk = xt + kk * nw * RBNN_TILE;
+                int32_t wk = L->weight[kk];
+                if (L->seg == 1u) {
+                    rbnn_xorpop_lanes(L->w + j * row, xk, nw, cnt, pc);
+                } else { /* input mode 1: row r's segment kk */
+                    for (r = 0; r < cnt; r++) {
+                        rbnn_xorpop_lanes(L->w + (j + r) * row + kk * nw, xk, nw, 1, pc + r * RBNN_TILE);
+                    }
+                }
+                if (kk == 0u) {
+                    for (i = 0; i < cnt * RBNN_TILE; i++) {
+                        s[i] = wk * (n - 2 * (int32_t)pc[i]);
+                    }
+                } else {
+                    for (i = 0; i < cnt * RBNN_TILE; i++) {
+                        s[i] += wk * (n - 2 * (int32_t)pc[i]);
+                    }
+                }
+            }
+            for (t = 0; t < RBNN_TILE; t++) {
+                words[t] = 0;
+            }
+            if (nq == 1u) {
+                for (r = 0; r < cnt; r++) {
+                    const int32_t *sr = s + r * RBNN_TILE;
+                    uint32_t fl = flip[(j + r) >> 5] >> ((j + r) & 31u) & 1u;
+                    int32_t th = thr[j + r];
+                    for (t = 0; t < RBNN_TILE; t++) {
+                        words[t] |= ((uint32_t)(sr[t] >= th) ^ fl) << r;
+                    }
+                }
+            } else {
+                for (r = 0; r < cnt; r++) {
+                    const int32_t *sr = s + r * RBNN_TILE;
+                    uint32_t fl = 0u - (flip[(j + r) >> 5] >> ((j + r) & 31u) & 1u);
+                    int32_t th = thr[j + r], hi[4], lo[4];
+                    for (t = 0; t < 4u; t++) { /* branch-free, so that it vectorises */
+                        int32_t a = sr[t] > sr[t + 4u] ? sr[t] : sr[t + 4u];
+                        int32_t b = sr[t + 8u] > sr[t + 12u] ? sr[t + 8u] : sr[t + 12u];
+                        int32_t c = sr[t] < sr[t + 4u] ? sr[t] : sr[t + 4u];
+                        int32_t d = sr[t + 8u] < sr[t + 12u] ? sr[t + 8u] : sr[t + 12u];
+                        hi[t] = a > b ? a : b;
+                        lo[t] = c < d ? c : d;
+                    }
+                    for (t = 0; t < 4u; t++) {
+                        /* max >= t without a flip; with one, (min >= t) XOR 1 */
+                        uint32_t bit = ((uint32_t)(hi[t] >= th) & ~fl) | ((uint32_t)(lo[t] < th) & fl);
+                        words[t] |= bit << r;
+                    }
+                }
+            }
+            for (t = 0; t < nt; t++) {
+                copy_bits(out, 1u, (o0 + t) * n_out + j, &words[t], 0, cnt);
+            }
+        }
+    }
+}
+#endif
 
 /* Scores of one block added to `scores`, in eBNN order: hidden sums are thresholded into
  * bits as soon as a group of 32 is known (never a full-precision feature map); layers
@@ -1055,8 +1227,8 @@ static void run_block(const rbnn_model_t *m, uint32_t blk, const uint32_t *x,
     const uint8_t *params = b + m->params_offset + blk * m->block_params_bytes;
     uint32_t *patch = scratch + 2u * m->act_words;
     conv_t cv;
-    uint32_t layer, j, r;
-    int32_t weight[8], s[GROUP];
+    uint32_t layer;
+    int32_t weight[8];
     const uint32_t *in = x;
 
     rbnn_plane_weights(m, weight);
@@ -1083,33 +1255,26 @@ static void run_block(const rbnn_model_t *m, uint32_t blk, const uint32_t *x,
                 uint32_t div = m->pools[layer] == RBNN_POOL_2X2 ? 2u : 1u;
                 cv.k = m->kernels[layer];
                 cv.p = m->pads[layer];
-                conv_layer(&L, &cv, m->pools[layer], in, words_of(m->n_inputs), thr, flip, out, patch);
+#if RBNN_TILE > 1
+                if (RBNN_TILE * L.n_k * L.nw <= CONV_TILE_WORDS) {
+                    conv_layer_tiled(&L, &cv, m->pools[layer], in, words_of(m->n_inputs), thr, flip, out);
+                } else
+#endif
+                {
+                    conv_layer(&L, &cv, m->pools[layer], in, words_of(m->n_inputs), thr, flip, out, patch);
+                }
                 cv.h = (cv.h + 2u * cv.p - cv.k + 1u) / div;
                 cv.w = (cv.w + 2u * cv.p - cv.k + 1u) / div;
                 cv.c = n_out;
             } else {
-                for (j = 0; j < n_out; j += GROUP) {
-                    uint32_t cnt = n_out - j < GROUP ? n_out - j : GROUP, word = 0;
-                    layer_sums(&L, w + j * row, in, cnt, s);
-                    for (r = 0; r < cnt; r++) {
-                        word |= (uint32_t)(s[r] >= thr[j + r]) << r;
-                    }
-                    out[j >> 5] = word ^ flip[j >> 5]; /* flip padding is 0: padding stays 0 */
-                }
+                dense_hidden(&L, in, thr, flip, out);
             }
             params += 4u * n_out + 4u * words_of(n_out);
             in = out;
         } else {
             const int32_t *scale = (const int32_t *)(const void *)params;
             const int32_t *offset = scale + n_out;
-            for (j = 0; j < n_out; j += GROUP) {
-                uint32_t cnt = n_out - j < GROUP ? n_out - j : GROUP;
-                layer_sums(&L, w + j * row, in, cnt, s);
-                for (r = 0; r < cnt; r++) {
-                    /* E_RANGE at load guarantees neither step leaves int32. */
-                    scores[j + r] += scale[j + r] * s[r] + offset[j + r];
-                }
-            }
+            dense_output(&L, in, scale, offset, scores);
         }
         w += n_out * row;
     }

@@ -121,7 +121,8 @@ uint32_t rbnn_set_batch_tile(uint32_t t);
 #endif
 
 /* ---- training (rbnn_train.c): the integer step of docs/TRAINING.md, rule 1 ----------
- * Version 2 models only (RBNN_E_VERSION otherwise). `buf` is the buffer `m` was
+ * Version 2 models only: RBNN_E_VERSION for version 1, RBNN_E_FULL for version 3 (conv
+ * layers, input mode 1: never trained; docs/FORMAT.md), checked right after the model. `buf` is the buffer `m` was
  * validated on (m->buf; RBNN_E_ARG otherwise): it must be writable, and the core changes
  * the live block's planes and parameters, the block table, the header's n_blocks and the
  * training state in place, inside the file's bytes, and keeps `m` in step (n_blocks,

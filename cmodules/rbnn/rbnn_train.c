@@ -166,10 +166,9 @@ static uint32_t free_planes(const rbnn_model_t *m, uint8_t *b, uint32_t owned[8]
     return n_free;
 }
 
-/* A version 3 model may not open a block (docs/FORMAT.md, Training a version 3 model). */
 static int can_open(const rbnn_model_t *m, uint8_t *b) {
     uint32_t owned[8];
-    return m->version < RBNN_VERSION_V3 && m->live == NO_LIVE && m->n_blocks < m->max_blocks
+    return m->live == NO_LIVE && m->n_blocks < m->max_blocks
            && free_planes(m, b, owned) >= b[m->train_offset + T_BITS];
 }
 
@@ -546,7 +545,11 @@ static int check_model(const rbnn_model_t *m, const void *buf) {
     if (m == NULL || m->buf == NULL || buf == NULL || (const uint8_t *)buf != m->buf) {
         return RBNN_E_ARG;
     }
-    return m->version >= 2u ? RBNN_OK : RBNN_E_VERSION;
+    if (m->version < 2u) {
+        return RBNN_E_VERSION;
+    }
+    /* a version 3 model is never trained (docs/FORMAT.md, Training a version 3 model) */
+    return m->version >= RBNN_VERSION_V3 ? RBNN_E_FULL : RBNN_OK;
 }
 
 static int check_scratch(const void *scratch) {

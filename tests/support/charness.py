@@ -21,11 +21,12 @@ SAN_ENV = {
 }
 
 
-def build(out: Path) -> Path:
+def build(out: Path, defines: tuple[str, ...] = ()) -> Path:
     """The harness and every source of the core (rbnn.engines.ccore.SOURCES), with ASan
-    and UBSan, at ``out``."""
-    cmd = [ccore.compiler(), *SAN, "-I", str(SRC), str(HARNESS), *(str(SRC / s) for s in ccore.SOURCES),
-           "-o", str(out)]  # fmt: skip
+    and UBSan, at ``out``; ``defines``: extra ``-D`` names (e.g. RBNN_NO_TILE, the
+    microcontrollers' one-patch conv path on a host)."""
+    cmd = [ccore.compiler(), *SAN, *(f"-D{d}" for d in defines), "-I", str(SRC), str(HARNESS),
+           *(str(SRC / s) for s in ccore.SOURCES), "-o", str(out)]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stderr}"
     return out

@@ -22,6 +22,7 @@ import numpy as np
 from .. import resources
 from ..errors import CODES, NAMES, FormatError, ModelError, RbnnError
 from ..format.bits import pad_mask, words
+from ..format.constants import VERSION_V3
 
 SOURCES = ("rbnn_core.c", "rbnn_kernel.c", "rbnn_train.c")
 HEADERS = ("rbnn_core.h", "rbnn_internal.h", "rbnn_kernel.h", "rbnn_spec.h")
@@ -516,6 +517,10 @@ class CTrainer:
 
     def _full_reason(self) -> str:
         """Why the step may open no block, in the twin's words (rbnn.learn.step.step)."""
+        if self._m.version >= VERSION_V3:
+            from ..learn.step import UNTRAINABLE
+
+            return UNTRAINABLE
         g, free, bits, slots = self._room()
         return f"no live block, and none may open (grow_left {g}, {free} free planes, bits {bits}, {slots} empty slots)"
 
@@ -577,7 +582,8 @@ class CTrainer:
             rc = self._lib.rbnn_train_batch(ctypes.byref(self._m), self._addr, x.ctypes.data, yu.ctypes.data,
                                             len(x), self._scratch.ctypes.data, preds.ctypes.data)  # fmt: skip
             if rc < 0:
-                i = int(np.flatnonzero(preds < 0)[0])
+                bad = np.flatnonzero(preds < 0)
+                i = int(bad[0]) if bad.size else 0  # refused before any step (a version 3 model)
                 err = self._fail(rc, int(y[i]), sample=i)
                 err.sample, err.preds = i, preds[:i]
                 raise err
@@ -589,6 +595,8 @@ class CTrainer:
         if rc == CODE_FULL:
             from ..learn.step import StepError
 
+            if self._m.version >= VERSION_V3:
+                raise StepError("E_FULL", self._full_reason())
             if self.live is not None:  # the twin's words (rbnn.learn.step.new_block)
                 raise StepError("E_FULL", "a live block exists; freeze it before opening another")
             _, free, bits, slots = self._room()
@@ -603,7 +611,7 @@ class CTrainer:
         if rc == CODE_FULL:
             from ..learn.step import StepError
 
-            raise StepError("E_FULL", "no live block to freeze")
+            raise StepError("E_FULL", self._full_reason() if self._m.version >= VERSION_V3 else "no live block to freeze")
         if rc < 0:
             raise self._fail(rc, 0)
 
