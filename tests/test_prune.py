@@ -161,6 +161,12 @@ def test_prune_removes_planes_within_the_drop(trained, tmp_path, capsys):
     assert row["first-layer bytes"][-1] == f"{before.k_planes / after.k_planes:.2f}x"
     st = load_state(tmp_path / "p.float.npz")  # its float state: prune it again
     assert np.array_equal(st.net.fold().arena, after.arena)
+    # the speed row comes from the C core, which runs the pruned model as the twin does
+    from rbnn.engines.ccore import CModel
+
+    xb = pack_input(np.load(trained / "test.npz")["x"], after.plane_mask)
+    assert np.array_equal(CModel(out.read_bytes()).scores(xb), twin.scores(after, xb))
+    assert row["host C inference (samples/s)"][-1].endswith("x")
 
 
 def test_prune_that_would_remove_every_plane_writes_nothing(trained, tmp_path, capsys):
