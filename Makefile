@@ -96,10 +96,12 @@ $(FASHION_DIR)/fashion-train.npz $(FASHION_DIR)/fashion-test.npz &: | venv
 
 # Issue 9, pruning: an all-8-plane per-plane-weights 784x8-256-256-10 MLP, then rbnn prune
 # --max-drop 1.0 (docs/TRAINING.md, Pruning input bit-planes). PRUNE_EPOCHS per training.
+# PRUNE_AUGMENT=on: train (and so fine-tune) MNIST with augmentation (docs/PRUNING.md: both runs).
 PRUNE_EPOCHS ?= 12
+PRUNE_AUGMENT ?= off
 prune-mnist: mnist
 	mkdir -p $(OUT)
-	$(RBNN) train --data mnist --per-plane --hidden 256,256 --epochs $(PRUNE_EPOCHS) --augment off --seed 1 -o $(OUT)/mnist8.rbnn
+	$(RBNN) train --data mnist --per-plane --hidden 256,256 --epochs $(PRUNE_EPOCHS) --augment $(PRUNE_AUGMENT) --seed 1 -o $(OUT)/mnist8.rbnn
 	$(RBNN) sensitivity $(OUT)/mnist8.rbnn --data mnist
 	$(RBNN) prune $(OUT)/mnist8.rbnn --data mnist --max-drop 1.0 -o $(OUT)/mnist8.pruned.rbnn
 
