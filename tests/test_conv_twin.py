@@ -12,7 +12,15 @@ import pytest
 
 from rbnn.engines import twin
 from rbnn.format import pack
-from rbnn.format.model import CONV, INPUT_PER_PLANE, INPUT_SHARED, POOL_2X2, Model, kept_planes
+from rbnn.format.model import (
+    CONV,
+    INPUT_PER_PLANE,
+    INPUT_SHARED,
+    POOL_2X2,
+    Model,
+    kept_planes,
+    pack_input,
+)
 from support.randconv import mnist_cnn, random_conv_model, random_inputs
 
 
@@ -206,12 +214,21 @@ def test_removal_rule_is_not_floor():
 
 # --- scale ---------------------------------------------------------------------------------
 def test_mnist_cnn_10000_images_chunked(rng):
-    # conv 32 + pool, conv 64 + pool, dense 128, 10 over 10,000 28x28 images: bounded
-    # temporaries (chunks of whole images), the same scores chunked as one by one.
+    # conv 32 + pool, conv 64 + pool, dense 128, 10 over 10,000 28x28 images: temporaries
+    # bounded by chunks of whole samples (unchunked, conv 1's counts alone would be 2 GB),
+    # and the same scores chunked as one by one and as the reference.
+    import tracemalloc
+
     m = mnist_cnn(rng, plane_mask=0x80)
     x = rng.integers(0, 256, (10_000, 784), dtype=np.uint8)
-    s = twin.scores_u8(m, x)
-    assert s.shape == (10_000, 10)
-    few = x[[0, 4_321, 9_999]]
-    assert np.array_equal(np.stack([twin.scores_u8(m, xi[None])[0] for xi in few]), s[[0, 4_321, 9_999]])
+    xb = pack_input(x, m.plane_mask)
+    tracemalloc.start()
+    try:
+        s = twin.scores(m, xb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert s.shape == (10_000, 10) and peak < 64 << 20, peak
+    few = [0, 4_321, 9_999]
+    assert np.array_equal(np.stack([twin.scores_u8(m, x[i][None])[0] for i in few]), s[few])
     assert np.array_equal(reference_scores(m, x[4_321]), s[4_321])

@@ -193,6 +193,7 @@ def test_v3_has_no_live_block_and_no_schedule(rng):
         ([Layer.conv(3, 1, 0, pool=True), Layer(2)], (16, 1, 1), "2x2 pool needs an even map, got 16x1"),
         ([Layer.conv(3), Layer.conv(2)], (4, 4, 1), "output layer must be dense"),
         ([Layer(3, 7), Layer(2)], (4, 4, 1), "kind must be"),
+        ([Layer(3, DENSE, 3), Layer(2)], None, "a dense layer has kernel, pad and pool 0, got 3, 0, 0"),
         ([Layer.conv(3), Layer(2)], (4, 5, 1), r"in_h \* in_w \* in_c = n_inputs \(16\)"),
         ([Layer.conv(3), Layer(2)], (16, 1, 0), r"each >= 1"),
     ],

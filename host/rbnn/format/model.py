@@ -131,6 +131,9 @@ def geometry(
     for i, ly in enumerate(layers):
         segments = k_planes if (i == 0 and input_mode == INPUT_PER_PLANE) else 1
         if ly.kind == DENSE:
+            if ly.kernel or ly.pad or ly.pool:
+                raise ModelError(f"layer {i}: a dense layer has kernel, pad and pool 0, got {ly.kernel}, {ly.pad}, "
+                                 f"{ly.pool}")  # fmt: skip
             seen_dense = True
             out.append(Geometry(bits, segments, None, None, None, ly.size))
             bits, shape = ly.size, None
