@@ -45,6 +45,7 @@ from rbnn.engines import ccore, twin  # noqa: E402
 from rbnn.format import pack  # noqa: E402
 from rbnn.format.model import Model, input_values, pack_input  # noqa: E402
 from rbnn.train.blas import conditions  # noqa: E402
+from support.randconv import mnist_cnn  # noqa: E402
 from support.randmodel import random_model  # noqa: E402
 
 N_INPUTS, SIZES, PLANE_MASK = 784, [256, 256, 10], 0x80
@@ -143,7 +144,36 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  C core / numpy float32 matmul: {ratio:.2f}x (target >= {TARGET:.0f}x: "
           f"{'met' if ratio >= TARGET else 'NOT met'}), under the conditions above")  # fmt: skip
     batch_paths(cmodel, xbits, ref, args.batch, args.rounds)
+    cnn(rng, min(args.batch, 1000), args.rounds)
     return 0
+
+
+def cnn(rng: np.random.Generator, batch: int, rounds: int) -> None:
+    """The binary CNN of issue 9 (28x28x1: conv3x3 32 + pool, conv3x3 64 + pool, 128, 10;
+    random weights) through the C core and the twin: samples/s, scores checked equal. The
+    C core runs conv positions 16 at a time through each weight row (64-bit hosts); its
+    comparison with larq compute engine is bench/peer_lce.py (make bench-peer)."""
+    model = mnist_cnn(rng)
+    xbits = pack_input(rng.integers(0, 256, (batch, 784), dtype=np.uint8), 0x80)
+    cm = ccore.CModel(pack.to_bytes(model))
+    small = xbits[: max(1, batch // 10)]  # the twin is slow: a tenth of the batch
+    if not (np.array_equal(cm.scores(xbits[: len(small)]), twin.scores(model, small))):
+        print("FAILED: C core CNN scores differ from the twin", file=sys.stderr)
+        sys.exit(1)
+    runs = {"C core (rbnn.engines.ccore)": (lambda: cm.scores(xbits), batch),
+            "numpy twin (rbnn.engines.twin)": (lambda: twin.scores(model, small), len(small))}  # fmt: skip
+    best = {k: float("inf") for k in runs}
+    for _ in range(rounds):
+        for name, (fn, _) in runs.items():
+            t0 = time.thread_time()
+            fn()
+            best[name] = min(best[name], time.thread_time() - t0)
+    print()
+    print(f"binary CNN 28x28x1 (conv3x3 32 same + 2x2 pool, conv3x3 64 same + 2x2 pool, 128, 10), MSB plane, "
+          f"random weights, {cm.ram_bytes:,} bytes of working RAM (eBNN order); best of {rounds} rounds, "
+          f"scores = twin: yes")  # fmt: skip
+    for name, (_, n) in runs.items():
+        print(f"  {name:32}{n / best[name]:12,.0f} samples/s{1e6 * best[name] / n:10.1f} us/sample")
 
 
 def batch_paths(cmodel: ccore.CModel, xbits: np.ndarray, ref: np.ndarray, batch: int, rounds: int) -> None:

@@ -43,6 +43,7 @@ from rbnn.engines import twin
 from rbnn.errors import FormatError
 from rbnn.format import pack
 from rbnn.format.model import pack_input
+from support.randconv import mnist_cnn, random_conv_model
 from support.randmodel import random_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -94,6 +95,19 @@ def test_c_engine_matches_twin(unix_c, tmp_path):
     # saturated popcounts and scores at the E_RANGE bound among them), engine c.
     rng = np.random.default_rng(20240611)
     check_parity(unix_c, tmp_path, random_models(rng, 60), "c", rng)
+
+
+def test_c_engine_conv_models_match_twin(unix_c, tmp_path):
+    # Version 3 files (conv layers with and without the pool, input modes 0 and 1, dense
+    # in mode 1; tests/support/randconv.py) and the issue-9 CNN: the twin's scores, raw
+    # and packed inputs; info()["ram"] is the eBNN-order figure (docs/FORMAT.md, Memory).
+    rng = np.random.default_rng(9)
+    models = [random_conv_model(rng, conv=i % 5 != 4) for i in range(20)] + [mnist_cnn(rng)]
+    check_parity(unix_c, tmp_path, models, "c", rng)
+    (tmp_path / "cnn.rbnn").write_bytes(pack.to_bytes(models[-1]))
+    out = run_mpy_code(unix_c, "import _rbnn\nprint(_rbnn.Model(open('cnn.rbnn', 'rb').read()).info()['ram'])\n",
+                       tmp_path).stdout.split()  # fmt: skip
+    assert out == [str(sum(models[-1].ram_bytes().values()))]
 
 
 def test_c_engine_rejects_what_pack_rejects(unix_c, tmp_path):

@@ -28,12 +28,16 @@ def conv_harness(request, tmp_path_factory):
 
 
 def _corners(rng: np.random.Generator) -> list:
-    """Shapes random draws rarely reach: more than 256 output channels (the one-patch
+    """Shapes random draws rarely reach: a 3x3 kernel over one channel and one plane
+    (one-word patches, finished channel by channel on microcontrollers), more than 256
+    output channels (the one-patch
     path's channel chunks, re-gathering the four pooled patches), interleaved patches too
     big for the host's tile buffer (the host falls back to one patch), 1x1 maps, a kernel
     as large as the map, input mode 1 over four planes, a channel count a multiple of 32
     (the word-aligned gather)."""
     return [
+        random_conv_model(rng, in_shape=(6, 8, 1), layers=[Layer.conv(40, 3, 1, pool=True), Layer(5)],
+                          plane_mask=0x80, input_mode=0, n_blocks=2),  # one-word patches, pooled
         random_conv_model(rng, in_shape=(4, 6, 1), layers=[Layer.conv(300, 3, 1, pool=True), Layer(5)],
                           plane_mask=0x81, input_mode=0, n_blocks=1),
         random_conv_model(rng, in_shape=(3, 3, 240), layers=[Layer.conv(9, 3, 1), Layer(4)],
@@ -90,7 +94,7 @@ def test_mnist_cnn_matches_twin_and_fits_4_kb(rng):
 def test_sanitized_conv_inference(conv_harness, tmp_path, rng):
     """ASan/UBSan, tiled and one-patch builds: packed inputs and raw features (the core's
     rbnn_pack_u8), rbnn_infer and rbnn_infer_batch (the harness checks they agree)."""
-    for i, m in enumerate(_corners(rng)[:3] + _models(rng, 12)):
+    for i, m in enumerate(_corners(rng)[:4] + _models(rng, 12)):
         data = pack.to_bytes(m)
         x = random_inputs(rng, m.n_inputs, 5)
         xb = pack_input(x, m.plane_mask)
@@ -179,3 +183,23 @@ def test_training_a_v3_model_is_e_full_and_changes_nothing(rng):
             assert e.value.code == "E_FULL" and UNTRAINABLE in str(e.value)
         assert tr.data() == data
         assert any(ly.kind == CONV for ly in m.layer_specs) or m.input_mode == 1
+
+
+def test_input_mode_1_dense_models_in_batch_tiles(rng):
+    """Dense models in input mode 1 run rbnn_infer_batch's tiles (one segment per plane
+    per row): the twin's scores for every tile cap and a batch that ends in a partial
+    tile, wide layers (several groups of 32) among them."""
+    models = [random_conv_model(rng, conv=False, in_shape=(n, 1, 1), plane_mask=mask,
+                                layers=[Layer(s) for s in sizes]) for n, mask, sizes in
+              [(70, 0xF0, [33, 10]), (300, 0x81, [70, 40, 5]), (31, 0x3C, [7])]]  # fmt: skip
+    old = ccore.set_batch_tile(16)
+    try:
+        for m in models:
+            cm = ccore.CModel(pack.to_bytes(m))
+            xb = pack_input(random_inputs(rng, m.n_inputs, 37), m.plane_mask)
+            want = twin.scores(m, xb)
+            for cap in (1, 5, 16):
+                ccore.set_batch_tile(cap)
+                np.testing.assert_array_equal(cm.scores(xb), want)
+    finally:
+        ccore.set_batch_tile(old)

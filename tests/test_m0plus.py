@@ -14,10 +14,11 @@ import pytest
 
 from rbnn.engines import twin
 from rbnn.format import pack
-from rbnn.format.model import FROZEN, pack_input
+from rbnn.format.model import FROZEN, Layer, pack_input
 from rbnn.learn import step as S
 from support import m0build
 from support.m0sim import FLASH_BASE, M0Error, M0Plus
+from support.randconv import random_conv_model, random_inputs
 from support.randmodel import random_model, trainable_model
 
 pytestmark = pytest.mark.skipif(
@@ -269,6 +270,39 @@ def test_core_matches_twin(m0, rng):
             got = np.frombuffer(m0.read(scores, 4 * model.n_classes), "<i4")
             assert (got == want[i]).all()
             assert r.signed == int(np.argmax(want[i]))
+
+
+def test_core_conv_matches_twin(m0, rng):
+    """Version 3 models cross-built (the one-patch conv path of microcontrollers; one-word
+    patches, 9 and 25 bits, finished channel by channel without the kernel): conv stacks with and without the pool, channels
+    off multiples of 32 and one of 32 (the word-aligned gather), input modes 0 and 1 over
+    several planes; weights in flash, rbnn_ram_bytes = Model.ram_bytes."""
+    models = [
+        random_conv_model(rng, in_shape=(6, 10, 2), layers=[Layer.conv(5, 3, 1, pool=True), Layer.conv(33, 3, 1),
+                                                          Layer(7), Layer(3)], plane_mask=0xC1, input_mode=0),
+        random_conv_model(rng, in_shape=(5, 5, 32), layers=[Layer.conv(32, 3, 0, pool=False),
+                                                           Layer.conv(6, 1, 0, pool=False), Layer(4)],
+                          plane_mask=0x90, input_mode=1),
+        random_conv_model(rng, in_shape=(8, 8, 1), layers=[Layer.conv(40, 5, 2, pool=True), Layer(10)],
+                          plane_mask=0x80, input_mode=0),
+        random_conv_model(rng, in_shape=(6, 4, 1), layers=[Layer.conv(33, 3, 1, pool=True), Layer.conv(8, 3, 1),
+                                                          Layer(3)], plane_mask=0x01, input_mode=1),
+    ]  # fmt: skip
+    for model in models:
+        data = pack.to_bytes(model)
+        x = pack_input(random_inputs(rng, model.n_inputs, 3), model.plane_mask)
+        want = twin.scores(model, x)
+        m0.free_all()
+        mdl = m0.alloc(data, region="flash")
+        st = m0.alloc(256)
+        assert m0.call("rbnn_model_init", st, mdl, len(data)).signed == 0
+        assert m0.call("rbnn_ram_bytes", st).result == sum(model.ram_bytes().values())
+        scratch = m0.alloc(4 * m0.call("rbnn_scratch_words", st).result)
+        scores = m0.alloc(4 * model.n_classes)
+        for i in range(len(x)):
+            r = m0.call("rbnn_infer", st, m0.alloc(x[i].tobytes()), scratch, scores)
+            got = np.frombuffer(m0.read(scores, 4 * model.n_classes), "<i4")
+            assert (got == want[i]).all() and r.signed == int(np.argmax(want[i]))
 
 
 def test_training_step_matches_twin(m0, rng):

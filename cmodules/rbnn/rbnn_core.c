@@ -902,6 +902,17 @@ typedef struct {
     uint32_t n_in, nw, n_k, seg, n_out;
 } layer_t;
 
+/* popcount of a byte (rows of at most 16 bits) */
+static const uint8_t pop8[256] = {
+#define P2(n) n, n + 1, n + 1, n + 2
+#define P4(n) P2(n), P2(n + 1), P2(n + 1), P2(n + 2)
+#define P6(n) P4(n), P4(n + 1), P4(n + 1), P4(n + 2)
+    P6(0), P6(1), P6(1), P6(2)
+#undef P2
+#undef P4
+#undef P6
+};
+
 /* popcount of one word (SWAR; a multiply gathers the bytes: one cycle on a Cortex-M0+) */
 static uint32_t pop32(uint32_t v) {
     v = v - ((v >> 1) & 0x55555555u);
@@ -930,8 +941,16 @@ static void layer_sums(const layer_t *L, const uint32_t *w, const uint32_t *in, 
     if (L->nw == 1u && L->n_k == 1u) { /* one-word rows (a small first conv layer): no
                                           kernel call, whose per-row set-up would dominate */
         uint32_t r, x = in[0];
-        for (r = 0; r < cnt; r++) {
-            s[r] = (int32_t)L->n_in - 2 * (int32_t)pop32(w[r] ^ x);
+        int32_t n = (int32_t)L->n_in;
+        if (L->n_in <= 16u) { /* a 3x3 kernel over up to 1 channel, ...: two table look-ups */
+            for (r = 0; r < cnt; r++) {
+                uint32_t v = w[r] ^ x;
+                s[r] = n - 2 * (int32_t)(pop8[v & 0xFFu] + pop8[v >> 8]);
+            }
+        } else {
+            for (r = 0; r < cnt; r++) {
+                s[r] = n - 2 * (int32_t)pop32(w[r] ^ x);
+            }
         }
     } else if (L->seg == 1u) {
         rbnn_group_sums(w, in, L->nw, cnt, (int32_t)L->n_in, L->weight, L->n_k, s);
@@ -997,7 +1016,22 @@ NOINLINE static void dense_output(const layer_t *L, const uint32_t *in, const in
  * Whole words when both sides are word-aligned (C a multiple of 32). */
 static void copy_bits(uint32_t *dst, uint32_t st, uint32_t db, const uint32_t *src, uint32_t sb,
     uint32_t n) {
-    if (((sb | db) & 31u) == 0u) {
+    uint32_t so = sb & 31u, dof = db & 31u;
+    if (n <= 32u) { /* the common short run (k * C <= 32 bits): one word in, two out at most */
+        uint32_t v = src[sb >> 5] >> so;
+        if (so + n > 32u) {
+            v |= src[(sb >> 5) + 1u] << (32u - so);
+        }
+        if (n < 32u) {
+            v &= (1u << n) - 1u;
+        }
+        dst[(db >> 5) * st] |= v << dof;
+        if (dof + n > 32u) {
+            dst[((db >> 5) + 1u) * st] |= v >> (32u - dof);
+        }
+        return;
+    }
+    if (((so | dof) & 31u) == 0u) {
         uint32_t *d = dst + (db >> 5) * st;
         const uint32_t *p = src + (sb >> 5);
         for (; n >= 32u; n -= 32u, d += st) {
@@ -1009,8 +1043,10 @@ static void copy_bits(uint32_t *dst, uint32_t st, uint32_t db, const uint32_t *s
         return;
     }
     while (n > 0u) {
-        uint32_t so = sb & 31u, dof = db & 31u, take = n < 32u ? n : 32u;
-        uint32_t v = src[sb >> 5] >> so;
+        uint32_t take = n < 32u ? n : 32u, v;
+        so = sb & 31u;
+        dof = db & 31u;
+        v = src[sb >> 5] >> so;
         if (so != 0u && so + take > 32u) {
             v |= src[(sb >> 5) + 1u] << (32u - so);
         }
@@ -1064,8 +1100,8 @@ static void gather(const conv_t *cv, const uint32_t *a, uint32_t y, uint32_t x, 
  * (zeroed first). `in` holds n_k planes of in_words words; patch, n_k * nw words. */
 NOINLINE static void conv_layer(const layer_t *L, const conv_t *cv, uint32_t pool, const uint32_t *in,
     uint32_t in_words, const int32_t *thr, const uint32_t *flip, uint32_t *out, uint32_t *patch) {
-    uint32_t div = pool == RBNN_POOL_2X2 ? 2u : 1u, nq = div * div;
-    uint32_t ho = (cv->h + 2u * cv->p - cv->k + 1u) / div, wo = (cv->w + 2u * cv->p - cv->k + 1u) / div;
+    uint32_t div = pool == RBNN_POOL_2X2 ? 2u : 1u, nq = div * div, sh = div - 1u; /* no divide */
+    uint32_t ho = (cv->h + 2u * cv->p - cv->k + 1u) >> sh, wo = (cv->w + 2u * cv->p - cv->k + 1u) >> sh;
     uint32_t row = L->seg * L->nw, n_out = L->n_out, oy, ox, j0, q, g, r, kk;
     int32_t best[CONV_CHUNK], s[GROUP];
     for (r = 0; r < words_of(ho * wo * n_out); r++) {
@@ -1115,6 +1151,63 @@ NOINLINE static void conv_layer(const layer_t *L, const conv_t *cv, uint32_t poo
     }
 }
 
+/* A conv layer whose patch is one word of one plane (k * k * C <= 32: a small first
+ * layer, e.g. 3x3 over one channel): the 1 or 4 patches of an output position stay in
+ * registers and each channel is finished (its popcounts, their min and max, one compare)
+ * before the next, without a row of sums. The same integers as conv_layer: s = N - 2 pc
+ * falls as pc rises, so the max of s is N - 2 min(pc) and the min N - 2 max(pc). */
+NOINLINE static void conv_one_word(const layer_t *L, const conv_t *cv, uint32_t pool,
+    const uint32_t *in, const int32_t *thr, const uint32_t *flip, uint32_t *out) {
+    uint32_t sh = pool == RBNN_POOL_2X2 ? 1u : 0u, nq = 1u << (2u * sh), small = L->n_in <= 16u;
+    uint32_t ho = (cv->h + 2u * cv->p - cv->k + 1u) >> sh, wo = (cv->w + 2u * cv->p - cv->k + 1u) >> sh;
+    uint32_t n_out = L->n_out, oy, ox, j, q, r, p[4];
+    int32_t n = (int32_t)L->n_in;
+    for (r = 0; r < words_of(ho * wo * n_out); r++) {
+        out[r] = 0;
+    }
+    for (oy = 0; oy < ho; oy++) {
+        for (ox = 0; ox < wo; ox++) {
+            for (q = 0; q < nq; q++) {
+                p[q] = 0;
+                gather(cv, in, (oy << sh) + (q >> 1), (ox << sh) + (q & 1u), &p[q], 1u);
+            }
+            for (j = 0; j < n_out; j += 32u) {
+                uint32_t cnt = n_out - j < 32u ? n_out - j : 32u, flw = flip[j >> 5], word = 0;
+                const uint32_t *w = L->w + j;
+                const int32_t *th = thr + j;
+                for (r = 0; r < cnt; r++) {
+                    uint32_t wr = w[r], lo, hi, bit;
+                    if (small && nq == 4u) { /* 3x3 over one channel, pooled: unrolled */
+                        uint32_t v0 = wr ^ p[0], v1 = wr ^ p[1], v2 = wr ^ p[2], v3 = wr ^ p[3];
+                        uint32_t c0 = (uint32_t)pop8[v0 & 0xFFu] + pop8[v0 >> 8];
+                        uint32_t c1 = (uint32_t)pop8[v1 & 0xFFu] + pop8[v1 >> 8];
+                        uint32_t c2 = (uint32_t)pop8[v2 & 0xFFu] + pop8[v2 >> 8];
+                        uint32_t c3 = (uint32_t)pop8[v3 & 0xFFu] + pop8[v3 >> 8];
+                        uint32_t a = c0 < c1 ? c0 : c1, b = c2 < c3 ? c2 : c3;
+                        uint32_t c = c0 < c1 ? c1 : c0, d = c2 < c3 ? c3 : c2;
+                        lo = a < b ? a : b;
+                        hi = c < d ? d : c;
+                    } else {
+                        lo = 32u;
+                        hi = 0u;
+                        for (q = 0; q < nq; q++) {
+                            uint32_t v = wr ^ p[q];
+                            uint32_t pc = small ? (uint32_t)pop8[v & 0xFFu] + pop8[v >> 8] : pop32(v);
+                            lo = pc < lo ? pc : lo;
+                            hi = pc > hi ? pc : hi;
+                        }
+                    }
+                    /* max s >= t; with a flip, min s < t */
+                    bit = flw >> r & 1u ? (uint32_t)(n - 2 * (int32_t)hi < th[r])
+                                        : (uint32_t)(n - 2 * (int32_t)lo >= th[r]);
+                    word |= bit << r;
+                }
+                copy_bits(out, 1u, (oy * wo + ox) * n_out + j, &word, 0, cnt);
+            }
+        }
+    }
+}
+
 #if RBNN_TILE > 1
 /* Hosts: conv positions RBNN_TILE at a time. The patches of RBNN_TILE consecutive conv
  * positions (pooled outputs in raster order, each with its 1 or 4 conv positions) are
@@ -1127,8 +1220,8 @@ static void conv_layer_tiled(const layer_t *L, const conv_t *cv, uint32_t pool, 
     uint32_t in_words, const int32_t *thr, const uint32_t *flip, uint32_t *out) {
     uint32_t xt[CONV_TILE_WORDS], pc[GROUP * RBNN_TILE], words[RBNN_TILE];
     int32_t s[GROUP * RBNN_TILE]; /* s[r * RBNN_TILE + lane], as pc */
-    uint32_t div = pool == RBNN_POOL_2X2 ? 2u : 1u, nq = div * div, no = RBNN_TILE / nq;
-    uint32_t ho = (cv->h + 2u * cv->p - cv->k + 1u) / div, wo = (cv->w + 2u * cv->p - cv->k + 1u) / div;
+    uint32_t div = pool == RBNN_POOL_2X2 ? 2u : 1u, nq = div * div, no = RBNN_TILE / nq, sh = div - 1u;
+    uint32_t ho = (cv->h + 2u * cv->p - cv->k + 1u) >> sh, wo = (cv->w + 2u * cv->p - cv->k + 1u) >> sh;
     uint32_t row = L->seg * L->nw, n_out = L->n_out, nw = L->nw, n_k = L->n_k, n_o = ho * wo;
     uint32_t o0, t, i, kk, j, r, q;
     int32_t n = (int32_t)L->n_in;
@@ -1225,7 +1318,7 @@ static void run_block(const rbnn_model_t *m, uint32_t blk, const uint32_t *x,
     const uint32_t *w = (const uint32_t *)(const void *)(b + m->arena_offset)
                         + sign * m->plane_words;
     const uint8_t *params = b + m->params_offset + blk * m->block_params_bytes;
-    uint32_t *patch = scratch + 2u * m->act_words;
+    uint32_t *patch = m->patch_words != 0u ? scratch + 2u * m->act_words : NULL; /* scratch may be NULL */
     conv_t cv;
     uint32_t layer;
     int32_t weight[8];
@@ -1252,7 +1345,7 @@ static void run_block(const rbnn_model_t *m, uint32_t blk, const uint32_t *x,
             const uint32_t *flip = (const uint32_t *)(const void *)(params + 4u * n_out);
             uint32_t *out = scratch + ((layer & 1u) ? m->act_words : 0u);
             if (m->kinds[layer] == RBNN_CONV) {
-                uint32_t div = m->pools[layer] == RBNN_POOL_2X2 ? 2u : 1u;
+                uint32_t sh = m->pools[layer] == RBNN_POOL_2X2 ? 1u : 0u; /* no divide on an M0+ */
                 cv.k = m->kernels[layer];
                 cv.p = m->pads[layer];
 #if RBNN_TILE > 1
@@ -1260,11 +1353,13 @@ static void run_block(const rbnn_model_t *m, uint32_t blk, const uint32_t *x,
                     conv_layer_tiled(&L, &cv, m->pools[layer], in, words_of(m->n_inputs), thr, flip, out);
                 } else
 #endif
-                {
+                if (L.nw == 1u && L.n_k == 1u) {
+                    conv_one_word(&L, &cv, m->pools[layer], in, thr, flip, out);
+                } else {
                     conv_layer(&L, &cv, m->pools[layer], in, words_of(m->n_inputs), thr, flip, out, patch);
                 }
-                cv.h = (cv.h + 2u * cv.p - cv.k + 1u) / div;
-                cv.w = (cv.w + 2u * cv.p - cv.k + 1u) / div;
+                cv.h = (cv.h + 2u * cv.p - cv.k + 1u) >> sh;
+                cv.w = (cv.w + 2u * cv.p - cv.k + 1u) >> sh;
                 cv.c = n_out;
             } else {
                 dense_hidden(&L, in, thr, flip, out);
@@ -1359,10 +1454,16 @@ uint32_t rbnn_set_batch_tile(uint32_t t) {
 /* Sums s[t][r] of `cnt` neurons for every lane: xt holds n_k planes of nw interleaved
  * words. */
 static void tile_sums(const uint32_t *w, const uint32_t *xt, uint32_t nw, uint32_t cnt,
-    int32_t n, const int32_t *weight, uint32_t n_k, int32_t s[RBNN_TILE][GROUP]) {
+    int32_t n, const int32_t *weight, uint32_t n_k, uint32_t seg, int32_t s[RBNN_TILE][GROUP]) {
     uint32_t pc[GROUP * RBNN_TILE], r, k, t;
     for (k = 0; k < n_k; k++) {
-        rbnn_xorpop_lanes(w, xt + k * nw * RBNN_TILE, nw, cnt, pc);
+        if (seg == 1u) {
+            rbnn_xorpop_lanes(w, xt + k * nw * RBNN_TILE, nw, cnt, pc);
+        } else { /* input mode 1: row r's segment k */
+            for (r = 0; r < cnt; r++) {
+                rbnn_xorpop_lanes(w + (r * seg + k) * nw, xt + k * nw * RBNN_TILE, nw, 1, pc + r * RBNN_TILE);
+            }
+        }
         for (r = 0; r < cnt; r++) {
             for (t = 0; t < RBNN_TILE; t++) {
                 int32_t v = weight[k] * (n - 2 * (int32_t)pc[r * RBNN_TILE + t]);
@@ -1382,7 +1483,7 @@ static void run_block_tile(const rbnn_model_t *m, uint32_t blk, uint32_t nx, uin
     const uint32_t *w = (const uint32_t *)(const void *)(b + m->arena_offset)
                         + sign * m->plane_words;
     const uint8_t *params = b + m->params_offset + blk * m->block_params_bytes;
-    uint32_t half = RBNN_TILE * (rbnn_scratch_words(m) / 2u);
+    uint32_t half = RBNN_TILE * m->act_words;
     uint32_t *act = buf + RBNN_TILE * rbnn_input_words(m);
     uint32_t n_cls = rbnn_n_classes(m), n_in = m->n_inputs, layer, j, r, t;
     int32_t weight[8], s[RBNN_TILE][GROUP];
@@ -1393,7 +1494,7 @@ static void run_block_tile(const rbnn_model_t *m, uint32_t blk, uint32_t nx, uin
     for (layer = 0; layer < m->n_layers; layer++) {
         uint32_t n_out = m->sizes[layer], nw = words_of(n_in);
         const int32_t *wt = layer == 0u ? weight : &one;
-        uint32_t n_k = layer == 0u ? m->k_planes : 1u;
+        uint32_t n_k = layer == 0u ? m->k_planes : 1u, seg = segments(m, layer);
         int32_t n = (int32_t)n_in;
         if (layer + 1u < m->n_layers) {
             const int32_t *thr = (const int32_t *)(const void *)params;
@@ -1401,8 +1502,8 @@ static void run_block_tile(const rbnn_model_t *m, uint32_t blk, uint32_t nx, uin
             uint32_t *out = act + ((layer & 1u) ? half : 0u);
             for (j = 0; j < n_out; j += GROUP) {
                 uint32_t cnt = n_out - j < GROUP ? n_out - j : GROUP;
-                tile_sums(w, in, nw, cnt, n, wt, n_k, s);
-                w += cnt * nw;
+                tile_sums(w, in, nw, cnt, n, wt, n_k, seg, s);
+                w += cnt * seg * nw;
                 for (t = 0; t < RBNN_TILE; t++) {
                     uint32_t word = 0;
                     for (r = 0; r < cnt; r++) {
@@ -1418,8 +1519,8 @@ static void run_block_tile(const rbnn_model_t *m, uint32_t blk, uint32_t nx, uin
             const int32_t *offset = scale + n_out;
             for (j = 0; j < n_out; j += GROUP) {
                 uint32_t cnt = n_out - j < GROUP ? n_out - j : GROUP;
-                tile_sums(w, in, nw, cnt, n, wt, n_k, s);
-                w += cnt * nw;
+                tile_sums(w, in, nw, cnt, n, wt, n_k, seg, s);
+                w += cnt * seg * nw;
                 for (t = 0; t < nx; t++) {
                     for (r = 0; r < cnt; r++) {
                         scores[t * n_cls + j + r] += scale[j + r] * s[t][r] + offset[j + r];
@@ -1434,8 +1535,8 @@ static void run_block_tile(const rbnn_model_t *m, uint32_t blk, uint32_t nx, uin
 /* Samples a tile for this model: batch_tile, or 1 when its buffers do not fit. */
 static uint32_t tile_for(const rbnn_model_t *m) {
     uint32_t need;
-    if (m->version >= RBNN_VERSION_V3) {
-        return 1u; /* conv layers and input mode 1 run one sample at a time */
+    if (m->kinds[0] == RBNN_CONV) {
+        return 1u; /* conv layers run their positions 16 at a time instead */
     }
     need = RBNN_TILE * (rbnn_input_words(m) + rbnn_scratch_words(m));
     return need <= TILE_WORDS ? batch_tile : 1u;

@@ -91,7 +91,9 @@ int rbnn_pack_u8(const rbnn_model_t *m, const uint8_t *features, uint32_t *in_bi
  * RBNN_E_INPUT). scratch: rbnn_scratch_words words (may be NULL when that is 0).
  * scores: rbnn_n_classes int32 out. Returns the class (>= 0, ties to the lowest index)
  * or a negative error code. Neurons are computed 32 at a time (one output word), so the
- * call also takes about 0.5 kB of stack on a Cortex-M0+ (-fstack-usage). */
+ * call also takes about 0.6 kB of stack on a Cortex-M0+ (-fstack-usage), about 1 kB with
+ * conv layers (the pooled sums of 64 channels at a time; hosts: 16 patches interleaved,
+ * up to 16 kB). */
 int rbnn_infer(const rbnn_model_t *m, const uint32_t *in_bits, uint32_t *scratch,
     int32_t *scores);
 
