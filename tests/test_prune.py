@@ -240,3 +240,22 @@ def test_fine_tuning_augments_where_the_training_did(trained):
     assert (_config(st, args).shift, _config(st, args).rotate) == (st.config["shift"], st.config["rotate"]) != (0, 0)
     args.no_augment = True
     assert _config(st, args).shift == 0.0
+
+
+def test_without_the_c_core_the_twin_scores_and_speed_is_na(trained, tmp_path, capsys, monkeypatch):
+    """No compiler (or a C core that cannot read the model): the twin gives the same
+    accuracies, the speed row says n/a and why."""
+    from rbnn.engines import ccore
+
+    def no_c(data):
+        raise ccore.CBuildError("no C compiler found")
+
+    monkeypatch.setattr(ccore, "CModel", no_c)
+    out = tmp_path / "p.rbnn"
+    assert main(["prune", str(trained / "m.rbnn"), "--data", str(trained / "tiny.npz"), "--max-drop", "3",
+                 "--epochs", "1", "--quiet", "-o", str(out)]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert "accuracy engine: twin (C core unavailable: no C compiler found)" in text
+    row = {ln.split("  ")[0]: ln.split() for ln in text.splitlines()}
+    assert row["host C inference (samples/s)"][-3:] == ["n/a", "n/a", "-"]
+    assert pack.load(out).k_planes < 8
