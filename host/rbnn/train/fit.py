@@ -32,7 +32,7 @@ from ..format.model import INPUT_PER_PLANE, INPUT_SHARED, Model
 from ..progress import bar as progress_bar
 from .augment import augment
 from .blas import blas_threads
-from .net import FloatNet, evaluate, init_net, recalibrate, train_step
+from .net import FIRST_INPUTS, FloatNet, evaluate, init_net, recalibrate, train_step
 from .optim import Adam
 
 LOSSES = ("hinge", "ce")
@@ -262,6 +262,16 @@ def _fit(
                        {"train": tr_idx, "val": val_idx}, chosen)  # fmt: skip
 
 
+def _mode(net: FloatNet) -> int:
+    """The input mode of a network (any network with a ``plane_mask``: 0 unless it says)."""
+    return getattr(net, "input_mode", INPUT_SHARED)
+
+
+def _inputs(net: FloatNet, x: np.ndarray) -> np.ndarray:
+    """The first layer's float32 inputs of uint8 samples, by the network's input mode."""
+    return FIRST_INPUTS[_mode(net)](x, net.plane_mask)
+
+
 def _image_shape(n_inputs: int) -> tuple[int, int] | None:
     """(side, side) when the features are a square image (augmentation needs one)."""
     side = int(np.sqrt(n_inputs))
@@ -296,7 +306,7 @@ def _loop(
     shape = _image_shape(n_inputs)
     augmenting = shape is not None and (cfg.shift or cfg.rotate or cfg.zoom)
     # Input mode 1's inputs are K times wider (1.4 GB for MNIST at 8 planes): made per batch.
-    x_plain = None if augmenting or net.input_mode != INPUT_SHARED else net.inputs(x_tr)
+    x_plain = None if augmenting or _mode(net) != INPUT_SHARED else _inputs(net, x_tr)
     steps_per_epoch = len(x_tr) // cfg.batch  # drop the ragged last batch: BN needs stats
     total = steps_per_epoch * cfg.epochs
     history: list[dict] = []
@@ -313,9 +323,9 @@ def _loop(
             for i in range(steps_per_epoch):
                 idx = order[i * cfg.batch : (i + 1) * cfg.batch]
                 if augmenting:
-                    xb = net.inputs(augment(x_tr[idx], rng, shape, cfg.shift, cfg.rotate, cfg.zoom))
+                    xb = _inputs(net, augment(x_tr[idx], rng, shape, cfg.shift, cfg.rotate, cfg.zoom))
                 else:
-                    xb = net.inputs(x_tr[idx]) if x_plain is None else x_plain[idx]
+                    xb = _inputs(net, x_tr[idx]) if x_plain is None else x_plain[idx]
                 lr = _lr_at(cfg, step / max(1, total - 1))
                 loss, acc, grads = train_step(net, xb, y_tr[idx], cfg, rng)
                 opt.step(params, grads, lr)
