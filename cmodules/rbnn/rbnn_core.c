@@ -1318,7 +1318,7 @@ static void run_block(const rbnn_model_t *m, uint32_t blk, const uint32_t *x,
     const uint32_t *w = (const uint32_t *)(const void *)(b + m->arena_offset)
                         + sign * m->plane_words;
     const uint8_t *params = b + m->params_offset + blk * m->block_params_bytes;
-    uint32_t *patch = scratch + 2u * m->act_words;
+    uint32_t *patch = m->patch_words != 0u ? scratch + 2u * m->act_words : NULL; /* scratch may be NULL */
     conv_t cv;
     uint32_t layer;
     int32_t weight[8];

@@ -22,7 +22,7 @@ from .. import __version__
 from ..errors import RbnnError
 
 # Subcommand modules, in the order `rbnn --help` lists them.
-COMMANDS = ["data", "train", "grow", "summary", "eval", "flash", "deploy", "infer", "stream", "pull", "device",
+COMMANDS = ["data", "train", "sensitivity", "prune", "grow", "summary", "eval", "flash", "deploy", "infer", "stream", "pull", "device",
             "virtual"]
 
 

@@ -33,8 +33,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="pack the trained block into an arena of P bit-planes (block 1 frozen on plane 0, "
                         "the rest free), the recursive format a device keeps training in (rbnn grow, "
                         "rbnn stream); bits per weight when full = P / blocks")  # fmt: skip
+    p.add_argument("--per-plane", action="store_true",
+                   help="input mode 1: each kept bit-plane has its own first-layer weights (CBNN's bit-sliced "
+                        "input; default planes: all 8), so that rbnn sensitivity / rbnn prune can drop planes; "
+                        "writes the float state (<stem>.float.npz) beside the model for rbnn prune")  # fmt: skip
     planes = p.add_mutually_exclusive_group()
-    planes.add_argument("--planes", metavar="K", help="keep the K most significant input bit-planes, 1..8 (default 1: pixel >= 128)")
+    planes.add_argument("--planes", metavar="K",
+                        help="keep the K most significant input bit-planes, 1..8 (default 1: pixel >= 128; "
+                             "with --per-plane 8)")  # fmt: skip
     planes.add_argument("--plane-mask", metavar="MASK", help="keep the bit-planes of this mask, e.g. 0xC0")
     p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="epochs (default %(default)s)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of everything random (default %(default)s)")
@@ -86,8 +92,9 @@ def parse_hidden(text: str) -> list[int]:
     return out
 
 
-def parse_planes(planes: str | None, mask: str | None) -> int:
-    """The plane mask from ``--planes K`` (K most significant) or ``--plane-mask``."""
+def parse_planes(planes: str | None, mask: str | None, default: str = "1") -> int:
+    """The plane mask from ``--planes K`` (K most significant) or ``--plane-mask``
+    (neither: the ``default`` K)."""
     from ..train import TrainError
 
     if mask is not None:
@@ -98,7 +105,7 @@ def parse_planes(planes: str | None, mask: str | None) -> int:
         if not 1 <= value <= 0xFF:
             raise TrainError(f"--plane-mask: expected a mask 0x01..0xFF such as 0xC0, found {mask!r}")
         return value
-    k = "1" if planes is None else planes
+    k = default if planes is None else planes
     if not k.isdigit() or not 1 <= int(k) <= 8:
         raise TrainError(f"--planes: expected 1..8 (most significant input bit-planes), found {planes!r}")
     return (0xFF00 >> int(k)) & 0xFF
@@ -152,14 +159,20 @@ def run(args: argparse.Namespace) -> int:
     from ..format import pack
     from ..format.model import pack_input
     from ..progress import write
-    from ..train import config_dict, train
+    from ..train import TrainError, config_dict, train
 
     hidden = parse_hidden(args.hidden)
-    mask = parse_planes(args.planes, args.plane_mask)
+    mask = parse_planes(args.planes, args.plane_mask, "8" if args.per_plane else "1")
+    if args.per_plane and args.arena is not None:  # docs/FORMAT.md: a version 3 model has no live block
+        raise TrainError("--arena: an input mode 1 (--per-plane) model cannot grow blocks (a version 3 "
+                         "model is not trainable on the device); drop --arena or --per-plane")  # fmt: skip
     check_output(args.output, "-o")  # refused now, before the data is read
     ds, test = training_sets(args.data, args.test)
     # and all of them before the training
-    out, sides, notes = check_outputs(args.output, ds.files + test.files, {"curves": "curves.png", "history": "history.json"})
+    kinds = {"curves": "curves.png", "history": "history.json"}
+    if args.per_plane:  # the float network rbnn prune fine-tunes (rbnn.train.state)
+        kinds["float state"] = "float.npz"
+    out, sides, notes = check_outputs(args.output, ds.files + test.files, kinds)
     augment = "off" if args.no_augment else args.augment
 
     def line(row: dict) -> None:
@@ -172,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
         lr_scale=args.lr_scale, loss=args.loss, val=args.val, shift=args.shift, rotate=args.rotate,
         zoom=args.zoom, augment=augment, dropout=args.dropout, keep_best=not args.last_epoch,
         recalibrate=args.recalibrate, limit=args.limit, threads=args.threads,
+        input_mode=1 if args.per_plane else 0,
     )  # fmt: skip
     m = res.model
     if args.arena is not None:
@@ -196,7 +210,8 @@ def run(args: argparse.Namespace) -> int:
     n_val, n_test = len(vi), len(test.y_test)
     shape = "-".join(str(s) for s in [m.n_inputs] + m.sizes)
     weight_kb = m.arena.nbytes / 1024
-    print(f"model: {out} ({shape}, plane mask {mask:#04x}, {weight_kb:.2f} kB packed weights, {nbytes} bytes file)")
+    mode = ", per-plane weights (input mode 1)" if args.per_plane else ""
+    print(f"model: {out} ({shape}, plane mask {mask:#04x}{mode}, {weight_kb:.2f} kB packed weights, {nbytes} bytes file)")
     if args.arena is not None:
         print(f"arena: {m.n_planes} planes, {m.capacity} block slots, block 1 frozen on plane 0, "
               f"{len(m.free_planes())} free; score_q {m.score_q}")  # fmt: skip
@@ -221,6 +236,12 @@ def run(args: argparse.Namespace) -> int:
     if "history" in sides:  # strict JSON: no NaN or Infinity (a missing value is null)
         text = json.dumps(summary, indent=1, allow_nan=False) + "\n"
         write_atomic(sides["history"], lambda f: f.write(text.encode()))
+    if "float state" in sides:
+        from ..train.state import FloatState, save_state
+
+        cfg_rec = {**config_dict(res.config), "augmented": res.augmentation["augment"] == "on"}  # for rbnn prune
+        st = FloatState(res.net, cfg_rec, res.split["val"], len(x_all))
+        write_atomic(sides["float state"], lambda f: save_state(f, st))
     if "curves" in sides:
         from ..train.plots import plot_history
 

@@ -5,7 +5,9 @@ every layer, the output one included, is followed by BatchNorm (batch statistics
 training, running averages for inference). Backward: the straight-through estimator,
 gated where ``|a| > 1`` for activations; latent weights are real, updated by Adam and
 clipped to [-1, 1]. The first layer sees the exact integers the device sees:
-``rbnn.format.model.input_values(x, plane_mask)``, the bit-plane values with shared weights.
+``rbnn.format.model.input_values(x, plane_mask)``, the bit-plane values with shared weights
+(input mode 0), or with ``input_mode=1`` (``rbnn train --per-plane``) one segment of
+``+-2^(n - low)`` per kept plane with its own weights (``net.plane_inputs``).
 
 Everything random comes from one ``numpy.random.Generator`` seeded by ``seed``, and the
 BLAS thread count is pinned (``threads``), so the same seed on the same machine gives a
@@ -26,11 +28,11 @@ import numpy as np
 
 from ..data import Dataset
 from ..errors import ModelError, RbnnError
-from ..format.model import Model, input_values
+from ..format.model import INPUT_PER_PLANE, INPUT_SHARED, Model
 from ..progress import bar as progress_bar
 from .augment import augment
 from .blas import blas_threads
-from .net import FloatNet, evaluate, init_net, recalibrate, train_step
+from .net import FIRST_INPUTS, FloatNet, evaluate, init_net, recalibrate, train_step
 from .optim import Adam
 
 LOSSES = ("hinge", "ce")
@@ -77,6 +79,7 @@ class TrainConfig:
     recalibrate: bool = False  # replace running averages by exact training-set statistics
     limit: int | None = None  # use only the first N training images (tests, quick runs)
     threads: int = 1  # BLAS threads, pinned: the result depends on it (see blas_threads)
+    input_mode: int = INPUT_SHARED  # 1: per-plane first-layer weights (docs/FORMAT.md, input mode 1)
 
     def check(self, n_inputs: int, n_train: int) -> None:
         """Raise TrainError naming the first bad option."""
@@ -115,6 +118,8 @@ class TrainConfig:
         if n_train - self.val < self.batch:
             raise TrainError(f"batch: {self.batch} is larger than the {n_train - self.val} training images "
                              "left after the validation split: lower --batch or --val")  # fmt: skip
+        if self.input_mode not in (INPUT_SHARED, INPUT_PER_PLANE):
+            raise TrainError(f"input mode: expected {INPUT_SHARED} or {INPUT_PER_PLANE}, found {self.input_mode}")
         if not 1 <= self.threads <= 256:
             raise TrainError(f"threads: expected 1..256, found {self.threads}")
         if n_inputs > 65535:
@@ -190,7 +195,8 @@ def train(
         raise TrainError(f"training images: expected uint8 (n, features), found {x_all.dtype} {x_all.shape}")
     n_inputs = int(x_all.shape[1])
     cfg.check(n_inputs, len(x_all))
-    _check_memory([n_inputs] + cfg.hidden + [int(ds.n_classes)])
+    first = n_inputs * (bin(cfg.plane_mask).count("1") if cfg.input_mode == INPUT_PER_PLANE else 1)
+    _check_memory([first] + cfg.hidden + [int(ds.n_classes)])
     n_classes = int(ds.n_classes)
     if len(y_all) and int(y_all.max()) >= n_classes:
         raise TrainError(f"labels: expected 0..{n_classes - 1}, found {int(y_all.max())}")
@@ -256,6 +262,16 @@ def _fit(
                        {"train": tr_idx, "val": val_idx}, chosen)  # fmt: skip
 
 
+def _mode(net: FloatNet) -> int:
+    """The input mode of a network (any network with a ``plane_mask``: 0 unless it says)."""
+    return getattr(net, "input_mode", INPUT_SHARED)
+
+
+def _inputs(net: FloatNet, x: np.ndarray) -> np.ndarray:
+    """The first layer's float32 inputs of uint8 samples, by the network's input mode."""
+    return FIRST_INPUTS[_mode(net)](x, net.plane_mask)
+
+
 def _image_shape(n_inputs: int) -> tuple[int, int] | None:
     """(side, side) when the features are a square image (augmentation needs one)."""
     side = int(np.sqrt(n_inputs))
@@ -273,18 +289,24 @@ def _loop(
     progress: bool,
     on_epoch: Callable[[dict], None] | None,
     desc: str = "train",
+    net: FloatNet | None = None,
 ) -> tuple[FloatNet, list[dict], int]:
-    """The epochs of one run: (float network kept, history, its 1-based epoch)."""
+    """The epochs of one run: (float network kept, history, its 1-based epoch).
+
+    ``net``: the network to start from (fine-tuning, rbnn prune), trained in place;
+    default a new one (init_net)."""
     n_inputs = int(x_tr.shape[1])
     sizes = cfg.hidden + [n_classes]
-    net = init_net(rng, n_inputs, sizes, cfg.plane_mask, cfg.eps)
-    ins = [n_inputs] + sizes[:-1]
+    if net is None:
+        net = init_net(rng, n_inputs, sizes, cfg.plane_mask, cfg.eps, cfg.input_mode)
+    ins = [int(w.shape[1]) for w in net.weights]
     wscale = [np.sqrt((i + o) / 1.5) if cfg.lr_scale == "glorot" else 1.0 for i, o in zip(ins, sizes, strict=True)]
     params = net.weights + net.gamma + net.beta
     opt = Adam(params, wscale + [1.0] * (2 * len(sizes)))
     shape = _image_shape(n_inputs)
     augmenting = shape is not None and (cfg.shift or cfg.rotate or cfg.zoom)
-    x_plain = None if augmenting else input_values(x_tr, cfg.plane_mask)
+    # Input mode 1's inputs are K times wider (1.4 GB for MNIST at 8 planes): made per batch.
+    x_plain = None if augmenting or _mode(net) != INPUT_SHARED else _inputs(net, x_tr)
     steps_per_epoch = len(x_tr) // cfg.batch  # drop the ragged last batch: BN needs stats
     total = steps_per_epoch * cfg.epochs
     history: list[dict] = []
@@ -301,10 +323,9 @@ def _loop(
             for i in range(steps_per_epoch):
                 idx = order[i * cfg.batch : (i + 1) * cfg.batch]
                 if augmenting:
-                    xb = augment(x_tr[idx], rng, shape, cfg.shift, cfg.rotate, cfg.zoom)
-                    xb = input_values(xb, cfg.plane_mask)
+                    xb = _inputs(net, augment(x_tr[idx], rng, shape, cfg.shift, cfg.rotate, cfg.zoom))
                 else:
-                    xb = x_plain[idx]
+                    xb = _inputs(net, x_tr[idx]) if x_plain is None else x_plain[idx]
                 lr = _lr_at(cfg, step / max(1, total - 1))
                 loss, acc, grads = train_step(net, xb, y_tr[idx], cfg, rng)
                 opt.step(params, grads, lr)

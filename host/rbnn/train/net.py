@@ -2,8 +2,10 @@
 backward (Courbariaux & Hubara et al.), and its fold into the integer model.
 
 Hidden layers output ``sign`` (sign(0) = +1) of BatchNorm'd integer pre-activations; the
-first layer sees the exact integers the device sees (``input_values``: the bit-plane
-values with shared weights).
+first layer sees the exact integers the device sees: in input mode 0 ``input_values``
+(the bit-plane values with shared weights), in input mode 1 (per-plane weights,
+docs/FORMAT.md) :func:`plane_inputs`, ``K * n_inputs`` values of +-2^(n - low), one
+segment per kept plane, each with its own latent weights.
 """
 
 from __future__ import annotations
@@ -13,13 +15,37 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..format.model import Model, input_values, plane_shifts
+from ..format.model import (
+    INPUT_PER_PLANE,
+    INPUT_SHARED,
+    Model,
+    input_values,
+    kept_planes,
+    plane_shifts,
+)
 from . import fold
 
 if TYPE_CHECKING:
     from .fit import TrainConfig
 
 _ONE = np.float32(1.0)
+
+
+def plane_inputs(x: np.ndarray, plane_mask: int) -> np.ndarray:
+    """The first layer's inputs in input mode 1: float32 (n, K * n_inputs).
+
+    Segment ``k`` (the kept planes, highest first, as in the packed input) holds
+    ``2^(n_k - low) * (2 * bit - 1)`` of plane ``n_k``, so that ``plane_inputs(x) @ w.T``
+    is the exact integer ``s`` of docs/FORMAT.md (Semantics, input mode 1).
+    """
+    x = np.asarray(x, dtype=np.int32)
+    segs = [((2 * ((x >> n) & 1) - 1) << sh) for n, sh in zip(kept_planes(plane_mask), plane_shifts(plane_mask),
+                                                               strict=True)]  # fmt: skip
+    return np.concatenate(segs, axis=-1).astype(np.float32)
+
+
+# What the first layer reads, per input mode (docs/FORMAT.md).
+FIRST_INPUTS = {INPUT_SHARED: input_values, INPUT_PER_PLANE: plane_inputs}
 
 
 @dataclass
@@ -38,6 +64,7 @@ class FloatNet:
     mean: list[np.ndarray]
     var: list[np.ndarray]
     eps: float
+    input_mode: int = INPUT_SHARED  # 1: per-plane first-layer weights, (out, K * n_inputs)
 
     @property
     def sizes(self) -> list[int]:
@@ -46,6 +73,10 @@ class FloatNet:
     def binary_weights(self, layer: int) -> np.ndarray:
         """``sign`` of the latent weights, sign(0) = +1: float32 (out, in) of +-1."""
         return np.where(self.weights[layer] >= 0, _ONE, -_ONE)
+
+    def inputs(self, x: np.ndarray) -> np.ndarray:
+        """The first layer's float32 inputs of uint8 samples (n, n_inputs)."""
+        return FIRST_INPUTS[self.input_mode](x, self.plane_mask)
 
     def smax(self, layer: int) -> int:
         """Largest possible |s| of a layer (docs/FORMAT.md)."""
@@ -74,7 +105,7 @@ class FloatNet:
         n_layers = len(self.weights)
         out = np.empty((len(x), self.sizes[-1]), np.float64)
         for lo in range(0, len(x), batch):
-            a = input_values(x[lo : lo + batch], self.plane_mask)
+            a = self.inputs(x[lo : lo + batch])
             for lay in range(n_layers):
                 s = self.dot(a, lay)
                 y = fold.bn_eval(s, *self._bn(lay))
@@ -110,7 +141,8 @@ class FloatNet:
         meta = dict(meta or {})
         meta["output_q"] = q
         return Model.plain(
-            self.n_inputs, self.plane_mask, [w >= 0 for w in self.weights], thr, flips, scale, offset, meta
+            self.n_inputs, self.plane_mask, [w >= 0 for w in self.weights], thr, flips, scale, offset, meta,
+            input_mode=self.input_mode,
         )
 
 
@@ -215,17 +247,26 @@ def train_step(
 
 
 def init_net(
-    rng: np.random.Generator, n_inputs: int, sizes: list[int], plane_mask: int, eps: float = 1e-4
+    rng: np.random.Generator,
+    n_inputs: int,
+    sizes: list[int],
+    plane_mask: int,
+    eps: float = 1e-4,
+    input_mode: int = INPUT_SHARED,
 ) -> FloatNet:
-    """Glorot-uniform latent weights, gamma 1, beta 0, running mean 0 and var 1."""
-    ins = [n_inputs] + sizes[:-1]
+    """Glorot-uniform latent weights, gamma 1, beta 0, running mean 0 and var 1.
+
+    Input mode 1: the first layer has ``K * n_inputs`` inputs (one segment per kept plane)."""
+    first = n_inputs * (bin(plane_mask).count("1") if input_mode == INPUT_PER_PLANE else 1)
+    ins = [first] + sizes[:-1]
     ws = []
     for n_in, n_out in zip(ins, sizes, strict=True):
         lim = np.sqrt(6.0 / (n_in + n_out))
         ws.append(rng.uniform(-lim, lim, (n_out, n_in)).astype(np.float32))
     ones = [np.ones(s, np.float32) for s in sizes]
     zeros = [np.zeros(s, np.float32) for s in sizes]
-    return FloatNet(n_inputs, plane_mask, ws, ones, [z.copy() for z in zeros], zeros, [o.copy() for o in ones], eps)
+    return FloatNet(n_inputs, plane_mask, ws, ones, [z.copy() for z in zeros], zeros, [o.copy() for o in ones], eps,
+                    input_mode)  # fmt: skip
 
 
 def recalibrate(net: FloatNet, x: np.ndarray, batch: int = 5000) -> None:
@@ -239,7 +280,7 @@ def recalibrate(net: FloatNet, x: np.ndarray, batch: int = 5000) -> None:
         tot = np.zeros(net.sizes[lay], np.float64)
         tot2 = np.zeros(net.sizes[lay], np.float64)
         for lo in range(0, len(x), batch):
-            a = input_values(x[lo : lo + batch], net.plane_mask)
+            a = net.inputs(x[lo : lo + batch])
             for i in range(lay + 1):
                 s = net.dot(a, i)
                 if i < lay:

@@ -165,3 +165,38 @@ def plot_stream(points: list[tuple[int, int, int]], block_every: int, path: str 
         fig.savefig(path, format="png", dpi=110)
     finally:
         plt.close(fig)
+
+
+def plot_sensitivity(
+    rows: list[tuple[int, float]], start: float, path: str | os.PathLike | BinaryIO, title: str = ""
+) -> None:
+    """Validation accuracy lost when each kept input bit-plane is removed (``rbnn
+    sensitivity``), one bar per plane, as a PNG.
+
+    Parameters
+    ----------
+    rows : (plane, validation accuracy without it) per kept plane, fractions
+    start : validation accuracy with every kept plane
+    path : path of the PNG to write, or a binary file open for writing
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    try:
+        drops = [100 * (start - acc) for _, acc in rows]
+        ax.bar([str(p) for p, _ in rows], drops, color=["C3" if d > 1 else "C0" for d in drops])
+        for i, d in enumerate(drops):
+            ax.annotate(f"{d:.2f}", (i, d), ha="center", va="bottom", fontsize=8)
+        ax.axhline(1.0, color="grey", ls=":", label="1 point")
+        ax.set_xlabel("input bit-plane removed (7 = most significant)")
+        ax.set_ylabel("validation accuracy lost (points)")
+        ax.set_title(title or f"all planes: {100 * start:.2f} %")
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, format="png", dpi=110)
+    finally:
+        plt.close(fig)
