@@ -174,6 +174,7 @@ def test_training_a_v3_model_is_e_full_and_changes_nothing(rng):
     for m in version3_models(rng):
         data = pack.to_bytes(m)
         tr = ccore.CTrainer(data)
+        assert tr.scratch_bytes == 0  # rbnn_train_scratch_bytes: nothing to train
         x = pack_input(random_inputs(rng, m.n_inputs, 2), m.plane_mask)
         calls = [(tr.step, (x[0], 0)), (tr.step, (x[0], 99)), (tr.steps, (x, [0, 1])), (tr.new_block, ()),
                  (tr.freeze, ())]  # fmt: skip

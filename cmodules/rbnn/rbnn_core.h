@@ -132,7 +132,7 @@ uint32_t rbnn_set_batch_tile(uint32_t t);
  * rbnn_reseal. An error changes nothing. */
 
 /* Bytes of the caller-owned scratch of one training step (4-byte aligned; RBNN_E_ALIGN
- * otherwise), 0 for a model that failed to load. It holds, in 32-bit words: the hidden
+ * otherwise), 0 for a model that failed to load or of version 3 (never trained). It holds, in 32-bit words: the hidden
  * bits of every hidden layer of the live block and their gate bits (sum over hidden
  * layers of 2 * words(size)), and two signal buffers of max(sizes) int32 each: the
  * summed scores z (frozen blocks, then the live block), turned into the output signal g

@@ -142,7 +142,7 @@ static uint32_t widest(const rbnn_model_t *m) {
 }
 
 uint32_t rbnn_train_scratch_bytes(const rbnn_model_t *m) {
-    if (m == NULL || m->buf == NULL) {
+    if (m == NULL || m->buf == NULL || m->version >= RBNN_VERSION_V3) { /* v3: never trained */
         return 0;
     }
     return 4u * (2u * hidden_words(m) + 2u * widest(m));
