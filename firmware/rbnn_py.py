@@ -553,6 +553,16 @@ def _head(buf, n):
         import rbnn_pyconv  # version 3 only: its checks and kernels stay off a dense model's heap
 
         geo = rbnn_pyconv.geometry(buf, hb, n_inputs, sizes, nk if input_mode else 1)
+        wsum = 0  # the plane weights 2^(n - low): a long conv row can sum past int32
+        low = 0
+        while not plane_mask >> low & 1:
+            low += 1
+        for q in range(low, 8):
+            wsum += ((plane_mask >> q) & 1) << (q - low)
+        for i in range(n_layers):
+            smax = geo[i][9] * (wsum if i == 0 else 1)
+            if smax > I32_MAX:
+                _fail("E_RANGE", "layer[%d] largest |s|" % i, hb + 8 * i, "<= %d (int32)" % I32_MAX, smax)
     else:
         ins = [n_inputs] + sizes
         geo = [(DENSE, 0, 0, 0, 0, 0, 0, 0, 0, ins[i], 1, sizes[i]) for i in range(n_layers)]

@@ -373,7 +373,32 @@ def crafted_v3_files(conv: Model, dense: Model) -> list[bytes]:
                         (dlay["arena_offset"] + 4 * 3, "<I", 1 << 8), (64 + 2, "B", 1)]:  # fmt: skip
         out.append(patched(dbase, off, fmt, v))
     out += [base[:70], base[:95], base[:96]]  # the v3 layer table cut (it ends at 96)
+    out += [v3_header(*h) for h in V3_RANGE_HEADERS]
     return out
+
+
+# (plane_mask, (in_h, in_w, in_c), layers as (size, kind, kernel, pad, pool)): a 15x15 conv
+# over 65,535 channels sums past int32 with 8 planes (E_RANGE at layer 0) but not with one
+# (then E_TRUNCATED); a 1x1 conv to 65,535 channels of a 255x255 map flattens into a dense
+# row past int32 (E_RANGE at layer 1).
+V3_RANGE_HEADERS = [
+    (0xFF, (1, 1, 65535), [(1, 1, 15, 7, 0), (10, 0, 0, 0, 0)]),
+    (0x80, (1, 1, 65535), [(1, 1, 15, 7, 0), (10, 0, 0, 0, 0)]),
+    (0x80, (255, 255, 1), [(65535, 1, 1, 0, 0), (10, 0, 0, 0, 0)]),
+]
+
+
+def v3_header(plane_mask: int, shape: tuple, layers: list) -> bytes:
+    """A version 3 header and layer table only (the file it announces is longer)."""
+    h = bytearray(64 + 8 * len(layers))
+    n_inputs = shape[0] * shape[1] * shape[2]
+    struct.pack_into("<4sHHIBBBBHBB", h, 0, b"RBNN", 3, 0, 1 << 20, 32, len(layers), 1, 1, n_inputs, 0,
+                     plane_mask)  # fmt: skip
+    h[32] = 1
+    struct.pack_into("<HHH", h, 40, *shape)
+    for i, ly in enumerate(layers):
+        struct.pack_into("<HBBBB", h, 64 + 8 * i, *ly)
+    return bytes(h)
 
 
 def header_only(version: int, n_blocks: int, sizes: list[int], n_planes: int = 255) -> bytes:

@@ -267,7 +267,8 @@ static int check_padding(rbnn_model_t *m, const uint8_t *b) {
 
 /* Largest possible |s| of layer l (docs/FORMAT.md, Semantics): in[l], times the plane
  * weights for layer 0. Fits 32 bits: in[0] <= 15 * 15 * 65535 for a conv layer 0, and
- * the plane weights sum to at most 255. */
+ * the plane weights sum to at most 255; a reader refuses a file where it passes int32
+ * (RBNN_CHK_LAYER_RANGE). */
 uint32_t rbnn_layer_smax(const rbnn_model_t *m, uint32_t l) {
     uint32_t n, low = 0, sum = 0;
     if (l > 0u) {
@@ -732,6 +733,13 @@ int rbnn_model_init(rbnn_model_t *m, const void *buf, size_t len) {
      * be long, so every product and sum is checked. block_params < 2^16 * 20: no
      * overflow there. */
     set_geometry(m);
+    for (i = 0; version >= RBNN_VERSION_V3 && i < m->n_layers; i++) {
+        /* a long conv row (or a map flattened into a dense row) can sum past int32 */
+        uint32_t smax = rbnn_layer_smax(m, i);
+        if (smax > I32_MAX) {
+            return fail_at(m, RBNN_CHK_LAYER_RANGE, hb + RBNN_LAYER_ENTRY_BYTES_V3 * i, i, 0, 0, 0, smax);
+        }
+    }
     for (i = 0; i < m->n_layers; i++) {
         uint32_t s = m->sizes[i];
         if (!mul_ok(s * segments(m, i), words_of(m->layer_in[i]), &t)

@@ -81,6 +81,7 @@ CHECKS = (
     Check("CONV_FIT", "E_HEADER", "layer[{i}].kernel", "<= {want} (the {j}x{k} input map with its pad)",
           "{found}"),  # fmt: skip
     Check("POOL_ODD", "E_HEADER", "layer[{i}].pool", "0 (the {j}x{k} conv output is not even)", "{found}"),
+    Check("LAYER_RANGE", "E_RANGE", "layer[{i}] largest |s|", f"<= {K.I32_MAX} (int32)", "{found}"),
     Check("SIZE_OVERFLOW", "E_SIZE", "computed file size", f"<= {K.U32_MAX} bytes", "more"),
     Check("TRUNC_FILE", "E_TRUNCATED", "file_bytes", "{want} bytes", "{found} bytes"),
     Check("FILE_LONGER", "E_SIZE", "file_bytes", "{want} (the buffer's length)", "{found}"),

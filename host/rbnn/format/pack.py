@@ -359,6 +359,12 @@ def check_head(buf: bytes, n: int) -> _Head:
         layers = _check_layers_v3(buf, hb, sizes)
         in_shape = _check_shapes_v3(buf, hb, n_inputs, layers)
         geo = geometry(n_inputs, layers, in_shape, bin(plane_mask).count("1"), input_mode)  # cannot fail now
+        # a long conv row (or a map flattened into a dense row) can sum past int32
+        wsum = sum(1 << sh for sh in plane_shifts(plane_mask))
+        for i, g in enumerate(geo):
+            smax = g.n_in * (wsum if i == 0 else 1)
+            if smax > I32_MAX:
+                raise _fail("LAYER_RANGE", hb + LAYER_ENTRY_BYTES_V3 * i, i=i, found=smax)
     lay = layout(n_inputs, sizes, n_blocks, n_planes, max_blocks, version, geo)
     if lay["plane_bytes"] > U32_MAX or lay["file_bytes"] > U32_MAX:
         raise _fail("SIZE_OVERFLOW", 8)
