@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 from rbnn.engines import twin  # noqa: E402
 from rbnn.format import pack  # noqa: E402
 from rbnn.format.model import pack_input  # noqa: E402
+from support.fwstale import stale_reason  # noqa: E402
 from support.randconv import mnist_cnn  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,7 +120,9 @@ def main() -> int:
     runs = [("c", a.samples), ("viper", a.samples), ("python", 2)]
     head = f"NS = {a.samples}\nRUNS = {runs!r}\n"
     ok = True
-    if UNIX.exists():
+    if UNIX.exists() and stale_reason(UNIX):
+        print(f"unix port: skipped: {stale_reason(UNIX)}")
+    elif UNIX.exists():
         from mpy_helpers import run_mpy_code
 
         with tempfile.TemporaryDirectory() as d:
@@ -129,7 +132,9 @@ def main() -> int:
             ok &= report(f"unix port (x86-64): {title}", run_mpy_code(str(UNIX), code, Path(d)).stdout, want)
     else:
         print(f"no {UNIX}: make firmware PORT=unix MICROPY_DIR=...")
-    if RV32.exists():
+    if RV32.exists() and stale_reason(RV32):
+        print(f"qemu VIRT_RV32: skipped: {stale_reason(RV32)}")
+    elif RV32.exists():
         # its 140 kB heap holds a smaller CNN with the fallback's modules: conv 8 + pool,
         # conv 16 + pool, dense 32, dense 10
         from test_cmodule import QEMU_BOARDS, RawRepl

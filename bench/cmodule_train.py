@@ -50,6 +50,7 @@ from rbnn.engines import ccore  # noqa: E402
 from rbnn.format import pack  # noqa: E402
 from rbnn.format.model import Model, pack_input  # noqa: E402
 from rbnn.learn.defaults import defaults  # noqa: E402
+from support.fwstale import stale_reason  # noqa: E402
 from support.randmodel import trainable_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -223,6 +224,9 @@ def ratio(samples: int, seed: int, big_rv32: str | None = None, repeats: int = 5
                   "BOARD=VIRT_RV32 FW_QEMU_FREEZE=0 MICROPY_DIR=...")  # fmt: skip
             return ok
         for image, shape in ((RV32, SMALL), *(((Path(big_rv32), big),) if big_rv32 else ())):
+            if stale_reason(image):
+                print(f"\nqemu VIRT_RV32: skipped: {stale_reason(image)}")
+                continue
             ok &= _rv32(image, shape, samples, seed, d)
     return ok
 
@@ -256,6 +260,9 @@ def main() -> int:
         return 0
     if not UNIX.exists():
         print(f"skipped: no unix build at {UNIX.relative_to(REPO)}; run make firmware PORT=unix MICROPY_DIR=...")
+        return 0
+    if stale_reason(UNIX):
+        print(f"skipped: {stale_reason(UNIX)}")
         return 0
     m = bench_model(args.seed)
     data = pack.to_bytes(m)
