@@ -295,191 +295,23 @@ void rbnn_xorpop_rows(const uint32_t *w, const uint32_t *x, uint32_t n, uint32_t
     }
 }
 
-#elif defined(__AVX2__) && defined(__x86_64__) && !defined(RBNN_KERNEL_PORTABLE)
-/* ---------------------------------------------------------------------------------
- * x86 with AVX2 (the host core is built with -march=native): 256-bit XOR, popcount
- * of each byte by a 16-entry nibble table (vpshufb), byte counts summed with vpsadbw
- * once per row (or every 31 steps, before a byte could overflow). The n % 8 words
- * left over go through 64-bit popcounts. About twice the speed of scalar popcnt on
- * 256- and 784-input rows.
- * ------------------------------------------------------------------------------- */
-#include <immintrin.h>
-#include <string.h>
-
-const char rbnn_kernel_name[] = "avx2";
-
-static inline uint64_t ld64(const uint32_t *p) {
-    uint64_t v;
-    memcpy(&v, p, sizeof v); /* rows are only 4-byte aligned */
-    return v;
-}
-
-static inline __m256i pop_bytes(__m256i v) {
-    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-        0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-    const __m256i low = _mm256_set1_epi8(0x0f);
-    __m256i lo = _mm256_and_si256(v, low);
-    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-    return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
-}
-
-static inline uint32_t xorpop_avx2(const uint32_t *a, const uint32_t *b, uint32_t n) {
-    __m256i sums = _mm256_setzero_si256();
-    __m128i t;
-    uint64_t rest = 0;
-    uint32_t i = 0, full = n & ~7u;
-    while (i < full) {
-        uint32_t stop = full - i > 31u * 8u ? i + 31u * 8u : full;
-        __m256i bytes = _mm256_setzero_si256();
-        for (; i < stop; i += 8u) {
-            __m256i v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(const void *)(a + i)),
-                _mm256_loadu_si256((const __m256i *)(const void *)(b + i)));
-            bytes = _mm256_add_epi8(bytes, pop_bytes(v));
-        }
-        sums = _mm256_add_epi64(sums, _mm256_sad_epu8(bytes, _mm256_setzero_si256()));
-    }
-    for (; i + 2u <= n; i += 2u) {
-        rest += (uint64_t)__builtin_popcountll(ld64(a + i) ^ ld64(b + i));
-    }
-    if (i < n) {
-        rest += (uint64_t)__builtin_popcount(a[i] ^ b[i]);
-    }
-    t = _mm_add_epi64(_mm256_castsi256_si128(sums), _mm256_extracti128_si256(sums, 1));
-    t = _mm_add_epi64(t, _mm_unpackhi_epi64(t, t));
-    return (uint32_t)((uint64_t)_mm_cvtsi128_si64(t) + rest);
-}
-
-/* 16 interleaved samples (rbnn_kernel.h): the weight word broadcast, XOR with two
- * vectors of 8 samples, nibble-table popcounts summed as bytes (at most 31 words, 248 a
- * byte), folded into 32-bit lanes with two multiply-adds. */
-static void lanes_avx2(const uint32_t *w, const uint32_t *xt, uint32_t n, uint32_t rows,
-    uint32_t *out) {
-    const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
-    uint32_t r, i;
-    for (r = 0; r < rows; r++, w += n, out += 16) {
-        __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
-        for (i = 0; i < n;) {
-            uint32_t stop = n - i > 31u ? i + 31u : n;
-            __m256i c0 = _mm256_setzero_si256(), c1 = _mm256_setzero_si256();
-            for (; i < stop; i++) {
-                __m256i wv = _mm256_set1_epi32((int)w[i]);
-                const uint32_t *p = xt + 16u * i;
-                c0 = _mm256_add_epi8(c0, pop_bytes(_mm256_xor_si256(wv,
-                    _mm256_loadu_si256((const __m256i *)(const void *)p))));
-                c1 = _mm256_add_epi8(c1, pop_bytes(_mm256_xor_si256(wv,
-                    _mm256_loadu_si256((const __m256i *)(const void *)(p + 8)))));
-            }
-            a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_maddubs_epi16(c0, ones8), ones16));
-            a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_maddubs_epi16(c1, ones8), ones16));
-        }
-        _mm256_storeu_si256((__m256i *)(void *)out, a0);
-        _mm256_storeu_si256((__m256i *)(void *)(out + 8), a1);
-    }
-}
-
-/* AVX-512 VPOPCNTDQ: 512-bit XOR and a popcount of each 64-bit lane (vpopcntq); the
- * n % 16 words left over come in through one masked load (masked-off words are neither
- * read nor counted). Compiled for that target by attribute, called only when cpuid says
- * the CPU has it. */
-#define RBNN_512 __attribute__((target("avx512f,avx512vpopcntdq")))
-
-RBNN_512 static uint32_t xorpop_512(const uint32_t *a, const uint32_t *b, uint32_t n) {
-    __m512i s = _mm512_setzero_si512();
-    uint32_t i = 0;
-    for (; i + 16u <= n; i += 16u) {
-        s = _mm512_add_epi64(s, _mm512_popcnt_epi64(_mm512_xor_si512(
-            _mm512_loadu_si512((const void *)(a + i)), _mm512_loadu_si512((const void *)(b + i)))));
-    }
-    if (i < n) {
-        __mmask16 k = (__mmask16)((1u << (n - i)) - 1u);
-        s = _mm512_add_epi64(s, _mm512_popcnt_epi64(_mm512_xor_si512(
-            _mm512_maskz_loadu_epi32(k, (const void *)(a + i)),
-            _mm512_maskz_loadu_epi32(k, (const void *)(b + i)))));
-    }
-    return (uint32_t)_mm512_reduce_add_epi64(s);
-}
-
-RBNN_512 static void rows_512(const uint32_t *w, const uint32_t *x, uint32_t n,
-    uint32_t rows, uint32_t *out) {
-    uint32_t r;
-    for (r = 0; r < rows; r++, w += n) {
-        out[r] = xorpop_512(w, x, n);
-    }
-}
-
-/* 16 interleaved samples: one vpopcntd per weight word. */
-RBNN_512 static void lanes_512(const uint32_t *w, const uint32_t *xt, uint32_t n,
-    uint32_t rows, uint32_t *out) {
-    uint32_t r, i;
-    for (r = 0; r < rows; r++, w += n, out += 16) {
-        __m512i a = _mm512_setzero_si512();
-        for (i = 0; i < n; i++) {
-            a = _mm512_add_epi32(a, _mm512_popcnt_epi32(_mm512_xor_si512(
-                _mm512_set1_epi32((int)w[i]), _mm512_loadu_si512((const void *)(xt + 16u * i)))));
-        }
-        _mm512_storeu_si512((void *)out, a);
-    }
-}
-
-/* 0: not chosen yet (cpuid on first use), 1: AVX2, 2: AVX-512 VPOPCNTDQ. */
-static int kernel_kind;
-
-static int has_512(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq");
-}
-
-static int kind(void) {
-    if (kernel_kind == 0) {
-        kernel_kind = has_512() ? 2 : 1;
-    }
-    return kernel_kind;
-}
-
-int rbnn_kernel_select(const char *name) {
-    if (strcmp(name, "auto") == 0) {
-        kernel_kind = has_512() ? 2 : 1;
-    } else if (strcmp(name, "avx2") == 0) {
-        kernel_kind = 1;
-    } else if (strcmp(name, "avx512vpopcntdq") == 0 && has_512()) {
-        kernel_kind = 2;
-    } else {
-        return -1;
-    }
-    return 0;
-}
-
-const char *rbnn_kernel_active(void) {
-    return kind() == 2 ? "avx512vpopcntdq" : "avx2";
-}
-
-uint32_t rbnn_xorpop(const uint32_t *a, const uint32_t *b, uint32_t n) {
-    return kind() == 2 ? xorpop_512(a, b, n) : xorpop_avx2(a, b, n);
-}
-
-void rbnn_xorpop_rows(const uint32_t *w, const uint32_t *x, uint32_t n, uint32_t rows,
-    uint32_t *out) {
-    uint32_t r;
-    if (kind() == 2) {
-        rows_512(w, x, n, rows, out);
-        return;
-    }
-    for (r = 0; r < rows; r++, w += n) {
-        out[r] = xorpop_avx2(w, x, n);
-    }
-}
-
-void rbnn_xorpop_lanes(const uint32_t *w, const uint32_t *xt, uint32_t n, uint32_t rows,
-    uint32_t *out) {
-    if (kind() == 2) {
-        lanes_512(w, xt, n, rows, out);
-    } else {
-        lanes_avx2(w, xt, n, rows, out);
-    }
-}
-
 #else
-/* --------------------------------------------------------------------------------- */
+/* ---------------------------------------------------------------------------------
+ * Every other target: one scalar version (popcnt64 or swar below). On x86-64 with GCC or
+ * clang (not RBNN_KERNEL_PORTABLE) it is the baseline of a run-time choice: the AVX2 and
+ * AVX-512 VPOPCNTDQ kernels further down are compiled with target attributes (no build
+ * flag), and cpuid picks the fastest the CPU runs, once; the MicroPython unix port gets
+ * them although it builds for plain x86-64.
+ * ------------------------------------------------------------------------------- */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(RBNN_KERNEL_PORTABLE)
+#define RBNN_X86 1
+#define RBNN_BASE(name) base_##name /* the scalar kernel, one choice of several */
+#define RBNN_BASE_LINK static
+#else
+#define RBNN_X86 0
+#define RBNN_BASE(name) name
+#define RBNN_BASE_LINK
+#endif
 #if !defined(RBNN_KERNEL_PORTABLE) && (defined(__GNUC__) || defined(__clang__)) && \
     (defined(__POPCNT__) || defined(__aarch64__) || defined(__riscv_zbb))
 /* A popcount instruction: two words per popcount, four independent sums so the
@@ -488,7 +320,7 @@ void rbnn_xorpop_lanes(const uint32_t *w, const uint32_t *xt, uint32_t n, uint32
  * load. */
 #include <string.h>
 
-const char rbnn_kernel_name[] = "popcnt64";
+#define RBNN_BASE_NAME "popcnt64"
 
 static inline uint64_t ld64(const uint32_t *p) {
     uint64_t v;
@@ -525,7 +357,7 @@ static inline uint32_t xorpop_one(const uint32_t *a, const uint32_t *b, uint32_t
  * and fours run on), and only that vector is SWAR-popcounted, into byte lanes: about 9
  * operations a word instead of 20 for a full popcount of each. No multiply: byte sums
  * are gathered with shifts, cheaper where a multiply is slow. */
-const char rbnn_kernel_name[] = "swar";
+#define RBNN_BASE_NAME "swar"
 
 /* Per-byte popcounts of v (each <= 8). */
 static inline uint32_t pop_bytes(uint32_t v) {
@@ -588,11 +420,11 @@ static inline uint32_t xorpop_one(const uint32_t *a, const uint32_t *b, uint32_t
 #undef RBNN_CSA
 #endif
 
-uint32_t rbnn_xorpop(const uint32_t *a, const uint32_t *b, uint32_t n) {
+RBNN_BASE_LINK uint32_t RBNN_BASE(rbnn_xorpop)(const uint32_t *a, const uint32_t *b, uint32_t n) {
     return xorpop_one(a, b, n);
 }
 
-void rbnn_xorpop_rows(const uint32_t *w, const uint32_t *x, uint32_t n, uint32_t rows,
+RBNN_BASE_LINK void RBNN_BASE(rbnn_xorpop_rows)(const uint32_t *w, const uint32_t *x, uint32_t n, uint32_t rows,
     uint32_t *out) {
     uint32_t r;
     for (r = 0; r < rows; r++, w += n) {
@@ -601,7 +433,7 @@ void rbnn_xorpop_rows(const uint32_t *w, const uint32_t *x, uint32_t n, uint32_t
 }
 
 #if RBNN_TILE > 1
-void rbnn_xorpop_lanes(const uint32_t *w, const uint32_t *xt, uint32_t n, uint32_t rows,
+RBNN_BASE_LINK void RBNN_BASE(rbnn_xorpop_lanes)(const uint32_t *w, const uint32_t *xt, uint32_t n, uint32_t rows,
     uint32_t *out) {
     uint32_t r, i, t;
     for (r = 0; r < rows; r++, w += n, out += RBNN_TILE) {
@@ -616,5 +448,249 @@ void rbnn_xorpop_lanes(const uint32_t *w, const uint32_t *xt, uint32_t n, uint32
         }
     }
 }
+#endif
+
+#if !RBNN_X86
+const char rbnn_kernel_name[] = RBNN_BASE_NAME;
+#else
+/* ---------------------------------------------------------------------------------
+ * x86-64: AVX2 and AVX-512 VPOPCNTDQ by run-time choice.
+ *
+ * AVX2: 256-bit XOR, popcount of each byte by a 16-entry nibble table (vpshufb), byte
+ * counts summed with vpsadbw once per row (or every 31 steps, before a byte could
+ * overflow). The n % 8 words left over go through 64-bit popcounts. About twice the
+ * speed of scalar popcnt on 256- and 784-input rows.
+ * ------------------------------------------------------------------------------- */
+#include <immintrin.h>
+#include <string.h>
+
+#if defined(__AVX2__)
+const char rbnn_kernel_name[] = "avx2"; /* the host core (-march=native) */
+#else
+const char rbnn_kernel_name[] = "x86-dispatch"; /* the unix port: plain x86-64 */
+#endif
+
+#define RBNN_AVX2 __attribute__((target("avx2,popcnt")))
+
+static inline uint64_t ld64x(const uint32_t *p) {
+    uint64_t v;
+    memcpy(&v, p, sizeof v); /* rows are only 4-byte aligned */
+    return v;
+}
+
+RBNN_AVX2 static inline __m256i pop_bytes256(__m256i v) {
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+        0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    __m256i lo = _mm256_and_si256(v, low);
+    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+    return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
+}
+
+RBNN_AVX2 static inline uint32_t xorpop_avx2(const uint32_t *a, const uint32_t *b, uint32_t n) {
+    __m256i sums = _mm256_setzero_si256();
+    __m128i t;
+    uint64_t rest = 0;
+    uint32_t i = 0, full = n & ~7u;
+    while (i < full) {
+        uint32_t stop = full - i > 31u * 8u ? i + 31u * 8u : full;
+        __m256i bytes = _mm256_setzero_si256();
+        for (; i < stop; i += 8u) {
+            __m256i v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(const void *)(a + i)),
+                _mm256_loadu_si256((const __m256i *)(const void *)(b + i)));
+            bytes = _mm256_add_epi8(bytes, pop_bytes256(v));
+        }
+        sums = _mm256_add_epi64(sums, _mm256_sad_epu8(bytes, _mm256_setzero_si256()));
+    }
+    for (; i + 2u <= n; i += 2u) {
+        rest += (uint64_t)__builtin_popcountll(ld64x(a + i) ^ ld64x(b + i));
+    }
+    if (i < n) {
+        rest += (uint64_t)__builtin_popcount(a[i] ^ b[i]);
+    }
+    t = _mm_add_epi64(_mm256_castsi256_si128(sums), _mm256_extracti128_si256(sums, 1));
+    t = _mm_add_epi64(t, _mm_unpackhi_epi64(t, t));
+    return (uint32_t)((uint64_t)_mm_cvtsi128_si64(t) + rest);
+}
+
+RBNN_AVX2 static uint32_t one_avx2(const uint32_t *a, const uint32_t *b, uint32_t n) {
+    return xorpop_avx2(a, b, n);
+}
+
+RBNN_AVX2 static void rows_avx2(const uint32_t *w, const uint32_t *x, uint32_t n,
+    uint32_t rows, uint32_t *out) {
+    uint32_t r;
+    for (r = 0; r < rows; r++, w += n) {
+        out[r] = xorpop_avx2(w, x, n);
+    }
+}
+
+#if RBNN_TILE > 1
+/* 16 interleaved samples (rbnn_kernel.h): the weight word broadcast, XOR with two
+ * vectors of 8 samples, nibble-table popcounts summed as bytes (at most 31 words, 248 a
+ * byte), folded into 32-bit lanes with two multiply-adds. */
+RBNN_AVX2 static void lanes_avx2(const uint32_t *w, const uint32_t *xt, uint32_t n,
+    uint32_t rows, uint32_t *out) {
+    const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+    uint32_t r, i;
+    for (r = 0; r < rows; r++, w += n, out += 16) {
+        __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+        for (i = 0; i < n;) {
+            uint32_t stop = n - i > 31u ? i + 31u : n;
+            __m256i c0 = _mm256_setzero_si256(), c1 = _mm256_setzero_si256();
+            for (; i < stop; i++) {
+                __m256i wv = _mm256_set1_epi32((int)w[i]);
+                const uint32_t *p = xt + 16u * i;
+                c0 = _mm256_add_epi8(c0, pop_bytes256(_mm256_xor_si256(wv,
+                    _mm256_loadu_si256((const __m256i *)(const void *)p))));
+                c1 = _mm256_add_epi8(c1, pop_bytes256(_mm256_xor_si256(wv,
+                    _mm256_loadu_si256((const __m256i *)(const void *)(p + 8)))));
+            }
+            a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_maddubs_epi16(c0, ones8), ones16));
+            a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_maddubs_epi16(c1, ones8), ones16));
+        }
+        _mm256_storeu_si256((__m256i *)(void *)out, a0);
+        _mm256_storeu_si256((__m256i *)(void *)(out + 8), a1);
+    }
+}
+
+#endif
+
+/* AVX-512 VPOPCNTDQ: 512-bit XOR and a popcount of each 64-bit lane (vpopcntq); the
+ * n % 16 words left over come in through one masked load (masked-off words are neither
+ * read nor counted). */
+#define RBNN_512 __attribute__((target("avx512f,avx512vpopcntdq")))
+
+RBNN_512 static inline uint32_t xorpop_512(const uint32_t *a, const uint32_t *b, uint32_t n) {
+    __m512i s = _mm512_setzero_si512();
+    uint32_t i = 0;
+    for (; i + 16u <= n; i += 16u) {
+        s = _mm512_add_epi64(s, _mm512_popcnt_epi64(_mm512_xor_si512(
+            _mm512_loadu_si512((const void *)(a + i)), _mm512_loadu_si512((const void *)(b + i)))));
+    }
+    if (i < n) {
+        __mmask16 k = (__mmask16)((1u << (n - i)) - 1u);
+        s = _mm512_add_epi64(s, _mm512_popcnt_epi64(_mm512_xor_si512(
+            _mm512_maskz_loadu_epi32(k, (const void *)(a + i)),
+            _mm512_maskz_loadu_epi32(k, (const void *)(b + i)))));
+    }
+    return (uint32_t)_mm512_reduce_add_epi64(s);
+}
+
+RBNN_512 static uint32_t one_512(const uint32_t *a, const uint32_t *b, uint32_t n) {
+    return xorpop_512(a, b, n);
+}
+
+RBNN_512 static void rows_512(const uint32_t *w, const uint32_t *x, uint32_t n,
+    uint32_t rows, uint32_t *out) {
+    uint32_t r;
+    for (r = 0; r < rows; r++, w += n) {
+        out[r] = xorpop_512(w, x, n);
+    }
+}
+
+#if RBNN_TILE > 1
+/* 16 interleaved samples: one vpopcntd per weight word. */
+RBNN_512 static void lanes_512(const uint32_t *w, const uint32_t *xt, uint32_t n,
+    uint32_t rows, uint32_t *out) {
+    uint32_t r, i;
+    for (r = 0; r < rows; r++, w += n, out += 16) {
+        __m512i a = _mm512_setzero_si512();
+        for (i = 0; i < n; i++) {
+            a = _mm512_add_epi32(a, _mm512_popcnt_epi32(_mm512_xor_si512(
+                _mm512_set1_epi32((int)w[i]), _mm512_loadu_si512((const void *)(xt + 16u * i)))));
+        }
+        _mm512_storeu_si512((void *)out, a);
+    }
+}
+
+#endif
+
+/* ---- the choice: one table row per kernel, the fastest first ----------------------- */
+typedef struct {
+    const char *name;
+    int (*usable)(void);
+    uint32_t (*one)(const uint32_t *, const uint32_t *, uint32_t);
+    void (*rows)(const uint32_t *, const uint32_t *, uint32_t, uint32_t, uint32_t *);
+#if RBNN_TILE > 1
+    void (*lanes)(const uint32_t *, const uint32_t *, uint32_t, uint32_t, uint32_t *);
+#define RBNN_LANES(f) , f
+#else
+#define RBNN_LANES(f)
+#endif
+} kernel_t;
+
+static int cpu_512(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq");
+}
+
+static int cpu_avx2(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
+}
+
+static int cpu_any(void) {
+    return 1; /* the baseline: built for whatever the compiler flags allow */
+}
+
+static const kernel_t kernels[] = {
+    {"avx512vpopcntdq", cpu_512, one_512, rows_512 RBNN_LANES(lanes_512)},
+    {"avx2", cpu_avx2, one_avx2, rows_avx2 RBNN_LANES(lanes_avx2)},
+    {RBNN_BASE_NAME, cpu_any, base_rbnn_xorpop, base_rbnn_xorpop_rows RBNN_LANES(base_rbnn_xorpop_lanes)},
+};
+#define N_KERNELS (sizeof kernels / sizeof kernels[0])
+
+static const kernel_t *active; /* NULL: not chosen yet (cpuid on first use) */
+
+static const kernel_t *best(void) {
+    uint32_t i = 0;
+    while (!kernels[i].usable()) { /* the last is always usable */
+        i++;
+    }
+    return &kernels[i];
+}
+
+static const kernel_t *kernel(void) {
+    if (active == NULL) {
+        active = best();
+    }
+    return active;
+}
+
+int rbnn_kernel_select(const char *name) {
+    uint32_t i;
+    if (strcmp(name, "auto") == 0) {
+        active = best();
+        return 0;
+    }
+    for (i = 0; i < N_KERNELS; i++) {
+        if (strcmp(name, kernels[i].name) == 0 && kernels[i].usable()) {
+            active = &kernels[i];
+            return 0;
+        }
+    }
+    return -1;
+}
+
+const char *rbnn_kernel_active(void) {
+    return kernel()->name;
+}
+
+uint32_t rbnn_xorpop(const uint32_t *a, const uint32_t *b, uint32_t n) {
+    return kernel()->one(a, b, n);
+}
+
+void rbnn_xorpop_rows(const uint32_t *w, const uint32_t *x, uint32_t n, uint32_t rows,
+    uint32_t *out) {
+    kernel()->rows(w, x, n, rows, out);
+}
+
+#if RBNN_TILE > 1
+void rbnn_xorpop_lanes(const uint32_t *w, const uint32_t *xt, uint32_t n, uint32_t rows,
+    uint32_t *out) {
+    kernel()->lanes(w, xt, n, rows, out);
+}
+#endif
 #endif
 #endif
