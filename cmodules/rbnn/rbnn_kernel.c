@@ -606,12 +606,52 @@ RBNN_512 static void lanes_512(const uint32_t *w, const uint32_t *xt, uint32_t n
 
 #endif
 
+/* Counter moves of training, 8 words a vector: per lane the ripple of move_any in
+ * rbnn_train.c (a lane whose carry has died carries 0: its later XORs change nothing);
+ * the walk down the planes stops once no lane carries. */
+RBNN_AVX2 static uint32_t move_avx2(uint32_t *const *pl, uint32_t nb, uint32_t at,
+    const uint32_t *x, uint32_t nw, uint32_t down) {
+    const __m256i dv = _mm256_set1_epi32((int)down);
+    uint32_t w, p;
+    for (w = 0; w + 8u <= nw; w += 8u) {
+        __m256i c = _mm256_loadu_si256((const __m256i *)(const void *)(x + w)), m;
+        if (_mm256_testz_si256(c, c)) {
+            continue;
+        }
+        m = _mm256_and_si256(c, dv);
+        p = nb;
+        while (p-- > 0u) {
+            __m256i *q = (__m256i *)(void *)(pl[p] + at + w);
+            __m256i old = _mm256_loadu_si256(q);
+            _mm256_storeu_si256(q, _mm256_xor_si256(old, c));
+            c = _mm256_and_si256(c, _mm256_xor_si256(old, m));
+            if (_mm256_testz_si256(c, c)) {
+                break;
+            }
+        }
+        if (p == 0xFFFFFFFFu) { /* carried out of the sign plane: wrapped; flip back */
+            for (p = 0; p < nb; p++) {
+                __m256i *q = (__m256i *)(void *)(pl[p] + at + w);
+                _mm256_storeu_si256(q, _mm256_xor_si256(_mm256_loadu_si256(q), c));
+            }
+        }
+    }
+    return w;
+}
+
+static uint32_t move_none(uint32_t *const *pl, uint32_t nb, uint32_t at, const uint32_t *x,
+    uint32_t nw, uint32_t down) {
+    (void)pl, (void)nb, (void)at, (void)x, (void)nw, (void)down;
+    return 0; /* a scalar kernel: the caller moves every word */
+}
+
 /* ---- the choice: one table row per kernel, the fastest first ----------------------- */
 typedef struct {
     const char *name;
     int (*usable)(void);
     uint32_t (*one)(const uint32_t *, const uint32_t *, uint32_t);
     void (*rows)(const uint32_t *, const uint32_t *, uint32_t, uint32_t, uint32_t *);
+    uint32_t (*move)(uint32_t *const *, uint32_t, uint32_t, const uint32_t *, uint32_t, uint32_t);
 #if RBNN_TILE > 1
     void (*lanes)(const uint32_t *, const uint32_t *, uint32_t, uint32_t, uint32_t *);
 #define RBNN_LANES(f) , f
@@ -635,9 +675,9 @@ static int cpu_any(void) {
 }
 
 static const kernel_t kernels[] = {
-    {"avx512vpopcntdq", cpu_512, one_512, rows_512 RBNN_LANES(lanes_512)},
-    {"avx2", cpu_avx2, one_avx2, rows_avx2 RBNN_LANES(lanes_avx2)},
-    {RBNN_BASE_NAME, cpu_any, base_rbnn_xorpop, base_rbnn_xorpop_rows RBNN_LANES(base_rbnn_xorpop_lanes)},
+    {"avx512vpopcntdq", cpu_512, one_512, rows_512, move_avx2 RBNN_LANES(lanes_512)},
+    {"avx2", cpu_avx2, one_avx2, rows_avx2, move_avx2 RBNN_LANES(lanes_avx2)},
+    {RBNN_BASE_NAME, cpu_any, base_rbnn_xorpop, base_rbnn_xorpop_rows, move_none RBNN_LANES(base_rbnn_xorpop_lanes)},
 };
 #define N_KERNELS (sizeof kernels / sizeof kernels[0])
 
@@ -684,6 +724,11 @@ uint32_t rbnn_xorpop(const uint32_t *a, const uint32_t *b, uint32_t n) {
 void rbnn_xorpop_rows(const uint32_t *w, const uint32_t *x, uint32_t n, uint32_t rows,
     uint32_t *out) {
     kernel()->rows(w, x, n, rows, out);
+}
+
+uint32_t rbnn_move_words(uint32_t *const *pl, uint32_t nb, uint32_t at, const uint32_t *x,
+    uint32_t nw, uint32_t down) {
+    return kernel()->move(pl, nb, at, x, nw, down);
 }
 
 #if RBNN_TILE > 1
