@@ -71,11 +71,11 @@ int rbnn_kernel_select(const char *name);
 const char *rbnn_kernel_active(void);
 
 /* The training step's counter moves of a layer-0 row (rbnn_train.c, move_even/move_any),
- * 8 words at a time with AVX2 when the active kernel is a vector one: for each group of
- * 8 words w0 of the row (w0 + 8 <= nw), the words (pl[p] + at)[w0..w0+8) of the nb
- * planes (pl[0] the sign plane) move +1 on the bits of x (-1 where down is all ones),
- * saturating. Returns the words it did (a multiple of 8; 0 with a scalar kernel): the
- * caller moves the rest one word at a time, with the same result. */
+ * as vectors when the active kernel is a vector one: words [0, r) of the row (pl[p] + at)
+ * in each of the nb planes (pl[0] the sign plane) move +1 on the bits of x (-1 where down
+ * is all ones), saturating. Returns r: a multiple of 8, at most nw, with the
+ * vector kernels (AVX2, 8 words a vector), 0 with a scalar kernel; the caller
+ * moves words r..nw-1 one at a time, with the same result. */
 uint32_t rbnn_move_words(uint32_t *const *pl, uint32_t nb, uint32_t at, const uint32_t *x,
     uint32_t nw, uint32_t down);
 #endif
