@@ -203,6 +203,13 @@ def _rows(lib, rng, kind) -> None:
         lib.rbnn_xorpop_rows(_ptr(w), _ptr(x), n, rows, _ptr(out))
         assert (out[:rows] == np.bitwise_count(w ^ x).sum(axis=1)).all(), f"{kind} n={n} rows={rows}"
         assert out[rows] == 0xDEADBEEF, "wrote past rows"
+    for n, rows in [(248, 5), (249, 4)]:  # AVX2's four-row blocks up to 31 * 8 words: all-ones XORs
+        x = rng.integers(0, 2**32, n, dtype=np.uint32)
+        w = np.tile(~x, (rows, 1))
+        w[-1, ::3] = x[::3]
+        out = np.zeros(rows, np.uint32)
+        lib.rbnn_xorpop_rows(_ptr(w), _ptr(x), n, rows, _ptr(out))
+        assert (out == np.bitwise_count(w ^ x).sum(axis=1)).all(), f"{kind} n={n} rows={rows}"
     out = np.full(1, 7, np.uint32)
     lib.rbnn_xorpop_rows(_ptr(w), _ptr(x), 5, 0, _ptr(out))
     assert out[0] == 7, "rows=0 must write nothing"

@@ -517,10 +517,66 @@ RBNN_AVX2 static uint32_t one_avx2(const uint32_t *a, const uint32_t *b, uint32_
     return xorpop_avx2(a, b, n);
 }
 
+/* Scalar popcounts of a row shorter than a vector (hidden layers of 64 units: 2 words). */
+RBNN_AVX2 static inline uint32_t xorpop_short(const uint32_t *a, const uint32_t *b, uint32_t n) {
+    uint64_t s = 0;
+    uint32_t i = 0;
+    for (; i + 2u <= n; i += 2u) {
+        s += (uint64_t)__builtin_popcountll(ld64x(a + i) ^ ld64x(b + i));
+    }
+    if (i < n) {
+        s += (uint64_t)__builtin_popcount(a[i] ^ b[i]);
+    }
+    return (uint32_t)s;
+}
+
+/* Four rows against one input, each input vector loaded once for all four, their byte
+ * counts summed with vpsadbw and the four totals gathered in one vector; rows of 8 to
+ * 31 * 8 words (784 inputs: 25), the n % 8 words left over as scalars. */
+RBNN_AVX2 static void rows4_avx2(const uint32_t *w, const uint32_t *x, uint32_t n, uint32_t *out) {
+    __m256i b0 = _mm256_setzero_si256(), b1 = b0, b2 = b0, b3 = b0, t01, t23, u;
+    uint32_t i, full = n & ~7u, r;
+    uint64_t tot[4];
+    for (i = 0; i < full; i += 8u) {
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(const void *)(x + i));
+#define RBNN_ROW4(bk, k) \
+        bk = _mm256_add_epi8(bk, pop_bytes256(_mm256_xor_si256(xv, \
+            _mm256_loadu_si256((const __m256i *)(const void *)(w + (k) * n + i)))))
+        RBNN_ROW4(b0, 0u);
+        RBNN_ROW4(b1, 1u);
+        RBNN_ROW4(b2, 2u);
+        RBNN_ROW4(b3, 3u);
+#undef RBNN_ROW4
+    }
+    b0 = _mm256_sad_epu8(b0, _mm256_setzero_si256());
+    b1 = _mm256_sad_epu8(b1, _mm256_setzero_si256());
+    b2 = _mm256_sad_epu8(b2, _mm256_setzero_si256());
+    b3 = _mm256_sad_epu8(b3, _mm256_setzero_si256());
+    t01 = _mm256_add_epi64(_mm256_unpacklo_epi64(b0, b1), _mm256_unpackhi_epi64(b0, b1));
+    t23 = _mm256_add_epi64(_mm256_unpacklo_epi64(b2, b3), _mm256_unpackhi_epi64(b2, b3));
+    u = _mm256_add_epi64(_mm256_permute2x128_si256(t01, t23, 0x20),
+        _mm256_permute2x128_si256(t01, t23, 0x31)); /* rows 0, 1, 2, 3 */
+    _mm256_storeu_si256((__m256i *)(void *)tot, u);
+    for (r = 0; r < 4u; r++) {
+        out[r] = (uint32_t)tot[r] + xorpop_short(w + r * n + full, x + full, n - full);
+    }
+}
+
 RBNN_AVX2 static void rows_avx2(const uint32_t *w, const uint32_t *x, uint32_t n,
     uint32_t rows, uint32_t *out) {
-    uint32_t r;
-    for (r = 0; r < rows; r++, w += n) {
+    uint32_t r = 0;
+    if (n < 8u) {
+        for (; r < rows; r++, w += n) {
+            out[r] = xorpop_short(w, x, n);
+        }
+        return;
+    }
+    if (n <= 31u * 8u) { /* no byte counter overflows */
+        for (; r + 4u <= rows; r += 4u, w += 4u * n) {
+            rows4_avx2(w, x, n, out + r);
+        }
+    }
+    for (; r < rows; r++, w += n) {
         out[r] = xorpop_avx2(w, x, n);
     }
 }
@@ -559,7 +615,7 @@ RBNN_AVX2 static void lanes_avx2(const uint32_t *w, const uint32_t *xt, uint32_t
 /* AVX-512 VPOPCNTDQ: 512-bit XOR and a popcount of each 64-bit lane (vpopcntq); the
  * n % 16 words left over come in through one masked load (masked-off words are neither
  * read nor counted). */
-#define RBNN_512 __attribute__((target("avx512f,avx512vpopcntdq")))
+#define RBNN_512 __attribute__((target("avx512f,avx512vpopcntdq,avx2,popcnt")))
 
 RBNN_512 static inline uint32_t xorpop_512(const uint32_t *a, const uint32_t *b, uint32_t n) {
     __m512i s = _mm512_setzero_si512();
@@ -584,6 +640,12 @@ RBNN_512 static uint32_t one_512(const uint32_t *a, const uint32_t *b, uint32_t 
 RBNN_512 static void rows_512(const uint32_t *w, const uint32_t *x, uint32_t n,
     uint32_t rows, uint32_t *out) {
     uint32_t r;
+    if (n < 8u) { /* short rows (2 words: 64 inputs): scalar, no reduction to pay */
+        for (r = 0; r < rows; r++, w += n) {
+            out[r] = xorpop_short(w, x, n);
+        }
+        return;
+    }
     for (r = 0; r < rows; r++, w += n) {
         out[r] = xorpop_512(w, x, n);
     }
