@@ -283,8 +283,8 @@ def test_counters_saturate_as_in_the_twin(harness, tmp_path, rng, bits, loss):
 
 
 # x86-64 builds move the counters of a layer-0 row 8 words at a time with AVX2 when the
-# vector kernels are in use (rbnn_move_words in rbnn_kernel.c), the words left one at a
-# time: rows of 8 words and more, planes evenly spaced or not, under every kernel the
+# vector kernels are in use (rbnn_move_words in rbnn_kernel.c; rows of 24-31 words three
+# vectors side by side), the words left one at a time: rows of 8 words and more, planes evenly spaced or not, under every kernel the
 # sanitized harness can select (RBNN_KERNEL; the scalar one moves every word by itself).
 HARNESS_KERNELS = ("avx512vpopcntdq", "avx2", "popcnt64", "swar")
 
@@ -306,7 +306,7 @@ def test_wide_rows_match_the_twin_under_every_kernel(harness, tmp_path, rng, ker
     if not _harness_has(harness, kernel):
         pytest.skip(f"kernel {kernel} not in this build or CPU")
     monkeypatch.setenv("RBNN_KERNEL", kernel)
-    for i, n_inputs in enumerate((256, 300, 784, 520, 784, 263)):  # 8, 10, 25, 17, 25, 9 words
+    for i, n_inputs in enumerate((256, 300, 784, 520, 990, 263)):  # 8, 10, 25, 17, 31, 9 words
         m = trainable_model(rng, n_inputs=n_inputs, sizes=[int(rng.integers(3, 40)), 4],
                             n_frozen=int(rng.integers(0, 4)), bits=(2, 5, 8, 11, 16, 3)[i], plane_mask=0x80 >> (i % 3))  # fmt: skip
         ops = random_ops(rng, m, 12, bad_labels=0)
@@ -315,8 +315,8 @@ def test_wide_rows_match_the_twin_under_every_kernel(harness, tmp_path, rng, ker
         got_bytes, got = run_harness_train(harness, tmp_path, data, ops)
         _same_outcomes(got, want)
         assert got_bytes == want_bytes, f"{kernel} n_inputs={n_inputs}: sanitized C and twin files differ"
-    for bits, loss in ((2, 0), (3, 1), (16, 0)):  # counters pinned at 0 and 2^b - 1
-        m = _saturating(rng, bits, loss, n_inputs=300)
+    for bits, loss, n_inputs in ((2, 0, 300), (3, 1, 784), (16, 0, 990)):  # pinned at 0 and 2^b - 1
+        m = _saturating(rng, bits, loss, n_inputs=n_inputs)
         data = pack.to_bytes(m)
         x = pack_input(rng.integers(0, 256, (2, m.n_inputs), dtype=np.uint8), m.plane_mask)
         ops = [(OP_STEP_NO_Z, x[i % 2 if i % 10 == 9 else 0], 1) for i in range(40)]

@@ -677,6 +677,41 @@ RBNN_AVX2 static uint32_t move_avx2(uint32_t *const *pl, uint32_t nb, uint32_t a
     const uint32_t *x, uint32_t nw, uint32_t down) {
     const __m256i dv = _mm256_set1_epi32((int)down);
     uint32_t w, p;
+    /* Rows of 24 to 31 words (784 inputs: 25): their three vectors walk the planes
+     * together, independent chains side by side, until none carries. */
+    if (nw >= 24u && nw < 32u) {
+        __m256i c0 = _mm256_loadu_si256((const __m256i *)(const void *)x);
+        __m256i c1 = _mm256_loadu_si256((const __m256i *)(const void *)(x + 8));
+        __m256i c2 = _mm256_loadu_si256((const __m256i *)(const void *)(x + 16));
+        __m256i m0 = _mm256_and_si256(c0, dv), m1 = _mm256_and_si256(c1, dv);
+        __m256i m2 = _mm256_and_si256(c2, dv), any = _mm256_or_si256(_mm256_or_si256(c0, c1), c2);
+        if (_mm256_testz_si256(any, any)) {
+            return 24u;
+        }
+        p = nb;
+        while (p-- > 0u) {
+            __m256i *q = (__m256i *)(void *)(pl[p] + at);
+            __m256i o0 = _mm256_loadu_si256(q), o1 = _mm256_loadu_si256(q + 1);
+            __m256i o2 = _mm256_loadu_si256(q + 2);
+            _mm256_storeu_si256(q, _mm256_xor_si256(o0, c0));
+            _mm256_storeu_si256(q + 1, _mm256_xor_si256(o1, c1));
+            _mm256_storeu_si256(q + 2, _mm256_xor_si256(o2, c2));
+            c0 = _mm256_and_si256(c0, _mm256_xor_si256(o0, m0));
+            c1 = _mm256_and_si256(c1, _mm256_xor_si256(o1, m1));
+            c2 = _mm256_and_si256(c2, _mm256_xor_si256(o2, m2));
+            any = _mm256_or_si256(_mm256_or_si256(c0, c1), c2);
+            if (_mm256_testz_si256(any, any)) {
+                return 24u;
+            }
+        }
+        for (p = 0; p < nb; p++) { /* carried out of the sign plane: wrapped; flip back */
+            __m256i *q = (__m256i *)(void *)(pl[p] + at);
+            _mm256_storeu_si256(q, _mm256_xor_si256(_mm256_loadu_si256(q), c0));
+            _mm256_storeu_si256(q + 1, _mm256_xor_si256(_mm256_loadu_si256(q + 1), c1));
+            _mm256_storeu_si256(q + 2, _mm256_xor_si256(_mm256_loadu_si256(q + 2), c2));
+        }
+        return 24u;
+    }
     for (w = 0; w + 8u <= nw; w += 8u) {
         __m256i c = _mm256_loadu_si256((const __m256i *)(const void *)(x + w)), m;
         if (_mm256_testz_si256(c, c)) {
