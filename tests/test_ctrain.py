@@ -245,10 +245,10 @@ def test_sanitized_training_matches_twin(harness, tmp_path, rng):
         assert got_bytes == want_bytes, f"model {i}: sanitized C and twin files differ"
 
 
-def _saturating(rng, bits: int, loss: int):
+def _saturating(rng, bits: int, loss: int, n_inputs: int = 45):
     """Every row with a signal fires (lr 0, no decay), a margin no score meets (every
     step updates), one sample over and over: counters run into 0 and 2^b - 1."""
-    m = trainable_model(rng, n_inputs=45, sizes=[37, 6], plane_mask=0xC0, n_frozen=2, bits=bits, spare_slots=0,
+    m = trainable_model(rng, n_inputs=n_inputs, sizes=[37, 6], plane_mask=0xC0, n_frozen=2, bits=bits, spare_slots=0,
                         lr=[0, 0], decay=31, init_bits=bits - 1, loss=loss, thr_shift=[0], off_shift=-1,
                         grow_every=0, block_steps=0)  # fmt: skip
     st = m.state()
@@ -280,6 +280,48 @@ def test_counters_saturate_as_in_the_twin(harness, tmp_path, rng, bits, loss):
         if bits < 16:  # pinned at both ends, more than before
             assert (after_u == 0).sum() > (before_u == 0).sum(), layer
             assert (after_u == top).sum() > (before_u == top).sum(), layer
+
+
+# x86-64 builds move the counters of a layer-0 row 8 words at a time with AVX2 when the
+# vector kernels are in use (rbnn_move_words in rbnn_kernel.c; rows of 24-31 words three
+# vectors side by side), the words left one at a time: rows of 8 words and more, planes evenly spaced or not, under every kernel the
+# sanitized harness can select (RBNN_KERNEL; the scalar one moves every word by itself).
+HARNESS_KERNELS = ("avx512vpopcntdq", "avx2", "popcnt64", "swar")
+
+
+def _harness_has(exe: Path, name: str) -> bool:
+    import os
+    import subprocess
+
+    r = subprocess.run([str(exe)], capture_output=True, text=True, env={**os.environ, "RBNN_KERNEL": name})
+    return "not available" not in r.stderr
+
+
+@pytest.mark.parametrize("kernel", HARNESS_KERNELS)
+def test_wide_rows_match_the_twin_under_every_kernel(harness, tmp_path, rng, kernel, monkeypatch):
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64") and kernel != "swar":
+        pytest.skip("one kernel off x86-64")
+    if not _harness_has(harness, kernel):
+        pytest.skip(f"kernel {kernel} not in this build or CPU")
+    monkeypatch.setenv("RBNN_KERNEL", kernel)
+    for i, n_inputs in enumerate((256, 300, 784, 520, 990, 263)):  # 8, 10, 25, 17, 31, 9 words
+        m = trainable_model(rng, n_inputs=n_inputs, sizes=[int(rng.integers(3, 40)), 4],
+                            n_frozen=int(rng.integers(0, 4)), bits=(2, 5, 8, 11, 16, 3)[i], plane_mask=0x80 >> (i % 3))  # fmt: skip
+        ops = random_ops(rng, m, 12, bad_labels=0)
+        data = leave_room_for(m, ops)
+        want_bytes, want = run_twin(data, ops)
+        got_bytes, got = run_harness_train(harness, tmp_path, data, ops)
+        _same_outcomes(got, want)
+        assert got_bytes == want_bytes, f"{kernel} n_inputs={n_inputs}: sanitized C and twin files differ"
+    for bits, loss, n_inputs in ((2, 0, 300), (3, 1, 784), (16, 0, 990)):  # pinned at 0 and 2^b - 1
+        m = _saturating(rng, bits, loss, n_inputs=n_inputs)
+        data = pack.to_bytes(m)
+        x = pack_input(rng.integers(0, 256, (2, m.n_inputs), dtype=np.uint8), m.plane_mask)
+        ops = [(OP_STEP_NO_Z, x[i % 2 if i % 10 == 9 else 0], 1) for i in range(40)]
+        want_bytes, _ = run_twin(data, ops)
+        assert run_harness_train(harness, tmp_path, data, ops)[0] == want_bytes, f"{kernel} bits={bits}"
 
 
 def test_thresholds_and_offsets_stop_at_their_clamps(harness, tmp_path, rng):

@@ -3,7 +3,10 @@
 Each variant the host can compile is built into its own shared library: the one the
 core gets (-O3 -march=native: AVX2 or hardware popcount where the CPU has them), a
 -mpopcnt build (64-bit popcounts without AVX2), the portable SWAR fallback
-(RBNN_KERNEL_PORTABLE), and a plain -O2 build (what a MicroPython unix port compiles). The ARMv6-M kernel is checked in tests/test_m0plus.py.
+(RBNN_KERNEL_PORTABLE), and a plain -O2 build. Every x86-64 build but the portable one
+carries the AVX2 and AVX-512 VPOPCNTDQ kernels beside its scalar one and picks one at
+run time (cpuid): each test runs every kernel the build and CPU can select, and the
+automatic choice. The ARMv6-M kernel is checked in tests/test_m0plus.py.
 """
 
 from __future__ import annotations
@@ -86,6 +89,8 @@ def test_name_says_which_version(kernel, repo):
         want = "swar"
     elif {"__AVX2__", "__x86_64__"} <= has:
         want = "avx2"
+    elif "__x86_64__" in has:
+        want = "x86-dispatch"  # the scalar kernel the flags give is one of its choices
     elif has & {"__POPCNT__", "__aarch64__", "__riscv_zbb"}:
         want = "popcnt64"
     else:
@@ -93,19 +98,76 @@ def test_name_says_which_version(kernel, repo):
     assert got.decode() == want
 
 
+SCALAR = ("popcnt64", "swar")  # a dispatching build's fallback: the one its flags give
+
+
+def _kinds(lib) -> list[str | None]:
+    """The run-time choices of this build and CPU (None: the one compiled version)."""
+    if not hasattr(lib, "rbnn_kernel_select"):
+        return [None]
+    return [k for k in ("avx512vpopcntdq", "avx2", *SCALAR) if lib.rbnn_kernel_select(k.encode()) == 0]
+
+
+def _each_kernel(lib):
+    """Select each kernel of the build in turn (yields its name), then "auto" again."""
+    for kind in _kinds(lib):
+        if kind is not None:
+            assert lib.rbnn_kernel_select(kind.encode()) == 0
+        yield kind
+    if hasattr(lib, "rbnn_kernel_select"):
+        assert lib.rbnn_kernel_select(b"auto") == 0
+
+
+def test_dispatch_picks_the_fastest_the_cpu_has(kernel):
+    """x86-64 builds: "auto" takes the first usable of AVX-512 VPOPCNTDQ, AVX2, the scalar
+    one (cpuid, as the CPU reports in /proc/cpuinfo); exactly one scalar kernel is
+    compiled (the flags' one), and bad or absent names are refused, changing nothing."""
+    name, lib, flags = kernel
+    if not hasattr(lib, "rbnn_kernel_select"):
+        assert name == "portable" or "x86_64" not in os.uname().machine
+        return
+    lib.rbnn_kernel_active.restype = ctypes.c_char_p
+    flags_cpu = set()
+    if os.path.exists("/proc/cpuinfo"):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                flags_cpu = set(line.split(":", 1)[1].split())
+                break
+    kinds = _kinds(lib)
+    assert len([k for k in kinds if k in SCALAR]) == 1, kinds
+    scalar = kinds[-1]
+    assert scalar == ("popcnt64" if "-mpopcnt" in flags or "-march=native" in flags else "swar")
+    if flags_cpu:
+        want = ("avx512vpopcntdq" if {"avx512f", "avx512_vpopcntdq"} <= flags_cpu
+                else "avx2" if {"avx2", "popcnt"} <= flags_cpu else scalar)  # fmt: skip
+        assert ("avx2" in kinds) == ({"avx2", "popcnt"} <= flags_cpu)
+        assert lib.rbnn_kernel_select(b"auto") == 0
+        assert lib.rbnn_kernel_active().decode() == want
+    before = lib.rbnn_kernel_active()
+    for bad in (b"neon", b"", b"AVX2", b"popcnt64" if scalar == "swar" else b"swar"):
+        assert lib.rbnn_kernel_select(bad) == -1
+        assert lib.rbnn_kernel_active() == before
+    assert lib.rbnn_kernel_select(b"auto") == 0
+
+
 def test_random_vectors_of_every_length(kernel, rng):
     _, lib, _ = kernel
+    for kind in _each_kernel(lib):
+        _random_vectors(lib, rng, kind)
+
+
+def _random_vectors(lib, rng, kind) -> None:
     for n in LENGTHS:
         a = rng.integers(0, 2**32, n, dtype=np.uint32)
         b = rng.integers(0, 2**32, n, dtype=np.uint32)
         want = int(np.bitwise_count(a ^ b).sum())
-        assert _xorpop(lib, a, b) == want, f"n={n}"
+        assert _xorpop(lib, a, b) == want, f"{kind} n={n}"
 
 
 @pytest.mark.parametrize("fill", ["ones", "zeros", "equal", "one_bit"])
 def test_extreme_vectors(kernel, fill):
     _, lib, _ = kernel
-    for n in LENGTHS:
+    for kind, n in ((k, n) for k in _each_kernel(lib) for n in LENGTHS):
         a = np.full(n, 0xFFFFFFFF, np.uint32)
         b = np.zeros(n, np.uint32)
         if fill == "zeros":
@@ -114,13 +176,13 @@ def test_extreme_vectors(kernel, fill):
             b = a.copy()
         elif fill == "one_bit":
             a = np.full(n, 0x80000000, np.uint32)
-        assert _xorpop(lib, a, b) == int(np.bitwise_count(a ^ b).sum()), f"{fill} n={n}"
+        assert _xorpop(lib, a, b) == int(np.bitwise_count(a ^ b).sum()), f"{kind} {fill} n={n}"
 
 
 def test_long_rows(kernel, rng):
     """Rows far longer than any layer of the tests (65535 inputs = 2048 words)."""
     _, lib, _ = kernel
-    for n in (2047, 2048):
+    for _kind, n in ((k, n) for k in _each_kernel(lib) for n in (2047, 2048)):
         a = rng.integers(0, 2**32, n, dtype=np.uint32)
         assert _xorpop(lib, a, ~a) == 32 * n
         b = rng.integers(0, 2**32, n, dtype=np.uint32)
@@ -129,13 +191,25 @@ def test_long_rows(kernel, rng):
 
 def test_rows_match_one_row_at_a_time(kernel, rng):
     _, lib, _ = kernel
-    for n, rows in [(0, 3), (1, 1), (3, 5), (8, 32), (25, 32), (25, 7), (130, 4)]:
+    for kind in _each_kernel(lib):
+        _rows(lib, rng, kind)
+
+
+def _rows(lib, rng, kind) -> None:
+    for n, rows in [(0, 3), (1, 1), (2, 32), (3, 5), (8, 32), (25, 32), (25, 7), (130, 4)]:
         w = rng.integers(0, 2**32, (rows, n), dtype=np.uint32)
         x = rng.integers(0, 2**32, n, dtype=np.uint32)
         out = np.full(rows + 1, 0xDEADBEEF, np.uint32)
         lib.rbnn_xorpop_rows(_ptr(w), _ptr(x), n, rows, _ptr(out))
-        assert (out[:rows] == np.bitwise_count(w ^ x).sum(axis=1)).all(), f"n={n} rows={rows}"
+        assert (out[:rows] == np.bitwise_count(w ^ x).sum(axis=1)).all(), f"{kind} n={n} rows={rows}"
         assert out[rows] == 0xDEADBEEF, "wrote past rows"
+    for n, rows in [(248, 5), (249, 4)]:  # AVX2's four-row blocks up to 31 * 8 words: all-ones XORs
+        x = rng.integers(0, 2**32, n, dtype=np.uint32)
+        w = np.tile(~x, (rows, 1))
+        w[-1, ::3] = x[::3]
+        out = np.zeros(rows, np.uint32)
+        lib.rbnn_xorpop_rows(_ptr(w), _ptr(x), n, rows, _ptr(out))
+        assert (out == np.bitwise_count(w ^ x).sum(axis=1)).all(), f"{kind} n={n} rows={rows}"
     out = np.full(1, 7, np.uint32)
     lib.rbnn_xorpop_rows(_ptr(w), _ptr(x), 5, 0, _ptr(out))
     assert out[0] == 7, "rows=0 must write nothing"
@@ -144,20 +218,13 @@ def test_rows_match_one_row_at_a_time(kernel, rng):
 TILE = 16  # RBNN_TILE of a host build (rbnn_kernel.h)
 
 
-def _lane_kernels(lib) -> list[str | None]:
-    """The run-time choices of this build (None: the one compiled version)."""
-    if not hasattr(lib, "rbnn_kernel_select"):
-        return [None]
-    return [k for k in ("avx2", "avx512vpopcntdq") if lib.rbnn_kernel_select(k.encode()) == 0]
-
-
 @pytest.mark.parametrize("fill", ["random", "ones"])
 def test_lanes_match_numpy(kernel, rng, fill):
     """rbnn_xorpop_lanes: 16 interleaved inputs against each row, for row lengths across
     the AVX2 byte-counter flush (31 words) and the vector widths, with every kernel the
     build can select; all-ones XORs give the largest counts."""
     _, lib, _ = kernel
-    kinds = _lane_kernels(lib)
+    kinds = _kinds(lib)
     for kind in kinds:
         if kind is not None:
             assert lib.rbnn_kernel_select(kind.encode()) == 0

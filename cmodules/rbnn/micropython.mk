@@ -15,9 +15,11 @@ CFLAGS_USERMOD += -I$(RBNN_MOD_DIR)
 $(BUILD)/rbnn/rbnn_core.o $(BUILD)/rbnn/rbnn_kernel.o $(BUILD)/rbnn/rbnn_train.o: CFLAGS += -O2
 
 # x86-64 (the unix port on a PC): POPCNT is in every x86-64 CPU since 2008 (the x86-64-v2
-# baseline), so the kernel builds its hardware-popcount version ("popcnt64") there
-# instead of SWAR; other targets (qemu's rv32, arm) are unchanged. Recursive, so that the
-# test runs when the object builds, with the port's final $(CC) (ports set it after
-# including this file).
+# baseline), so the kernel's scalar version is the hardware-popcount one ("popcnt64")
+# there instead of SWAR; the AVX2 and AVX-512 VPOPCNTDQ kernels (and the training step's
+# vector counter moves) need no flag: they are compiled by target attribute and chosen at
+# run time by cpuid (rbnn_kernel.h). Other targets (qemu's rv32, arm) are unchanged.
+# Recursive, so that the test runs when the object builds, with the port's final $(CC)
+# (ports set it after including this file).
 RBNN_POPCNT = $(if $(filter x86_64-%,$(shell $(CC) -dumpmachine 2>/dev/null)),-mpopcnt)
 $(BUILD)/rbnn/rbnn_kernel.o: CFLAGS += $(RBNN_POPCNT)

@@ -12,6 +12,7 @@
  */
 #include "rbnn_core.h"
 #include "rbnn_internal.h"
+#include "rbnn_kernel.h" /* RBNN_KERNEL_SELECT: x86-64 vector counter moves */
 
 /* Byte offsets of the training state's fields (docs/FORMAT.md, Training state); equal
  * to rbnn.format.trainstate.OFFSETS (tests/test_ctrain.py). */
@@ -533,6 +534,20 @@ static void update_layer(const rbnn_model_t *m, uint8_t *b, uint32_t l, const in
         down = up ? 0u : 0xFFFFFFFFu; /* falling: none of x (l = 0) or ~x when up; x when down */
         lo = pl[nb - 1u] + row;
         top = pl[0] + row;
+#ifdef RBNN_KERNEL_SELECT
+        if (l == 0u) { /* x86-64: whole groups of 8 words as vectors, the rest below */
+            w = rbnn_move_words(pl, nb, row, x, nw, down);
+            for (; w < nw; w++) {
+                if (x[w] != 0u) {
+                    if (even) {
+                        move_even(lo + w, top + w, d, x[w], x[w] & down);
+                    } else {
+                        move_any(pl, nb, row + w, x[w], x[w] & down);
+                    }
+                }
+            }
+        } else
+#endif
         if (l == 0u && even) { /* the common case, its tests out of the loop */
             for (w = 0; w < nw; w++) {
                 if (x[w] != 0u) {

@@ -197,12 +197,13 @@ def lib() -> ctypes.CDLL:
 
 def kernels() -> list[str]:
     """The XOR-popcount kernels this build and CPU can run (the first is the default):
-    ["avx512vpopcntdq", "avx2"], ["avx2"], or the one compiled version's name."""
+    on x86-64 those of ["avx512vpopcntdq", "avx2"] the CPU has, then the scalar one the
+    build flags give ("popcnt64" or "swar"); elsewhere the one compiled version's name."""
     so = lib()
     if not hasattr(so, "rbnn_kernel_select"):
         return [ctypes.string_at(ctypes.addressof(ctypes.c_char.in_dll(so, "rbnn_kernel_name"))).decode()]
     old = so.rbnn_kernel_active()
-    have = [k for k in ("avx512vpopcntdq", "avx2") if so.rbnn_kernel_select(k.encode()) == 0]
+    have = [k for k in ("avx512vpopcntdq", "avx2", "popcnt64", "swar") if so.rbnn_kernel_select(k.encode()) == 0]
     so.rbnn_kernel_select(old)
     return have
 
