@@ -25,6 +25,18 @@ MAX_INPUTS = 65535
 MAX_SIZE = 65535  # outputs of one layer
 UNUSED_PLANE = 0xFF  # block-table entry of a plane slot the block does not use
 
+# Version 3 (docs/FORMAT.md, Version 3): layer kinds, pooling, input modes
+VERSION_V3 = 3  # the first version with conv layers and input mode 1
+LAYER_ENTRY_BYTES = 2  # versions 1 and 2: u16 size
+LAYER_ENTRY_BYTES_V3 = 8  # size, kind, kernel, pad, pool, reserved
+DENSE = 0
+CONV = 1
+POOL_NONE = 0
+POOL_2X2 = 2
+MAX_KERNEL = 15
+INPUT_SHARED = 0  # input mode 0: one first-layer row shared by every kept plane
+INPUT_PER_PLANE = 1  # input mode 1: one row segment per kept plane
+
 # Block states
 FROZEN = 0
 LIVE = 1

@@ -8,7 +8,23 @@ import numpy as np
 
 from ..errors import ModelError
 from .bits import pack_bits, unpack_bits, words
-from .constants import FROZEN, I32_MAX, LIVE, MAX_BITS, MAX_BLOCKS, MAX_LAYERS, MAX_PLANES  # noqa: F401 (re-exported)
+from .constants import (  # noqa: F401 (re-exported)
+    CONV,
+    DENSE,
+    FROZEN,
+    I32_MAX,
+    INPUT_PER_PLANE,
+    INPUT_SHARED,
+    LIVE,
+    MAX_BITS,
+    MAX_BLOCKS,
+    MAX_KERNEL,
+    MAX_LAYERS,
+    MAX_PLANES,
+    POOL_2X2,
+    POOL_NONE,
+    VERSION_V3,
+)
 from .trainstate import TrainState
 
 
@@ -59,6 +75,89 @@ def input_values(x: np.ndarray, plane_mask: int) -> np.ndarray:
     return v.astype(np.float32)
 
 
+@dataclass(frozen=True)
+class Layer:
+    """One weight layer of a block (docs/FORMAT.md, Version 3): ``size`` outputs (dense)
+    or output channels (conv); a conv layer has an odd ``kernel``, ``pad`` positions of
+    -1 on every side and ``pool`` 0 or 2 (a fused 2x2 max-pool)."""
+
+    size: int
+    kind: int = DENSE
+    kernel: int = 0
+    pad: int = 0
+    pool: int = POOL_NONE
+
+    @classmethod
+    def conv(cls, size: int, kernel: int = 3, pad: int | None = None, pool: bool = False) -> Layer:
+        """A conv layer; ``pad`` defaults to ``kernel // 2`` (the map keeps its size)."""
+        return cls(size, CONV, kernel, kernel // 2 if pad is None else pad, POOL_2X2 if pool else POOL_NONE)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What one layer reads and writes (docs/FORMAT.md, Version 3: Maps, Row length).
+
+    ``n_in`` is ``in[l]``: the bits of one row segment and the ``N`` of Semantics;
+    ``segments`` the segments of a row (``K`` for layer 0 in input mode 1, else 1);
+    ``in_map`` the (H, W, C) a conv layer reads; ``conv_hw`` its (H1, W1) before the
+    pool; ``out_map`` the (H, W, C) it writes (None for dense layers); ``out_bits`` the
+    bits of the layer's output vector (after the pool).
+    """
+
+    n_in: int
+    segments: int
+    in_map: tuple[int, int, int] | None
+    conv_hw: tuple[int, int] | None
+    out_map: tuple[int, int, int] | None
+    out_bits: int
+
+    @property
+    def row_words(self) -> int:
+        return self.segments * words(self.n_in)
+
+
+def geometry(
+    n_inputs: int, layers: list[Layer], in_shape: tuple[int, int, int] | None, k_planes: int, input_mode: int
+) -> list[Geometry]:
+    """Per-layer shapes; ModelError when they do not chain (the reader's checks give the
+    file's offsets, docs/FORMAT.md: New checks)."""
+    out: list[Geometry] = []
+    shape = tuple(in_shape) if in_shape is not None else None
+    bits = n_inputs
+    seen_dense = False
+    for i, ly in enumerate(layers):
+        segments = k_planes if (i == 0 and input_mode == INPUT_PER_PLANE) else 1
+        if ly.kind == DENSE:
+            seen_dense = True
+            out.append(Geometry(bits, segments, None, None, None, ly.size))
+            bits, shape = ly.size, None
+            continue
+        if ly.kind != CONV:
+            raise ModelError(f"layer {i}: kind must be {DENSE} (dense) or {CONV} (conv), got {ly.kind}")
+        if seen_dense or shape is None:
+            why = "after a dense layer" if seen_dense else "without an input shape (in_h, in_w, in_c)"
+            raise ModelError(f"layer {i}: a conv layer {why}")
+        if not (ly.kernel % 2 == 1 and 1 <= ly.kernel <= MAX_KERNEL):
+            raise ModelError(f"layer {i}: kernel must be odd, 1..{MAX_KERNEL}, got {ly.kernel}")
+        if not 0 <= ly.pad <= ly.kernel // 2:
+            raise ModelError(f"layer {i}: pad must be 0..{ly.kernel // 2}, got {ly.pad}")
+        h, w, c = shape
+        h1, w1 = h + 2 * ly.pad - ly.kernel + 1, w + 2 * ly.pad - ly.kernel + 1
+        if h1 < 1 or w1 < 1:
+            raise ModelError(f"layer {i}: a {ly.kernel}x{ly.kernel} kernel (pad {ly.pad}) does not fit a {h}x{w} map")
+        if ly.pool not in (POOL_NONE, POOL_2X2):
+            raise ModelError(f"layer {i}: pool must be {POOL_NONE} or {POOL_2X2}, got {ly.pool}")
+        if ly.pool == POOL_2X2 and (h1 % 2 or w1 % 2):
+            raise ModelError(f"layer {i}: a 2x2 pool needs an even map, got {h1}x{w1} (change pad or kernel)")
+        div = 2 if ly.pool == POOL_2X2 else 1
+        om = (h1 // div, w1 // div, ly.size)
+        out.append(Geometry(ly.kernel * ly.kernel * c, segments, (h, w, c), (h1, w1), om, om[0] * om[1] * om[2]))
+        shape, bits = om, om[0] * om[1] * om[2]
+    if layers and layers[-1].kind != DENSE:
+        raise ModelError(f"layer {len(layers) - 1}: the output layer must be dense")
+    return out
+
+
 @dataclass
 class Block:
     """One column of the network: its planes and its folded BatchNorm parameters."""
@@ -91,6 +190,12 @@ class Model:
     score_q: int = 0
     train: TrainState | None = None
     version: int = 2
+    layers: list[Layer] | None = None  # None: every layer dense, of ``sizes``
+    in_shape: tuple[int, int, int] | None = None  # (H, W, C) of the input map; with conv layers
+
+    def __post_init__(self) -> None:
+        if self.layers is not None and [ly.size for ly in self.layers] != list(self.sizes):
+            raise ModelError(f"layers' sizes {[ly.size for ly in self.layers]} differ from sizes {list(self.sizes)}")
 
     # --- shapes -----------------------------------------------------------------
     @property
@@ -102,8 +207,31 @@ class Model:
         return self.sizes[-1]
 
     @property
+    def layer_specs(self) -> list[Layer]:
+        """Every layer as a :class:`Layer` (dense ones of ``sizes`` when ``layers`` is None)."""
+        return list(self.layers) if self.layers is not None else [Layer(s) for s in self.sizes]
+
+    @property
+    def has_conv(self) -> bool:
+        return any(ly.kind == CONV for ly in self.layer_specs)
+
+    @property
+    def file_version(self) -> int:
+        """The oldest version that expresses this model (docs/FORMAT.md, Version 3)."""
+        return VERSION_V3 if self.has_conv or self.input_mode != INPUT_SHARED else 2
+
+    @property
+    def trainable(self) -> bool:
+        """Whether the integer step (rule 1) may train it: dense, input mode 0."""
+        return self.file_version < VERSION_V3
+
+    def geometry(self) -> list[Geometry]:
+        return geometry(self.n_inputs, self.layer_specs, self.in_shape, self.k_planes, self.input_mode)
+
+    @property
     def layer_inputs(self) -> list[int]:
-        return [self.n_inputs] + list(self.sizes[:-1])
+        """``in[l]`` of every layer: the bits of one row segment (``N`` of Semantics)."""
+        return [g.n_in for g in self.geometry()]
 
     @property
     def n_planes(self) -> int:
@@ -116,8 +244,8 @@ class Model:
     def layer_word_offsets(self) -> list[int]:
         """Word offset of each layer's matrix inside a plane, and the plane's length last."""
         offs = [0]
-        for n_in, n_out in zip(self.layer_inputs, self.sizes, strict=True):
-            offs.append(offs[-1] + n_out * words(n_in))
+        for g, n_out in zip(self.geometry(), self.sizes, strict=True):
+            offs.append(offs[-1] + n_out * g.row_words)
         return offs
 
     @property
@@ -126,7 +254,7 @@ class Model:
 
     @property
     def weights_per_block(self) -> int:
-        return sum(i * o for i, o in zip(self.layer_inputs, self.sizes, strict=True))
+        return sum(g.n_in * g.segments * o for g, o in zip(self.geometry(), self.sizes, strict=True))
 
     @property
     def bits_per_weight(self) -> float:
@@ -168,12 +296,17 @@ class Model:
 
     def ram_bytes(self) -> dict:
         """RAM to run one inference in eBNN order (docs/FORMAT.md, Memory)."""
-        hidden = self.sizes[:-1]
-        return {
+        geo = self.geometry()
+        hidden = [g.out_bits for g in geo[:-1]]
+        conv = [(self.k_planes if i == 0 else 1) * words(g.n_in) for i, g in enumerate(geo) if g.in_map]
+        ram = {
             "input": 4 * self.k_planes * words(self.n_inputs),
-            "activations": 2 * 4 * words(max(hidden)) if hidden else 0,
+            "activations": 2 * 4 * max(words(b) for b in hidden) if hidden else 0,
             "scores": 4 * self.n_classes,
         }
+        if conv:  # one patch of the widest conv layer (docs/FORMAT.md, Version 3: Memory)
+            ram["patch"] = 4 * max(conv)
+        return ram
 
     def train_ram_bytes(self) -> int:
         """Scratch of one training step (docs/TRAINING.md, Memory; the C core's
@@ -187,15 +320,17 @@ class Model:
     def layer_words(self, plane: int, layer: int) -> np.ndarray:
         """Packed rows of one layer in one plane: uint32 (size[layer], words(in[layer]))."""
         offs = self.layer_word_offsets()
-        n_in = self.layer_inputs[layer]
-        return self.arena[plane, offs[layer] : offs[layer + 1]].reshape(
-            self.sizes[layer], words(n_in)
-        )
+        g = self.geometry()[layer]
+        return self.arena[plane, offs[layer] : offs[layer + 1]].reshape(self.sizes[layer], g.row_words)
 
     def sign_weights(self, block: int, layer: int) -> np.ndarray:
-        """Binary weights of one layer of one block as bool (out, in); True = +1."""
+        """Binary weights of one layer of one block as bool (out, segments * in); True = +1.
+
+        Input mode 1's first layer: the K plane segments one after another."""
         packed = self.layer_words(self.blocks[block].planes[0], layer)
-        return unpack_bits(packed, self.layer_inputs[layer])
+        g = self.geometry()[layer]
+        segs = packed.reshape(packed.shape[0], g.segments, words(g.n_in))
+        return np.concatenate([unpack_bits(segs[:, k], g.n_in) for k in range(g.segments)], axis=1)
 
     @classmethod
     def plain(
@@ -208,8 +343,16 @@ class Model:
         scale: np.ndarray,
         offset: np.ndarray,
         meta: dict | None = None,
+        layers: list[Layer] | None = None,
+        in_shape: tuple[int, int, int] | None = None,
+        input_mode: int = INPUT_SHARED,
     ) -> Model:
-        """A one-block frozen model from dense binary weights (bool or +-1, (out, in))."""
+        """A one-block frozen model from binary weights (bool or +-1, (out, segments * in)).
+
+        ``layers``/``in_shape`` for conv layers (docs/FORMAT.md, Version 3): a conv row
+        is ``k*k*C`` weights in (ky, kx, c) order; ``input_mode`` 1: layer 0's rows are
+        the K plane segments one after another, the highest kept plane first.
+        """
         if any(np.ndim(w) != 2 for w in weights):
             raise ModelError(f"weights must be 2-D (out, in), got shapes {[np.shape(w) for w in weights]}")
         sizes = [int(np.shape(w)[0]) for w in weights]
@@ -221,7 +364,19 @@ class Model:
         for name, v in (("scale", scale), ("offset", offset)):
             if np.shape(v) != (sizes[-1],):
                 raise ModelError(f"{name} must have shape ({sizes[-1]},), got {np.shape(v)}")
-        rows = [pack_bits(np.asarray(w) > 0).reshape(-1) for w in weights]
+        k_planes = bin(plane_mask).count("1")
+        specs = list(layers) if layers is not None else [Layer(s) for s in sizes]
+        if [ly.size for ly in specs] != sizes:
+            raise ModelError(f"layers' sizes {[ly.size for ly in specs]} differ from the weights' {sizes}")
+        geo = geometry(n_inputs, specs, in_shape, k_planes, input_mode)
+        expect = [g.segments * g.n_in for g in geo]
+        got = [int(np.shape(w)[1]) for w in weights]
+        if expect != got:
+            raise ModelError(f"layer input widths {got} do not chain, expected {expect}")
+        rows = []
+        for w, g in zip(weights, geo, strict=True):
+            segs = np.asarray(w).reshape(len(w), g.segments, g.n_in) > 0
+            rows.append(np.concatenate([pack_bits(segs[:, k]) for k in range(g.segments)], axis=1).reshape(-1))
         arena = np.concatenate(rows)[None, :].astype(np.uint32)
         block = Block(
             state=FROZEN,
@@ -231,12 +386,8 @@ class Model:
             scale=np.asarray(scale, dtype=np.int32),
             offset=np.asarray(offset, dtype=np.int32),
         )
-        m = cls(n_inputs, plane_mask, sizes, arena, [block], meta=dict(meta or {}))
-        expect = [n_in for n_in in m.layer_inputs]
-        got = [int(w.shape[1]) for w in weights]
-        if expect != got:
-            raise ModelError(f"layer input widths {got} do not chain, expected {expect}")
-        return m
+        return cls(n_inputs, plane_mask, sizes, arena, [block], input_mode=input_mode, meta=dict(meta or {}),
+                   layers=specs if layers is not None else None, in_shape=in_shape)  # fmt: skip
 
     def output_smax(self) -> int:
         """Largest possible |s| of the output layer (docs/FORMAT.md, Semantics)."""
