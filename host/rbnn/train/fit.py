@@ -38,6 +38,9 @@ LOSSES = ("hinge", "ce")
 # A few seconds of training for tests and smoke runs (tests' `trained_mnist` fixture):
 # 784-128-64-10 on the MSB plane, one epoch, no augmentation, one BLAS thread.
 QUICK_RECIPE = {"hidden": [128, 64], "plane_mask": 0x80, "epochs": 1, "seed": 0, "shift": 0.0, "threads": 1}
+# Training images whose exact BatchNorm statistics a conv net takes before each epoch's
+# scoring (rbnn.train.conv.recalibrate): a few seconds per epoch on MNIST.
+RECALIBRATE_IMAGES = 3000
 SCHEDULES = ("exp", "cos")
 AUGMENTS = ("auto", "on", "off")
 # The augmentation probe of augment="auto" (choose_augmentation): training images of each
@@ -365,6 +368,8 @@ def _loop(
             if not all(np.isfinite(p).all() for p in params):
                 raise TrainError(f"training diverged in epoch {ep + 1}: weights or BatchNorm parameters "
                                  f"are not finite; try a smaller --lr (was {cfg.lr:g})")  # fmt: skip
+            if cfg.conv:  # exact statistics of the current weights (running averages lag)
+                convnet.recalibrate(net, x_tr[:RECALIBRATE_IMAGES])
             # no validation split (val=0): None, not the NaN of an empty mean (history JSON)
             val_loss, val_acc = evaluate(net, x_va, y_va, cfg.loss) if len(x_va) else (None, None)
             row = {
