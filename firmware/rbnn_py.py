@@ -38,8 +38,8 @@ except (ImportError, AttributeError):
 # The format's constants (host/rbnn/format/constants.py and trainstate.py;
 # tests/test_constants.py checks that these copies are equal).
 MAGIC = b"RBNN"
-READ_VERSIONS = (1, 2)
-_VERSIONS = "1..2"  # READ_VERSIONS as the error message writes it
+READ_VERSIONS = (1, 2, 3)
+_VERSIONS = "1..3"  # READ_VERSIONS as the error message writes it
 HEADER_BYTES = 32  # version 1; the fields of version 1 start every header
 HEADER_BYTES_V2 = 64
 TRAIN_BYTES = 96  # the training section of version 2

@@ -5,9 +5,9 @@
 #define RBNN_SPEC_H
 
 #define RBNN_VERSION "0.1.0"
-#define RBNN_FORMAT_VERSION 2
+#define RBNN_FORMAT_VERSION 3
 #define RBNN_MIN_READ_VERSION 1
-#define RBNN_MAX_READ_VERSION 2
+#define RBNN_MAX_READ_VERSION 3
 #define RBNN_MAGIC "RBNN"
 #define RBNN_WORD_BITS 32u
 #define RBNN_HEADER_BYTES 32u
@@ -22,6 +22,18 @@
 #define RBNN_UNUSED_PLANE 0xFFu
 #define RBNN_FROZEN 0u
 #define RBNN_LIVE 1u
+/* Version 3 (docs/FORMAT.md): layer kinds, pooling, input modes, the input shape. */
+#define RBNN_VERSION_V3 3
+#define RBNN_LAYER_ENTRY_BYTES 2u
+#define RBNN_LAYER_ENTRY_BYTES_V3 8u
+#define RBNN_DENSE 0u
+#define RBNN_CONV 1u
+#define RBNN_POOL_NONE 0u
+#define RBNN_POOL_2X2 2u
+#define RBNN_MAX_KERNEL 15u
+#define RBNN_INPUT_SHARED 0u
+#define RBNN_INPUT_PER_PLANE 1u
+#define RBNN_MAX_DIM 65535u
 
 /* Error codes (docs/FORMAT.md, Errors). */
 enum {
@@ -60,63 +72,85 @@ enum {
     RBNN_CHK_N_PLANES = 9,
     RBNN_CHK_N_INPUTS = 10,
     RBNN_CHK_INPUT_MODE = 11,
-    RBNN_CHK_PLANE_MASK = 12,
-    RBNN_CHK_TRUNC_HEADER_V2 = 13,
-    RBNN_CHK_MAX_BLOCKS = 14,
-    RBNN_CHK_SCORE_Q = 15,
-    RBNN_CHK_HEADER_RESERVED = 16,
-    RBNN_CHK_TRUNC_LAYERS = 17,
-    RBNN_CHK_LAYER_SIZE = 18,
-    RBNN_CHK_LAYER_PAD = 19,
-    RBNN_CHK_SIZE_OVERFLOW = 20,
-    RBNN_CHK_TRUNC_FILE = 21,
-    RBNN_CHK_FILE_LONGER = 22,
-    RBNN_CHK_PLANE_BYTES = 23,
-    RBNN_CHK_ARENA_OFFSET = 24,
-    RBNN_CHK_PARAMS_OFFSET = 25,
-    RBNN_CHK_TRAIN_OFFSET = 26,
-    RBNN_CHK_FILE_BYTES = 27,
-    RBNN_CHK_CRC = 28,
-    RBNN_CHK_BLOCK_STATE = 29,
-    RBNN_CHK_BLOCK_LIVE_LAST = 30,
-    RBNN_CHK_BLOCK_BITS_FROZEN = 31,
-    RBNN_CHK_BLOCK_BITS = 32,
-    RBNN_CHK_BLOCK_RESERVED = 33,
-    RBNN_CHK_BLOCK_UNUSED = 34,
-    RBNN_CHK_BLOCK_PLANE = 35,
-    RBNN_CHK_BLOCK_OWNED = 36,
-    RBNN_CHK_BLOCK_EMPTY = 37,
-    RBNN_CHK_WEIGHT_PADDING = 38,
-    RBNN_CHK_FLIP_PADDING = 39,
-    RBNN_CHK_PARAMS_EMPTY = 40,
-    RBNN_CHK_LIVE_FLIPS = 41,
-    RBNN_CHK_LIVE_SCALE = 42,
-    RBNN_CHK_LIVE_OFFSET = 43,
-    RBNN_CHK_TRAIN_RULE = 44,
-    RBNN_CHK_TRAIN_BLOCK_STEPS = 45,
-    RBNN_CHK_TRAIN_NO_LIVE = 46,
-    RBNN_CHK_TRAIN_HITS = 47,
-    RBNN_CHK_TRAIN_ACTIVE = 48,
-    RBNN_CHK_TRAIN_STREAM_BASE = 49,
-    RBNN_CHK_TRAIN_MARGIN = 50,
-    RBNN_CHK_TRAIN_BITS = 51,
-    RBNN_CHK_TRAIN_GROW_LEFT = 52,
-    RBNN_CHK_TRAIN_SCALE_SHIFT = 53,
-    RBNN_CHK_TRAIN_DECAY = 54,
-    RBNN_CHK_TRAIN_INIT_BITS = 55,
-    RBNN_CHK_TRAIN_LOSS = 56,
-    RBNN_CHK_TRAIN_OFF_SHIFT = 57,
-    RBNN_CHK_TRAIN_RESERVED = 58,
-    RBNN_CHK_TRAIN_LR = 59,
-    RBNN_CHK_TRAIN_LR_UNUSED = 60,
-    RBNN_CHK_TRAIN_THR = 61,
-    RBNN_CHK_TRAIN_THR_UNUSED = 62,
-    RBNN_CHK_TRAIN_GATE = 63,
-    RBNN_CHK_TRAIN_GATE_UNUSED = 64,
-    RBNN_CHK_RANGE = 65,
-    RBNN_CHK_RANGE_BLOCK = 66,
+    RBNN_CHK_INPUT_MODE_V3 = 12,
+    RBNN_CHK_PLANE_MASK = 13,
+    RBNN_CHK_TRUNC_HEADER_V2 = 14,
+    RBNN_CHK_MAX_BLOCKS = 15,
+    RBNN_CHK_SCORE_Q = 16,
+    RBNN_CHK_HEADER_RESERVED = 17,
+    RBNN_CHK_TRUNC_LAYERS = 18,
+    RBNN_CHK_LAYER_SIZE = 19,
+    RBNN_CHK_LAYER_PAD = 20,
+    RBNN_CHK_LAYER_KIND = 21,
+    RBNN_CHK_CONV_KERNEL = 22,
+    RBNN_CHK_DENSE_KERNEL = 23,
+    RBNN_CHK_CONV_PAD = 24,
+    RBNN_CHK_DENSE_PAD = 25,
+    RBNN_CHK_CONV_POOL = 26,
+    RBNN_CHK_DENSE_POOL = 27,
+    RBNN_CHK_LAYER_RESERVED = 28,
+    RBNN_CHK_CONV_AFTER_DENSE = 29,
+    RBNN_CHK_OUTPUT_DENSE = 30,
+    RBNN_CHK_IN_H_UNUSED = 31,
+    RBNN_CHK_IN_W_UNUSED = 32,
+    RBNN_CHK_IN_C_UNUSED = 33,
+    RBNN_CHK_IN_H = 34,
+    RBNN_CHK_IN_W = 35,
+    RBNN_CHK_IN_C = 36,
+    RBNN_CHK_IN_SHAPE = 37,
+    RBNN_CHK_CONV_FIT = 38,
+    RBNN_CHK_POOL_ODD = 39,
+    RBNN_CHK_SIZE_OVERFLOW = 40,
+    RBNN_CHK_TRUNC_FILE = 41,
+    RBNN_CHK_FILE_LONGER = 42,
+    RBNN_CHK_PLANE_BYTES = 43,
+    RBNN_CHK_ARENA_OFFSET = 44,
+    RBNN_CHK_PARAMS_OFFSET = 45,
+    RBNN_CHK_TRAIN_OFFSET = 46,
+    RBNN_CHK_FILE_BYTES = 47,
+    RBNN_CHK_CRC = 48,
+    RBNN_CHK_BLOCK_STATE = 49,
+    RBNN_CHK_BLOCK_LIVE_LAST = 50,
+    RBNN_CHK_BLOCK_BITS_FROZEN = 51,
+    RBNN_CHK_BLOCK_BITS = 52,
+    RBNN_CHK_BLOCK_RESERVED = 53,
+    RBNN_CHK_BLOCK_UNUSED = 54,
+    RBNN_CHK_BLOCK_PLANE = 55,
+    RBNN_CHK_BLOCK_OWNED = 56,
+    RBNN_CHK_BLOCK_EMPTY = 57,
+    RBNN_CHK_WEIGHT_PADDING = 58,
+    RBNN_CHK_FLIP_PADDING = 59,
+    RBNN_CHK_PARAMS_EMPTY = 60,
+    RBNN_CHK_LIVE_FLIPS = 61,
+    RBNN_CHK_LIVE_SCALE = 62,
+    RBNN_CHK_LIVE_OFFSET = 63,
+    RBNN_CHK_V3_GROW_LEFT = 64,
+    RBNN_CHK_V3_LIVE = 65,
+    RBNN_CHK_TRAIN_RULE = 66,
+    RBNN_CHK_TRAIN_BLOCK_STEPS = 67,
+    RBNN_CHK_TRAIN_NO_LIVE = 68,
+    RBNN_CHK_TRAIN_HITS = 69,
+    RBNN_CHK_TRAIN_ACTIVE = 70,
+    RBNN_CHK_TRAIN_STREAM_BASE = 71,
+    RBNN_CHK_TRAIN_MARGIN = 72,
+    RBNN_CHK_TRAIN_BITS = 73,
+    RBNN_CHK_TRAIN_GROW_LEFT = 74,
+    RBNN_CHK_TRAIN_SCALE_SHIFT = 75,
+    RBNN_CHK_TRAIN_DECAY = 76,
+    RBNN_CHK_TRAIN_INIT_BITS = 77,
+    RBNN_CHK_TRAIN_LOSS = 78,
+    RBNN_CHK_TRAIN_OFF_SHIFT = 79,
+    RBNN_CHK_TRAIN_RESERVED = 80,
+    RBNN_CHK_TRAIN_LR = 81,
+    RBNN_CHK_TRAIN_LR_UNUSED = 82,
+    RBNN_CHK_TRAIN_THR = 83,
+    RBNN_CHK_TRAIN_THR_UNUSED = 84,
+    RBNN_CHK_TRAIN_GATE = 85,
+    RBNN_CHK_TRAIN_GATE_UNUSED = 86,
+    RBNN_CHK_RANGE = 87,
+    RBNN_CHK_RANGE_BLOCK = 88,
 };
-#define RBNN_N_CHECKS 67
+#define RBNN_N_CHECKS 89
 
 #ifdef RBNN_SPEC_TABLES /* defined by the one file that holds the tables */
 /* Code names and rbnn_strerror texts, index = -code. */
@@ -174,6 +208,7 @@ static const signed char rbnn_check_code[RBNN_N_CHECKS] = {
     RBNN_E_HEADER, /* N_PLANES */
     RBNN_E_HEADER, /* N_INPUTS */
     RBNN_E_HEADER, /* INPUT_MODE */
+    RBNN_E_HEADER, /* INPUT_MODE_V3 */
     RBNN_E_HEADER, /* PLANE_MASK */
     RBNN_E_TRUNCATED, /* TRUNC_HEADER_V2 */
     RBNN_E_HEADER, /* MAX_BLOCKS */
@@ -182,6 +217,25 @@ static const signed char rbnn_check_code[RBNN_N_CHECKS] = {
     RBNN_E_TRUNCATED, /* TRUNC_LAYERS */
     RBNN_E_HEADER, /* LAYER_SIZE */
     RBNN_E_FLAGS, /* LAYER_PAD */
+    RBNN_E_HEADER, /* LAYER_KIND */
+    RBNN_E_HEADER, /* CONV_KERNEL */
+    RBNN_E_HEADER, /* DENSE_KERNEL */
+    RBNN_E_HEADER, /* CONV_PAD */
+    RBNN_E_HEADER, /* DENSE_PAD */
+    RBNN_E_HEADER, /* CONV_POOL */
+    RBNN_E_HEADER, /* DENSE_POOL */
+    RBNN_E_FLAGS, /* LAYER_RESERVED */
+    RBNN_E_HEADER, /* CONV_AFTER_DENSE */
+    RBNN_E_HEADER, /* OUTPUT_DENSE */
+    RBNN_E_HEADER, /* IN_H_UNUSED */
+    RBNN_E_HEADER, /* IN_W_UNUSED */
+    RBNN_E_HEADER, /* IN_C_UNUSED */
+    RBNN_E_HEADER, /* IN_H */
+    RBNN_E_HEADER, /* IN_W */
+    RBNN_E_HEADER, /* IN_C */
+    RBNN_E_HEADER, /* IN_SHAPE */
+    RBNN_E_HEADER, /* CONV_FIT */
+    RBNN_E_HEADER, /* POOL_ODD */
     RBNN_E_SIZE, /* SIZE_OVERFLOW */
     RBNN_E_TRUNCATED, /* TRUNC_FILE */
     RBNN_E_SIZE, /* FILE_LONGER */
@@ -206,6 +260,8 @@ static const signed char rbnn_check_code[RBNN_N_CHECKS] = {
     RBNN_E_TRAIN, /* LIVE_FLIPS */
     RBNN_E_TRAIN, /* LIVE_SCALE */
     RBNN_E_TRAIN, /* LIVE_OFFSET */
+    RBNN_E_TRAIN, /* V3_GROW_LEFT */
+    RBNN_E_TRAIN, /* V3_LIVE */
     RBNN_E_TRAIN, /* TRAIN_RULE */
     RBNN_E_TRAIN, /* TRAIN_BLOCK_STEPS */
     RBNN_E_TRAIN, /* TRAIN_NO_LIVE */
@@ -236,7 +292,7 @@ static const char *const rbnn_check_text[RBNN_N_CHECKS][3] = {
     {"", "", ""},
     {"header", ">= 32 bytes", "{found} bytes"},
     {"magic", "0x52424e4e", "{found:x}"},
-    {"version", "1..2", "{found}"},
+    {"version", "1..3", "{found}"},
     {"flags", "0", "{found:x4}"},
     {"word_bits", "32", "{found}"},
     {"n_layers", "1..8", "{found}"},
@@ -245,6 +301,7 @@ static const char *const rbnn_check_text[RBNN_N_CHECKS][3] = {
     {"n_planes", "1..255", "{found}"},
     {"n_inputs", "1..65535", "{found}"},
     {"input_mode", "0", "{found}"},
+    {"input_mode", "0..1", "{found}"},
     {"plane_mask", "not 0", "{found}"},
     {"header", ">= 64 bytes (version 2)", "{found} bytes"},
     {"max_blocks", "{want}..64 (n_blocks..)", "{found}"},
@@ -253,6 +310,25 @@ static const char *const rbnn_check_text[RBNN_N_CHECKS][3] = {
     {"layer table", ">= {want} bytes", "{found} bytes"},
     {"size[{i}]", "1..65535", "{found}"},
     {"layer table pad", "0", "{found:x4}"},
+    {"layer[{i}].kind", "0 (dense) or 1 (conv)", "{found}"},
+    {"layer[{i}].kernel", "odd, 1..15 (conv)", "{found}"},
+    {"layer[{i}].kernel", "0 (dense)", "{found}"},
+    {"layer[{i}].pad", "0..{want} (kernel / 2)", "{found}"},
+    {"layer[{i}].pad", "0 (dense)", "{found}"},
+    {"layer[{i}].pool", "0 or 2 (conv)", "{found}"},
+    {"layer[{i}].pool", "0 (dense)", "{found}"},
+    {"layer[{i}].reserved", "0", "{found}"},
+    {"layer[{i}].kind", "0 (no conv layer after a dense layer)", "{found}"},
+    {"layer[{i}].kind", "0 (the output layer is dense)", "{found}"},
+    {"in_h", "0 (no conv layer)", "{found}"},
+    {"in_w", "0 (no conv layer)", "{found}"},
+    {"in_c", "0 (no conv layer)", "{found}"},
+    {"in_h", "1..65535 (a conv layer)", "{found}"},
+    {"in_w", "1..65535 (a conv layer)", "{found}"},
+    {"in_c", "1..65535 (a conv layer)", "{found}"},
+    {"in_h x in_w x in_c", "{want} (n_inputs)", "{i}x{j}x{k}"},
+    {"layer[{i}].kernel", "<= {want} (the {j}x{k} input map with its pad)", "{found}"},
+    {"layer[{i}].pool", "0 (the {j}x{k} conv output is not even)", "{found}"},
     {"computed file size", "<= 4294967295 bytes", "more"},
     {"file_bytes", "{want} bytes", "{found} bytes"},
     {"file_bytes", "{want} (the buffer's length)", "{found}"},
@@ -277,6 +353,8 @@ static const char *const rbnn_check_text[RBNN_N_CHECKS][3] = {
     {"block[{i}] layer {j} flips (a live block)", "0", "{found:x}"},
     {"block[{i}] scale[{j}] (a live block)", "|scale| <= {want} (half / smax)", "{found:d}"},
     {"block[{i}] offset[{j}] (a live block)", "|offset| <= {want} (half - 1)", "{found:d}"},
+    {"train.grow_left", "0 (a version 3 model is not trained)", "{found}"},
+    {"block[{i}].state", "0 (a version 3 model has no live block)", "{found}"},
     {"train.rule", "1", "{found}"},
     {"train.block_steps", "<= steps ({want})", "{found}"},
     {"train.block_steps", "0 (no live block)", "{found}"},

@@ -9,8 +9,8 @@ and the firmware keep their own copies (they cannot import the host), and
 from __future__ import annotations
 
 MAGIC = b"RBNN"
-FORMAT_VERSION = 2  # the version this package writes
-READ_VERSIONS = (1, 2)  # the versions its readers accept
+FORMAT_VERSION = 3  # the newest version this package writes (version 2 for what version 2 expresses)
+READ_VERSIONS = (1, 2, 3)  # the versions its readers accept
 WORD_BITS = 32
 HEADER_BYTES = 32  # version 1; the fields of version 1 start every header
 HEADER_BYTES_V2 = 64
@@ -24,6 +24,7 @@ MAX_BITS = 16  # planes one block may own
 MAX_INPUTS = 65535
 MAX_SIZE = 65535  # outputs of one layer
 UNUSED_PLANE = 0xFF  # block-table entry of a plane slot the block does not use
+MAX_DIM = 65535  # in_h, in_w, in_c (u16)
 
 # Version 3 (docs/FORMAT.md, Version 3): layer kinds, pooling, input modes
 VERSION_V3 = 3  # the first version with conv layers and input mode 1

@@ -391,7 +391,8 @@ class Model:
 
     def output_smax(self) -> int:
         """Largest possible |s| of the output layer (docs/FORMAT.md, Semantics)."""
+        ins = self.layer_inputs
         if self.n_layers > 1:
-            return self.layer_inputs[-1]
-        return self.n_inputs * sum(1 << s for s in plane_shifts(self.plane_mask))
+            return ins[-1]
+        return ins[0] * sum(1 << s for s in plane_shifts(self.plane_mask))
 

@@ -1,6 +1,7 @@
-"""Read and write .rbnn files (docs/FORMAT.md): versions 1 and 2 are read, version 2 is
-written. Every check is one of rbnn.format.checks, in the order of docs/FORMAT.md,
-Errors."""
+"""Read and write .rbnn files (docs/FORMAT.md): versions 1, 2 and 3 are read; a model is
+written in the oldest version that expresses it (2, or 3 for conv layers and input mode 1:
+:attr:`Model.file_version`). Every check is one of rbnn.format.checks, in the order of
+docs/FORMAT.md, Errors."""
 
 from __future__ import annotations
 
@@ -16,32 +17,44 @@ from . import checks
 from .bits import pack_bits, pad_mask, unpack_bits, words
 from .constants import (
     BLOCK_ENTRY_BYTES,
-    FORMAT_VERSION,
+    CONV,
+    DENSE,
     FROZEN,
     HEADER_BYTES,
     HEADER_BYTES_V2,
     I32_MAX,
+    INPUT_PER_PLANE,
+    INPUT_SHARED,
+    LAYER_ENTRY_BYTES,
+    LAYER_ENTRY_BYTES_V3,
     LIVE,
     MAGIC,
     MAX_BITS,
     MAX_BLOCKS,
     MAX_INPUTS,
+    MAX_KERNEL,
     MAX_LAYERS,
     MAX_PLANES,
     MAX_SCORE_Q,
+    POOL_2X2,
+    POOL_NONE,
     READ_VERSIONS,
     TRAIN_BYTES,
     U32_MAX,
     UNUSED_PLANE,
+    VERSION_V3,
     WORD_BITS,
 )  # fmt: skip
-from .model import Block, Model, plane_shifts
+from .model import Block, Geometry, Layer, Model, geometry, plane_shifts
 from .trainstate import OFFSETS, RULE, TrainState
 
-VERSION = FORMAT_VERSION
 _HEADER = struct.Struct("<4sHHIBBBBHBBIII")  # the fields every version starts with
 _HEADER_V2 = struct.Struct("<BBHI24x")  # max_blocks, score_q, reserved, train_offset, reserved
+_IN_SHAPE = struct.Struct("<HHH")  # version 3: in_h, in_w, in_c at offset 40
+_IN_SHAPE_AT = 40
+_LAYER_V3 = struct.Struct("<HBBBBH")  # size, kind, kernel, pad, pool, reserved
 assert _HEADER.size == HEADER_BYTES and HEADER_BYTES + _HEADER_V2.size == HEADER_BYTES_V2
+assert _LAYER_V3.size == LAYER_ENTRY_BYTES_V3
 
 
 def _fail(check: str, offset: int, **vals: int) -> FormatError:
@@ -64,18 +77,25 @@ class _Head(NamedTuple):
     score_q: int
     sizes: list
     layout: dict
+    layers: list | None  # version 3: the Layer of every entry
+    in_shape: tuple | None  # version 3 with a conv layer: (in_h, in_w, in_c)
 
 
 def header_bytes(version: int) -> int:
     return HEADER_BYTES if version == 1 else HEADER_BYTES_V2
 
 
-def _blocks_offset(n_layers: int, version: int = FORMAT_VERSION) -> int:
-    return header_bytes(version) + 4 * ((n_layers + 1) // 2)
+def _entry_bytes(version: int) -> int:
+    return LAYER_ENTRY_BYTES_V3 if version >= VERSION_V3 else LAYER_ENTRY_BYTES
+
+
+def _blocks_offset(n_layers: int, version: int = 2) -> int:
+    table = _entry_bytes(version) * n_layers
+    return header_bytes(version) + 4 * ((table + 3) // 4)
 
 
 # The header and the longest layer table: all check_head needs of a file.
-HEAD_MAX_BYTES = _blocks_offset(MAX_LAYERS, max(READ_VERSIONS))
+HEAD_MAX_BYTES = max(_blocks_offset(MAX_LAYERS, v) for v in READ_VERSIONS)
 
 
 def _block_params_bytes(sizes: list[int]) -> int:
@@ -85,16 +105,22 @@ def _block_params_bytes(sizes: list[int]) -> int:
 
 def layout(
     n_inputs: int, sizes: list[int], n_blocks: int, n_planes: int, max_blocks: int | None = None,
-    version: int = FORMAT_VERSION,
+    version: int = 2, geo: list[Geometry] | None = None,
 ) -> dict:  # fmt: skip
     """Byte offsets and sizes of every section (may exceed 32 bits; callers check).
 
-    ``max_blocks``: the capacity of a version 2 file (default ``n_blocks``, at least 1);
-    version 1 has ``n_blocks`` slots and no training section.
+    ``max_blocks``: the capacity of a version 2 or 3 file (default ``n_blocks``, at least
+    1); version 1 has ``n_blocks`` slots and no training section. ``geo`` (version 3):
+    the layers' :class:`Geometry` (row words of conv layers and of input mode 1); None:
+    dense layers in input mode 0.
     """
     slots = n_blocks if version == 1 else max(1, n_blocks) if max_blocks is None else max_blocks
-    inputs = [n_inputs] + list(sizes[:-1])
-    plane_bytes = 4 * sum(o * words(i) for i, o in zip(inputs, sizes, strict=True))
+    if geo is None:
+        inputs = [n_inputs] + list(sizes[:-1])
+        row_words = [words(i) for i in inputs]
+    else:
+        row_words = [g.row_words for g in geo]
+    plane_bytes = 4 * sum(o * rw for rw, o in zip(row_words, sizes, strict=True))
     blocks_offset = _blocks_offset(len(sizes), version)
     arena_offset = blocks_offset + BLOCK_ENTRY_BYTES * slots
     params_offset = arena_offset + n_planes * plane_bytes
@@ -117,31 +143,48 @@ def layout(
 
 
 def model_layout(m: Model) -> dict:
-    """:func:`layout` of a model as this package writes it (version 2)."""
-    return layout(m.n_inputs, m.sizes, len(m.blocks), m.n_planes, m.capacity)
+    """:func:`layout` of a model as this package writes it (version ``m.file_version``)."""
+    v = m.file_version
+    return layout(m.n_inputs, m.sizes, len(m.blocks), m.n_planes, m.capacity, v,
+                  m.geometry() if v >= VERSION_V3 else None)  # fmt: skip
+
+
+def _layer_table(m: Model, version: int) -> bytes:
+    """Versions 1 and 2: u16 sizes padded to 4 bytes; version 3: 8-byte entries."""
+    if version < VERSION_V3:
+        out = struct.pack(f"<{m.n_layers}H", *m.sizes)
+        return out + b"\0" * (-len(out) % 4)
+    return b"".join(_LAYER_V3.pack(ly.size, ly.kind, ly.kernel, ly.pad, ly.pool, 0) for ly in m.layer_specs)
 
 
 def to_bytes(model: Model) -> bytes:
-    """Serialise a model as version 2; ModelError if it cannot be represented, FormatError
-    if the reader would refuse the bytes."""
+    """Serialise a model in the oldest version that expresses it (:attr:`Model.file_version`:
+    a dense input-mode-0 model is version 2, byte for byte as before); ModelError if it
+    cannot be represented, FormatError if the reader would refuse the bytes."""
     m = model
     sizes = list(m.sizes)
     if not 1 <= len(sizes) <= MAX_LAYERS:
         raise ModelError(f"n_layers must be 1..{MAX_LAYERS}, got {len(sizes)}")
     if len(m.blocks) > m.capacity:
         raise ModelError(f"{len(m.blocks)} blocks do not fit max_blocks {m.capacity}")
+    version = m.file_version
+    if version >= VERSION_V3 and (m.live_index() is not None or m.state().grow_left):
+        # docs/FORMAT.md, Training a version 3 model: say it here, not as a reader's E_TRAIN
+        raise ModelError("a model with conv layers or input mode 1 is not trained by the integer step: "
+                         "it may have no live block and no grow_left (freeze it first)")  # fmt: skip
     lay = model_layout(m)
     if m.arena.shape != (m.n_planes, lay["plane_bytes"] // 4):
         raise ModelError(f"arena shape {m.arena.shape} != ({m.n_planes}, {lay['plane_bytes'] // 4})")
     out = bytearray()
     out += _HEADER.pack(
-        MAGIC, VERSION, 0, lay["file_bytes"], WORD_BITS, len(sizes), len(m.blocks), m.n_planes,
+        MAGIC, version, 0, lay["file_bytes"], WORD_BITS, len(sizes), len(m.blocks), m.n_planes,
         m.n_inputs, m.input_mode, m.plane_mask,
         lay["plane_bytes"], lay["arena_offset"], lay["params_offset"],
     )  # fmt: skip
     out += _HEADER_V2.pack(m.capacity, m.score_q, 0, lay["train_offset"])
-    out += struct.pack(f"<{len(sizes)}H", *sizes)
-    out += b"\0" * (lay["blocks_offset"] - len(out))
+    if version >= VERSION_V3 and m.has_conv:
+        _IN_SHAPE.pack_into(out, _IN_SHAPE_AT, *m.in_shape)
+    out += _layer_table(m, version)
     for b in m.blocks:
         if not 1 <= len(b.planes) <= MAX_BITS:
             raise ModelError(f"a block owns 1..{MAX_BITS} planes, got {len(b.planes)}")
@@ -187,6 +230,69 @@ def load(path: str | os.PathLike) -> Model:
     return read_model(path)[1]
 
 
+def _check_layers_v3(buf: bytes, hb: int, sizes: list[int]) -> list[Layer]:
+    """Version 3: each entry's kind, kernel, pad, pool, reserved (layer by layer, fields in
+    table order), then the order of kinds (docs/FORMAT.md, New checks)."""
+    layers = []
+    for i, size in enumerate(sizes):
+        at = hb + LAYER_ENTRY_BYTES_V3 * i
+        _, kind, kernel, pad, pool, reserved = _LAYER_V3.unpack_from(buf, at)
+        if kind not in (DENSE, CONV):
+            raise _fail("LAYER_KIND", at + 2, i=i, found=kind)
+        conv = kind == CONV
+        if conv and not (kernel % 2 == 1 and kernel <= MAX_KERNEL):
+            raise _fail("CONV_KERNEL", at + 3, i=i, found=kernel)
+        if not conv and kernel:
+            raise _fail("DENSE_KERNEL", at + 3, i=i, found=kernel)
+        if conv and pad > kernel // 2:
+            raise _fail("CONV_PAD", at + 4, i=i, want=kernel // 2, found=pad)
+        if not conv and pad:
+            raise _fail("DENSE_PAD", at + 4, i=i, found=pad)
+        if conv and pool not in (POOL_NONE, POOL_2X2):
+            raise _fail("CONV_POOL", at + 5, i=i, found=pool)
+        if not conv and pool:
+            raise _fail("DENSE_POOL", at + 5, i=i, found=pool)
+        if reserved:
+            raise _fail("LAYER_RESERVED", at + 6, i=i, found=reserved)
+        layers.append(Layer(size, kind, kernel, pad, pool))
+    kind_at = lambda i: hb + LAYER_ENTRY_BYTES_V3 * i + 2  # noqa: E731
+    for i in range(1, len(layers)):
+        if layers[i].kind == CONV and layers[i - 1].kind == DENSE:
+            raise _fail("CONV_AFTER_DENSE", kind_at(i), i=i, found=CONV)
+    if layers[-1].kind != DENSE:
+        raise _fail("OUTPUT_DENSE", kind_at(len(layers) - 1), i=len(layers) - 1, found=layers[-1].kind)
+    return layers
+
+
+def _check_shapes_v3(buf: bytes, hb: int, n_inputs: int, layers: list[Layer]) -> tuple[int, int, int] | None:
+    """Version 3: the input shape (all 0 without conv layers; else each >= 1 and the product
+    ``n_inputs``), then the conv maps chaining layer by layer."""
+    shape = _IN_SHAPE.unpack_from(buf, _IN_SHAPE_AT)
+    if not any(ly.kind == CONV for ly in layers):
+        for n, (name, v) in enumerate(zip(("IN_H_UNUSED", "IN_W_UNUSED", "IN_C_UNUSED"), shape, strict=True)):
+            if v:
+                raise _fail(name, _IN_SHAPE_AT + 2 * n, found=v)
+        return None
+    for n, (name, v) in enumerate(zip(("IN_H", "IN_W", "IN_C"), shape, strict=True)):
+        if v == 0:
+            raise _fail(name, _IN_SHAPE_AT + 2 * n, found=v)
+    h, w, c = shape
+    if h * w * c != n_inputs:
+        raise _fail("IN_SHAPE", _IN_SHAPE_AT, i=h, j=w, k=c, want=n_inputs)
+    for i, ly in enumerate(layers):
+        if ly.kind != CONV:
+            break
+        at = hb + LAYER_ENTRY_BYTES_V3 * i
+        h1, w1 = h + 2 * ly.pad - ly.kernel + 1, w + 2 * ly.pad - ly.kernel + 1
+        if h1 < 1 or w1 < 1:
+            raise _fail("CONV_FIT", at + 3, i=i, j=h, k=w, want=min(h, w) + 2 * ly.pad, found=ly.kernel)
+        if ly.pool == POOL_2X2 and (h1 % 2 or w1 % 2):
+            raise _fail("POOL_ODD", at + 5, i=i, j=h1, k=w1, found=ly.pool)
+        div = 2 if ly.pool == POOL_2X2 else 1
+        h, w = h1 // div, w1 // div
+    return shape
+
+
 def check_head(buf: bytes, n: int) -> _Head:
     """The checks of :func:`from_bytes` that need only the first bytes of a file and its
     size: header fields, layer table, ``file_bytes`` against ``n``, the section offsets.
@@ -211,13 +317,14 @@ def check_head(buf: bytes, n: int) -> _Head:
         raise _fail("VERSION", 4, found=version)
     if flags != 0:
         raise _fail("FLAGS", 6, found=flags)
+    v3 = version >= VERSION_V3
     for check, off, val, lo, hi in [
         ("WORD_BITS", 12, word_bits, WORD_BITS, WORD_BITS),
         ("N_LAYERS", 13, n_layers, 1, MAX_LAYERS),
         ("N_BLOCKS", 14, n_blocks, 1, MAX_BLOCKS) if version == 1 else ("N_BLOCKS_V2", 14, n_blocks, 0, MAX_BLOCKS),
         ("N_PLANES", 15, n_planes, 1, MAX_PLANES),
         ("N_INPUTS", 16, n_inputs, 1, MAX_INPUTS),
-        ("INPUT_MODE", 18, input_mode, 0, 0),
+        ("INPUT_MODE_V3", 18, input_mode, INPUT_SHARED, INPUT_PER_PLANE) if v3 else ("INPUT_MODE", 18, input_mode, 0, 0),
         ("PLANE_MASK", 19, plane_mask, 1, 0xFF),
     ]:
         if not lo <= val <= hi:
@@ -232,20 +339,27 @@ def check_head(buf: bytes, n: int) -> _Head:
             raise _fail("MAX_BLOCKS", 32, want=max(1, n_blocks), found=max_blocks)
         if score_q > MAX_SCORE_Q:
             raise _fail("SCORE_Q", 33, found=score_q)
-        for at in [34, 35, *range(40, HEADER_BYTES_V2)]:
+        # version 3 keeps in_h, in_w, in_c in 40..45
+        for at in [34, 35, *range(_IN_SHAPE_AT + (_IN_SHAPE.size if v3 else 0), HEADER_BYTES_V2)]:
             if buf[at]:
                 raise _fail("HEADER_RESERVED", at, i=at, found=buf[at])
     blocks_offset = _blocks_offset(n_layers, version)
     if n < blocks_offset:
         raise _fail("TRUNC_LAYERS", hb, want=blocks_offset, found=n)
-    sizes = list(struct.unpack_from(f"<{n_layers}H", buf, hb))
+    eb = _entry_bytes(version)
+    sizes = [struct.unpack_from("<H", buf, hb + eb * i)[0] for i in range(n_layers)]
     for i, s in enumerate(sizes):
         if s == 0:
-            raise _fail("LAYER_SIZE", hb + 2 * i, i=i, found=0)
-    pad_at = hb + 2 * n_layers
+            raise _fail("LAYER_SIZE", hb + eb * i, i=i, found=0)
+    pad_at = hb + eb * n_layers
     if pad_at < blocks_offset and any(buf[pad_at:blocks_offset]):
         raise _fail("LAYER_PAD", pad_at, found=struct.unpack_from("<H", buf, pad_at)[0])
-    lay = layout(n_inputs, sizes, n_blocks, n_planes, max_blocks, version)
+    layers, in_shape, geo = None, None, None
+    if v3:
+        layers = _check_layers_v3(buf, hb, sizes)
+        in_shape = _check_shapes_v3(buf, hb, n_inputs, layers)
+        geo = geometry(n_inputs, layers, in_shape, bin(plane_mask).count("1"), input_mode)  # cannot fail now
+    lay = layout(n_inputs, sizes, n_blocks, n_planes, max_blocks, version, geo)
     if lay["plane_bytes"] > U32_MAX or lay["file_bytes"] > U32_MAX:
         raise _fail("SIZE_OVERFLOW", 8)
     if n < file_bytes:
@@ -261,7 +375,7 @@ def check_head(buf: bytes, n: int) -> _Head:
         if value != lay[name]:
             raise _fail(check, off, want=lay[name], found=value)
     return _Head(version, n_layers, n_blocks, n_planes, n_inputs, input_mode, plane_mask, max_blocks, score_q,
-                 sizes, lay)  # fmt: skip
+                 sizes, lay, layers, in_shape)  # fmt: skip
 
 
 def from_bytes(buf: bytes) -> Model:
@@ -279,15 +393,29 @@ def from_bytes(buf: bytes) -> Model:
     plane_words = lay["plane_bytes"] // 4
     arena = np.frombuffer(buf, "<u4", h.n_planes * plane_words, lay["arena_offset"]).reshape(h.n_planes, plane_words)
     m = Model(h.n_inputs, h.plane_mask, sizes, arena.astype(np.uint32), blocks, h.input_mode,
-              max_blocks=h.max_blocks if h.version >= 2 else None, score_q=h.score_q, version=h.version)  # fmt: skip
+              max_blocks=h.max_blocks if h.version >= 2 else None, score_q=h.score_q, version=h.version,
+              layers=h.layers, in_shape=h.in_shape)  # fmt: skip
     _check_weight_padding(m, lay)
     _read_params(buf, m, lay)
     if h.version >= 2:
         _check_empty_params(buf, m, lay)
         _check_live_flips(m, lay)
+        if h.version >= VERSION_V3:
+            _check_untrained(buf, m, lay)
         m.train = _read_train(buf, m, lay)
     _check_range(m, lay, h.version)
     return m
+
+
+def _check_untrained(buf: bytes, m: Model, lay: dict) -> None:
+    """Version 3 (docs/FORMAT.md, Training a version 3 model): ``grow_left`` 0, then no
+    live block."""
+    at = lay["train_offset"] + OFFSETS["grow_left"]
+    if buf[at]:
+        raise _fail("V3_GROW_LEFT", at, found=buf[at])
+    live = m.live_index()
+    if live is not None:
+        raise _fail("V3_LIVE", lay["blocks_offset"] + BLOCK_ENTRY_BYTES * live, i=live, found=LIVE)
 
 
 def _read_blocks(buf: bytes, h: _Head) -> list[Block]:
@@ -330,20 +458,22 @@ def _read_blocks(buf: bytes, h: _Head) -> list[Block]:
 
 
 def _check_weight_padding(m: Model, lay: dict) -> None:
-    """Layer by layer, each plane in order, row by row."""
+    """Layer by layer, each plane in order, row by row, each row's segments in order
+    (input mode 1: one per kept plane; docs/FORMAT.md, Version 3)."""
     offs = m.layer_word_offsets()
-    for layer, n_in in enumerate(m.layer_inputs):
-        mask = pad_mask(n_in)
+    for layer, g in enumerate(m.geometry()):
+        mask = pad_mask(g.n_in)
         if mask == U32_MAX:
             continue
-        w = words(n_in)
+        w = words(g.n_in)
         for p in range(m.n_planes):
-            rows = m.layer_words(p, layer)
-            bad = np.nonzero(rows[:, -1] & ~np.uint32(mask))[0]
+            last = m.layer_words(p, layer).reshape(-1, g.segments, w)[:, :, -1]  # (rows, segments)
+            bad = np.flatnonzero(last & ~np.uint32(mask))
             if bad.size:
-                r = int(bad[0])
-                at = lay["arena_offset"] + p * lay["plane_bytes"] + 4 * (offs[layer] + r * w + w - 1)
-                raise _fail("WEIGHT_PADDING", at, i=p, j=layer, k=r, found=int(rows[r, -1]) & ~mask & U32_MAX)
+                r, seg = divmod(int(bad[0]), g.segments)
+                word = int(last[r, seg])
+                at = lay["arena_offset"] + p * lay["plane_bytes"] + 4 * (offs[layer] + r * g.row_words + seg * w + w - 1)
+                raise _fail("WEIGHT_PADDING", at, i=p, j=layer, k=r, found=word & ~mask & U32_MAX)
 
 
 def _read_params(buf: bytes, m: Model, lay: dict) -> None:
@@ -400,8 +530,8 @@ def _check_live_flips(m: Model, lay: dict) -> None:
 
 def layer_smax(m: Model, layer: int) -> int:
     """The largest |s| of a layer (docs/FORMAT.md, Semantics)."""
-    if layer == 0:
-        return m.n_inputs * sum(1 << s for s in plane_shifts(m.plane_mask))
+    if layer == 0:  # in[0] * sum over kept planes of 2^(n - low), both input modes
+        return m.layer_inputs[0] * sum(1 << s for s in plane_shifts(m.plane_mask))
     return m.layer_inputs[layer]
 
 
