@@ -7,7 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rbnn.format.model import CONV, POOL_2X2, kept_planes, plane_shifts
+from rbnn.engines import twin
+from rbnn.format import pack
+from rbnn.format.model import CONV, POOL_2X2, kept_planes, pack_input, plane_shifts
 from rbnn.train import TrainError, fold, train
 from rbnn.train.conv import (
     ArchError,
@@ -146,6 +148,18 @@ def test_fold_is_exact_against_format_semantics(rng, shape, mask, convs, dense):
     np.testing.assert_array_equal(_format_scores(m, x), blk.scale.astype(np.int64) * s + blk.offset)
 
 
+@pytest.mark.parametrize("shape,mask,convs,dense", ARCHS)
+def test_folded_file_through_the_twin(rng, shape, mask, convs, dense):
+    """The folded model, written to version 3 bytes and read back, gives through the twin
+    exactly ``scale * s + offset`` of the float network's sums: the fold is exact."""
+    net = _random_net(rng, shape, convs, dense, mask)
+    m = pack.from_bytes(pack.to_bytes(net.fold()))
+    x = rng.integers(0, 256, (64, int(np.prod(shape))), dtype=np.uint8)
+    s = net.output_sums(x).astype(np.int64)
+    blk = m.blocks[0]
+    np.testing.assert_array_equal(twin.scores(m, pack_input(x, mask)), blk.scale.astype(np.int64) * s + blk.offset)
+
+
 def test_fold_pads_the_first_layer_with_feature_zero(rng):
     """A padded position of layer 0 is a feature 0 (every kept plane's bit 0): with 3
     planes its value is -(4 + 2 + 1), not -1."""
@@ -193,8 +207,9 @@ def test_tiny_cnn_learns_and_folds(mnist):
     x = mnist.x_test[:300]
     assert float(np.mean(net.predict(x) == mnist.y_test[:300])) > 0.75
     assert [ly.kind for ly in m.layer_specs] == [CONV, 0, 0] and m.in_shape == (28, 28, 1)
-    s = net.output_sums(x[:2]).astype(np.int64)
-    np.testing.assert_array_equal(_format_scores(m, x[:2]), m.blocks[0].scale.astype(np.int64) * s + m.blocks[0].offset)
+    s = net.output_sums(x).astype(np.int64)
+    blk = m.blocks[0]
+    np.testing.assert_array_equal(twin.scores(m, pack_input(x, 0x80)), blk.scale.astype(np.int64) * s + blk.offset)
 
 
 def test_same_seed_same_weights(mnist):
