@@ -4,9 +4,12 @@ docs/FORMAT.md version 3, a tiny CNN that learns, and clear errors for bad --con
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
+from rbnn.cli import main
 from rbnn.engines import twin
 from rbnn.format import pack
 from rbnn.format.model import CONV, POOL_2X2, kept_planes, pack_input, plane_shifts
@@ -262,3 +265,40 @@ def test_shapes_that_do_not_chain_are_refused(mnist):
         train(mnist, [8], progress=False, limit=300, val=50, conv=parse_convs("8"), image=(28, 27, 1))
     with pytest.raises(TrainError, match="dropout: not available with conv layers"):
         train(mnist, [8], progress=False, limit=300, val=50, conv=parse_convs("8"), dropout=0.2)
+
+
+def test_cli_trains_a_cnn(tmp_path, capsys):
+    out = tmp_path / "c.rbnn"
+    rc = main(["train", "--conv", "8p", "--hidden", "16", "--epochs", "1", "--limit", "2000", "--val", "300",
+               "--no-augment", "--seed", "2", "--quiet", "-o", str(out)])  # fmt: skip
+    text = capsys.readouterr().out
+    assert rc == 0
+    m = pack.load(out)
+    assert m.has_conv and m.in_shape == (28, 28, 1) and m.sizes == [8, 16, 10]
+    assert "784-c8k3p-16-10" in text and "input map 28x28x1; inference RAM in eBNN order" in text
+    assert "10000/10000 predictions agree" in text  # float64 network vs twin on the test set
+    hist = json.loads((tmp_path / "c.history.json").read_text())
+    assert hist["config"]["conv"] == [{"channels": 8, "kernel": 3, "pad": 1, "pool": True}]
+
+
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["--conv", "32x"], "--conv: expected comma-separated layers"),
+        (["--conv", "8p,8p,8p"], "conv layer 3: 2x2 max-pool needs an even map, found 7x7"),
+        (["--conv", "8", "--kernel", "4"], "--conv: kernel 4 in '8'"),
+        (["--conv", "8k17"], "expected an odd size 1..15"),
+        (["--conv", "8", "--pad", "wide"], "--pad: expected same, valid or a number"),
+        (["--conv", "8", "--pad", "2"], "conv layer 1: padding 2 must be 0..1"),
+        (["--conv", "8", "--image", "28x28"], "--image: expected HxWxC such as 28x28x1"),
+        (["--conv", "8", "--image", "28x14x2"], "augmentation works on one-channel images"),
+        (["--image", "28x28x1"], "--image: only with --conv"),
+        (["--conv", "8", "--arena", "8"], "--arena: not for conv models"),
+    ],
+)
+def test_cli_bad_conv_args_one_line(tmp_path, capsys, args, words):
+    rc = main(["train", "-o", str(tmp_path / "x.rbnn"), "--quiet", "--limit", "500", "--val", "100", *args])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0
+    assert len(err.splitlines()) == 1 and err.startswith("rbnn: error:") and words in err, err
+    assert not (tmp_path / "x.rbnn").exists()

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..format.model import Layer, Model, input_values, plane_shifts
+from ..format.model import MAX_KERNEL, Layer, Model, input_values, plane_shifts
 from . import fold
 from .net import _ONE, bn_backward, loss_grad, ste_sign
 
@@ -51,8 +51,8 @@ def conv_shapes(shape: tuple[int, int, int], convs: list[ConvSpec]) -> list[tupl
     h, w, c = shape
     out = [(h, w, c)]
     for i, cv in enumerate(convs, 1):
-        if cv.kernel < 1 or cv.kernel % 2 == 0:
-            raise ArchError(f"conv layer {i}: kernel {cv.kernel} must be odd and >= 1")
+        if not (1 <= cv.kernel <= MAX_KERNEL and cv.kernel % 2):
+            raise ArchError(f"conv layer {i}: kernel {cv.kernel} must be odd, 1..{MAX_KERNEL}")
         if not 0 <= cv.pad <= cv.kernel // 2:
             raise ArchError(f"conv layer {i}: padding {cv.pad} must be 0..{cv.kernel // 2} (kernel {cv.kernel})")
         if not 1 <= cv.channels <= 65535:
@@ -428,8 +428,9 @@ def parse_convs(text: str, kernel: int = 3, pad: str = "same") -> list[ConvSpec]
             raise ArchError(f"--conv: expected comma-separated layers CHANNELS[kKERNEL][p] such as "
                             f"32p,64p (p: 2x2 max-pool), found {item.strip()!r} in {text!r}")  # fmt: skip
         k = int(m.group(2)) if m.group(2) else kernel
-        if k < 1 or k % 2 == 0:
-            raise ArchError(f"--conv: kernel {k} in {item.strip()!r}: expected an odd size such as 3 or 5")
+        if not (1 <= k <= MAX_KERNEL and k % 2):
+            raise ArchError(f"--conv: kernel {k} in {item.strip()!r}: expected an odd size 1..{MAX_KERNEL} "
+                            "such as 3 or 5")  # fmt: skip
         specs.append(ConvSpec(int(m.group(1)), k, _pad(pad, k), bool(m.group(3))))
     return specs
 
