@@ -189,11 +189,11 @@ def test_im2col_col2im_are_adjoint(rng):
 
 def test_maxpool_routes_the_gradient_to_one_argmax(rng):
     y = rng.integers(-2, 3, (2, 4, 6, 3)).astype(np.float32)  # small integers: many ties
-    pooled, idx = maxpool(y)
+    pooled, masks = maxpool(y)
     ref = np.maximum.reduce([y[:, dy::2, dx::2] for dy in (0, 1) for dx in (0, 1)])
     np.testing.assert_array_equal(pooled, ref)
     g = rng.normal(size=pooled.shape).astype(np.float32)
-    back = unpool(g, idx)
+    back = unpool(g, masks)
     windows = back.reshape(2, 2, 2, 3, 2, 3).transpose(0, 1, 3, 5, 2, 4).reshape(2, 2, 3, 3, 4)
     assert np.all(np.count_nonzero(windows, axis=-1) <= 1)  # one position per window, ties too
     np.testing.assert_allclose(windows.sum(axis=-1), g)

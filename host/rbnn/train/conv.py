@@ -107,21 +107,28 @@ def col2im(dcols: np.ndarray, shape: tuple[int, int, int, int], k: int, pad: int
     return dp[:, pad : pad + h, pad : pad + w, :]
 
 
-def maxpool(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """2x2 max-pool, stride 2 of (n, h, w, c): the pooled map and the argmax (0..3, the
-    first of equal values in (dy, dx) order) for the backward pass."""
-    n, h, w, c = y.shape
-    q = y.reshape(n, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 5, 2, 4).reshape(n, h // 2, w // 2, c, 4)
-    idx = np.argmax(q, axis=-1)
-    return np.take_along_axis(q, idx[..., None], -1)[..., 0], idx
+def maxpool(y: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """2x2 max-pool, stride 2 of (n, h, w, c): the pooled map and, for the backward pass,
+    one bool mask per window position (dy, dx) in (0,0), (0,1), (1,0), (1,1) order that
+    marks the first position holding the max (ties: the first)."""
+    q = [y[:, dy::2, dx::2] for dy in (0, 1) for dx in (0, 1)]
+    m = np.maximum(np.maximum(q[0], q[1]), np.maximum(q[2], q[3]))
+    masks, taken = [], np.zeros(m.shape, bool)
+    for part in q[:3]:
+        hit = (part == m) & ~taken
+        masks.append(hit)
+        taken |= hit
+    masks.append(~taken)
+    return m, masks
 
 
-def unpool(g: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Gradient of :func:`maxpool`: ``g`` routed to the argmax position of each window."""
+def unpool(g: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
+    """Gradient of :func:`maxpool`: ``g`` routed to the max position of each window."""
     n, h2, w2, c = g.shape
-    q = np.zeros((n, h2, w2, c, 4), np.float32)
-    np.put_along_axis(q, idx[..., None], g[..., None], -1)
-    return q.reshape(n, h2, w2, c, 2, 2).transpose(0, 1, 4, 2, 5, 3).reshape(n, 2 * h2, 2 * w2, c)
+    out = np.empty((n, 2 * h2, 2 * w2, c), np.float32)
+    for (dy, dx), mk in zip(((0, 0), (0, 1), (1, 0), (1, 1)), masks, strict=True):
+        out[:, dy::2, dx::2] = g * mk
+    return out
 
 
 def pool_max(y: np.ndarray) -> np.ndarray:
