@@ -22,8 +22,9 @@ from rbnn.engines import twin
 from rbnn.errors import FormatError
 from rbnn.format import checks, pack
 from rbnn.format.bits import words
-from rbnn.format.model import FROZEN, LIVE, Block, Model, pack_input
+from rbnn.format.model import FROZEN, LIVE, Block, Layer, Model, pack_input
 from rbnn.format.trainstate import OFFSETS, TRAIN_BYTES
+from support.randconv import random_conv_model
 from support.randmodel import bound_model, grown_model, random_model, saturated_model, tie_model
 from support.v1file import file_bytes, to_bytes_v1
 
@@ -321,6 +322,60 @@ def crafted_files(m: Model) -> list[bytes]:
     return out
 
 
+def version3_models(rng: np.random.Generator) -> list[Model]:
+    """The crafted version 3 files' bases: a conv stack (6x6x2 -> conv 5, 3x3 pad 1, pool
+    -> conv 4, 3x3 -> dense 7 -> 3) in input mode 1 over three planes, two frozen blocks,
+    a free plane and an empty slot, the last block's flips 0 and its output within half
+    (so that only its state makes it live); a dense model in input mode 1."""
+    layers = [Layer.conv(5, 3, 1, pool=True), Layer.conv(4, 3, 0), Layer(7), Layer(3)]
+    conv = random_conv_model(rng, in_shape=(6, 6, 2), input_mode=1, plane_mask=0xC1, n_blocks=2, layers=layers)
+    conv.max_blocks, conv.arena = 3, np.concatenate([conv.arena, conv.arena[:1]])[:3]
+    last = conv.blocks[-1]
+    last.flips = [np.zeros_like(f) for f in last.flips]
+    last.scale = np.clip(last.scale, -(conv.half // conv.output_smax()), conv.half // conv.output_smax())
+    dense = random_conv_model(rng, in_shape=(40, 1, 1), input_mode=1, plane_mask=0x18, n_blocks=1, conv=False,
+                              layers=[Layer(33), Layer(4)])  # fmt: skip
+    return [conv, dense]
+
+
+def crafted_v3_files(conv: Model, dense: Model) -> list[bytes]:
+    """Version 3 files with a valid CRC that each break one rule of its own (docs/FORMAT.md,
+    New checks), at offsets from pack.model_layout."""
+    base, lay = pack.to_bytes(conv), pack.model_layout(conv)
+    e = lambda i: 64 + 8 * i  # noqa: E731  layer table entry i
+    edits = [
+        [(4, "<H", 4)], [(4, "<H", 2)], [(18, "B", 2)], [(46, "B", 1)], [(63, "B", 0x80)],
+        [(e(0) + 2, "B", 2)], [(e(0) + 3, "B", 4)], [(e(0) + 3, "B", 17)], [(e(0) + 3, "B", 0)],
+        [(e(0) + 4, "B", 2)], [(e(0) + 5, "B", 1)], [(e(0) + 6, "<H", 1)], [(e(3) + 6, "<H", 0x100)],
+        [(e(2) + 3, "B", 3)], [(e(2) + 4, "B", 1)], [(e(2) + 5, "B", 2)],
+        [(e(3) + 2, "<BBBB", (1, 1, 0, 0))],  # a conv after a dense layer
+        [(e(2) + 2, "<BBBB", (1, 1, 0, 0)), (e(3) + 2, "<BBBB", (1, 1, 0, 0))],  # the output layer conv
+        [(40, "<H", 0)], [(42, "<H", 0)], [(44, "<H", 0)], [(40, "<H", 7)], [(44, "<H", 1)],
+        [(40, "<HHH", (2, 6, 6))],  # the same product, another shape: plane_bytes differs
+        [(e(1) + 3, "<BB", (5, 0))], [(e(1) + 3, "<BB", (5, 1))], [(e(1) + 5, "B", 2)],  # do not fit; odd pool
+        [(e(0) + 4, "B", 0)],  # pad 0: a 4x4 map pooled to 2x2, then a 3x3 kernel does not fit
+        # weight padding: layer 0 row 0, segments 0 and 2; the last plane's last row
+        [(lay["arena_offset"], "<I", 1 << 18)], [(lay["arena_offset"] + 8, "<I", 1 << 31)],
+        [(lay["arena_offset"] + conv.n_planes * lay["plane_bytes"] - 4, "<I", 1 << 31)],
+        [(lay["train_offset"] + OFFSETS["grow_left"], "B", 1)],
+        [(lay["blocks_offset"] + 20, "B", LIVE)],  # the last block live (flips 0, output within half)
+        [(lay["blocks_offset"], "B", LIVE)],  # the first block live: only the last may be
+    ]  # fmt: skip
+    out = [base]
+    for edit in edits:
+        b = bytearray(base)
+        for off, fmt, v in edit:
+            struct.pack_into(fmt, b, off, *(v if isinstance(v, tuple) else (v,)))
+        out.append(fix_crc(b))
+    dbase, dlay = pack.to_bytes(dense), pack.model_layout(dense)
+    out.append(dbase)
+    for off, fmt, v in [(40, "<H", 1), (42, "<H", 1), (44, "<H", 40), (4, "<H", 2), (18, "B", 0),
+                        (dlay["arena_offset"] + 4 * 3, "<I", 1 << 8), (64 + 2, "B", 1)]:  # fmt: skip
+        out.append(patched(dbase, off, fmt, v))
+    out += [base[:70], base[:95], base[:96]]  # the v3 layer table cut (it ends at 96)
+    return out
+
+
 def header_only(version: int, n_blocks: int, sizes: list[int], n_planes: int = 255) -> bytes:
     """A header and layer table whose computed sizes overflow 32 bits (E_SIZE)."""
     hb = 32 if version == 1 else 64
@@ -414,9 +469,10 @@ print("DONE", i)
 
 
 def error_corpus() -> list[bytes]:
-    """Broken files: one per rule (crafted, CRC fixed) of three version 2 models and of
-    version 1, the E_RANGE bounds, plus truncations and corruptions of every header and
-    table byte (and of the training section) and every 5th byte beyond, of four models."""
+    """Broken files: one per rule (crafted, CRC fixed) of three version 2 models, of
+    version 1 and of two version 3 models, the E_RANGE bounds, plus truncations and
+    corruptions of every header and table byte (and of the training section) and every
+    5th (version 3: 7th) byte beyond, of six models."""
     rng = np.random.default_rng(7)
     bases = version2_models(rng)
     files = [f for m in bases for f in crafted_files(m)]
@@ -436,6 +492,11 @@ def error_corpus() -> list[bytes]:
         lay = pack.model_layout(m)
         files += fuzzed_files(rng, pack.to_bytes(m), lay["arena_offset"], 5, lay["train_offset"])
     files += fuzzed_files(rng, to_bytes_v1(m1), pack.layout(9, [4], 2, 2, version=1)["arena_offset"], 5)
+    v3 = version3_models(rng)
+    files += crafted_v3_files(*v3)
+    for m in v3:
+        lay = pack.model_layout(m)
+        files += fuzzed_files(rng, pack.to_bytes(m), lay["arena_offset"], 7, lay["train_offset"])
     return files
 
 
@@ -466,7 +527,7 @@ def test_error_corpus_reaches_every_check():
         except FormatError as e:
             seen.add(check_of(e))
     assert seen == set(checks.BY_NAME)
-    assert versions == {1, 2}
+    assert versions == {1, 2, 3}
 
 
 def check_error_parity(

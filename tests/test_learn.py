@@ -17,7 +17,7 @@ from rbnn.format.trainstate import TrainState
 from rbnn.learn import prng
 from rbnn.learn import step as S
 from rbnn.learn.arena import empty_arena
-from rbnn.learn.defaults import choose_kind, defaults, schedule_params
+from rbnn.learn.defaults import GrowError, choose_kind, defaults, schedule_params
 from rbnn.learn.run import plan, prepare
 from support import scalar_step
 from support.randmodel import random_model
@@ -302,3 +302,34 @@ def test_hidden_gate_is_wider_except_on_a_new_domain():
     m = empty_arena(64, [25, 36, 4], 0x80, 6)
     assert defaults(m, "new").gate == defaults(m, "same").gate == [8, 10]
     assert defaults(m, "domain").gate == [8, 5]
+
+
+# --- a version 3 model is not trained (docs/FORMAT.md, Training a version 3 model) ---------
+def test_integer_step_refuses_a_version3_model(rng):
+    from support.randconv import random_conv_model
+
+    for conv in (True, False):  # a conv stack; a dense model in input mode 1
+        m = random_conv_model(rng, conv=conv, n_blocks=1)
+        m.max_blocks, m.arena = 3, np.concatenate([m.arena, np.zeros_like(m.arena), np.zeros_like(m.arena)])
+        before = pack.to_bytes(m)
+        xb = pack_input(rng.integers(0, 256, m.n_inputs, dtype=np.uint8), m.plane_mask)
+        for fn, args in ((S.step, (m, xb, 0)), (S.new_block, (m,))):
+            with pytest.raises(S.StepError, match="E_FULL: a model with conv layers or input mode 1"):
+                fn(*args)
+        with pytest.raises(GrowError, match="not trained by the integer step"):
+            prepare(m, plan(10, 0, None, 1, False, 0, 1), 0, 1, "new")
+        assert pack.to_bytes(m) == before  # nothing changed
+
+
+def test_grow_cli_refuses_a_version3_model(tmp_path, rng, capsys):
+    from support.randconv import random_conv_model
+
+    m = random_conv_model(rng, conv=False, n_blocks=1)
+    pack.save(m, tmp_path / "c.rbnn")
+    x = rng.integers(0, 256, (50, m.n_inputs), dtype=np.uint8)
+    write_npz(tmp_path / "d.npz", x, (np.arange(50) % m.n_classes).astype(np.uint8), m.n_classes)
+    rc = main(["grow", str(tmp_path / "c.rbnn"), "--data", str(tmp_path / "d.npz"), "--engine", "twin",
+               "-o", str(tmp_path / "g.rbnn")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "is not trained by the integer step" in err and "nothing written" in err
+    assert not (tmp_path / "g.rbnn").exists()

@@ -71,9 +71,10 @@ def random_conv_model(
     conv: bool = True,
     n_hidden: int | None = None,
     n_classes: int | None = None,
+    layers: list[Layer] | None = None,
 ) -> Model:
     """A random valid version 3 model (docs/FORMAT.md, Version 3); every argument left None
-    is drawn."""
+    is drawn (``layers`` given: those layers over ``in_shape``)."""
     if plane_mask is None:
         plane_mask = random_mask(rng)
     k_planes = bin(plane_mask).count("1")
@@ -88,10 +89,13 @@ def random_conv_model(
         n_conv = int(rng.integers(1, 4)) if n_conv is None else n_conv
         shape = tuple(int(v) for v in in_shape)
     n_inputs = int(np.prod(in_shape))
-    layers = random_conv_layers(rng, shape, n_conv) if conv else []
-    n_hidden = int(rng.integers(0, 3)) if n_hidden is None else n_hidden
-    layers += [Layer(int(rng.choice([1, 5, 17, 32, 33, 70]))) for _ in range(n_hidden)]
-    layers.append(Layer(int(rng.integers(1, 11)) if n_classes is None else n_classes))
+    if layers is None:
+        layers = random_conv_layers(rng, shape, n_conv) if conv else []
+        n_hidden = int(rng.integers(0, 3)) if n_hidden is None else n_hidden
+        layers += [Layer(int(rng.choice([1, 5, 17, 32, 33, 70]))) for _ in range(n_hidden)]
+        layers.append(Layer(int(rng.integers(1, 11)) if n_classes is None else n_classes))
+    elif not conv:
+        shape = None
     n_blocks = int(rng.integers(1, 4)) if n_blocks is None else n_blocks
     geo = geometry(n_inputs, layers, shape, k_planes, input_mode)
     spare_plane = int(rng.random() < 0.3)

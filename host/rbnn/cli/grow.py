@@ -110,7 +110,10 @@ def prepare_run(args: argparse.Namespace, m, ds, what: str, key: int | None = No
     (defaults from the arena), the plan, hyper-parameters (rbnn.learn.run.prepare) and
     the stream stamp (rbnn.learn.run.stamp). ``what`` names the model in messages."""
     from ..learn import run as R
+    from ..learn import step as S
 
+    if not m.trainable:  # before any default is drawn from its arena
+        raise R.GrowError(f"{what}: {S.UNTRAINABLE}; nothing written")
     key = run_key(args, ds) if key is None else key
     bits = args.bits if args.bits is not None else max(1, min(BITS, R.room_planes(m)))
     fits = R.room(m, bits)

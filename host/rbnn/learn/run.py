@@ -87,6 +87,8 @@ def prepare(m: Model, p: Plan, seed: int, bits: int, kind: str, overrides: dict 
     """Set ``m``'s training state for the run: hyper-parameters (``kind``: new, domain,
     same or auto, which looks at the frozen accuracy on ``probe``), seed, counters kept,
     ``bits``, ``grow_left = p.blocks``, ``grow_every``. Returns the kind used."""
+    if not m.trainable:
+        raise GrowError(S.UNTRAINABLE)
     if m.live_index() is not None:
         S.freeze(m)  # a run starts its own blocks
     fits = room(m, bits)

@@ -35,6 +35,16 @@ class StepError(RbnnError):
         super().__init__(f"{code}: {message}")
 
 
+UNTRAINABLE = ("a model with conv layers or input mode 1 (format version 3) is not trained by the integer "
+               "step: it has no live block and may not open one (docs/FORMAT.md, Training a version 3 model)")
+
+
+def check_trainable(m: Model) -> None:
+    """E_FULL for a version 3 model (:attr:`Model.trainable`), as every engine refuses it."""
+    if not m.trainable:
+        raise StepError("E_FULL", UNTRAINABLE)
+
+
 # --- views of the arena ---------------------------------------------------------------------
 def layer_view(m: Model, layer: int) -> np.ndarray:
     """All planes of one layer, a view of the arena: uint32 (n_planes, rows, words(in))."""
@@ -145,6 +155,7 @@ def can_open(m: Model) -> bool:
 
 def new_block(m: Model) -> int:
     """Open the live block: ``bits`` lowest free planes, seeded counters; returns its index."""
+    check_trainable(m)
     st = m.state()
     b = st.bits
     free = m.free_planes()
@@ -210,6 +221,7 @@ def step(m: Model, x: np.ndarray, label: int, frozen: np.ndarray | None = None) 
     -------
     int : the class predicted before the update.
     """
+    check_trainable(m)  # before the label: a version 3 model has no step at all
     st = m.state()
     C = m.n_classes
     if not 0 <= int(label) < C:
