@@ -222,27 +222,34 @@ static int check_blocks(rbnn_model_t *m, const uint8_t *b) {
     return RBNN_OK;
 }
 
-/* Padding bits of every weight row (layer by layer, then plane by plane, as the Python
- * reader scans them) and of every flip vector. */
+/* Segments of one row of layer l: the kept planes for layer 0 in input mode 1, else 1. */
+static uint32_t segments(const rbnn_model_t *m, uint32_t l) {
+    return l == 0u && m->input_mode == RBNN_INPUT_PER_PLANE ? m->k_planes : 1u;
+}
+
+/* Padding bits of every weight row (layer by layer, then plane by plane, row by row and
+ * segment by segment, as the Python reader scans them) and of every flip vector. */
 static int check_padding(rbnn_model_t *m, const uint8_t *b) {
     const uint32_t *arena = (const uint32_t *)(const void *)(b + m->arena_offset);
-    uint32_t layer, p, r, blk, layer_off = 0, n_in = m->n_inputs;
+    uint32_t layer, p, r, g, blk, layer_off = 0;
     for (layer = 0; layer < m->n_layers; layer++) {
-        uint32_t n_out = m->sizes[layer], w = words_of(n_in), bad = ~pad_mask(n_in);
+        uint32_t n_in = m->layer_in[layer], n_out = m->sizes[layer], w = words_of(n_in);
+        uint32_t bad = ~pad_mask(n_in), nseg = segments(m, layer);
         if (bad != 0u) {
             for (p = 0; p < m->n_planes; p++) {
                 const uint32_t *row = arena + p * m->plane_words + layer_off;
-                for (r = 0; r < n_out; r++, row += w) {
-                    if (row[w - 1] & bad) {
-                        uint32_t word = (uint32_t)(row + w - 1 - arena);
-                        return fail_at(m, RBNN_CHK_WEIGHT_PADDING, m->arena_offset + 4u * word,
-                            p, layer, r, 0, row[w - 1] & bad);
+                for (r = 0; r < n_out; r++) {
+                    for (g = 0; g < nseg; g++, row += w) {
+                        if (row[w - 1] & bad) {
+                            uint32_t word = (uint32_t)(row + w - 1 - arena);
+                            return fail_at(m, RBNN_CHK_WEIGHT_PADDING, m->arena_offset + 4u * word,
+                                p, layer, r, 0, row[w - 1] & bad);
+                        }
                     }
                 }
             }
         }
-        layer_off += n_out * w;
-        n_in = n_out;
+        layer_off += n_out * nseg * w;
     }
     for (blk = 0; blk < m->n_blocks; blk++) {
         uint32_t at = m->params_offset + blk * m->block_params_bytes;
@@ -258,12 +265,13 @@ static int check_padding(rbnn_model_t *m, const uint8_t *b) {
     return RBNN_OK;
 }
 
-/* Largest possible |s| of layer l (docs/FORMAT.md, Semantics). Fits: n_inputs * 255
- * < 2^24. */
+/* Largest possible |s| of layer l (docs/FORMAT.md, Semantics): in[l], times the plane
+ * weights for layer 0. Fits 32 bits: in[0] <= 15 * 15 * 65535 for a conv layer 0, and
+ * the plane weights sum to at most 255. */
 uint32_t rbnn_layer_smax(const rbnn_model_t *m, uint32_t l) {
     uint32_t n, low = 0, sum = 0;
     if (l > 0u) {
-        return m->sizes[l - 1u];
+        return m->layer_in[l];
     }
     while (!(m->plane_mask >> low & 1u)) {
         low++;
@@ -273,7 +281,7 @@ uint32_t rbnn_layer_smax(const rbnn_model_t *m, uint32_t l) {
             sum += 1u << (n - low);
         }
     }
-    return m->n_inputs * sum;
+    return m->layer_in[0] * sum;
 }
 
 static uint32_t output_smax(const rbnn_model_t *m) {
@@ -441,6 +449,138 @@ static int check_range(rbnn_model_t *m, const uint8_t *b) {
     return RBNN_OK;
 }
 
+/* Version 3: after the live block's checks, a model that may not train (docs/FORMAT.md,
+ * Training a version 3 model): grow_left 0, then no live block. */
+static int check_untrainable(rbnn_model_t *m, const uint8_t *b) {
+    uint32_t gl = b[m->train_offset + 41u];
+    if (gl != 0u) {
+        return fail(m, RBNN_CHK_V3_GROW_LEFT, m->train_offset + 41u, 0, gl);
+    }
+    if (m->live != 0xFFu) {
+        return fail_at(m, RBNN_CHK_V3_LIVE, m->blocks_offset + BLOCK_ENTRY_BYTES * m->live,
+            m->live, 0, 0, 0, RBNN_LIVE);
+    }
+    return RBNN_OK;
+}
+
+/* Version 3 layer table (8 bytes a layer; the sizes are checked before), layer by layer
+ * in table order: kind, kernel, pad, pool, reserved. */
+static int check_layer_fields(rbnn_model_t *m, const uint8_t *b, uint32_t hb) {
+    uint32_t i;
+    for (i = 0; i < m->n_layers; i++) {
+        const uint8_t *e = b + hb + RBNN_LAYER_ENTRY_BYTES_V3 * i;
+        uint32_t at = hb + RBNN_LAYER_ENTRY_BYTES_V3 * i, kind = e[2], k = e[3], pad = e[4];
+        uint32_t pool = e[5], conv = kind == RBNN_CONV;
+        if (kind != RBNN_DENSE && kind != RBNN_CONV) {
+            return fail_at(m, RBNN_CHK_LAYER_KIND, at + 2u, i, 0, 0, 0, kind);
+        }
+        if (conv ? (k & 1u) == 0u || k > RBNN_MAX_KERNEL : k != 0u) {
+            return fail_at(m, conv ? RBNN_CHK_CONV_KERNEL : RBNN_CHK_DENSE_KERNEL, at + 3u, i, 0, 0, 0, k);
+        }
+        if (pad > (conv ? k >> 1 : 0u)) {
+            return fail_at(m, conv ? RBNN_CHK_CONV_PAD : RBNN_CHK_DENSE_PAD, at + 4u, i, 0, 0, k >> 1, pad);
+        }
+        if (conv ? pool != RBNN_POOL_NONE && pool != RBNN_POOL_2X2 : pool != 0u) {
+            return fail_at(m, conv ? RBNN_CHK_CONV_POOL : RBNN_CHK_DENSE_POOL, at + 5u, i, 0, 0, 0, pool);
+        }
+        if (rd16(e + 6) != 0u) {
+            return fail_at(m, RBNN_CHK_LAYER_RESERVED, at + 6u, i, 0, 0, 0, rd16(e + 6));
+        }
+        m->kinds[i] = (uint8_t)kind;
+        m->kernels[i] = (uint8_t)k;
+        m->pads[i] = (uint8_t)pad;
+        m->pools[i] = (uint8_t)pool;
+    }
+    return RBNN_OK;
+}
+
+/* Version 3: the order of kinds, the input shape, then the maps chaining layer by layer. */
+static int check_shapes(rbnn_model_t *m, const uint8_t *b, uint32_t hb) {
+    static const uint8_t in_unused[3] = {RBNN_CHK_IN_H_UNUSED, RBNN_CHK_IN_W_UNUSED, RBNN_CHK_IN_C_UNUSED};
+    static const uint8_t in_used[3] = {RBNN_CHK_IN_H, RBNN_CHK_IN_W, RBNN_CHK_IN_C};
+    uint32_t i, seen_dense = 0, has_conv = 0, h, w, c, prod = 0;
+    for (i = 0; i < m->n_layers; i++) {
+        uint32_t at = hb + RBNN_LAYER_ENTRY_BYTES_V3 * i + 2u;
+        if (m->kinds[i] == RBNN_CONV && seen_dense) {
+            return fail_at(m, RBNN_CHK_CONV_AFTER_DENSE, at, i, 0, 0, 0, RBNN_CONV);
+        }
+        seen_dense |= m->kinds[i] == RBNN_DENSE;
+        has_conv |= m->kinds[i] == RBNN_CONV;
+    }
+    if (m->kinds[m->n_layers - 1u] != RBNN_DENSE) {
+        i = m->n_layers - 1u;
+        return fail_at(m, RBNN_CHK_OUTPUT_DENSE, hb + RBNN_LAYER_ENTRY_BYTES_V3 * i + 2u, i, 0, 0, 0,
+            m->kinds[i]);
+    }
+    for (i = 0; i < 3u; i++) { /* in_h, in_w, in_c */
+        uint32_t v = rd16(b + 40u + 2u * i);
+        if (!has_conv && v != 0u) {
+            return fail(m, in_unused[i], 40u + 2u * i, 0, v);
+        }
+        if (has_conv && v == 0u) {
+            return fail(m, in_used[i], 40u + 2u * i, 0, v);
+        }
+    }
+    h = rd16(b + 40);
+    w = rd16(b + 42);
+    c = rd16(b + 44);
+    if (has_conv && (!mul_ok(h, w, &prod) || !mul_ok(prod, c, &prod) || prod != m->n_inputs)) {
+        return fail_at(m, RBNN_CHK_IN_SHAPE, 40, h, w, c, m->n_inputs, 0);
+    }
+    m->in_h = (uint16_t)h;
+    m->in_w = (uint16_t)w;
+    m->in_c = (uint16_t)c;
+    for (i = 0; i < m->n_layers && m->kinds[i] == RBNN_CONV; i++) {
+        uint32_t at = hb + RBNN_LAYER_ENTRY_BYTES_V3 * i, k = m->kernels[i], p2 = 2u * m->pads[i];
+        uint32_t lim = (h < w ? h : w) + p2;
+        if (k > lim) {
+            return fail_at(m, RBNN_CHK_CONV_FIT, at + 3u, i, h, w, lim, k);
+        }
+        h = h + p2 - k + 1u;
+        w = w + p2 - k + 1u;
+        if (m->pools[i] == RBNN_POOL_2X2) {
+            if ((h | w) & 1u) {
+                return fail_at(m, RBNN_CHK_POOL_ODD, at + 5u, i, h, w, 0, RBNN_POOL_2X2);
+            }
+            h >>= 1;
+            w >>= 1;
+        }
+        c = m->sizes[i];
+    }
+    return RBNN_OK;
+}
+
+/* in[l] of every layer, the widest hidden output (a ping-pong buffer) and the patch
+ * (docs/FORMAT.md, Version 3: Maps, Row length, Memory). Shapes already checked: every
+ * map has at most in_h * in_w positions, so its bits fit 32 bits. */
+static void set_geometry(rbnn_model_t *m) {
+    uint32_t l, h = m->in_h, w = m->in_w, c = m->in_c, bits = m->n_inputs;
+    m->act_words = m->patch_words = 0;
+    for (l = 0; l < m->n_layers; l++) {
+        uint32_t out_bits = m->sizes[l];
+        if (m->kinds[l] == RBNN_CONV) {
+            uint32_t k = m->kernels[l], p2 = 2u * m->pads[l], pw;
+            m->layer_in[l] = k * k * c;
+            pw = (l == 0u ? m->k_planes : 1u) * words_of(m->layer_in[l]);
+            m->patch_words = pw > m->patch_words ? pw : m->patch_words;
+            h = h + p2 - k + 1u;
+            w = w + p2 - k + 1u;
+            if (m->pools[l] == RBNN_POOL_2X2) {
+                h >>= 1;
+                w >>= 1;
+            }
+            c = m->sizes[l];
+            out_bits = h * w * c;
+        } else {
+            m->layer_in[l] = bits;
+        }
+        if (l + 1u < m->n_layers && words_of(out_bits) > m->act_words) {
+            m->act_words = words_of(out_bits);
+        }
+        bits = out_bits;
+    }
+}
+
 /* Header fields with a range, in check order (docs/FORMAT.md, Header). */
 struct header_range {
     uint8_t offset, bytes, check;
@@ -458,8 +598,8 @@ static const struct header_range header_ranges[] = {
 
 int rbnn_model_init(rbnn_model_t *m, const void *buf, size_t len) {
     const uint8_t *b = (const uint8_t *)buf;
-    uint32_t i, n_in, plane_words = 0, plane_bytes, arena_offset, params_offset, train_offset;
-    uint32_t blocks_offset, block_params = 0, file_bytes, t, hb, version, slots;
+    uint32_t i, plane_words = 0, plane_bytes, arena_offset, params_offset, train_offset;
+    uint32_t eb, blocks_offset, block_params = 0, file_bytes, t, hb, version, slots;
     int rc;
 
     if (m == NULL) {
@@ -479,6 +619,12 @@ int rbnn_model_init(rbnn_model_t *m, const void *buf, size_t len) {
     m->version = m->max_blocks = m->score_q = 0;
     m->live = 0xFFu;
     m->train_offset = m->budget = 0;
+    m->in_h = m->in_w = m->in_c = 0;
+    for (i = 0; i < RBNN_MAX_LAYERS; i++) {
+        m->kinds[i] = m->kernels[i] = m->pads[i] = m->pools[i] = 0;
+        m->layer_in[i] = 0;
+    }
+    m->act_words = m->patch_words = 0;
     m->err_offset = 0;
     m->err_check = m->err_i = m->err_j = m->err_k = 0;
     m->err_want = m->err_found = 0;
@@ -511,6 +657,10 @@ int rbnn_model_init(rbnn_model_t *m, const void *buf, size_t len) {
             if (v > RBNN_MAX_BLOCKS) { /* version 2: 0 blocks is an empty arena */
                 return fail(m, RBNN_CHK_N_BLOCKS_V2, h->offset, 0, v);
             }
+        } else if (h->check == RBNN_CHK_INPUT_MODE && version >= RBNN_VERSION_V3) {
+            if (v > RBNN_INPUT_PER_PLANE) { /* version 3: input mode 1 */
+                return fail(m, RBNN_CHK_INPUT_MODE_V3, h->offset, 0, v);
+            }
         } else if (v < h->lo || v > h->hi) {
             return fail(m, h->check, h->offset, 0, v);
         }
@@ -537,8 +687,8 @@ int rbnn_model_init(rbnn_model_t *m, const void *buf, size_t len) {
         if (b[33] > RBNN_MAX_SCORE_Q) {
             return fail(m, RBNN_CHK_SCORE_Q, 33, 0, b[33]);
         }
-        for (i = 34; i < hb; i++) {
-            if ((i < 36u || i >= 40u) && b[i] != 0u) {
+        for (i = 34; i < hb; i++) { /* version 3: in_h, in_w, in_c at 40..45 */
+            if ((i < 36u || i >= (version >= RBNN_VERSION_V3 ? 46u : 40u)) && b[i] != 0u) {
                 return fail_at(m, RBNN_CHK_HEADER_RESERVED, i, i, 0, 0, 0, b[i]);
             }
         }
@@ -550,35 +700,49 @@ int rbnn_model_init(rbnn_model_t *m, const void *buf, size_t len) {
         m->max_blocks = m->n_blocks;
     }
 
-    /* Layer table and its pad. */
-    blocks_offset = hb + 4u * ((m->n_layers + 1u) / 2u);
+    /* Layer table and its pad (version 3: 8 bytes a layer, then the shapes). */
+    blocks_offset = version >= RBNN_VERSION_V3 ? hb + RBNN_LAYER_ENTRY_BYTES_V3 * m->n_layers
+                                               : hb + 4u * ((m->n_layers + 1u) / 2u);
     if (len < blocks_offset) {
         return fail(m, RBNN_CHK_TRUNC_LAYERS, hb, blocks_offset, (uint32_t)len);
     }
+    eb = version >= RBNN_VERSION_V3 ? RBNN_LAYER_ENTRY_BYTES_V3 : RBNN_LAYER_ENTRY_BYTES;
     for (i = 0; i < m->n_layers; i++) {
-        uint32_t s = rd16(b + hb + 2u * i);
+        uint32_t s = rd16(b + hb + eb * i);
         if (s == 0u) {
-            return fail_at(m, RBNN_CHK_LAYER_SIZE, hb + 2u * i, i, 0, 0, 0, 0);
+            return fail_at(m, RBNN_CHK_LAYER_SIZE, hb + eb * i, i, 0, 0, 0, 0);
         }
         m->sizes[i] = (uint16_t)s;
     }
-    if ((m->n_layers & 1u) && rd16(b + hb + 2u * m->n_layers) != 0u) {
+    if (version < RBNN_VERSION_V3 && (m->n_layers & 1u) && rd16(b + hb + 2u * m->n_layers) != 0u) {
         /* one u16 of pad after an odd number of sizes */
         return fail(m, RBNN_CHK_LAYER_PAD, hb + 2u * m->n_layers, 0, rd16(b + hb + 2u * m->n_layers));
     }
+    if (version >= RBNN_VERSION_V3) {
+        rc = check_layer_fields(m, b, hb);
+        if (rc == RBNN_OK) {
+            rc = check_shapes(m, b, hb);
+        }
+        if (rc != RBNN_OK) {
+            return rc;
+        }
+    }
 
-    /* Computed layout. size * words(in) < 2^16 * 2^11, eight of them < 2^30: no
-     * overflow there; the products and sums after it are checked. */
-    n_in = m->n_inputs;
+    /* Computed layout: a conv row (k * k * C bits) or a dense row after one (a map) can
+     * be long, so every product and sum is checked. block_params < 2^16 * 20: no
+     * overflow there. */
+    set_geometry(m);
     for (i = 0; i < m->n_layers; i++) {
         uint32_t s = m->sizes[i];
-        plane_words += s * words_of(n_in);
+        if (!mul_ok(s * segments(m, i), words_of(m->layer_in[i]), &t)
+            || !add_ok(plane_words, t, &plane_words)) {
+            return fail(m, RBNN_CHK_SIZE_OVERFLOW, 8, 0, 0);
+        }
         if (i + 1u < m->n_layers) {
             block_params += 4u * s + 4u * words_of(s);
         } else {
             block_params += 8u * s;
         }
-        n_in = s;
     }
     arena_offset = blocks_offset + BLOCK_ENTRY_BYTES * slots;
     if (!mul_ok(plane_words, 4u, &plane_bytes) || !mul_ok(plane_bytes, m->n_planes, &t)
@@ -630,6 +794,9 @@ int rbnn_model_init(rbnn_model_t *m, const void *buf, size_t len) {
     if (rc == RBNN_OK && version >= 2u) {
         rc = check_slots(m, b);
     }
+    if (rc == RBNN_OK && version >= RBNN_VERSION_V3) {
+        rc = check_untrainable(m, b);
+    }
     if (rc == RBNN_OK && version >= 2u) {
         rc = check_train(m, b);
     }
@@ -651,13 +818,7 @@ uint32_t rbnn_input_words(const rbnn_model_t *m) {
 }
 
 uint32_t rbnn_scratch_words(const rbnn_model_t *m) {
-    uint32_t i, widest = 0;
-    for (i = 0; i + 1u < m->n_layers; i++) {
-        if (m->sizes[i] > widest) {
-            widest = m->sizes[i];
-        }
-    }
-    return 2u * words_of(widest);
+    return 2u * m->act_words + m->patch_words;
 }
 
 uint32_t rbnn_n_classes(const rbnn_model_t *m) {
@@ -733,9 +894,258 @@ void rbnn_plane_weights(const rbnn_model_t *m, int32_t weight[8]) {
     }
 }
 
+/* One layer of a block as the sums see it: rows of `seg` segments of nw words (in[l]
+ * = n_in bits each) against an input of n_k planes of nw words weighted by weight[]. */
+typedef struct {
+    const uint32_t *w;      /* the layer's first row in the sign plane */
+    const int32_t *weight;  /* plane weights (layer 0), else {1} */
+    uint32_t n_in, nw, n_k, seg, n_out;
+} layer_t;
+
+/* Input mode 1's first layer: row r has one segment per plane. */
+static void seg_sums(const layer_t *L, const uint32_t *w, const uint32_t *in, uint32_t cnt,
+    int32_t *s) {
+    uint32_t r, k;
+    for (r = 0; r < cnt; r++, w += L->n_k * L->nw) {
+        int32_t v = 0;
+        for (k = 0; k < L->n_k; k++) {
+            v += L->weight[k]
+                 * ((int32_t)L->n_in - 2 * (int32_t)rbnn_xorpop(w + k * L->nw, in + k * L->nw, L->nw));
+        }
+        s[r] = v;
+    }
+}
+
+/* Sums of `cnt` (<= GROUP) rows from w against `in`. */
+static void layer_sums(const layer_t *L, const uint32_t *w, const uint32_t *in, uint32_t cnt,
+    int32_t *s) {
+    if (L->seg == 1u) {
+        rbnn_group_sums(w, in, L->nw, cnt, (int32_t)L->n_in, L->weight, L->n_k, s);
+    } else {
+        seg_sums(L, w, in, cnt, s);
+    }
+}
+
+/* n bits of src from bit sb ORed into dst from bit db (those bits of dst are 0), a word at
+ * a time; word i of dst is dst[i * st] (st 1, or RBNN_TILE into interleaved patches).
+ * Whole words when both sides are word-aligned (C a multiple of 32). */
+static void copy_bits(uint32_t *dst, uint32_t st, uint32_t db, const uint32_t *src, uint32_t sb,
+    uint32_t n) {
+    if (((sb | db) & 31u) == 0u) {
+        uint32_t *d = dst + (db >> 5) * st;
+        const uint32_t *p = src + (sb >> 5);
+        for (; n >= 32u; n -= 32u, d += st) {
+            *d = *p++;
+        }
+        if (n != 0u) {
+            *d |= *p & ((1u << n) - 1u);
+        }
+        return;
+    }
+    while (n > 0u) {
+        uint32_t so = sb & 31u, dof = db & 31u, take = n < 32u ? n : 32u;
+        uint32_t v = src[sb >> 5] >> so;
+        if (so != 0u && so + take > 32u) {
+            v |= src[(sb >> 5) + 1u] << (32u - so);
+        }
+        if (take < 32u) {
+            v &= (1u << take) - 1u;
+        }
+        dst[(db >> 5) * st] |= v << dof;
+        if (dof != 0u && dof + take > 32u) {
+            dst[((db >> 5) + 1u) * st] |= v >> (32u - dof);
+        }
+        sb += take;
+        db += take;
+        n -= take;
+    }
+}
+
+/* A conv layer's input map and kernel. */
+typedef struct {
+    uint32_t h, w, c, k, p;
+} conv_t;
+
+/* The patch of conv position (y, x) from map a (docs/FORMAT.md, Semantics of the new
+ * layers) into a zeroed patch (word i at patch[i * st]): per kernel row, one run of
+ * (columns inside the map) * C bits copied from the (y, x, c) bit vector; padded
+ * positions stay 0. */
+static void gather(const conv_t *cv, const uint32_t *a, uint32_t y, uint32_t x, uint32_t *patch,
+    uint32_t st) {
+    uint32_t ky, k = cv->k, p = cv->p;
+    uint32_t kx0 = x < p ? p - x : 0u, kx1 = x + k - p > cv->w ? cv->w + p - x : k;
+    for (ky = 0; ky < k; ky++) {
+        uint32_t yy = y + ky; /* map row yy - p */
+        if (yy < p || yy - p >= cv->h) {
+            continue;
+        }
+        copy_bits(patch, st, (ky * k + kx0) * cv->c, a, ((yy - p) * cv->w + x + kx0 - p) * cv->c,
+            (kx1 - kx0) * cv->c);
+    }
+}
+
+/* Channels whose pooled sums are kept at once: a stack row of ints, so that each patch
+ * is gathered once for up to this many output channels. */
+#if RBNN_TILED
+#define CONV_CHUNK 256u
+#else
+#define CONV_CHUNK 64u
+#endif
+
+/* A hidden conv layer in eBNN order: per output position (after the pool), the patch of
+ * each of its 1 or 4 conv positions against every output channel, the max of the sums
+ * (min where the channel's flip is set), one compare; the output map's bits go to out
+ * (zeroed first). `in` holds n_k planes of in_words words; patch, n_k * nw words. */
+static void conv_layer(const layer_t *L, const conv_t *cv, uint32_t pool, const uint32_t *in,
+    uint32_t in_words, const int32_t *thr, const uint32_t *flip, uint32_t *out, uint32_t *patch) {
+    uint32_t div = pool == RBNN_POOL_2X2 ? 2u : 1u, nq = div * div;
+    uint32_t ho = (cv->h + 2u * cv->p - cv->k + 1u) / div, wo = (cv->w + 2u * cv->p - cv->k + 1u) / div;
+    uint32_t row = L->seg * L->nw, n_out = L->n_out, oy, ox, j0, q, g, r, kk;
+    int32_t best[CONV_CHUNK], s[GROUP];
+    for (r = 0; r < words_of(ho * wo * n_out); r++) {
+        out[r] = 0;
+    }
+    for (oy = 0; oy < ho; oy++) {
+        for (ox = 0; ox < wo; ox++) {
+            uint32_t bit = (oy * wo + ox) * n_out;
+            for (j0 = 0; j0 < n_out; j0 += CONV_CHUNK) {
+                uint32_t chunk = n_out - j0 < CONV_CHUNK ? n_out - j0 : CONV_CHUNK;
+                for (q = 0; q < nq; q++) {
+                    if (nq > 1u || j0 == 0u) { /* without a pool the patch stays */
+                        for (kk = 0; kk < L->n_k * L->nw; kk++) {
+                            patch[kk] = 0;
+                        }
+                        for (kk = 0; kk < L->n_k; kk++) {
+                            gather(cv, in + kk * in_words, oy * div + (q >> 1), ox * div + (q & 1u),
+                                patch + kk * L->nw, 1u);
+                        }
+                    }
+                    for (g = 0; g < chunk; g += GROUP) {
+                        uint32_t cnt = chunk - g < GROUP ? chunk - g : GROUP;
+                        layer_sums(L, L->w + (j0 + g) * row, patch, cnt, s);
+                        for (r = 0; r < cnt; r++) {
+                            uint32_t j = j0 + g + r, fl = flip[j >> 5] >> (j & 31u) & 1u;
+                            if (q == 0u || (fl ? s[r] < best[g + r] : s[r] > best[g + r])) {
+                                best[g + r] = s[r];
+                            }
+                        }
+                    }
+                }
+                for (g = 0; g < chunk; g += 32u) {
+                    uint32_t cnt = chunk - g < 32u ? chunk - g : 32u, word = 0;
+                    for (r = 0; r < cnt; r++) {
+                        uint32_t j = j0 + g + r, fl = flip[j >> 5] >> (j & 31u) & 1u;
+                        word |= ((uint32_t)(best[g + r] >= thr[j]) ^ fl) << r;
+                    }
+                    copy_bits(out, 1u, bit + j0 + g, &word, 0, cnt);
+                }
+            }
+        }
+    }
+}
+
+#if RBNN_TILE > 1
+/* Hosts: conv positions RBNN_TILE at a time. The patches of RBNN_TILE consecutive conv
+ * positions (pooled outputs in raster order, each with its 1 or 4 conv positions) are
+ * interleaved word by word (rbnn_xorpop_lanes), so each weight word is loaded once for
+ * all of them and no popcount needs a horizontal sum; the same integers as conv_layer.
+ * A layer whose interleaved patches do not fit CONV_TILE_WORDS runs conv_layer. */
+#define CONV_TILE_WORDS 4096u
+
+static void conv_layer_tiled(const layer_t *L, const conv_t *cv, uint32_t pool, const uint32_t *in,
+    uint32_t in_words, const int32_t *thr, const uint32_t *flip, uint32_t *out) {
+    uint32_t xt[CONV_TILE_WORDS], pc[GROUP * RBNN_TILE], words[RBNN_TILE];
+    int32_t s[GROUP * RBNN_TILE]; /* s[r * RBNN_TILE + lane], as pc */
+    uint32_t div = pool == RBNN_POOL_2X2 ? 2u : 1u, nq = div * div, no = RBNN_TILE / nq;
+    uint32_t ho = (cv->h + 2u * cv->p - cv->k + 1u) / div, wo = (cv->w + 2u * cv->p - cv->k + 1u) / div;
+    uint32_t row = L->seg * L->nw, n_out = L->n_out, nw = L->nw, n_k = L->n_k, n_o = ho * wo;
+    uint32_t o0, t, i, kk, j, r, q;
+    int32_t n = (int32_t)L->n_in;
+    for (i = 0; i < words_of(n_o * n_out); i++) {
+        out[i] = 0;
+    }
+    /* lane q * no + o: conv position q of pooled output o0 + o (the four of one output
+     * are no lanes apart, so the pool is a max over whole rows of lanes) */
+    for (o0 = 0; o0 < n_o; o0 += no) {
+        uint32_t nt = n_o - o0 < no ? n_o - o0 : no;
+        for (i = 0; i < n_k * nw * RBNN_TILE; i++) { /* idle lanes stay 0 */
+            xt[i] = 0;
+        }
+        for (t = 0; t < nt; t++) {
+            uint32_t oy = (o0 + t) / wo, ox = (o0 + t) - oy * wo;
+            for (q = 0; q < nq; q++) {
+                for (kk = 0; kk < n_k; kk++) {
+                    gather(cv, in + kk * in_words, oy * div + (q >> 1), ox * div + (q & 1u),
+                        xt + kk * nw * RBNN_TILE + q * no + t, RBNN_TILE);
+                }
+            }
+        }
+        for (j = 0; j < n_out; j += GROUP) {
+            uint32_t cnt = n_out - j < GROUP ? n_out - j : GROUP;
+            for (kk = 0; kk < n_k; kk++) {
+                const uint32_t *xk = xt + kk * nw * RBNN_TILE;
+                int32_t wk = L->weight[kk];
+                if (L->seg == 1u) {
+                    rbnn_xorpop_lanes(L->w + j * row, xk, nw, cnt, pc);
+                } else { /* input mode 1: row r's segment kk */
+                    for (r = 0; r < cnt; r++) {
+                        rbnn_xorpop_lanes(L->w + (j + r) * row + kk * nw, xk, nw, 1, pc + r * RBNN_TILE);
+                    }
+                }
+                if (kk == 0u) {
+                    for (i = 0; i < cnt * RBNN_TILE; i++) {
+                        s[i] = wk * (n - 2 * (int32_t)pc[i]);
+                    }
+                } else {
+                    for (i = 0; i < cnt * RBNN_TILE; i++) {
+                        s[i] += wk * (n - 2 * (int32_t)pc[i]);
+                    }
+                }
+            }
+            for (t = 0; t < RBNN_TILE; t++) {
+                words[t] = 0;
+            }
+            if (nq == 1u) {
+                for (r = 0; r < cnt; r++) {
+                    const int32_t *sr = s + r * RBNN_TILE;
+                    uint32_t fl = flip[(j + r) >> 5] >> ((j + r) & 31u) & 1u;
+                    int32_t th = thr[j + r];
+                    for (t = 0; t < RBNN_TILE; t++) {
+                        words[t] |= ((uint32_t)(sr[t] >= th) ^ fl) << r;
+                    }
+                }
+            } else {
+                for (r = 0; r < cnt; r++) {
+                    const int32_t *sr = s + r * RBNN_TILE;
+                    uint32_t fl = 0u - (flip[(j + r) >> 5] >> ((j + r) & 31u) & 1u);
+                    int32_t th = thr[j + r], hi[4], lo[4];
+                    for (t = 0; t < 4u; t++) { /* branch-free, so that it vectorises */
+                        int32_t a = sr[t] > sr[t + 4u] ? sr[t] : sr[t + 4u];
+                        int32_t b = sr[t + 8u] > sr[t + 12u] ? sr[t + 8u] : sr[t + 12u];
+                        int32_t c = sr[t] < sr[t + 4u] ? sr[t] : sr[t + 4u];
+                        int32_t d = sr[t + 8u] < sr[t + 12u] ? sr[t + 8u] : sr[t + 12u];
+                        hi[t] = a > b ? a : b;
+                        lo[t] = c < d ? c : d;
+                    }
+                    for (t = 0; t < 4u; t++) {
+                        /* max >= t without a flip; with one, (min >= t) XOR 1 */
+                        uint32_t bit = ((uint32_t)(hi[t] >= th) & ~fl) | ((uint32_t)(lo[t] < th) & fl);
+                        words[t] |= bit << r;
+                    }
+                }
+            }
+            for (t = 0; t < nt; t++) {
+                copy_bits(out, 1u, (o0 + t) * n_out + j, &words[t], 0, cnt);
+            }
+        }
+    }
+}
+#endif
+
 /* Scores of one block added to `scores`, in eBNN order: hidden sums are thresholded into
  * bits as soon as a group of 32 is known (never a full-precision feature map); layers
- * ping-pong between the two halves of `scratch`. */
+ * ping-pong between the two halves of `scratch`, conv layers gather their patches into
+ * the words after them. */
 static void run_block(const rbnn_model_t *m, uint32_t blk, const uint32_t *x,
     uint32_t *scratch, int32_t *scores) {
     static const int32_t one = 1;
@@ -744,30 +1154,56 @@ static void run_block(const rbnn_model_t *m, uint32_t blk, const uint32_t *x,
     const uint32_t *w = (const uint32_t *)(const void *)(b + m->arena_offset)
                         + sign * m->plane_words;
     const uint8_t *params = b + m->params_offset + blk * m->block_params_bytes;
-    uint32_t half = rbnn_scratch_words(m) / 2u;
-    uint32_t n_in = m->n_inputs, layer, j, r;
+    uint32_t *patch = scratch + 2u * m->act_words;
+    conv_t cv;
+    uint32_t layer, j, r;
     int32_t weight[8], s[GROUP];
     const uint32_t *in = x;
 
     rbnn_plane_weights(m, weight);
+    cv.h = m->in_h;
+    cv.w = m->in_w;
+    cv.c = m->in_c;
 
     for (layer = 0; layer < m->n_layers; layer++) {
-        uint32_t n_out = m->sizes[layer], nw = words_of(n_in);
-        const int32_t *wt = layer == 0u ? weight : &one;
-        uint32_t n_k = layer == 0u ? m->k_planes : 1u;
-        int32_t n = (int32_t)n_in;
+        layer_t L;
+        uint32_t n_out = m->sizes[layer], row;
+        L.w = w;
+        L.weight = layer == 0u ? weight : &one;
+        L.n_in = m->layer_in[layer];
+        L.nw = words_of(L.n_in);
+        L.n_k = layer == 0u ? m->k_planes : 1u;
+        L.seg = segments(m, layer);
+        L.n_out = n_out;
+        row = L.seg * L.nw;
         if (layer + 1u < m->n_layers) {
             const int32_t *thr = (const int32_t *)(const void *)params;
             const uint32_t *flip = (const uint32_t *)(const void *)(params + 4u * n_out);
-            uint32_t *out = scratch + ((layer & 1u) ? half : 0u);
-            for (j = 0; j < n_out; j += GROUP) {
-                uint32_t cnt = n_out - j < GROUP ? n_out - j : GROUP, word = 0;
-                rbnn_group_sums(w, in, nw, cnt, n, wt, n_k, s);
-                w += cnt * nw;
-                for (r = 0; r < cnt; r++) {
-                    word |= (uint32_t)(s[r] >= thr[j + r]) << r;
+            uint32_t *out = scratch + ((layer & 1u) ? m->act_words : 0u);
+            if (m->kinds[layer] == RBNN_CONV) {
+                uint32_t div = m->pools[layer] == RBNN_POOL_2X2 ? 2u : 1u;
+                cv.k = m->kernels[layer];
+                cv.p = m->pads[layer];
+#if RBNN_TILE > 1
+                if (RBNN_TILE * L.n_k * L.nw <= CONV_TILE_WORDS) {
+                    conv_layer_tiled(&L, &cv, m->pools[layer], in, words_of(m->n_inputs), thr, flip, out);
+                } else
+#endif
+                {
+                    conv_layer(&L, &cv, m->pools[layer], in, words_of(m->n_inputs), thr, flip, out, patch);
                 }
-                out[j >> 5] = word ^ flip[j >> 5]; /* flip padding is 0: padding stays 0 */
+                cv.h = (cv.h + 2u * cv.p - cv.k + 1u) / div;
+                cv.w = (cv.w + 2u * cv.p - cv.k + 1u) / div;
+                cv.c = n_out;
+            } else {
+                for (j = 0; j < n_out; j += GROUP) {
+                    uint32_t cnt = n_out - j < GROUP ? n_out - j : GROUP, word = 0;
+                    layer_sums(&L, w + j * row, in, cnt, s);
+                    for (r = 0; r < cnt; r++) {
+                        word |= (uint32_t)(s[r] >= thr[j + r]) << r;
+                    }
+                    out[j >> 5] = word ^ flip[j >> 5]; /* flip padding is 0: padding stays 0 */
+                }
             }
             params += 4u * n_out + 4u * words_of(n_out);
             in = out;
@@ -776,15 +1212,14 @@ static void run_block(const rbnn_model_t *m, uint32_t blk, const uint32_t *x,
             const int32_t *offset = scale + n_out;
             for (j = 0; j < n_out; j += GROUP) {
                 uint32_t cnt = n_out - j < GROUP ? n_out - j : GROUP;
-                rbnn_group_sums(w, in, nw, cnt, n, wt, n_k, s);
-                w += cnt * nw;
+                layer_sums(&L, w + j * row, in, cnt, s);
                 for (r = 0; r < cnt; r++) {
                     /* E_RANGE at load guarantees neither step leaves int32. */
                     scores[j + r] += scale[j + r] * s[r] + offset[j + r];
                 }
             }
         }
-        n_in = n_out;
+        w += n_out * row;
     }
 }
 
@@ -941,7 +1376,11 @@ static void run_block_tile(const rbnn_model_t *m, uint32_t blk, uint32_t nx, uin
 
 /* Samples a tile for this model: batch_tile, or 1 when its buffers do not fit. */
 static uint32_t tile_for(const rbnn_model_t *m) {
-    uint32_t need = RBNN_TILE * (rbnn_input_words(m) + rbnn_scratch_words(m));
+    uint32_t need;
+    if (m->version >= RBNN_VERSION_V3) {
+        return 1u; /* conv layers and input mode 1 run one sample at a time */
+    }
+    need = RBNN_TILE * (rbnn_input_words(m) + rbnn_scratch_words(m));
     return need <= TILE_WORDS ? batch_tile : 1u;
 }
 

@@ -22,7 +22,7 @@ extern "C" {
 #include "rbnn_spec.h"
 
 /* A validated model: pointers into the caller's buffer plus the parsed shape
- * (docs/FORMAT.md, versions 1 and 2). */
+ * (docs/FORMAT.md, versions 1 to 3). */
 typedef struct {
     const uint8_t *buf;          /* the file, 4-byte aligned, used in place */
     uint32_t file_bytes;
@@ -39,12 +39,22 @@ typedef struct {
     uint32_t params_offset;
     uint32_t blocks_offset;
     uint32_t block_params_bytes;
-    uint8_t version;             /* 1 or 2 */
+    uint8_t version;             /* 1, 2 or 3 */
     uint8_t max_blocks;          /* slots of the block table (version 1: n_blocks) */
     uint8_t score_q;             /* version 2: the shared score exponent */
     uint8_t live;                /* index of the live block, or 0xFF */
     uint32_t train_offset;       /* version 2: the training section (0 in version 1) */
     uint32_t budget;             /* version 2: every block's score bound (docs/FORMAT.md) */
+    /* Version 3 (docs/FORMAT.md, Version 3): the input map (0 without conv layers) and
+     * each layer's kind (RBNN_DENSE, RBNN_CONV), kernel, pad and pool. */
+    uint16_t in_h, in_w, in_c;
+    uint8_t kinds[RBNN_MAX_LAYERS];
+    uint8_t kernels[RBNN_MAX_LAYERS];
+    uint8_t pads[RBNN_MAX_LAYERS];
+    uint8_t pools[RBNN_MAX_LAYERS];
+    uint32_t layer_in[RBNN_MAX_LAYERS]; /* in[l]: bits of one row segment (N of Semantics) */
+    uint32_t act_words;          /* words of one ping-pong buffer: the widest hidden output */
+    uint32_t patch_words;        /* words of the conv patch buffer (0 without conv layers) */
     /* On a validation error: the byte offset of the field at fault, the check that
      * failed (RBNN_CHK_*) and the integers its message is made of (rbnn_error_text). */
     uint32_t err_offset;
@@ -60,14 +70,17 @@ int rbnn_model_init(rbnn_model_t *m, const void *buf, size_t len);
 /* Words of the packed input: k_planes * ceil(n_inputs / 32). */
 uint32_t rbnn_input_words(const rbnn_model_t *m);
 
-/* Words of the activation scratch: two ping-pong buffers for the widest hidden layer
- * (0 when the model has no hidden layer). */
+/* Words of the activation scratch: two ping-pong buffers for the widest hidden output
+ * (a conv layer's: its output map's bits, after the pool), then one conv patch (the
+ * widest conv layer's k*k*C bits, times the kept planes for layer 0); 0 when the model
+ * has no hidden layer. */
 uint32_t rbnn_scratch_words(const rbnn_model_t *m);
 
 /* Number of classes (length of the scores array). */
 uint32_t rbnn_n_classes(const rbnn_model_t *m);
 
-/* Bytes of RAM one inference needs: input + scratch + scores (eBNN order). */
+/* Bytes of RAM one inference needs: input + scratch + scores (eBNN order;
+ * docs/FORMAT.md, Memory). */
 uint32_t rbnn_ram_bytes(const rbnn_model_t *m);
 
 /* Bit-slice n_inputs 8-bit features into the packed input (rbnn_input_words words,

@@ -166,9 +166,10 @@ static uint32_t free_planes(const rbnn_model_t *m, uint8_t *b, uint32_t owned[8]
     return n_free;
 }
 
+/* A version 3 model may not open a block (docs/FORMAT.md, Training a version 3 model). */
 static int can_open(const rbnn_model_t *m, uint8_t *b) {
     uint32_t owned[8];
-    return m->live == NO_LIVE && m->n_blocks < m->max_blocks
+    return m->version < RBNN_VERSION_V3 && m->live == NO_LIVE && m->n_blocks < m->max_blocks
            && free_planes(m, b, owned) >= b[m->train_offset + T_BITS];
 }
 
