@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rbnn.cli import main
-from rbnn.engines import twin
+from rbnn.engines import ccore, twin
 from rbnn.format import pack
 from rbnn.format.model import CONV, POOL_2X2, kept_planes, pack_input, plane_shifts
 from rbnn.train import TrainError, fold, train
@@ -267,7 +267,7 @@ def test_shapes_that_do_not_chain_are_refused(mnist):
         train(mnist, [8], progress=False, limit=300, val=50, conv=parse_convs("8"), dropout=0.2)
 
 
-def test_cli_trains_a_cnn(tmp_path, capsys):
+def test_cli_trains_a_cnn(tmp_path, capsys, mnist):
     out = tmp_path / "c.rbnn"
     rc = main(["train", "--conv", "8p", "--hidden", "16", "--epochs", "1", "--limit", "2000", "--val", "300",
                "--no-augment", "--seed", "2", "--quiet", "-o", str(out)])  # fmt: skip
@@ -279,6 +279,8 @@ def test_cli_trains_a_cnn(tmp_path, capsys):
     assert "10000/10000 predictions agree" in text  # float64 network vs twin on the test set
     hist = json.loads((tmp_path / "c.history.json").read_text())
     assert hist["config"]["conv"] == [{"channels": 8, "kernel": 3, "pad": 1, "pool": True}]
+    xbits = pack_input(mnist.x_test[:300], m.plane_mask)  # the C core runs the trained file as the twin does
+    np.testing.assert_array_equal(ccore.CModel(out.read_bytes()).scores(xbits), twin.scores(m, xbits))
 
 
 @pytest.mark.parametrize(
