@@ -23,8 +23,10 @@ from rbnn.train.conv import (
     init_conv_net,
     maxpool,
     parse_convs,
+    recalibrate,
     unpool,
 )
+from rbnn.train.fit import RECALIBRATE_IMAGES
 
 
 def _random_net(rng, shape, convs, dense, mask):
@@ -175,6 +177,21 @@ def test_fold_pads_the_first_layer_with_feature_zero(rng):
     np.testing.assert_array_equal(_format_scores(m, x), m.blocks[0].scale.astype(np.int64) * s + m.blocks[0].offset)
 
 
+def test_recalibrate_sets_exact_statistics(rng):
+    """Every layer's mean/var become those of its exact sums over the data, each layer fed
+    by the layers before it in inference mode (with the new statistics)."""
+    net = _random_net(rng, (6, 8, 1), [ConvSpec(3, 3, 1, True)], [5, 4], 0xC0)
+    x = rng.integers(0, 256, (40, 48), dtype=np.uint8)
+    recalibrate(net, x, batch=16)
+    s = net.output_sums(x)  # uses the recalibrated hidden layers
+    np.testing.assert_allclose(net.mean[-1], s.mean(axis=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(net.var[-1], s.var(axis=0), rtol=1e-4, atol=1e-4)
+    from rbnn.format.model import input_values
+
+    s0, _ = net.conv_sums(input_values(x, 0xC0).reshape(40, 6, 8, 1), 0)
+    np.testing.assert_allclose(net.mean[0], s0.mean(axis=0), rtol=1e-5, atol=1e-5)
+
+
 def test_im2col_col2im_are_adjoint(rng):
     """<im2col(a), g> == <a, col2im(g)> with a zero fill: the conv input gradient is the
     transpose of the forward patches."""
@@ -210,6 +227,9 @@ def test_tiny_cnn_learns_and_folds(mnist):
     x = mnist.x_test[:300]
     assert float(np.mean(net.predict(x) == mnist.y_test[:300])) > 0.75
     assert [ly.kind for ly in m.layer_specs] == [CONV, 0, 0] and m.in_shape == (28, 28, 1)
+    # the kept net holds the exact statistics of the first training images (conv: each epoch)
+    first = mnist.x_train[:6000][res.split["train"][:RECALIBRATE_IMAGES]]
+    np.testing.assert_allclose(net.mean[-1], net.output_sums(first).mean(axis=0), rtol=1e-4, atol=1e-3)
     s = net.output_sums(x).astype(np.int64)
     blk = m.blocks[0]
     np.testing.assert_array_equal(twin.scores(m, pack_input(x, 0x80)), blk.scale.astype(np.int64) * s + blk.offset)

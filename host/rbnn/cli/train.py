@@ -1,6 +1,6 @@
 """`rbnn train --data mnist --hidden 256,256 --planes K --epochs E --seed S -o m.rbnn`.
 
-Trains a binary MLP, folds it to integers, writes the model file, the training curves
+Trains a binary MLP (or, with ``--conv 32p,64p``, a binary CNN: rbnn.train.conv), folds it to integers, writes the model file, the training curves
 (``<stem>.curves.png``, with matplotlib: ``pip install 'rbnn[plots]'``) and the history
 (``<stem>.history.json``) beside it, and prints the validation and test accuracy of the
 folded integer model through the numpy twin. Every output is checked before training;
