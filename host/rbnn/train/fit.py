@@ -323,7 +323,7 @@ def _loop(
         net = init_net(rng, n_inputs, sizes, cfg.plane_mask, cfg.eps)
         step_fn = train_step
     # glorot: fan_in + fan_out per weight (k*k*(in + out) for a conv layer), BNN paper
-    fans = [np.prod(w.shape[1:]) * (1 + w.shape[0] / w.shape[-1]) for w in net.weights]
+    fans = [int(np.prod(w.shape[1:-1])) * (w.shape[-1] + w.shape[0]) for w in net.weights]
     wscale = [np.sqrt(f / 1.5) if cfg.lr_scale == "glorot" else 1.0 for f in fans]
     params = net.weights + net.gamma + net.beta
     opt = Adam(params, wscale + [1.0] * (2 * len(net.weights)))
