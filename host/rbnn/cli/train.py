@@ -1,6 +1,6 @@
 """`rbnn train --data mnist --hidden 256,256 --planes K --epochs E --seed S -o m.rbnn`.
 
-Trains a binary MLP, folds it to integers, writes the model file, the training curves
+Trains a binary MLP (or, with ``--conv 32p,64p``, a binary CNN: rbnn.train.conv), folds it to integers, writes the model file, the training curves
 (``<stem>.curves.png``, with matplotlib: ``pip install 'rbnn[plots]'``) and the history
 (``<stem>.history.json``) beside it, and prints the validation and test accuracy of the
 folded integer model through the numpy twin. Every output is checked before training;
@@ -22,13 +22,23 @@ AUGMENTS = ("auto", "on", "off")  # rbnn.train.fit.AUGMENTS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a binary MLP and write a .rbnn file")
+    p = sub.add_parser("train", help="train a binary MLP or CNN (--conv) and write a .rbnn file")
     p.add_argument("--data", default="mnist",
                    help="'mnist', a folder of IDX files, or a plain .npz file of samples x and labels y "
                         "(README, Data) (default mnist)")  # fmt: skip
     p.add_argument("--test", metavar="DATA",
                    help="test set to report (default: an IDX set's own test images; a .npz --data has none)")
     p.add_argument("--hidden", default="256,256", help="hidden layer widths, comma separated (default 256,256)")
+    p.add_argument("--conv", metavar="SPEC",
+                   help="binary conv layers before the dense ones (a CNN, file version 3): comma-separated "
+                        "CHANNELS[kKERNEL][p], e.g. 32p,64p = 32 then 64 channels, each followed by a 2x2 "
+                        "max-pool (p); kK sets one layer's odd kernel (default --kernel)")  # fmt: skip
+    p.add_argument("--kernel", type=int, default=3, help="conv kernel size, odd (default %(default)s)")
+    p.add_argument("--pad", default="same",
+                   help="conv padding on every side: same (kernel // 2, the map keeps its size), valid (0) "
+                        "or a number (default %(default)s); padded positions are input bits 0")  # fmt: skip
+    p.add_argument("--image", metavar="HxWxC",
+                   help="the map shape of a sample for --conv (default: a square one-channel image)")
     p.add_argument("--arena", type=int, metavar="P",
                    help="pack the trained block into an arena of P bit-planes (block 1 frozen on plane 0, "
                         "the rest free), the recursive format a device keeps training in (rbnn grow, "
@@ -92,6 +102,31 @@ def parse_hidden(text: str) -> list[int]:
     return out
 
 
+def parse_image(text: str | None) -> tuple[int, int, int] | None:
+    """``"28x28x1"`` -> (28, 28, 1); TrainError naming the bad text."""
+    from ..train import TrainError
+
+    if text is None:
+        return None
+    parts = str(text).lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() and 1 <= int(p) <= 65535 for p in parts):
+        raise TrainError(f"--image: expected HxWxC such as 28x28x1, found {text!r}")
+    return (int(parts[0]), int(parts[1]), int(parts[2]))
+
+
+def parse_conv(text: str | None, kernel: int, pad: str) -> list:
+    """``--conv`` with ``--kernel`` and ``--pad`` -> conv layers; TrainError naming the bad item."""
+    from ..train import TrainError
+    from ..train.conv import ArchError, parse_convs
+
+    if text is None:
+        return []
+    try:
+        return parse_convs(text, kernel, pad)
+    except ArchError as e:
+        raise TrainError(str(e)) from None
+
+
 def parse_planes(planes: str | None, mask: str | None, default: str = "1") -> int:
     """The plane mask from ``--planes K`` (K most significant) or ``--plane-mask``
     (neither: the ``default`` K)."""
@@ -148,6 +183,16 @@ def training_sets(spec: str, test_spec: str | None) -> tuple:
     return ds, test
 
 
+def _layer_text(ly) -> str:
+    """``c32k3p`` for a conv layer with a pool, the width for a dense one."""
+    from ..format.model import CONV, POOL_2X2
+
+    if ly.kind != CONV:
+        return str(ly.size)
+    return f"c{ly.size}k{ly.kernel}" + (f"pad{ly.pad}" if ly.pad != ly.kernel // 2 else "") + (
+        "p" if ly.pool == POOL_2X2 else "")  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     import json
     import time
@@ -166,6 +211,14 @@ def run(args: argparse.Namespace) -> int:
     if args.per_plane and args.arena is not None:  # docs/FORMAT.md: a version 3 model has no live block
         raise TrainError("--arena: an input mode 1 (--per-plane) model cannot grow blocks (a version 3 "
                          "model is not trainable on the device); drop --arena or --per-plane")  # fmt: skip
+    convs = parse_conv(args.conv, args.kernel, args.pad)
+    image = parse_image(args.image)
+    if image is not None and not convs:
+        raise TrainError("--image: only with --conv (a dense network reads a vector)")
+    if convs and args.arena is not None:
+        raise TrainError("--arena: not for conv models (docs/FORMAT.md, Version 3: no live block)")
+    if convs and args.per_plane:
+        raise TrainError("--per-plane: not with --conv (per-plane weights are for a dense first layer here)")
     check_output(args.output, "-o")  # refused now, before the data is read
     ds, test = training_sets(args.data, args.test)
     # and all of them before the training
@@ -184,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
         batch=args.batch, lr=args.lr, lr_final=args.lr_final, schedule=args.schedule,
         lr_scale=args.lr_scale, loss=args.loss, val=args.val, shift=args.shift, rotate=args.rotate,
         zoom=args.zoom, augment=augment, dropout=args.dropout, keep_best=not args.last_epoch,
-        recalibrate=args.recalibrate, limit=args.limit, threads=args.threads,
+        recalibrate=args.recalibrate, limit=args.limit, threads=args.threads, conv=convs, image=image,
         input_mode=1 if args.per_plane else 0,
     )  # fmt: skip
     m = res.model
@@ -208,10 +261,14 @@ def run(args: argparse.Namespace) -> int:
     float_pred = res.net.predict(test.x_test) if len(test.y_test) else np.zeros(0, np.int64)
     differ = int(np.sum(float_pred != test_pred))
     n_val, n_test = len(vi), len(test.y_test)
-    shape = "-".join(str(s) for s in [m.n_inputs] + m.sizes)
+    shape = "-".join([str(m.n_inputs)] + [_layer_text(ly) for ly in m.layer_specs])
     weight_kb = m.arena.nbytes / 1024
     mode = ", per-plane weights (input mode 1)" if args.per_plane else ""
     print(f"model: {out} ({shape}, plane mask {mask:#04x}{mode}, {weight_kb:.2f} kB packed weights, {nbytes} bytes file)")
+    if convs:
+        ram = m.ram_bytes()
+        print(f"input map {'x'.join(map(str, m.in_shape))}; inference RAM in eBNN order: "
+              f"{sum(ram.values())} bytes ({', '.join(f'{k} {v}' for k, v in ram.items())})")  # fmt: skip
     if args.arena is not None:
         print(f"arena: {m.n_planes} planes, {m.capacity} block slots, block 1 frozen on plane 0, "
               f"{len(m.free_planes())} free; score_q {m.score_q}")  # fmt: skip

@@ -1,7 +1,7 @@
 """Host training: data in, a folded integer model out.
 
 ``fit`` runs the float training (``net``: the binary network with BatchNorm and the
-straight-through estimator; ``optim``: Adam; ``augment``: image jitter), ``fold`` turns
+straight-through estimator; ``conv``: binary convolutions and max-pool before it; ``optim``: Adam; ``augment``: image jitter), ``fold`` turns
 it into the integers of docs/FORMAT.md, ``plots`` draws the curves.
 """
 

@@ -30,6 +30,7 @@ from ..data import Dataset
 from ..errors import ModelError, RbnnError
 from ..format.model import INPUT_PER_PLANE, INPUT_SHARED, Model
 from ..progress import bar as progress_bar
+from . import conv as convnet
 from .augment import augment
 from .blas import blas_threads
 from .net import FIRST_INPUTS, FloatNet, evaluate, init_net, recalibrate, train_step
@@ -39,6 +40,9 @@ LOSSES = ("hinge", "ce")
 # A few seconds of training for tests and smoke runs (tests' `trained_mnist` fixture):
 # 784-128-64-10 on the MSB plane, one epoch, no augmentation, one BLAS thread.
 QUICK_RECIPE = {"hidden": [128, 64], "plane_mask": 0x80, "epochs": 1, "seed": 0, "shift": 0.0, "threads": 1}
+# Training images whose exact BatchNorm statistics a conv net takes before each epoch's
+# scoring (rbnn.train.conv.recalibrate): a few seconds per epoch on MNIST.
+RECALIBRATE_IMAGES = 3000
 SCHEDULES = ("exp", "cos")
 AUGMENTS = ("auto", "on", "off")
 # The augmentation probe of augment="auto" (choose_augmentation): training images of each
@@ -80,13 +84,18 @@ class TrainConfig:
     limit: int | None = None  # use only the first N training images (tests, quick runs)
     threads: int = 1  # BLAS threads, pinned: the result depends on it (see blas_threads)
     input_mode: int = INPUT_SHARED  # 1: per-plane first-layer weights (docs/FORMAT.md, input mode 1)
+    conv: list = field(default_factory=list)  # conv layers (rbnn.train.conv.ConvSpec) before the dense ones
+    image: tuple | None = None  # (h, w, c) of a sample for conv layers; None: a square one-channel image
 
     def check(self, n_inputs: int, n_train: int) -> None:
         """Raise TrainError naming the first bad option."""
-        if not self.hidden or any(int(h) < 1 or int(h) > 65535 for h in self.hidden):
+        if (not self.hidden and not self.conv) or any(int(h) < 1 or int(h) > 65535 for h in self.hidden):
             raise TrainError(f"hidden sizes: expected 1..65535 each, at least one, found {self.hidden}")
-        if len(self.hidden) + 1 > 8:
-            raise TrainError(f"hidden: at most 7 hidden layers (8 weight layers), found {len(self.hidden)}")
+        if len(self.conv) + len(self.hidden) + 1 > 8:
+            raise TrainError(f"layers: at most 7 hidden layers (8 weight layers), found "
+                             f"{len(self.conv) + len(self.hidden)}")  # fmt: skip
+        if self.conv:
+            self.check_conv(n_inputs)
         if not 1 <= self.plane_mask <= 0xFF:
             raise TrainError(f"plane mask: expected 0x01..0xFF, found {self.plane_mask:#x}")
         if self.epochs < 1:
@@ -126,12 +135,39 @@ class TrainConfig:
             raise TrainError(f"data: at most 65535 features per sample, found {n_inputs}")
 
 
+    def input_shape(self, n_inputs: int) -> tuple[int, int, int]:
+        """(h, w, c) of a sample: ``image``, else a square one-channel image."""
+        if self.image is not None:
+            return tuple(int(v) for v in self.image)
+        side = _image_shape(n_inputs)
+        if side is None:
+            raise TrainError(f"conv layers need an image: {n_inputs} features are no square one-channel "
+                             "image; give its shape (--image HxWxC)")  # fmt: skip
+        return (*side, 1)
+
+    def check_conv(self, n_inputs: int) -> None:
+        """Raise TrainError where conv layers cannot run on these samples or options."""
+        shape = self.input_shape(n_inputs)
+        if len(shape) != 3 or min(shape) < 1 or int(np.prod(shape)) != n_inputs:
+            raise TrainError(f"image: shape {'x'.join(map(str, shape))} does not hold the {n_inputs} features")
+        try:
+            convnet.conv_shapes(shape, list(self.conv))
+        except convnet.ArchError as e:
+            raise TrainError(str(e)) from None
+        if self.dropout:
+            raise TrainError("dropout: not available with conv layers")
+        if self.recalibrate:
+            raise TrainError("recalibrate: not available with conv layers")
+        if shape[2] != 1 and (self.shift or self.rotate or self.zoom) and self.augment != "off":
+            raise TrainError("augmentation works on one-channel images: use --augment off with several channels")
+
+
 @dataclass
 class TrainResult:
     """What :func:`train` returns."""
 
     model: Model  # folded integer model (rbnn.format.model.Model.plain)
-    net: FloatNet  # the float network the model was folded from
+    net: FloatNet | convnet.ConvNet  # the float network the model was folded from
     history: list[dict]  # one row per epoch: loss, acc, val_loss, val_acc, lr, seconds
     config: TrainConfig
     seconds: float  # wall time of the whole run
@@ -195,8 +231,9 @@ def train(
         raise TrainError(f"training images: expected uint8 (n, features), found {x_all.dtype} {x_all.shape}")
     n_inputs = int(x_all.shape[1])
     cfg.check(n_inputs, len(x_all))
-    first = n_inputs * (bin(cfg.plane_mask).count("1") if cfg.input_mode == INPUT_PER_PLANE else 1)
-    _check_memory([first] + cfg.hidden + [int(ds.n_classes)])
+    if not cfg.conv:  # a conv net's weights are few; its maps are per batch
+        first = n_inputs * (bin(cfg.plane_mask).count("1") if cfg.input_mode == INPUT_PER_PLANE else 1)
+        _check_memory([first] + cfg.hidden + [int(ds.n_classes)])
     n_classes = int(ds.n_classes)
     if len(y_all) and int(y_all.max()) >= n_classes:
         raise TrainError(f"labels: expected 0..{n_classes - 1}, found {int(y_all.max())}")
@@ -253,6 +290,8 @@ def _fit(
         recalibrate(net, x_tr)
     seconds = time.perf_counter() - t_start
     meta = {"trained": {"hidden": cfg.hidden, "epochs": cfg.epochs, "seed": cfg.seed, "best_epoch": best_epoch}}
+    if cfg.conv:
+        meta["trained"]["conv"] = [asdict(c) for c in cfg.conv]
     try:
         model = net.fold(meta)
     except ModelError as e:  # non-finite BatchNorm parameters: the run diverged
@@ -297,13 +336,20 @@ def _loop(
     default a new one (init_net)."""
     n_inputs = int(x_tr.shape[1])
     sizes = cfg.hidden + [n_classes]
-    if net is None:
+    if net is None and cfg.conv:
+        net = convnet.init_conv_net(rng, cfg.input_shape(n_inputs), list(cfg.conv), sizes, cfg.plane_mask, cfg.eps)
+    elif net is None:
         net = init_net(rng, n_inputs, sizes, cfg.plane_mask, cfg.eps, cfg.input_mode)
-    ins = [int(w.shape[1]) for w in net.weights]
-    wscale = [np.sqrt((i + o) / 1.5) if cfg.lr_scale == "glorot" else 1.0 for i, o in zip(ins, sizes, strict=True)]
+    step_fn = convnet.train_step if cfg.conv else train_step
+    # glorot: fan_in + fan_out per weight (k*k*(in + out) for a conv layer), BNN paper
+    fans = [int(np.prod(w.shape[1:-1])) * (w.shape[-1] + w.shape[0]) for w in net.weights]
+    wscale = [np.sqrt(f / 1.5) if cfg.lr_scale == "glorot" else 1.0 for f in fans]
     params = net.weights + net.gamma + net.beta
-    opt = Adam(params, wscale + [1.0] * (2 * len(sizes)))
+    opt = Adam(params, wscale + [1.0] * (2 * len(net.weights)))
     shape = _image_shape(n_inputs)
+    if cfg.conv:  # a conv net's image may be any one-channel rectangle (several channels: no jitter)
+        h, w, c = cfg.input_shape(n_inputs)
+        shape = (h, w) if c == 1 else None
     augmenting = shape is not None and (cfg.shift or cfg.rotate or cfg.zoom)
     # Input mode 1's inputs are K times wider (1.4 GB for MNIST at 8 planes): made per batch.
     x_plain = None if augmenting or _mode(net) != INPUT_SHARED else _inputs(net, x_tr)
@@ -327,7 +373,7 @@ def _loop(
                 else:
                     xb = _inputs(net, x_tr[idx]) if x_plain is None else x_plain[idx]
                 lr = _lr_at(cfg, step / max(1, total - 1))
-                loss, acc, grads = train_step(net, xb, y_tr[idx], cfg, rng)
+                loss, acc, grads = step_fn(net, xb, y_tr[idx], cfg, rng)
                 opt.step(params, grads, lr)
                 for w in net.weights:
                     np.clip(w, -1.0, 1.0, out=w)
@@ -341,6 +387,8 @@ def _loop(
             if not all(np.isfinite(p).all() for p in params):
                 raise TrainError(f"training diverged in epoch {ep + 1}: weights or BatchNorm parameters "
                                  f"are not finite; try a smaller --lr (was {cfg.lr:g})")  # fmt: skip
+            if cfg.conv:  # exact statistics of the current weights (running averages lag)
+                convnet.recalibrate(net, x_tr[:RECALIBRATE_IMAGES])
             # no validation split (val=0): None, not the NaN of an empty mean (history JSON)
             val_loss, val_acc = evaluate(net, x_va, y_va, cfg.loss) if len(x_va) else (None, None)
             row = {
