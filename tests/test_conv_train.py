@@ -316,6 +316,7 @@ def test_cli_trains_a_cnn(tmp_path, capsys, mnist):
         (["--conv", "8", "--image", "28x14x2"], "augmentation works on one-channel images"),
         (["--image", "28x28x1"], "--image: only with --conv"),
         (["--conv", "8", "--arena", "8"], "--arena: not for conv models"),
+        (["--conv", "8", "--per-plane"], "--per-plane: not with --conv"),
     ],
 )
 def test_cli_bad_conv_args_one_line(tmp_path, capsys, args, words):
