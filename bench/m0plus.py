@@ -7,7 +7,8 @@ instruction-level emulator rbnn.m0sim, which charges each instruction its cycles
 the Cortex-M0+ TRM table (zero wait states: code and data in SRAM). Every result is
 checked: kernel counts against numpy, the core's scores against the numpy twin.
 
-Run: ``python bench/m0plus.py`` (``make bench`` runs it after bench/host.py).
+Run: ``python bench/m0plus.py`` (``make bench`` runs it after bench/host.py);
+``--cnn FILE`` also times a trained CNN file on MNIST test images (when cached).
 """
 
 from __future__ import annotations
@@ -116,18 +117,31 @@ def core_inference(opt: str, m: M0Plus, model, data: bytes, xbits: np.ndarray, w
     return {"init": init, "runs": runs}
 
 
-def cnn_inference(builds: dict, rng: np.random.Generator, samples: int) -> None:
-    """The CNN of issue 9 with random weights (cycles do not depend on them), MSB plane,
-    in eBNN order through rbnn_infer: cycles per image, scores checked against the twin."""
-    model = mnist_cnn(rng)
+def _cnn_text(model) -> str:
+    """28x28x1-conv3x3:32/pool-...: the layers as rbnn summary names them."""
+    from rbnn.format.summary import layers_text
+
+    return layers_text(model)
+
+
+def cnn_inference(builds: dict, rng: np.random.Generator, samples: int, path: str | None = None) -> None:
+    """A binary CNN in eBNN order through rbnn_infer: cycles per image, scores checked
+    against the twin. Default: the CNN of issue 9 with random weights (the cycles hardly
+    depend on them), MSB plane, random inputs; ``path``: a trained CNN file (``--cnn``),
+    on MNIST test images when they are cached."""
+    if path is None:
+        model, what = mnist_cnn(rng), "random weights"
+        x = rng.integers(0, 256, (samples, 784), dtype=np.uint8)
+        inputs = "random inputs"
+    else:
+        model, what = pack.load(path), Path(path).name
+        x, inputs = _test_images(rng, model.n_inputs, samples)
     data = pack.to_bytes(model)
-    x = rng.integers(0, 256, (samples, 784), dtype=np.uint8)
-    xbits = pack_input(x, 0x80)
+    xbits = pack_input(x, model.plane_mask)
     want = twin.scores(model, xbits)
     ram = sum(model.ram_bytes().values())
-    print(f"one binary CNN inference (28x28x1, conv3x3 32 same + 2x2 pool, conv3x3 64 same + 2x2 pool, "
-          f"dense 128, dense 10; MSB plane; random weights), {len(data):,}-byte model read in place, "
-          f"{ram:,} bytes of working RAM, {samples} random inputs")  # fmt: skip
+    print(f"one binary CNN inference ({_cnn_text(model)}; plane mask 0x{model.plane_mask:02x}; {what}), "
+          f"{len(data):,}-byte model read in place, {ram:,} bytes of working RAM, {samples} {inputs}")  # fmt: skip
     print(f"  {'build':6}{'cycles':>12}{'instr.':>12}{'ms@125MHz':>11}{'in kernel':>11}  scores = twin")
     for opt, (m, _) in builds.items():
         m.free_all()
@@ -137,17 +151,30 @@ def cnn_inference(builds: dict, rng: np.random.Generator, samples: int) -> None:
         ram_c = m.call("rbnn_ram_bytes", state).result
         _check(ram_c == ram, f"CNN: rbnn_ram_bytes {ram_c} != {ram}")
         scratch = m.alloc(4 * m.call("rbnn_scratch_words", state).result)
-        scores = m.alloc(4 * 10)
+        scores = m.alloc(4 * model.n_classes)
         runs = []
         for i in range(samples):
             r = m.call("rbnn_infer", state, m.alloc(xbits[i].tobytes()), scratch, scores, max_instructions=10**9)
-            got = np.frombuffer(m.read(scores, 40), "<i4")
+            got = np.frombuffer(m.read(scores, 4 * model.n_classes), "<i4")
             _check(np.array_equal(got, want[i]), f"{opt}: CNN scores differ from the twin on sample {i}")
             runs.append(r)
         cyc = max(r.cycles for r in runs)
         kern = sum(runs[0].profile.get(f, 0) for f in KERNEL_FUNCS)
         print(f"  {opt:6}{cyc:12,}{max(r.instructions for r in runs):12,}{cyc / (MHZ * 1000):11.2f}"
               f"{kern / runs[0].cycles:11.1%}  yes ({samples} inputs)")  # fmt: skip
+
+
+def _test_images(rng: np.random.Generator, n_inputs: int, n: int) -> tuple[np.ndarray, str]:
+    """The first ``n`` MNIST test images when cached and 784 features, else random bytes."""
+    from rbnn import data as rdata
+    from rbnn.errors import RbnnError
+
+    if n_inputs == 784:
+        try:
+            return rdata.load("mnist", parts=("t10k",)).x_test[:n].reshape(n, -1).astype(np.uint8), "MNIST test images"
+        except RbnnError:
+            pass
+    return rng.integers(0, 256, (n, n_inputs), dtype=np.uint8), "random inputs"
 
 
 def _check(ok: bool, what: str) -> None:
@@ -160,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=4, help="inputs run through the core")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--cnn", metavar="FILE", help="also time this trained CNN file (e.g. rbnn train --conv ...)")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(args.seed)
 
@@ -203,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{best / FLOOR:.2f}x the ~{FLOOR:,} floor of DESIGN section 2")  # fmt: skip
     print()
     cnn_inference({opt: b for opt, b in builds.items()}, rng, min(args.samples, 2))
+    if args.cnn:
+        print()
+        cnn_inference({opt: b for opt, b in builds.items()}, rng, min(args.samples, 2), args.cnn)
     return 0
 
 

@@ -54,7 +54,7 @@ def rows(m: Model) -> list[dict]:
     return out
 
 
-def _layers_text(m: Model) -> str:
+def layers_text(m: Model) -> str:
     """784-128-10, or 28x28x1-conv3x3:32/pool-128-10 with conv layers."""
     first = _map(m.in_shape) if m.has_conv else str(m.n_inputs)
     parts = [f"conv{ly.kernel}x{ly.kernel}:{ly.size}" + ("/pool" if ly.pool == POOL_2X2 else "")
@@ -91,7 +91,7 @@ def summary(m: Model, name: str = "model", file_bytes: int | None = None) -> str
     mode = ", input mode 1 (first-layer weights per plane)" if m.input_mode == INPUT_PER_PLANE else ""
     patch = f", patch {ram['patch']}" if "patch" in ram else ""
     lines = [
-        f"{name}: {m.n_inputs} inputs (bit-planes {kept}, mask 0x{m.plane_mask:02x}{mode}), layers {_layers_text(m)}",
+        f"{name}: {m.n_inputs} inputs (bit-planes {kept}, mask 0x{m.plane_mask:02x}{mode}), layers {layers_text(m)}",
         f"blocks: {len(m.blocks)} ({n_live} live), arena planes: {m.n_planes}, "
         f"bits per weight: {m.bits_per_weight:.2f}",
         rule, line(head), rule, *[line(b) for b in body], rule, line(tot), rule,
