@@ -256,13 +256,7 @@ class ConvNet:
         """The integer model (file version 3): thresholds and flips per hidden channel or
         neuron, exact for every sum the layer can produce; output scale/offset whose score
         bound is at most ``bound`` (``meta["output_q"]``: the exponent used)."""
-        thr, flips = [], []
-        last = len(self.weights) - 1
-        for lay in range(last):
-            t, f = fold.fold_hidden(*self._bn(lay), smax=self.smax(lay))
-            thr.append(t)
-            flips.append(f)
-        scale, offset, q = fold.fold_output(*self._bn(last), smax=self.smax(last), bound=bound, q_max=q_max)
+        thr, flips, scale, offset, q = fold.fold_layers(self, bound, q_max)
         meta = dict(meta or {})
         meta["output_q"] = q
         rows = [w.reshape(w.shape[0], -1) >= 0 for w in self.weights]  # conv rows in (ky, kx, c) order

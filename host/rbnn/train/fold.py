@@ -23,6 +23,8 @@ units, so argmax can only change where two float scores are closer than that.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..errors import ModelError
@@ -191,3 +193,19 @@ def fold_output(
         if worst <= bound:
             return scale.astype(np.int32), offset.astype(np.int32), q
         q -= 1
+
+
+def fold_layers(
+    net: Any, bound: int = OUTPUT_BOUND, q_max: int = 1000
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray, int]:
+    """Every layer of a float network (dense ``FloatNet`` or ``ConvNet``: ``weights``,
+    ``_bn(layer)``, ``smax(layer)``): thresholds and flips of the hidden layers (per neuron
+    or channel), then the output scale, offset and exponent (:func:`fold_output`)."""
+    thr, flips = [], []
+    last = len(net.weights) - 1
+    for lay in range(last):
+        t, f = fold_hidden(*net._bn(lay), smax=net.smax(lay))
+        thr.append(t)
+        flips.append(f)
+    scale, offset, q = fold_output(*net._bn(last), smax=net.smax(last), bound=bound, q_max=q_max)
+    return thr, flips, scale, offset, q

@@ -131,13 +131,7 @@ class FloatNet:
     def fold(self, meta: dict | None = None, bound: int = fold.OUTPUT_BOUND, q_max: int = 1000) -> Model:
         """The integer model: thresholds and flips per hidden neuron, output scale/offset
         whose score bound is at most ``bound`` (``meta["output_q"]``: the exponent used)."""
-        thr, flips = [], []
-        last = len(self.weights) - 1
-        for lay in range(last):
-            t, f = fold.fold_hidden(*self._bn(lay), smax=self.smax(lay))
-            thr.append(t)
-            flips.append(f)
-        scale, offset, q = fold.fold_output(*self._bn(last), smax=self.smax(last), bound=bound, q_max=q_max)
+        thr, flips, scale, offset, q = fold.fold_layers(self, bound, q_max)
         meta = dict(meta or {})
         meta["output_q"] = q
         return Model.plain(
