@@ -334,6 +334,20 @@ def run_packed_on_board(board: RawRepl, m, xb: np.ndarray, make: str = "import _
     return [[int(v) for v in line.split()] for line in out[:-1]]
 
 
+
+def assert_board_like_twin(board, models: list, rng, n: int) -> None:
+    """Each model on the board scores ``n`` random samples as the twin does, and its class
+    and predict() agree with the twin's argmax."""
+    for m in models:
+        x = random_inputs(rng, m.n_inputs, n)
+        xb = pack_input(x, m.plane_mask)
+        want = twin.scores(m, xb)
+        rows = run_packed_on_board(board, m, xb)
+        assert len(rows) == len(x)
+        for i, (j, c, p, *sc) in enumerate(rows):
+            assert j == i and sc == want[i].tolist(), f"{[ly.size for ly in m.layer_specs]} sample {i}: scores differ"
+            assert c == p == int(np.argmax(want[i]))
+
 def test_qemu_predicts_like_the_twin(board, rng):
     assert board.machine in board.exec("import sys\nprint(sys.implementation._machine)")
     models = [
@@ -343,15 +357,7 @@ def test_qemu_predicts_like_the_twin(board, rng):
         multi_plane_model(rng, 70, [37, 33, 6], 0xA1),
         random_model(rng, n_inputs=250, sizes=[90, 70, 50, 11], plane_mask=0xE1),
     ]
-    for m in models:
-        x = random_inputs(rng, m.n_inputs, 6)
-        xb = pack_input(x, m.plane_mask)
-        want = twin.scores(m, xb)
-        rows = run_packed_on_board(board, m, xb)
-        assert len(rows) == len(x)
-        for i, (j, c, p, *sc) in enumerate(rows):
-            assert j == i and sc == want[i].tolist(), f"{m.sizes} sample {i}: scores differ"
-            assert c == p == int(np.argmax(want[i]))
+    assert_board_like_twin(board, models, rng, 6)
 
 
 def test_qemu_conv_predicts_like_the_twin(board, rng):
@@ -361,15 +367,7 @@ def test_qemu_conv_predicts_like_the_twin(board, rng):
     models = [*[random_conv_model(rng) for _ in range(4)], random_conv_model(rng, conv=False),
               conv_model(rng, (28, 28, 1), [Layer.conv(8, 3, pool=True), Layer.conv(16, 3, pool=True), Layer(10)],
                          0xC0, input_mode=1)]  # fmt: skip
-    for m in models:
-        x = random_inputs(rng, m.n_inputs, 4)
-        xb = pack_input(x, m.plane_mask)
-        want = twin.scores(m, xb)
-        rows = run_packed_on_board(board, m, xb)
-        assert len(rows) == len(x)
-        for i, (j, c, p, *sc) in enumerate(rows):
-            assert j == i and sc == want[i].tolist(), f"{[ly.size for ly in m.layer_specs]} sample {i}: scores differ"
-            assert c == p == int(np.argmax(want[i]))
+    assert_board_like_twin(board, models, rng, 4)
 
 
 def test_qemu_fallback_conv_like_the_twin(board, rng, tmp_path):

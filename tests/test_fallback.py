@@ -542,15 +542,21 @@ def check_of(e: FormatError) -> str:
     return names[0]
 
 
-def test_error_corpus_reaches_every_check():
-    # Every check of rbnn.format.checks fails on some file of the corpus (so the parity
-    # tests below compare every message), and valid files of every version are in it.
+def corpus_reach(corpus) -> tuple[set, set]:
+    """The checks the files of a corpus fail, and the versions of the valid ones."""
     seen, versions = set(), set()
-    for data in error_corpus():
+    for data in corpus:
         try:
             versions.add(pack.from_bytes(data).version)
         except FormatError as e:
             seen.add(check_of(e))
+    return seen, versions
+
+
+def test_error_corpus_reaches_every_check():
+    # Every check of rbnn.format.checks fails on some file of the corpus (so the parity
+    # tests below compare every message), and valid files of every version are in it.
+    seen, versions = corpus_reach(error_corpus())
     assert seen == set(checks.BY_NAME)
     assert versions == {1, 2, 3}
 

@@ -16,8 +16,8 @@ from test_fallback import (
     ENGINES,
     ERR_RE,
     check_error_parity,
-    check_of,
     check_parity,
+    corpus_reach,
     fuzzed_files,
     le_bytes,
     patched,
@@ -25,7 +25,6 @@ from test_fallback import (
 )
 
 from rbnn.engines import twin
-from rbnn.errors import FormatError
 from rbnn.format import checks, pack
 from rbnn.format.model import FROZEN, LIVE, Block, Layer, Model, geometry, pack_input
 from rbnn.learn.step import UNTRAINABLE
@@ -130,12 +129,7 @@ V3_CHECKS = {"INPUT_MODE_V3", "LAYER_KIND", "CONV_KERNEL", "DENSE_KERNEL", "CONV
 def test_v3_corpus_reaches_every_v3_check():
     # These files add to test_fallback.error_corpus's version 3 part (every layer of three
     # bases, a padded segment per plane): each version 3 check fails on some of them.
-    seen, versions = set(), set()
-    for data in error_corpus_v3():
-        try:
-            versions.add(pack.from_bytes(data).version)
-        except FormatError as e:
-            seen.add(check_of(e))
+    seen, versions = corpus_reach(error_corpus_v3())
     assert V3_CHECKS <= set(checks.BY_NAME)  # (a check renamed: this list follows)
     assert V3_CHECKS <= seen and "WEIGHT_PADDING" in seen
     assert versions == {3}

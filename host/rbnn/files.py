@@ -19,9 +19,12 @@ from __future__ import annotations
 import io
 import os
 import stat
+import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
+
+import numpy as np
 
 from .errors import FormatError, RbnnError
 
@@ -232,3 +235,15 @@ def _fsync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def npz_arrays(path: str | os.PathLike, error: type[RbnnError], what: str = ".npz file") -> dict:
+    """Every array of a ``.npz`` file (no pickles), or ``error`` naming the file: missing,
+    or not a readable ``what``."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise error(f"{path}: not a readable {what} ({e})") from None

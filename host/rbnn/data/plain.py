@@ -17,13 +17,12 @@ as its training samples (``train``, ``grow``, ``stream``, where ``--offset`` and
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataError
-from ..files import write_atomic
+from ..files import npz_arrays, write_atomic
 
 MAX_FEATURES = 65535  # a model's n_inputs (docs/FORMAT.md)
 
@@ -40,13 +39,7 @@ def read_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, tuple[int
     DataError naming the file and the array.
     """
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(f"{path}: not a readable .npz file ({e})") from None
+    arrays = npz_arrays(path, DataError)
     for key in ("x", "y"):
         if key not in arrays:
             raise DataError(f"{path}: no array {key!r} (found {', '.join(sorted(arrays)) or 'none'}); "

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import numpy as np
 
 from ..errors import RbnnError
+from ..files import npz_arrays
 from .net import FloatNet
 
 KIND = "rbnn-float-state-1"
@@ -53,13 +53,7 @@ def save_state(f: str | os.PathLike | BinaryIO, st: FloatState) -> None:
 
 def load_state(path: str | os.PathLike) -> FloatState:
     """Read a float state file; StateError naming the file and what is wrong."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise StateError(f"{path}: no such file") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise StateError(f"{path}: not a readable float state .npz ({e})") from None
+    arrays = npz_arrays(path, StateError, "float state .npz")
     if "kind" not in arrays or str(arrays["kind"]) != KIND:
         raise StateError(f"{path}: not an rbnn float state (written by rbnn train --per-plane or rbnn prune)")
     try:
