@@ -143,3 +143,18 @@ def test_the_host_raises_rbnn_errors_not_bare_python_ones():
             if hit and not any(hit.group(1).startswith(ok) for ok in INTERNAL_RAISES.get(rel, [])):
                 found.append(f"{rel}: {line.strip()}")
     assert found == []
+
+
+def test_geometry_follows_shape_changes():
+    # Model.geometry is kept between calls: a change of any shape field must show
+    from rbnn.format.model import INPUT_PER_PLANE, Layer
+
+    m = Model.plain(8, 0xC0, [np.ones((3, 16)), np.ones((2, 3))], [np.zeros(3)], [np.zeros(3, bool)],
+                    np.ones(2), np.zeros(2), input_mode=INPUT_PER_PLANE)  # fmt: skip
+    assert [(g.n_in, g.segments) for g in m.geometry()] == [(8, 2), (3, 1)]
+    m.plane_mask = 0xE0
+    assert m.geometry()[0].segments == 3
+    m.sizes, m.n_inputs = [5, 2], 9
+    assert [g.n_in for g in m.geometry()] == [9, 5]
+    m.layers, m.in_shape, m.n_inputs = [Layer.conv(5, 3), Layer(2)], (3, 3, 1), 9
+    assert m.geometry()[0].in_map == (3, 3, 1) and m.geometry()[1].n_in == 45

@@ -232,7 +232,14 @@ class Model:
         return self.file_version < VERSION_V3
 
     def geometry(self) -> list[Geometry]:
-        return geometry(self.n_inputs, self.layer_specs, self.in_shape, self.k_planes, self.input_mode)
+        # kept while the shape fields are unchanged: the twin's training step asks per step
+        key = (self.n_inputs, tuple(self.sizes), self.layers and tuple(self.layers), self.in_shape, self.plane_mask,
+               self.input_mode)  # fmt: skip
+        if self.__dict__.get("_geo_key") != key:
+            self.__dict__["_geo"] = geometry(self.n_inputs, self.layer_specs, self.in_shape, self.k_planes,
+                                             self.input_mode)  # fmt: skip
+            self.__dict__["_geo_key"] = key
+        return list(self.__dict__["_geo"])
 
     @property
     def layer_inputs(self) -> list[int]:
